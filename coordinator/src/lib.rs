@@ -1,0 +1,15 @@
+//! The Tessera coordinator: the public `Tessera` gRPC service.
+//!
+//! It is a stateless router apart from its collection catalog: it validates
+//! requests, sends loading, embedding and shard work to nodes over the internal
+//! `Node` service, and merges what comes back (top-k merge, reciprocal rank
+//! fusion, MMR). In `tessera up` the nodes it talks to is its own process.
+
+pub mod catalog;
+pub mod merge;
+pub mod nodes;
+pub mod service;
+
+pub use catalog::{Catalog, CollectionMeta};
+pub use nodes::NodeSet;
+pub use service::{Coordinator, CoordinatorConfig};

@@ -1,0 +1,151 @@
+//! A BERT-family sentence-transformers model (default all-MiniLM-L6-v2).
+//!
+//! Reproduces sentence-transformers' recipe: tokenizer.json ids truncated to
+//! `max_seq_length` word pieces (keeping [CLS] and [SEP]), the last hidden state
+//! averaged over the attention mask, then divided by its L2 norm.
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::{BertModel, Config};
+use thiserror::Error;
+use tokenizers::{Encoding, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+
+/// Why the embedder could not load or run.
+#[derive(Debug, Error)]
+pub enum EmbedError {
+    /// A model file is missing or unreadable.
+    #[error("cannot read model file {path}: {message} (run scripts/fetch-models.sh to fetch the default models)")]
+    File {
+        /// The file that failed.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// The tokenizer failed.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// candle failed.
+    #[error("model: {0}")]
+    Model(#[from] candle_core::Error),
+}
+
+/// See the module documentation.
+pub struct BertEmbedder {
+    model: BertModel,
+    tokenizer: Tokenizer,
+    device: Device,
+    dimension: usize,
+    max_tokens: usize,
+    name: String,
+}
+
+impl BertEmbedder {
+    /// Loads a sentence-transformers folder (config.json, tokenizer.json,
+    /// model.safetensors, optional sentence_bert_config.json) on the CPU.
+    pub fn load(dir: &Path) -> Result<Self, EmbedError> {
+        let read = |name: &str| {
+            let path = dir.join(name);
+            std::fs::read_to_string(&path).map_err(|e| EmbedError::File { path, message: e.to_string() })
+        };
+        let config: Config = serde_json::from_str(&read("config.json")?).map_err(|e| EmbedError::File {
+            path: dir.join("config.json"),
+            message: e.to_string(),
+        })?;
+        let hidden: serde_json::Value = serde_json::from_str(&read("config.json")?).unwrap_or_default();
+        let dimension = hidden["hidden_size"].as_u64().unwrap_or(384) as usize;
+        let max_tokens = read("sentence_bert_config.json")
+            .ok()
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+            .and_then(|v| v["max_seq_length"].as_u64())
+            .unwrap_or(256) as usize;
+
+        let tokenizer_path = dir.join("tokenizer.json");
+        let mut tokenizer = Tokenizer::from_file(&tokenizer_path)
+            .map_err(|e| EmbedError::File { path: tokenizer_path.clone(), message: e.to_string() })?;
+        // tokenizer.json declares truncation at 128 and fixed padding; sentence-transformers
+        // overrides both (truncate at max_seq_length, pad per batch), and so do we.
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: max_tokens,
+                strategy: TruncationStrategy::LongestFirst,
+                stride: 0,
+                direction: TruncationDirection::Right,
+            }))
+            .map_err(|e| EmbedError::Tokenizer(e.to_string()))?
+            .with_padding(None);
+
+        let device = Device::Cpu;
+        let weights = dir.join("model.safetensors");
+        if !weights.exists() {
+            return Err(EmbedError::File { path: weights, message: "not found".into() });
+        }
+        // SAFETY: the weights file is memory-mapped read-only and not modified while loaded.
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &device)? };
+        let model = BertModel::load(vb, &config)?;
+        let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("bert").to_string();
+        Ok(Self { model, tokenizer, device, dimension, max_tokens, name })
+    }
+
+    /// Output dimension (384 for all-MiniLM-L6-v2).
+    pub fn dimension(&self) -> usize {
+        self.dimension
+    }
+
+    /// Word pieces read per text; longer texts are truncated.
+    pub fn max_tokens(&self) -> usize {
+        self.max_tokens
+    }
+
+    /// Model name (its folder name).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The tokenizer as configured for embedding (truncation on, padding off).
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Tokenizes texts (with special tokens, truncated).
+    pub fn encode(&self, texts: &[String]) -> Result<Vec<Encoding>, EmbedError> {
+        self.tokenizer
+            .encode_batch(texts.to_vec(), true)
+            .map_err(|e| EmbedError::Tokenizer(e.to_string()))
+    }
+
+    /// Embeds already tokenized texts in one forward pass, padding to the longest.
+    pub fn embed_encodings(&self, encodings: &[&Encoding]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        if encodings.is_empty() {
+            return Ok(Vec::new());
+        }
+        let len = encodings.iter().map(|e| e.get_ids().len()).max().unwrap_or(0).max(1);
+        let n = encodings.len();
+        let mut ids = Vec::with_capacity(n * len);
+        let mut mask = Vec::with_capacity(n * len);
+        for e in encodings {
+            let real = e.get_ids().len();
+            ids.extend(e.get_ids().iter().copied());
+            ids.extend(std::iter::repeat_n(0u32, len - real));
+            mask.extend(std::iter::repeat_n(1u32, real));
+            mask.extend(std::iter::repeat_n(0u32, len - real));
+        }
+        let ids = Tensor::from_vec(ids, (n, len), &self.device)?;
+        let mask = Tensor::from_vec(mask, (n, len), &self.device)?;
+        let types = ids.zeros_like()?;
+        let hidden = self.model.forward(&ids, &types, Some(&mask))?; // (n, len, dim)
+        let mask_f = mask.to_dtype(DType::F32)?.unsqueeze(2)?; // (n, len, 1)
+        let summed = hidden.broadcast_mul(&mask_f)?.sum(1)?; // (n, dim)
+        let counts = mask_f.sum(1)?.clamp(1e-9, f64::MAX)?; // (n, 1)
+        let mean = summed.broadcast_div(&counts)?;
+        let norm = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+        let normalized = mean.broadcast_div(&norm)?;
+        Ok(normalized.to_vec2::<f32>()?)
+    }
+
+    /// Tokenizes and embeds texts in one batch.
+    pub fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let encodings = self.encode(texts)?;
+        self.embed_encodings(&encodings.iter().collect::<Vec<_>>())
+    }
+}

@@ -1,0 +1,107 @@
+//! The shard actor: one per hosted shard replica, applying writes in order.
+//!
+//! All access to a [`Shard`] goes through its actor, so writes are applied in
+//! the order they arrive and searches never see a half-applied write. A write
+//! is answered only after sled has flushed it to disk.
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tracing::info_span;
+
+use super::{DocWrite, Shard, ShardError, ShardQuery, ShardResults, ShardStats, WriteOutcome};
+
+/// Messages a shard actor understands.
+pub enum ShardMsg {
+    /// Apply writes; answered once durable.
+    Write(Vec<DocWrite>, RpcReplyPort<Result<WriteOutcome, ShardError>>),
+    /// Search.
+    Search(Box<ShardQuery>, RpcReplyPort<Result<ShardResults, ShardError>>),
+    /// Counters.
+    Stats(RpcReplyPort<ShardStats>),
+    /// Flush and save the derived index; the actor stops afterwards.
+    Close(RpcReplyPort<Result<(), ShardError>>),
+}
+
+/// The actor type.
+pub struct ShardActor;
+
+impl Actor for ShardActor {
+    type Msg = ShardMsg;
+    type State = Shard;
+    type Arguments = Shard;
+
+    async fn pre_start(&self, _myself: ActorRef<Self::Msg>, shard: Shard) -> Result<Shard, ActorProcessingErr> {
+        Ok(shard)
+    }
+
+    async fn handle(&self, myself: ActorRef<Self::Msg>, message: Self::Msg, shard: &mut Shard) -> Result<(), ActorProcessingErr> {
+        match message {
+            ShardMsg::Write(writes, reply) => {
+                let span = info_span!("shard.write", docs = writes.len());
+                let result = span.in_scope(|| shard.apply(writes));
+                let result = match result {
+                    Ok(outcome) => shard.store().flush().await.map(|_| outcome),
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(result);
+            }
+            ShardMsg::Search(query, reply) => {
+                let _span = info_span!("shard.search", top_k = query.top_k).entered();
+                let _ = reply.send(shard.search(&query));
+            }
+            ShardMsg::Stats(reply) => {
+                let _ = reply.send(shard.stats());
+            }
+            ShardMsg::Close(reply) => {
+                let _ = reply.send(shard.close());
+                myself.stop(None);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A cloneable handle to a running shard actor.
+#[derive(Clone)]
+pub struct ShardHandle {
+    actor: ActorRef<ShardMsg>,
+    name: String,
+}
+
+fn unavailable(name: &str, e: impl std::fmt::Display) -> ShardError {
+    ShardError::Unavailable(format!("{name}: {e}"))
+}
+
+impl ShardHandle {
+    /// Spawns an actor for an opened shard.
+    pub async fn spawn(name: String, shard: Shard) -> Result<Self, ShardError> {
+        let (actor, _) = Actor::spawn(None, ShardActor, shard).await.map_err(|e| unavailable(&name, e))?;
+        Ok(Self { actor, name })
+    }
+
+    async fn call<T: Send + 'static>(&self, build: impl FnOnce(RpcReplyPort<T>) -> ShardMsg) -> Result<T, ShardError> {
+        match self.actor.call(build, None).await {
+            Ok(ractor::rpc::CallResult::Success(v)) => Ok(v),
+            Ok(_) => Err(unavailable(&self.name, "no answer")),
+            Err(e) => Err(unavailable(&self.name, e)),
+        }
+    }
+
+    /// Applies writes; returns once they are durable.
+    pub async fn write(&self, writes: Vec<DocWrite>) -> Result<WriteOutcome, ShardError> {
+        self.call(|r| ShardMsg::Write(writes, r)).await?
+    }
+
+    /// Searches.
+    pub async fn search(&self, query: ShardQuery) -> Result<ShardResults, ShardError> {
+        self.call(|r| ShardMsg::Search(Box::new(query), r)).await?
+    }
+
+    /// Counters.
+    pub async fn stats(&self) -> Result<ShardStats, ShardError> {
+        self.call(ShardMsg::Stats).await
+    }
+
+    /// Flushes, saves the ANN index and stops the actor.
+    pub async fn close(&self) -> Result<(), ShardError> {
+        self.call(ShardMsg::Close).await?
+    }
+}

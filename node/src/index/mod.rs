@@ -1,0 +1,56 @@
+//! Shard storage and search.
+//!
+//! A shard replica is a sled tree, the source of truth for chunk text, metadata
+//! and vectors ([`ShardStore`]), plus indexes derived from it at open: an HNSW
+//! ANN index ([`AnnIndex`], usearch) and a BM25 inverted index ([`Bm25Index`]).
+//! [`Shard`] keeps the three in step; [`ShardActor`] serialises access to one
+//! shard; [`ShardRegistry`] opens, hosts and drops the shards of a node.
+
+mod actor;
+mod ann;
+mod bm25;
+mod filter;
+mod registry;
+mod shard;
+mod store;
+
+pub use actor::{ShardActor, ShardHandle, ShardMsg};
+pub use ann::AnnIndex;
+pub use bm25::{terms, Bm25Index};
+pub use filter::{Condition, Filter};
+pub use registry::ShardRegistry;
+pub use shard::{DocWrite, SearchMode, Shard, ShardHit, ShardQuery, ShardResults, ShardStats, WriteOutcome};
+pub use store::{ChunkRecord, ShardStore};
+
+use thiserror::Error;
+
+/// Failures of shard storage and search.
+#[derive(Debug, Error)]
+pub enum ShardError {
+    /// sled failed; the write was not applied.
+    #[error("storage: {0}")]
+    Storage(#[from] sled::Error),
+    /// A stored record does not decode (corruption or a format change).
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+    /// The ANN index failed.
+    #[error("ann index: {0}")]
+    Ann(String),
+    /// A vector of the wrong length.
+    #[error("vector has {got} dimensions, the shard holds {expected}")]
+    Dimension {
+        /// Shard dimension.
+        expected: usize,
+        /// Given length.
+        got: usize,
+    },
+    /// Bad caller input.
+    #[error("{0}")]
+    Invalid(String),
+    /// The shard is not hosted here.
+    #[error("shard {0} is not hosted on this node")]
+    NotFound(String),
+    /// The shard actor is gone.
+    #[error("shard unavailable: {0}")]
+    Unavailable(String),
+}

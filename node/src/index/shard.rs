@@ -1,0 +1,422 @@
+//! One shard replica: the sled store plus the indexes derived from it.
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use sled::Batch;
+use tracing::{info, warn};
+
+use super::ann::cosine;
+use super::{AnnIndex, Bm25Index, ChunkRecord, Filter, ShardError, ShardStore};
+use crate::load::Metadata;
+
+/// Below this many filter matches, filtered vector search is exact (brute force)
+/// instead of graph traversal, which can miss results when few nodes qualify.
+const EXACT_FILTER_LIMIT: usize = 4096;
+
+/// Which index answers a query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SearchMode {
+    /// Cosine similarity over the ANN index.
+    Vector,
+    /// BM25 over the inverted index.
+    Bm25,
+    /// Both lists (fused later, over all shards, by the coordinator).
+    Hybrid,
+}
+
+/// Replace a document's chunks, or delete the document.
+#[derive(Debug, Clone)]
+pub struct DocWrite {
+    /// The document.
+    pub doc_id: String,
+    /// Remove the document (chunks are ignored).
+    pub delete: bool,
+    /// The new chunks with their vectors.
+    pub chunks: Vec<(ChunkRecord, Vec<f32>)>,
+}
+
+/// What a write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WriteOutcome {
+    /// The shard's sequence number after the write.
+    pub sequence: u64,
+    /// Documents written or deleted.
+    pub documents: u64,
+    /// Chunks written, or removed by deletes.
+    pub chunks: u64,
+}
+
+/// A search against one shard.
+#[derive(Debug, Clone)]
+pub struct ShardQuery {
+    /// Query embedding (vector and hybrid modes).
+    pub vector: Vec<f32>,
+    /// Query text (bm25 and hybrid modes).
+    pub text: String,
+    /// Hits per list.
+    pub top_k: usize,
+    /// Metadata filter.
+    pub filter: Filter,
+    /// Which lists to produce.
+    pub mode: SearchMode,
+    /// Whether hits carry their vectors (for MMR).
+    pub with_vectors: bool,
+}
+
+/// A hit with its stored record.
+#[derive(Debug, Clone)]
+pub struct ShardHit {
+    /// The chunk.
+    pub record: ChunkRecord,
+    /// Cosine similarity or BM25 score.
+    pub score: f32,
+    /// The vector, when asked for.
+    pub vector: Vec<f32>,
+}
+
+/// Vector and BM25 hit lists, best first.
+#[derive(Debug, Clone, Default)]
+pub struct ShardResults {
+    /// By cosine similarity.
+    pub vector: Vec<ShardHit>,
+    /// By BM25.
+    pub bm25: Vec<ShardHit>,
+}
+
+/// Counters of a shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ShardStats {
+    /// Chunks stored.
+    pub chunks: u64,
+    /// Documents stored.
+    pub documents: u64,
+    /// Last applied write.
+    pub sequence: u64,
+    /// Vector dimension.
+    pub dimension: u32,
+}
+
+struct ChunkMeta {
+    doc_id: String,
+    metadata: Metadata,
+}
+
+/// See the module documentation.
+pub struct Shard {
+    store: ShardStore,
+    ann: AnnIndex,
+    bm25: Bm25Index,
+    chunks: HashMap<u64, ChunkMeta>,
+    docs: HashMap<String, Vec<u64>>,
+    sequence: u64,
+    next_key: u64,
+    dimension: usize,
+    ann_path: Option<PathBuf>,
+}
+
+impl Shard {
+    /// Opens a shard over `tree`, rebuilding its indexes from the stored chunks,
+    /// or reloading the ANN index saved at `ann_path` when it is as new as sled.
+    pub fn open(tree: sled::Tree, dimension: usize, ann_path: Option<PathBuf>) -> Result<Self, ShardError> {
+        let store = ShardStore::open(tree, dimension)?;
+        let dimension = store.dimension()?;
+        let sequence = store.sequence()?;
+        let next_key = store.next_key()?;
+
+        let saved = ann_path.as_ref().and_then(|p| load_saved_ann(p, dimension, sequence));
+        let reuse = saved.is_some();
+        let mut ann = match saved {
+            Some(ann) => ann,
+            None => AnnIndex::new(dimension)?,
+        };
+        let mut bm25 = Bm25Index::default();
+        let mut chunks = HashMap::new();
+        let mut docs: HashMap<String, Vec<u64>> = HashMap::new();
+        for item in store.scan() {
+            let (key, record, vector) = item?;
+            if !reuse {
+                ann.add(key, &vector)?;
+            }
+            bm25.insert(key, &record.text);
+            docs.entry(record.doc_id.clone()).or_default().push(key);
+            chunks.insert(key, ChunkMeta { doc_id: record.doc_id, metadata: record.metadata });
+        }
+        if reuse && ann.len() != chunks.len() {
+            warn!(saved = ann.len(), stored = chunks.len(), "saved ANN index disagrees with sled; rebuilding");
+            ann = AnnIndex::new(dimension)?;
+            for item in store.scan() {
+                let (key, _, vector) = item?;
+                ann.add(key, &vector)?;
+            }
+        }
+        info!(chunks = chunks.len(), documents = docs.len(), sequence, reused_ann = reuse, "shard opened");
+        Ok(Self { store, ann, bm25, chunks, docs, sequence, next_key, dimension, ann_path })
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> ShardStats {
+        ShardStats {
+            chunks: self.chunks.len() as u64,
+            documents: self.docs.len() as u64,
+            sequence: self.sequence,
+            dimension: self.dimension as u32,
+        }
+    }
+
+    /// Vector dimension.
+    pub fn dimension(&self) -> usize {
+        self.dimension
+    }
+
+    /// Applies writes atomically in sled and then to the indexes. Not durable
+    /// until [`Shard::flush`] returns; callers acknowledge only after that.
+    pub fn apply(&mut self, writes: Vec<DocWrite>) -> Result<WriteOutcome, ShardError> {
+        // Validate everything first: a bad write must not leave a half-applied batch.
+        for w in &writes {
+            if w.doc_id.is_empty() {
+                return Err(ShardError::Invalid("document id must not be empty".into()));
+            }
+            for (record, vector) in &w.chunks {
+                if vector.len() != self.dimension {
+                    return Err(ShardError::Dimension { expected: self.dimension, got: vector.len() });
+                }
+                if record.doc_id != w.doc_id {
+                    return Err(ShardError::Invalid(format!(
+                        "chunk {} belongs to {}, not {}",
+                        record.chunk_id, record.doc_id, w.doc_id
+                    )));
+                }
+                if vector.iter().any(|x| !x.is_finite()) {
+                    return Err(ShardError::Invalid(format!("chunk {} has a non-finite vector", record.chunk_id)));
+                }
+            }
+        }
+        // Later writes of the same document win.
+        let mut last: HashMap<&str, usize> = HashMap::new();
+        for (i, w) in writes.iter().enumerate() {
+            last.insert(w.doc_id.as_str(), i);
+        }
+
+        let mut batch = Batch::default();
+        let mut next_key = self.next_key;
+        let mut outcome = WriteOutcome::default();
+        let mut removed: Vec<u64> = Vec::new();
+        let mut added: Vec<(String, u64, &ChunkRecord, &Vec<f32>)> = Vec::new();
+        for (i, w) in writes.iter().enumerate() {
+            if last.get(w.doc_id.as_str()) != Some(&i) {
+                continue;
+            }
+            let old = self.docs.get(&w.doc_id).cloned().unwrap_or_default();
+            for &key in &old {
+                ShardStore::delete_chunk(&mut batch, key);
+            }
+            if w.delete {
+                if !old.is_empty() {
+                    outcome.documents += 1;
+                    outcome.chunks += old.len() as u64;
+                }
+                ShardStore::put_doc(&mut batch, &w.doc_id, &[]);
+            } else {
+                let mut keys = Vec::with_capacity(w.chunks.len());
+                for (record, vector) in &w.chunks {
+                    let key = next_key;
+                    next_key += 1;
+                    ShardStore::put_chunk(&mut batch, key, record, vector)?;
+                    keys.push(key);
+                    added.push((w.doc_id.clone(), key, record, vector));
+                }
+                ShardStore::put_doc(&mut batch, &w.doc_id, &keys);
+                outcome.documents += 1;
+                outcome.chunks += w.chunks.len() as u64;
+            }
+            removed.extend(old);
+        }
+        let sequence = self.sequence + 1;
+        self.store.apply(batch, sequence, next_key)?;
+        self.sequence = sequence;
+        self.next_key = next_key;
+        outcome.sequence = sequence;
+
+        // Derived state follows the durable state.
+        for &key in &removed {
+            self.ann.remove(key)?;
+            if let Some(meta) = self.chunks.remove(&key) {
+                if let Some(keys) = self.docs.get_mut(&meta.doc_id) {
+                    keys.retain(|k| *k != key);
+                    if keys.is_empty() {
+                        self.docs.remove(&meta.doc_id);
+                    }
+                }
+            }
+        }
+        self.bm25.remove_many(&removed);
+        for (doc_id, key, record, vector) in added {
+            self.ann.add(key, vector)?;
+            self.bm25.insert(key, &record.text);
+            self.docs.entry(doc_id.clone()).or_default().push(key);
+            self.chunks.insert(key, ChunkMeta { doc_id, metadata: record.metadata.clone() });
+        }
+        Ok(outcome)
+    }
+
+    /// A handle on the store to flush outside the shard's lock or actor.
+    pub fn store(&self) -> &ShardStore {
+        &self.store
+    }
+
+    /// Searches the shard.
+    pub fn search(&self, q: &ShardQuery) -> Result<ShardResults, ShardError> {
+        let accept = |key: u64| self.chunks.get(&key).is_some_and(|m| q.filter.matches(&m.metadata));
+        let mut results = ShardResults::default();
+        if matches!(q.mode, SearchMode::Vector | SearchMode::Hybrid) {
+            let keys = if q.filter.is_empty() {
+                self.ann.search(&q.vector, q.top_k)?
+            } else {
+                let matching: Vec<u64> = self.chunks.keys().copied().filter(|k| accept(*k)).collect();
+                if matching.len() <= EXACT_FILTER_LIMIT {
+                    self.exact_among(&q.vector, &matching, q.top_k)?
+                } else {
+                    self.ann.filtered_search(&q.vector, q.top_k, accept)?
+                }
+            };
+            results.vector = self.hits(keys, q.with_vectors)?;
+        }
+        if matches!(q.mode, SearchMode::Bm25 | SearchMode::Hybrid) {
+            let keys = self.bm25.search(&q.text, q.top_k, accept);
+            results.bm25 = self.hits(keys, q.with_vectors)?;
+        }
+        Ok(results)
+    }
+
+    /// Exact top-k of the whole shard (for recall measurements).
+    pub fn exact_search(&self, vector: &[f32], k: usize) -> Result<Vec<(u64, f32)>, ShardError> {
+        self.ann.exact_search(vector, k)
+    }
+
+    /// Approximate top-k keys of the whole shard (for recall measurements).
+    pub fn ann_search(&self, vector: &[f32], k: usize) -> Result<Vec<(u64, f32)>, ShardError> {
+        self.ann.search(vector, k)
+    }
+
+    fn exact_among(&self, query: &[f32], keys: &[u64], k: usize) -> Result<Vec<(u64, f32)>, ShardError> {
+        if query.len() != self.dimension {
+            return Err(ShardError::Dimension { expected: self.dimension, got: query.len() });
+        }
+        let mut scored: Vec<(u64, f32)> =
+            keys.iter().filter_map(|&key| self.ann.get(key).map(|v| (key, cosine(query, &v)))).collect();
+        scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        scored.truncate(k);
+        Ok(scored)
+    }
+
+    fn hits(&self, keys: Vec<(u64, f32)>, with_vectors: bool) -> Result<Vec<ShardHit>, ShardError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for (key, score) in keys {
+            let Some(record) = self.store.chunk(key)? else { continue };
+            let vector = if with_vectors { self.store.vector(key)?.unwrap_or_default() } else { Vec::new() };
+            out.push(ShardHit { record, score, vector });
+        }
+        Ok(out)
+    }
+
+    /// Saves the ANN index next to the data so the next open can skip the rebuild.
+    pub fn close(&self) -> Result<(), ShardError> {
+        self.store.flush_blocking()?;
+        if let Some(path) = &self.ann_path {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| ShardError::Ann(e.to_string()))?;
+            }
+            self.ann.save(path)?;
+            std::fs::write(seq_path(path), self.sequence.to_string()).map_err(|e| ShardError::Ann(e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+fn seq_path(ann: &std::path::Path) -> PathBuf {
+    ann.with_extension("seq")
+}
+
+/// The saved index if its sequence matches sled's; the marker is removed either
+/// way, so a later crash can never make a stale index look current.
+fn load_saved_ann(path: &std::path::Path, dimension: usize, sequence: u64) -> Option<AnnIndex> {
+    let marker = seq_path(path);
+    let saved_seq = std::fs::read_to_string(&marker).ok()?.trim().parse::<u64>().ok();
+    let _ = std::fs::remove_file(&marker);
+    if saved_seq != Some(sequence) {
+        return None;
+    }
+    AnnIndex::load(path, dimension).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn record(doc: &str, n: usize, text: &str, lang: &str) -> ChunkRecord {
+        let mut metadata = Metadata::new();
+        metadata.insert("lang".into(), json!(lang));
+        ChunkRecord { chunk_id: format!("{doc}#{n}"), doc_id: doc.into(), text: text.into(), metadata }
+    }
+
+    fn vec_for(seed: usize) -> Vec<f32> {
+        let mut v: Vec<f32> = (0..8).map(|j| ((seed * 7 + j * 3) % 11) as f32 - 5.0).collect();
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.iter_mut().for_each(|x| *x /= n);
+        v
+    }
+
+    fn write(doc: &str, texts: &[(&str, &str)], seed: usize) -> DocWrite {
+        DocWrite {
+            doc_id: doc.into(),
+            delete: false,
+            chunks: texts.iter().enumerate().map(|(n, (t, l))| (record(doc, n, t, l), vec_for(seed + n))).collect(),
+        }
+    }
+
+    fn query(v: Vec<f32>, text: &str, mode: SearchMode, filter: Filter) -> ShardQuery {
+        ShardQuery { vector: v, text: text.into(), top_k: 10, filter, mode, with_vectors: false }
+    }
+
+    #[test]
+    fn write_replace_delete_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let ann_path = dir.path().join("ann/s0.usearch");
+        let db = sled::open(dir.path().join("db")).unwrap();
+        {
+            let mut shard = Shard::open(db.open_tree("s0").unwrap(), 8, Some(ann_path.clone())).unwrap();
+            let out = shard.apply(vec![write("a", &[("alpha one", "en"), ("alpha two", "en")], 1), write("b", &[("向量 检索", "zh")], 9)]).unwrap();
+            assert_eq!(out, WriteOutcome { sequence: 1, documents: 2, chunks: 3 });
+            // Re-ingesting a document replaces its chunks.
+            shard.apply(vec![write("a", &[("alpha again", "en")], 3)]).unwrap();
+            assert_eq!(shard.stats().chunks, 2);
+            let hits = shard.search(&query(vec_for(9), "检索", SearchMode::Hybrid, Filter::default())).unwrap();
+            assert_eq!(hits.vector[0].record.doc_id, "b");
+            assert_eq!(hits.bm25[0].record.chunk_id, "b#0");
+            let zh_only = Filter { must: vec![crate::index::Condition { key: "lang".into(), values: vec![json!("zh")] }] };
+            let filtered = shard.search(&query(vec_for(3), "", SearchMode::Vector, zh_only)).unwrap();
+            assert!(filtered.vector.iter().all(|h| h.record.doc_id == "b"));
+            // A bad vector is refused and nothing changes.
+            let mut bad = write("c", &[("x", "en")], 1);
+            bad.chunks[0].1 = vec![1.0; 3];
+            assert!(shard.apply(vec![bad]).is_err());
+            assert_eq!(shard.stats().sequence, 2);
+            shard.close().unwrap();
+        }
+        // Clean reopen reuses the saved ANN index; answers are the same.
+        {
+            let mut shard = Shard::open(db.open_tree("s0").unwrap(), 8, Some(ann_path.clone())).unwrap();
+            assert_eq!(shard.stats(), ShardStats { chunks: 2, documents: 2, sequence: 2, dimension: 8 });
+            let hits = shard.search(&query(vec_for(3), "alpha", SearchMode::Hybrid, Filter::default())).unwrap();
+            assert_eq!(hits.vector[0].record.chunk_id, "a#0");
+            assert_eq!(hits.bm25[0].record.text, "alpha again");
+            let out = shard.apply(vec![DocWrite { doc_id: "a".into(), delete: true, chunks: vec![] }]).unwrap();
+            assert_eq!((out.documents, out.chunks), (1, 1));
+        }
+        // Reopen without a clean close rebuilds from sled.
+        let shard = Shard::open(db.open_tree("s0").unwrap(), 8, Some(ann_path)).unwrap();
+        assert_eq!(shard.stats().chunks, 1);
+        assert!(shard.search(&query(vec_for(3), "alpha", SearchMode::Bm25, Filter::default())).unwrap().bm25.is_empty());
+    }
+}

@@ -1,0 +1,127 @@
+//! The loader pool: parsing and splitting off the async runtime.
+//!
+//! Parsing a PDF or splitting a large document is CPU work that would stall the
+//! runtime's threads, so it runs on the blocking pool, at most `workers` jobs at
+//! once (a semaphore bounds it, so a burst of ingests queues instead of
+//! spawning unbounded threads).
+use std::sync::Arc;
+
+use tokenizers::Tokenizer;
+use tokio::sync::Semaphore;
+use tracing::info_span;
+
+use super::{load_file, Document, Metadata};
+use crate::split::{chunk_document, Chunk, RecursiveSplitter, Splitter, TokenSplitter};
+
+/// How to split, per request.
+#[derive(Debug, Clone)]
+pub struct SplitSpec {
+    /// "recursive" or "token".
+    pub kind: String,
+    /// Characters (recursive) or word pieces (token) per chunk.
+    pub chunk_size: usize,
+    /// Overlap in the same unit.
+    pub chunk_overlap: usize,
+}
+
+/// A file to load.
+#[derive(Debug, Clone)]
+pub struct FileJob {
+    /// File name (extension picks the loader).
+    pub name: String,
+    /// Document id.
+    pub doc_id: String,
+    /// Raw bytes.
+    pub content: Vec<u8>,
+    /// Extra metadata for its documents.
+    pub metadata: Metadata,
+}
+
+/// A loaded document with its chunks.
+#[derive(Debug, Clone)]
+pub struct LoadedDocument {
+    /// The document (its text is not needed after splitting, but kept for callers).
+    pub document: Document,
+    /// Its chunks.
+    pub chunks: Vec<Chunk>,
+}
+
+/// Results of a load: documents and per-source errors.
+#[derive(Debug, Default)]
+pub struct LoadOutcome {
+    /// Loaded documents.
+    pub documents: Vec<LoadedDocument>,
+    /// (source, message) for each file or document that failed.
+    pub errors: Vec<(String, String)>,
+}
+
+/// See the module documentation.
+#[derive(Clone)]
+pub struct LoaderPool {
+    permits: Arc<Semaphore>,
+    tokenizer: Option<Arc<Tokenizer>>,
+    max_document_bytes: usize,
+}
+
+impl LoaderPool {
+    /// A pool of `workers` concurrent jobs. `tokenizer` enables the token splitter.
+    pub fn new(workers: usize, tokenizer: Option<Tokenizer>, max_document_bytes: usize) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(workers.max(1))),
+            tokenizer: tokenizer.map(Arc::new),
+            max_document_bytes,
+        }
+    }
+
+    /// Loads files and documents and splits them; never fails as a whole: every
+    /// problem is reported against its source.
+    pub async fn load_and_split(&self, files: Vec<FileJob>, documents: Vec<Document>, spec: SplitSpec) -> Result<LoadOutcome, String> {
+        let splitter: Arc<dyn Splitter> = match spec.kind.as_str() {
+            "" | "recursive" => Arc::new(RecursiveSplitter::new(spec.chunk_size, spec.chunk_overlap).map_err(|e| e.to_string())?),
+            "token" => {
+                let tok = self.tokenizer.as_ref().ok_or("the token splitter needs the embedder's tokenizer on this node")?;
+                Arc::new(TokenSplitter::new((**tok).clone(), spec.chunk_size, spec.chunk_overlap).map_err(|e| e.to_string())?)
+            }
+            other => return Err(format!("unknown splitter '{other}' (use recursive or token)")),
+        };
+        let _permit = self.permits.acquire().await.map_err(|e| e.to_string())?;
+        let max = self.max_document_bytes;
+        let span = info_span!("loader.load_and_split", files = files.len(), documents = documents.len());
+        tokio::task::spawn_blocking(move || span.in_scope(|| run(files, documents, splitter.as_ref(), max)))
+            .await
+            .map_err(|e| format!("loader task failed: {e}"))
+    }
+}
+
+fn run(files: Vec<FileJob>, documents: Vec<Document>, splitter: &dyn Splitter, max: usize) -> LoadOutcome {
+    let mut outcome = LoadOutcome::default();
+    let mut docs = Vec::new();
+    for f in files {
+        if f.content.len() > max {
+            outcome.errors.push((f.name.clone(), format!("file is {} bytes, over the limit of {max}", f.content.len())));
+            continue;
+        }
+        match load_file(&f.name, &f.doc_id, &f.content, &f.metadata) {
+            Ok(d) => docs.extend(d),
+            Err(e) => outcome.errors.push((f.name.clone(), e.to_string())),
+        }
+    }
+    docs.extend(documents);
+    for doc in docs {
+        let source = if doc.source.is_empty() { doc.id.clone() } else { doc.source.clone() };
+        if doc.id.is_empty() {
+            outcome.errors.push((source, "document id must not be empty".into()));
+            continue;
+        }
+        if doc.text.len() > max {
+            outcome.errors.push((source, format!("document {} is {} bytes, over the limit of {max}", doc.id, doc.text.len())));
+            continue;
+        }
+        match chunk_document(&doc, splitter) {
+            Ok(chunks) if chunks.is_empty() => outcome.errors.push((source, format!("document {} has no text", doc.id))),
+            Ok(chunks) => outcome.documents.push(LoadedDocument { document: doc, chunks }),
+            Err(e) => outcome.errors.push((source, e.to_string())),
+        }
+    }
+    outcome
+}

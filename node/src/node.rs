@@ -1,0 +1,108 @@
+//! A node: the actors of one process, started from a [`NodeConfig`].
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use thiserror::Error;
+use tracing::info;
+
+use crate::embed::{spawn_embedder, BatchLimits, BertEmbedder, EmbedError, EmbedderHandle};
+use crate::index::{ShardError, ShardRegistry};
+use crate::load::LoaderPool;
+
+/// What a node runs and where it keeps its data.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Node id (shown in status, used in cluster mode).
+    pub id: String,
+    /// Roles: any of loader, embedder, shard, model, session.
+    pub roles: Vec<String>,
+    /// Directory for sled data and saved indexes.
+    pub data_dir: PathBuf,
+    /// The sentence-transformers folder of the embedding model.
+    pub embedder_dir: PathBuf,
+    /// Embedder batching.
+    pub batch: BatchLimits,
+    /// Concurrent loader jobs.
+    pub loader_workers: usize,
+    /// Largest file or document accepted, in bytes.
+    pub max_document_bytes: usize,
+}
+
+impl NodeConfig {
+    /// All roles that the data path needs, data under `data_dir`, models under `models_dir`.
+    pub fn embedded(data_dir: PathBuf, models_dir: PathBuf) -> Self {
+        Self {
+            id: "local".into(),
+            roles: vec!["loader".into(), "embedder".into(), "shard".into()],
+            data_dir,
+            embedder_dir: models_dir.join("all-MiniLM-L6-v2"),
+            batch: BatchLimits::default(),
+            loader_workers: 2,
+            max_document_bytes: 32 * 1024 * 1024,
+        }
+    }
+
+    fn has(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+}
+
+/// Why a node could not start.
+#[derive(Debug, Error)]
+pub enum NodeError {
+    /// The embedding model failed to load.
+    #[error("embedder: {0}")]
+    Embed(#[from] EmbedError),
+    /// Shard storage failed to open.
+    #[error("shards: {0}")]
+    Shard(#[from] ShardError),
+    /// An actor failed to start.
+    #[error("actor: {0}")]
+    Actor(String),
+}
+
+/// The running node.
+pub struct Node {
+    /// Its configuration.
+    pub config: NodeConfig,
+    /// The embedder, when the node has that role.
+    pub embedder: Option<EmbedderHandle>,
+    /// Hosted shards (empty registry unless the node has the shard role).
+    pub shards: Option<ShardRegistry>,
+    /// The loader pool, when the node has that role.
+    pub loader: Option<LoaderPool>,
+}
+
+impl Node {
+    /// Loads the model and opens the shards the configuration asks for.
+    pub async fn start(config: NodeConfig) -> Result<Arc<Self>, NodeError> {
+        let embedder = if config.has("embedder") || config.has("loader") {
+            let dir = config.embedder_dir.clone();
+            let model = tokio::task::spawn_blocking(move || BertEmbedder::load(&dir))
+                .await
+                .map_err(|e| NodeError::Actor(e.to_string()))??;
+            info!(model = model.name(), dimension = model.dimension(), "embedding model loaded");
+            Some(spawn_embedder(Arc::new(model), config.batch).await.map_err(|e| NodeError::Actor(e.to_string()))?)
+        } else {
+            None
+        };
+        let loader = config.has("loader").then(|| {
+            let tokenizer = embedder.as_ref().map(|e| e.model().tokenizer().clone());
+            LoaderPool::new(config.loader_workers, tokenizer, config.max_document_bytes)
+        });
+        let shards = if config.has("shard") { Some(ShardRegistry::open(&config.data_dir).await?) } else { None };
+        let embedder = if config.has("embedder") { embedder } else { None };
+        Ok(Arc::new(Self { config, embedder, shards, loader }))
+    }
+
+    /// Flushes shards and saves their indexes; stops the actors.
+    pub async fn shutdown(&self) {
+        if let Some(shards) = &self.shards {
+            shards.close_all().await;
+        }
+        if let Some(e) = &self.embedder {
+            e.stop();
+        }
+        info!("node stopped");
+    }
+}

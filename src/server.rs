@@ -1,0 +1,158 @@
+//! `tessera up`: a coordinator and one node in one process.
+//!
+//! The coordinator reaches the node through the internal `Node` gRPC service on
+//! the same listener (loopback), so this mode crosses the same boundary as a
+//! cluster. HTTP serves `/healthz` and `/readyz`.
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::http::StatusCode;
+use axum::routing::get;
+use clap::Args;
+use tessera_coordinator::{Catalog, Coordinator, CoordinatorConfig, NodeSet};
+use tessera_node::service::NodeService;
+use tessera_node::{Node, NodeConfig};
+use tokio::sync::watch;
+use tracing::info;
+
+use crate::parse_addr;
+
+/// Largest gRPC message (ingest batches of files).
+const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Arguments of `tessera up`.
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// Where sled data and saved indexes live.
+    #[arg(long, env = "TESSERA_DATA_DIR", default_value = "./tessera-data")]
+    data_dir: PathBuf,
+    /// Folder with the models (see scripts/fetch-models.sh).
+    #[arg(long, env = "TESSERA_MODELS", default_value = "./models")]
+    models: PathBuf,
+    /// gRPC listen address (public Tessera service, internal Node service, health, reflection).
+    #[arg(long, env = "TESSERA_GRPC", default_value = "127.0.0.1:50051", value_parser = parse_addr)]
+    grpc: SocketAddr,
+    /// HTTP listen address (/healthz, /readyz).
+    #[arg(long, env = "TESSERA_HTTP", default_value = "127.0.0.1:8080", value_parser = parse_addr)]
+    http: SocketAddr,
+    /// Shards of collections created implicitly by ingest.
+    #[arg(long, default_value_t = 2)]
+    default_shards: u32,
+    /// Largest top_k a search may ask for.
+    #[arg(long, default_value_t = 1000)]
+    max_top_k: u32,
+    /// Embedder: texts per forward pass.
+    #[arg(long, default_value_t = 32)]
+    max_batch_size: usize,
+    /// Embedder: padded tokens per forward pass.
+    #[arg(long, default_value_t = 8192)]
+    max_batch_tokens: usize,
+}
+
+fn init_tracing() {
+    use tracing_subscriber::{fmt, EnvFilter};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("TESSERA_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+/// Runs `tessera up` until SIGINT or SIGTERM.
+pub async fn up(args: UpArgs) -> anyhow::Result<()> {
+    init_tracing();
+    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let ready = Arc::new(AtomicBool::new(false));
+
+    // HTTP first, so probes get an answer (503) while models load.
+    let http = tokio::net::TcpListener::bind(args.http).await.with_context(|| format!("binding HTTP {}", args.http))?;
+    let ready_http = ready.clone();
+    let health = move || {
+        let ready = ready_http.clone();
+        async move {
+            if ready.load(Ordering::SeqCst) {
+                (StatusCode::OK, "ok\n")
+            } else {
+                (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+            }
+        }
+    };
+    let app = axum::Router::new().route("/healthz", get(health.clone())).route("/readyz", get(health));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut http_stop = stop_rx.clone();
+    let http_task = tokio::spawn(async move {
+        axum::serve(http, app)
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.changed().await;
+            })
+            .await
+    });
+
+    let mut node_config = NodeConfig::embedded(args.data_dir.join("node"), args.models.clone());
+    node_config.batch.max_batch_size = args.max_batch_size;
+    node_config.batch.max_batch_tokens = args.max_batch_tokens;
+    let node = Node::start(node_config).await.context("starting the node")?;
+
+    let grpc = tokio::net::TcpListener::bind(args.grpc).await.with_context(|| format!("binding gRPC {}", args.grpc))?;
+    let local = grpc.local_addr()?;
+    let nodes = NodeSet::connect_lazy(&[("local".into(), format!("http://{local}"))], MAX_MESSAGE_BYTES)?;
+    let catalog = Catalog::open(&args.data_dir).context("opening the collection catalog")?;
+    let config = CoordinatorConfig { default_shards: args.default_shards, max_top_k: args.max_top_k, ..Default::default() };
+    let coordinator = Coordinator::new(config, catalog, nodes);
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<tessera_proto::v1::tessera_server::TesseraServer<Coordinator>>().await;
+    health_reporter.set_serving::<tessera_proto::v1::node_server::NodeServer<NodeService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tessera_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+
+    let mut grpc_stop = stop_rx.clone();
+    let grpc_task = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(coordinator.into_server(MAX_MESSAGE_BYTES))
+            .add_service(NodeService::new(node.clone()).into_server(MAX_MESSAGE_BYTES))
+            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc), async move {
+                let _ = grpc_stop.changed().await;
+            }),
+    );
+    ready.store(true, Ordering::SeqCst);
+    info!(grpc = %local, http = %args.http, data_dir = %args.data_dir.display(), "tessera up: serving");
+
+    shutdown_signal().await;
+    info!("shutting down");
+    ready.store(false, Ordering::SeqCst);
+    let _ = stop_tx.send(true);
+    let _ = grpc_task.await;
+    let _ = http_task.await;
+    node.shutdown().await;
+    info!("stopped cleanly");
+    Ok(())
+}

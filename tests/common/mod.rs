@@ -1,0 +1,170 @@
+//! Starting a real `tessera up` process on free ports with a temp data dir.
+#![allow(dead_code)]
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// The models folder, or None (skip) outside CI when the models are absent.
+pub fn models() -> Option<PathBuf> {
+    let dir = std::env::var_os("TESSERA_MODELS").map(PathBuf::from).unwrap_or_else(|| workspace().join("models"));
+    if dir.join("all-MiniLM-L6-v2/model.safetensors").exists() {
+        return Some(dir);
+    }
+    assert!(!in_ci(), "models missing at {} under CI: run scripts/fetch-models.sh", dir.display());
+    eprintln!("skipping: models missing at {} (run scripts/fetch-models.sh)", dir.display());
+    None
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A running `tessera up`.
+pub struct Server {
+    child: Option<Child>,
+    pub grpc: String,
+    pub http: String,
+    pub data_dir: PathBuf,
+    models: PathBuf,
+    log: PathBuf,
+}
+
+impl Server {
+    /// Starts a server over `data_dir` and waits until /healthz answers 200.
+    pub fn start(data_dir: &Path, models: &Path) -> Server {
+        let grpc = format!("127.0.0.1:{}", free_port());
+        let http = format!("127.0.0.1:{}", free_port());
+        let mut s = Server { child: None, grpc, http, data_dir: data_dir.to_path_buf(), models: models.to_path_buf(), log: data_dir.with_extension("log") };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(["up", "--data-dir"])
+            .arg(&self.data_dir)
+            .arg("--models")
+            .arg(&self.models)
+            .args(["--grpc", &self.grpc, "--http", &self.http])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start tessera up");
+        self.child = Some(child);
+        self.wait_healthy();
+    }
+
+    fn wait_healthy(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if http_get(&self.http, "/healthz").is_some_and(|(code, _)| code == 200) {
+                return;
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("tessera up exited with {status}; log:\n{}", self.log_text());
+                }
+            }
+            assert!(Instant::now() < deadline, "tessera up not healthy in time; log:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    /// kill -9, then start again on the same ports and data.
+    pub fn kill_and_restart(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+        self.spawn();
+    }
+
+    /// SIGTERM, wait for a clean exit (asserted), then start again.
+    pub fn stop_and_restart(&mut self) {
+        self.terminate();
+        self.spawn();
+    }
+
+    /// SIGTERM and wait; asserts the process exited successfully.
+    pub fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let pid = c.id().to_string();
+            Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+            let status = c.wait().unwrap();
+            assert!(status.success(), "unclean exit {status}; log:\n{}", self.log_text());
+        }
+    }
+
+    /// Runs a client command of the binary against this server.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(args)
+            .env("TESSERA_SERVER", self.url())
+            .output()
+            .expect("run tessera")
+    }
+
+    /// Like [`Server::cli`], asserting success and returning stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(out.status.success(), "tessera {args:?} failed: {}\n{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// `tessera search --json`, parsed.
+    pub fn search_json(&self, collection: &str, extra: &[&str], query: &str) -> serde_json::Value {
+        let mut args = vec!["search", "--collection", collection, "--json"];
+        args.extend_from_slice(extra);
+        args.push(query);
+        serde_json::from_str(&self.cli_ok(&args)).unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A minimal HTTP/1.0 GET (status code and body), None when nothing answers.
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    Some((code, body))
+}
+
+/// Doc ids of a `--json` search result, best first.
+pub fn doc_ids(result: &serde_json::Value) -> Vec<String> {
+    result["hits"].as_array().unwrap().iter().map(|h| h["doc_id"].as_str().unwrap().to_string()).collect()
+}
+
+#[allow(unused_imports)]
+pub use tessera_node::load::testing::tiny_pdf;
