@@ -51,7 +51,7 @@ fn ingest_search_restart_delete() {
     let zh = doc_ids(&server.search_json("docs", &["--top-k", "2", "--mode", "hybrid"], "如何复制整个目录"));
     assert!(zh.contains(&"zh/cp.md".to_string()), "{zh:?}");
     let bm25 = doc_ids(&server.search_json("docs", &["--mode", "bm25", "--top-k", "1"], "SIGKILL"));
-    assert_eq!(bm25, vec!["signals.csv:2"]);
+    assert_eq!(bm25, vec!["shell/signals.csv:2"]);
     assert_eq!(doc_ids(&server.search_json("docs", &["--top-k", "1"], "archive a folder with tar")), vec!["guide.pdf"]);
     assert!(doc_ids(&server.search_json("docs", &["--mode", "bm25"], "console script text")).is_empty());
     let perms = server.search_json("docs", &["--filter", "topic=permissions", "--top-k", "5"], "copy a directory");
