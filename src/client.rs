@@ -18,7 +18,9 @@ async fn connect(url: &str) -> anyhow::Result<TesseraClient<Channel>> {
     let client = TesseraClient::connect(url.to_string())
         .await
         .with_context(|| format!("cannot reach the Tessera server at {url} (is `tessera up` running? set --server or TESSERA_SERVER)"))?;
-    Ok(client.max_decoding_message_size(64 * 1024 * 1024).max_encoding_message_size(64 * 1024 * 1024))
+    Ok(client
+        .max_decoding_message_size(64 * 1024 * 1024)
+        .max_encoding_message_size(64 * 1024 * 1024))
 }
 
 /// Turns a gRPC status into a one-line error.
@@ -31,10 +33,24 @@ fn rpc<T>(r: Result<tonic::Response<T>, tonic::Status>) -> anyhow::Result<T> {
 
 pub async fn collections(cmd: CollectionsCmd) -> anyhow::Result<()> {
     match cmd {
-        CollectionsCmd::Create { name, shards, replication, server } => {
+        CollectionsCmd::Create {
+            name,
+            shards,
+            replication,
+            server,
+        } => {
             let mut c = connect(&server.server).await?;
-            let info = rpc(c.create_collection(pb::CreateCollectionRequest { name, shards, replication }).await)?;
-            println!("created collection {} ({} shards, replication {}, dimension {})", info.name, info.shards, info.replication, info.dimension);
+            let info = rpc(c
+                .create_collection(pb::CreateCollectionRequest {
+                    name,
+                    shards,
+                    replication,
+                })
+                .await)?;
+            println!(
+                "created collection {} ({} shards, replication {}, dimension {})",
+                info.name, info.shards, info.replication, info.dimension
+            );
         }
         CollectionsCmd::List { json, server } => {
             let mut c = connect(&server.server).await?;
@@ -50,15 +66,23 @@ pub async fn collections(cmd: CollectionsCmd) -> anyhow::Result<()> {
             } else if list.collections.is_empty() {
                 println!("no collections");
             } else {
-                println!("{:<24} {:>6} {:>5} {:>10} {:>10}", "NAME", "SHARDS", "REPL", "DOCUMENTS", "CHUNKS");
+                println!(
+                    "{:<24} {:>6} {:>5} {:>10} {:>10}",
+                    "NAME", "SHARDS", "REPL", "DOCUMENTS", "CHUNKS"
+                );
                 for c in list.collections {
-                    println!("{:<24} {:>6} {:>5} {:>10} {:>10}", c.name, c.shards, c.replication, c.documents, c.chunks);
+                    println!(
+                        "{:<24} {:>6} {:>5} {:>10} {:>10}",
+                        c.name, c.shards, c.replication, c.documents, c.chunks
+                    );
                 }
             }
         }
         CollectionsCmd::Drop { name, server } => {
             let mut c = connect(&server.server).await?;
-            rpc(c.drop_collection(pb::DropCollectionRequest { name: name.clone() }).await)?;
+            rpc(c
+                .drop_collection(pb::DropCollectionRequest { name: name.clone() })
+                .await)?;
             println!("dropped collection {name}");
         }
     }
@@ -69,7 +93,13 @@ pub async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     let (files, unsupported) = expand(&args.paths).map_err(anyhow::Error::msg)?;
     let mut errors: Vec<(String, String)> = unsupported
         .iter()
-        .map(|p| (p.display().to_string(), "unsupported file type (supported: txt, md, html, json, jsonl, csv, pdf)".to_string()))
+        .map(|p| {
+            (
+                p.display().to_string(),
+                "unsupported file type (supported: txt, md, html, json, jsonl, csv, pdf)"
+                    .to_string(),
+            )
+        })
         .collect();
     let mut client = connect(&args.server.server).await?;
     let (mut documents, mut chunks) = (0u64, 0u64);
@@ -80,9 +110,18 @@ pub async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         match std::fs::read(&f.path) {
             Ok(content) => {
                 batch_bytes += content.len();
-                let name = f.path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+                let name = f
+                    .path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().to_string())
+                    .unwrap_or_default();
                 let metadata = json!({ "path": f.path.display().to_string() }).to_string();
-                batch.push(pb::FileInput { name, doc_id: f.doc_id, content, metadata_json: metadata });
+                batch.push(pb::FileInput {
+                    name,
+                    doc_id: f.doc_id,
+                    content,
+                    metadata_json: metadata,
+                });
             }
             Err(e) => errors.push((f.path.display().to_string(), e.to_string())),
         }
@@ -106,8 +145,15 @@ pub async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     for (source, message) in &errors {
         eprintln!("error: {source}: {message}");
     }
-    println!("stored {documents} documents, {chunks} chunks in '{}'{}", args.collection,
-        if errors.is_empty() { String::new() } else { format!("; {} files failed", errors.len()) });
+    println!(
+        "stored {documents} documents, {chunks} chunks in '{}'{}",
+        args.collection,
+        if errors.is_empty() {
+            String::new()
+        } else {
+            format!("; {} files failed", errors.len())
+        }
+    );
     if !errors.is_empty() {
         std::process::exit(if documents > 0 { 2 } else { 1 });
     }
@@ -116,8 +162,16 @@ pub async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
 
 pub async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
     let mut c = connect(&args.server.server).await?;
-    let resp = rpc(c.delete(pb::DeleteRequest { collection: args.collection, doc_ids: args.doc_ids }).await)?;
-    println!("deleted {} documents, {} chunks", resp.documents, resp.chunks);
+    let resp = rpc(c
+        .delete(pb::DeleteRequest {
+            collection: args.collection,
+            doc_ids: args.doc_ids,
+        })
+        .await)?;
+    println!(
+        "deleted {} documents, {} chunks",
+        resp.documents, resp.chunks
+    );
     Ok(())
 }
 
@@ -128,13 +182,23 @@ fn parse_filters(filters: &[String]) -> anyhow::Result<Option<pb::Filter>> {
     }
     let mut by_key: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for f in filters {
-        let Some((k, v)) = f.split_once('=') else { bail!("filter '{f}' is not KEY=VALUE") };
+        let Some((k, v)) = f.split_once('=') else {
+            bail!("filter '{f}' is not KEY=VALUE")
+        };
         if k.is_empty() {
             bail!("filter '{f}' has an empty key");
         }
-        by_key.entry(k.to_string()).or_default().push(json!(v).to_string());
+        by_key
+            .entry(k.to_string())
+            .or_default()
+            .push(json!(v).to_string());
     }
-    Ok(Some(pb::Filter { must: by_key.into_iter().map(|(key, values_json)| pb::FilterCondition { key, values_json }).collect() }))
+    Ok(Some(pb::Filter {
+        must: by_key
+            .into_iter()
+            .map(|(key, values_json)| pb::FilterCondition { key, values_json })
+            .collect(),
+    }))
 }
 
 pub async fn search(args: SearchArgs) -> anyhow::Result<()> {
@@ -172,7 +236,14 @@ pub async fn search(args: SearchArgs) -> anyhow::Result<()> {
         println!("no hits");
     } else {
         for (i, h) in resp.hits.iter().enumerate() {
-            let snippet: String = h.text.split_whitespace().collect::<Vec<_>>().join(" ").chars().take(160).collect();
+            let snippet: String = h
+                .text
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+                .chars()
+                .take(160)
+                .collect();
             println!("{}. [{:.4}] {}\n   {}", i + 1, h.score, h.chunk_id, snippet);
         }
     }

@@ -35,7 +35,12 @@ enum Command {
 #[derive(Args, Debug, Clone)]
 struct ServerArg {
     /// Coordinator gRPC URL.
-    #[arg(long, env = "TESSERA_SERVER", default_value = "http://127.0.0.1:50051", global = true)]
+    #[arg(
+        long,
+        env = "TESSERA_SERVER",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
     server: String,
 }
 
@@ -142,12 +147,15 @@ struct SearchArgs {
 
 /// Parses `host:port` for listen addresses, with a clear error.
 fn parse_addr(s: &str) -> Result<SocketAddr, String> {
-    s.parse().map_err(|e| format!("'{s}' is not an address like 127.0.0.1:50051: {e}"))
+    s.parse()
+        .map_err(|e| format!("'{s}' is not an address like 127.0.0.1:50051: {e}"))
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         match cli.command {
             Command::Up(args) => server::up(args).await,

@@ -85,11 +85,14 @@ async fn shutdown_signal() {
 /// Runs `tessera up` until SIGINT or SIGTERM.
 pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     init_tracing();
-    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let ready = Arc::new(AtomicBool::new(false));
 
     // HTTP first, so probes get an answer (503) while models load.
-    let http = tokio::net::TcpListener::bind(args.http).await.with_context(|| format!("binding HTTP {}", args.http))?;
+    let http = tokio::net::TcpListener::bind(args.http)
+        .await
+        .with_context(|| format!("binding HTTP {}", args.http))?;
     let ready_http = ready.clone();
     let health = move || {
         let ready = ready_http.clone();
@@ -101,7 +104,9 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             }
         }
     };
-    let app = axum::Router::new().route("/healthz", get(health.clone())).route("/readyz", get(health));
+    let app = axum::Router::new()
+        .route("/healthz", get(health.clone()))
+        .route("/readyz", get(health));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut http_stop = stop_rx.clone();
     let http_task = tokio::spawn(async move {
@@ -115,18 +120,33 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let mut node_config = NodeConfig::embedded(args.data_dir.join("node"), args.models.clone());
     node_config.batch.max_batch_size = args.max_batch_size;
     node_config.batch.max_batch_tokens = args.max_batch_tokens;
-    let node = Node::start(node_config).await.context("starting the node")?;
+    let node = Node::start(node_config)
+        .await
+        .context("starting the node")?;
 
-    let grpc = tokio::net::TcpListener::bind(args.grpc).await.with_context(|| format!("binding gRPC {}", args.grpc))?;
+    let grpc = tokio::net::TcpListener::bind(args.grpc)
+        .await
+        .with_context(|| format!("binding gRPC {}", args.grpc))?;
     let local = grpc.local_addr()?;
-    let nodes = NodeSet::connect_lazy(&[("local".into(), format!("http://{local}"))], MAX_MESSAGE_BYTES)?;
+    let nodes = NodeSet::connect_lazy(
+        &[("local".into(), format!("http://{local}"))],
+        MAX_MESSAGE_BYTES,
+    )?;
     let catalog = Catalog::open(&args.data_dir).context("opening the collection catalog")?;
-    let config = CoordinatorConfig { default_shards: args.default_shards, max_top_k: args.max_top_k, ..Default::default() };
+    let config = CoordinatorConfig {
+        default_shards: args.default_shards,
+        max_top_k: args.max_top_k,
+        ..Default::default()
+    };
     let coordinator = Coordinator::new(config, catalog, nodes);
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<tessera_proto::v1::tessera_server::TesseraServer<Coordinator>>().await;
-    health_reporter.set_serving::<tessera_proto::v1::node_server::NodeServer<NodeService>>().await;
+    health_reporter
+        .set_serving::<tessera_proto::v1::tessera_server::TesseraServer<Coordinator>>()
+        .await;
+    health_reporter
+        .set_serving::<tessera_proto::v1::node_server::NodeServer<NodeService>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tessera_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -139,9 +159,12 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             .add_service(reflection)
             .add_service(coordinator.into_server(MAX_MESSAGE_BYTES))
             .add_service(NodeService::new(node.clone()).into_server(MAX_MESSAGE_BYTES))
-            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc), async move {
-                let _ = grpc_stop.changed().await;
-            }),
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(grpc),
+                async move {
+                    let _ = grpc_stop.changed().await;
+                },
+            ),
     );
     ready.store(true, Ordering::SeqCst);
     info!(grpc = %local, http = %args.http, data_dir = %args.data_dir.display(), "tessera up: serving");

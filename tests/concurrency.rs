@@ -8,12 +8,20 @@ use tessera_proto::v1::tessera_client::TesseraClient;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_ingest_and_search() {
-    let Some(models) = common::models() else { return };
+    let Some(models) = common::models() else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let server = Server::start(&tmp.path().join("data"), &models);
     let url = server.url();
     let mut c = TesseraClient::connect(url.clone()).await.unwrap();
-    c.create_collection(pb::CreateCollectionRequest { name: "load".into(), shards: 3, replication: 1 }).await.unwrap();
+    c.create_collection(pb::CreateCollectionRequest {
+        name: "load".into(),
+        shards: 3,
+        replication: 1,
+    })
+    .await
+    .unwrap();
 
     let writers: Vec<_> = (0..4)
         .map(|w| {
@@ -25,11 +33,27 @@ async fn concurrent_ingest_and_search() {
                     let documents: Vec<pb::DocumentInput> = (0..5)
                         .map(|i| {
                             let id = format!("w{w}-b{batch}-d{i}");
-                            pb::DocumentInput { text: format!("Document {id} talks about topic {} and 主题 {}", i % 3, w), id, ..Default::default() }
+                            pb::DocumentInput {
+                                text: format!(
+                                    "Document {id} talks about topic {} and 主题 {}",
+                                    i % 3,
+                                    w
+                                ),
+                                id,
+                                ..Default::default()
+                            }
                         })
                         .collect();
                     let ids: Vec<String> = documents.iter().map(|d| d.id.clone()).collect();
-                    let r = c.ingest(pb::IngestRequest { collection: "load".into(), documents, ..Default::default() }).await.unwrap().into_inner();
+                    let r = c
+                        .ingest(pb::IngestRequest {
+                            collection: "load".into(),
+                            documents,
+                            ..Default::default()
+                        })
+                        .await
+                        .unwrap()
+                        .into_inner();
                     assert_eq!(r.documents, 5);
                     acked.extend(ids);
                 }
@@ -44,8 +68,18 @@ async fn concurrent_ingest_and_search() {
                 let mut c = TesseraClient::connect(url).await.unwrap();
                 let mut ok = 0;
                 for i in 0..15 {
-                    let mode = [pb::SearchMode::Vector, pb::SearchMode::Bm25, pb::SearchMode::Hybrid][(i + r) % 3];
-                    let req = pb::SearchRequest { collection: "load".into(), query: format!("topic {}", i % 3), top_k: 5, mode: mode as i32, ..Default::default() };
+                    let mode = [
+                        pb::SearchMode::Vector,
+                        pb::SearchMode::Bm25,
+                        pb::SearchMode::Hybrid,
+                    ][(i + r) % 3];
+                    let req = pb::SearchRequest {
+                        collection: "load".into(),
+                        query: format!("topic {}", i % 3),
+                        top_k: 5,
+                        mode: mode as i32,
+                        ..Default::default()
+                    };
                     c.search(req).await.expect("search during ingest");
                     ok += 1;
                 }
@@ -61,16 +95,30 @@ async fn concurrent_ingest_and_search() {
         assert_eq!(r.await.unwrap(), 15);
     }
     assert_eq!(acked.len(), 100);
-    let list = c.list_collections(pb::ListCollectionsRequest {}).await.unwrap().into_inner();
+    let list = c
+        .list_collections(pb::ListCollectionsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(list.collections[0].documents, 100);
     // Every acknowledged document is findable by its own words.
     for id in acked.iter().step_by(7) {
         let hits = c
-            .search(pb::SearchRequest { collection: "load".into(), query: id.clone(), top_k: 3, mode: pb::SearchMode::Bm25 as i32, ..Default::default() })
+            .search(pb::SearchRequest {
+                collection: "load".into(),
+                query: id.clone(),
+                top_k: 3,
+                mode: pb::SearchMode::Bm25 as i32,
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner()
             .hits;
-        assert!(hits.iter().any(|h| &h.doc_id == id), "{id} not found: {:?}", hits.iter().map(|h| &h.doc_id).collect::<Vec<_>>());
+        assert!(
+            hits.iter().any(|h| &h.doc_id == id),
+            "{id} not found: {:?}",
+            hits.iter().map(|h| &h.doc_id).collect::<Vec<_>>()
+        );
     }
 }

@@ -45,14 +45,18 @@ impl Catalog {
     /// Opens the catalog under `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Self, CatalogError> {
         let db = sled::open(data_dir.join("coordinator.sled"))?;
-        Ok(Self { tree: db.open_tree("collections")? })
+        Ok(Self {
+            tree: db.open_tree("collections")?,
+        })
     }
 
     /// The collection, if it exists.
     pub fn get(&self, name: &str) -> Result<Option<CollectionMeta>, CatalogError> {
         self.tree
             .get(name.as_bytes())?
-            .map(|v| serde_json::from_slice(&v).map_err(|_| CatalogError::Corrupt(name.to_string())))
+            .map(|v| {
+                serde_json::from_slice(&v).map_err(|_| CatalogError::Corrupt(name.to_string()))
+            })
             .transpose()
     }
 
@@ -62,14 +66,16 @@ impl Catalog {
             .iter()
             .map(|item| {
                 let (k, v) = item?;
-                serde_json::from_slice(&v).map_err(|_| CatalogError::Corrupt(String::from_utf8_lossy(&k).into()))
+                serde_json::from_slice(&v)
+                    .map_err(|_| CatalogError::Corrupt(String::from_utf8_lossy(&k).into()))
             })
             .collect()
     }
 
     /// Stores a collection durably.
     pub async fn put(&self, meta: &CollectionMeta) -> Result<(), CatalogError> {
-        let json = serde_json::to_vec(meta).map_err(|_| CatalogError::Corrupt(meta.name.clone()))?;
+        let json =
+            serde_json::to_vec(meta).map_err(|_| CatalogError::Corrupt(meta.name.clone()))?;
         self.tree.insert(meta.name.as_bytes(), json)?;
         self.tree.flush_async().await?;
         Ok(())
@@ -91,8 +97,14 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     if name.len() > 128 {
         return Err("collection name is longer than 128 bytes".into());
     }
-    if !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) || name.starts_with('.') {
-        return Err(format!("invalid collection name '{name}': use ASCII letters, digits, '-', '_' and '.'"));
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        || name.starts_with('.')
+    {
+        return Err(format!(
+            "invalid collection name '{name}': use ASCII letters, digits, '-', '_' and '.'"
+        ));
     }
     Ok(())
 }
@@ -134,7 +146,14 @@ mod tests {
     #[tokio::test]
     async fn catalog_round_trip_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let meta = CollectionMeta { name: "docs".into(), dimension: 384, metric: "cosine".into(), shards: 3, replication: 1, embedder: "m".into() };
+        let meta = CollectionMeta {
+            name: "docs".into(),
+            dimension: 384,
+            metric: "cosine".into(),
+            shards: 3,
+            replication: 1,
+            embedder: "m".into(),
+        };
         {
             let c = Catalog::open(dir.path()).unwrap();
             c.put(&meta).await.unwrap();

@@ -81,8 +81,16 @@ impl Node {
             let model = tokio::task::spawn_blocking(move || BertEmbedder::load(&dir))
                 .await
                 .map_err(|e| NodeError::Actor(e.to_string()))??;
-            info!(model = model.name(), dimension = model.dimension(), "embedding model loaded");
-            Some(spawn_embedder(Arc::new(model), config.batch).await.map_err(|e| NodeError::Actor(e.to_string()))?)
+            info!(
+                model = model.name(),
+                dimension = model.dimension(),
+                "embedding model loaded"
+            );
+            Some(
+                spawn_embedder(Arc::new(model), config.batch)
+                    .await
+                    .map_err(|e| NodeError::Actor(e.to_string()))?,
+            )
         } else {
             None
         };
@@ -90,9 +98,22 @@ impl Node {
             let tokenizer = embedder.as_ref().map(|e| e.model().tokenizer().clone());
             LoaderPool::new(config.loader_workers, tokenizer, config.max_document_bytes)
         });
-        let shards = if config.has("shard") { Some(ShardRegistry::open(&config.data_dir).await?) } else { None };
-        let embedder = if config.has("embedder") { embedder } else { None };
-        Ok(Arc::new(Self { config, embedder, shards, loader }))
+        let shards = if config.has("shard") {
+            Some(ShardRegistry::open(&config.data_dir).await?)
+        } else {
+            None
+        };
+        let embedder = if config.has("embedder") {
+            embedder
+        } else {
+            None
+        };
+        Ok(Arc::new(Self {
+            config,
+            embedder,
+            shards,
+            loader,
+        }))
     }
 
     /// Flushes shards and saves their indexes; stops the actors.

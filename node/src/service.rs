@@ -5,10 +5,12 @@ use tessera_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
-use crate::index::{Condition, DocWrite, Filter, SearchMode, ShardError, ShardHit, ShardQuery, ShardStats};
+use crate::index::ChunkRecord;
+use crate::index::{
+    Condition, DocWrite, Filter, SearchMode, ShardError, ShardHit, ShardQuery, ShardStats,
+};
 use crate::load::{Document, FileJob, Metadata, SplitSpec};
 use crate::node::Node;
-use crate::index::ChunkRecord;
 
 /// Serves [`pb::node_server::Node`] over a [`Node`].
 #[derive(Clone)]
@@ -30,17 +32,24 @@ impl NodeService {
     }
 
     fn shards(&self) -> Result<&crate::index::ShardRegistry, Status> {
-        self.node.shards.as_ref().ok_or_else(|| Status::failed_precondition("this node has no shard role"))
+        self.node
+            .shards
+            .as_ref()
+            .ok_or_else(|| Status::failed_precondition("this node has no shard role"))
     }
 }
 
 /// Maps shard errors onto gRPC codes.
 pub fn shard_status(e: ShardError) -> Status {
     match e {
-        ShardError::Invalid(_) | ShardError::Dimension { .. } => Status::invalid_argument(e.to_string()),
+        ShardError::Invalid(_) | ShardError::Dimension { .. } => {
+            Status::invalid_argument(e.to_string())
+        }
         ShardError::NotFound(_) => Status::not_found(e.to_string()),
         ShardError::Unavailable(_) => Status::unavailable(e.to_string()),
-        ShardError::Storage(_) | ShardError::Corrupt(_) | ShardError::Ann(_) => Status::internal(e.to_string()),
+        ShardError::Storage(_) | ShardError::Corrupt(_) | ShardError::Ann(_) => {
+            Status::internal(e.to_string())
+        }
     }
 }
 
@@ -52,7 +61,9 @@ pub fn parse_metadata(json: &str) -> Result<Metadata, Status> {
     match serde_json::from_str::<serde_json::Value>(json) {
         Ok(serde_json::Value::Object(m)) => Ok(m),
         Ok(_) => Err(Status::invalid_argument("metadata must be a JSON object")),
-        Err(e) => Err(Status::invalid_argument(format!("metadata is not valid JSON: {e}"))),
+        Err(e) => Err(Status::invalid_argument(format!(
+            "metadata is not valid JSON: {e}"
+        ))),
     }
 }
 
@@ -86,7 +97,10 @@ pub fn mode_from_pb(mode: i32) -> SearchMode {
 
 fn stats_pb(collection: &str, shard: u32, s: ShardStats) -> pb::ShardStats {
     pb::ShardStats {
-        shard: Some(pb::ShardRef { collection: collection.to_string(), shard }),
+        shard: Some(pb::ShardRef {
+            collection: collection.to_string(),
+            shard,
+        }),
         chunks: s.chunks,
         documents: s.documents,
         sequence: s.sequence,
@@ -114,7 +128,10 @@ fn hit_pb(h: ShardHit) -> pb::ShardHit {
 #[tonic::async_trait]
 impl pb::node_server::Node for NodeService {
     #[instrument(skip_all, name = "Node/Info")]
-    async fn info(&self, _req: Request<pb::NodeInfoRequest>) -> Result<Response<pb::NodeInfo>, Status> {
+    async fn info(
+        &self,
+        _req: Request<pb::NodeInfoRequest>,
+    ) -> Result<Response<pb::NodeInfo>, Status> {
         let mut shards = Vec::new();
         if let Some(reg) = &self.node.shards {
             for ((c, s), st) in reg.list().await {
@@ -125,19 +142,44 @@ impl pb::node_server::Node for NodeService {
             Some(e) => (e.model().name().to_string(), e.model().dimension() as u32),
             None => (String::new(), 0),
         };
-        Ok(Response::new(pb::NodeInfo { id: self.node.config.id.clone(), roles: self.node.config.roles.clone(), embedder, dimension, shards }))
+        Ok(Response::new(pb::NodeInfo {
+            id: self.node.config.id.clone(),
+            roles: self.node.config.roles.clone(),
+            embedder,
+            dimension,
+            shards,
+        }))
     }
 
     #[instrument(skip_all, name = "Node/LoadAndSplit")]
-    async fn load_and_split(&self, req: Request<pb::LoadAndSplitRequest>) -> Result<Response<pb::LoadAndSplitResponse>, Status> {
-        let loader = self.node.loader.as_ref().ok_or_else(|| Status::failed_precondition("this node has no loader role"))?;
+    async fn load_and_split(
+        &self,
+        req: Request<pb::LoadAndSplitRequest>,
+    ) -> Result<Response<pb::LoadAndSplitResponse>, Status> {
+        let loader = self
+            .node
+            .loader
+            .as_ref()
+            .ok_or_else(|| Status::failed_precondition("this node has no loader role"))?;
         let req = req.into_inner();
         let mut errors = Vec::new();
         let mut files = Vec::new();
         for f in req.files {
             match parse_metadata(&f.metadata_json) {
-                Ok(metadata) => files.push(FileJob { doc_id: if f.doc_id.is_empty() { f.name.clone() } else { f.doc_id }, name: f.name, content: f.content, metadata }),
-                Err(e) => errors.push(pb::IngestError { source: f.name, message: e.message().to_string() }),
+                Ok(metadata) => files.push(FileJob {
+                    doc_id: if f.doc_id.is_empty() {
+                        f.name.clone()
+                    } else {
+                        f.doc_id
+                    },
+                    name: f.name,
+                    content: f.content,
+                    metadata,
+                }),
+                Err(e) => errors.push(pb::IngestError {
+                    source: f.name,
+                    message: e.message().to_string(),
+                }),
             }
         }
         let mut documents = Vec::new();
@@ -149,12 +191,27 @@ impl pb::node_server::Node for NodeService {
                     doc.metadata = metadata;
                     documents.push(doc);
                 }
-                Err(e) => errors.push(pb::IngestError { source: d.id, message: e.message().to_string() }),
+                Err(e) => errors.push(pb::IngestError {
+                    source: d.id,
+                    message: e.message().to_string(),
+                }),
             }
         }
-        let spec = SplitSpec { kind: req.splitter, chunk_size: req.chunk_size as usize, chunk_overlap: req.chunk_overlap as usize };
-        let outcome = loader.load_and_split(files, documents, spec).await.map_err(Status::invalid_argument)?;
-        errors.extend(outcome.errors.into_iter().map(|(source, message)| pb::IngestError { source, message }));
+        let spec = SplitSpec {
+            kind: req.splitter,
+            chunk_size: req.chunk_size as usize,
+            chunk_overlap: req.chunk_overlap as usize,
+        };
+        let outcome = loader
+            .load_and_split(files, documents, spec)
+            .await
+            .map_err(Status::invalid_argument)?;
+        errors.extend(
+            outcome
+                .errors
+                .into_iter()
+                .map(|(source, message)| pb::IngestError { source, message }),
+        );
         let documents = outcome
             .documents
             .into_iter()
@@ -166,62 +223,122 @@ impl pb::node_server::Node for NodeService {
                 chunks: d
                     .chunks
                     .into_iter()
-                    .map(|c| pb::Chunk { chunk_id: c.id, doc_id: c.doc_id, text: c.text, metadata_json: serde_json::Value::Object(c.metadata).to_string() })
+                    .map(|c| pb::Chunk {
+                        chunk_id: c.id,
+                        doc_id: c.doc_id,
+                        text: c.text,
+                        metadata_json: serde_json::Value::Object(c.metadata).to_string(),
+                    })
                     .collect(),
             })
             .collect();
-        Ok(Response::new(pb::LoadAndSplitResponse { documents, errors }))
+        Ok(Response::new(pb::LoadAndSplitResponse {
+            documents,
+            errors,
+        }))
     }
 
     #[instrument(skip_all, name = "Node/EmbedBatch", fields(texts))]
-    async fn embed_batch(&self, req: Request<pb::EmbedRequest>) -> Result<Response<pb::EmbedResponse>, Status> {
-        let embedder = self.node.embedder.as_ref().ok_or_else(|| Status::failed_precondition("this node has no embedder role"))?;
+    async fn embed_batch(
+        &self,
+        req: Request<pb::EmbedRequest>,
+    ) -> Result<Response<pb::EmbedResponse>, Status> {
+        let embedder = self
+            .node
+            .embedder
+            .as_ref()
+            .ok_or_else(|| Status::failed_precondition("this node has no embedder role"))?;
         let texts = req.into_inner().texts;
         tracing::Span::current().record("texts", texts.len());
         let vectors = embedder.embed(texts).await.map_err(Status::unavailable)?;
         Ok(Response::new(pb::EmbedResponse {
-            vectors: vectors.into_iter().map(|values| pb::Vector { values }).collect(),
+            vectors: vectors
+                .into_iter()
+                .map(|values| pb::Vector { values })
+                .collect(),
             dimension: embedder.model().dimension() as u32,
             model: embedder.model().name().to_string(),
         }))
     }
 
     #[instrument(skip_all, name = "Node/OpenShard")]
-    async fn open_shard(&self, req: Request<pb::OpenShardRequest>) -> Result<Response<pb::ShardStats>, Status> {
+    async fn open_shard(
+        &self,
+        req: Request<pb::OpenShardRequest>,
+    ) -> Result<Response<pb::ShardStats>, Status> {
         let req = req.into_inner();
         let r = shard_ref(req.shard)?;
-        let stats = self.shards()?.open_shard(&r.collection, r.shard, req.dimension as usize).await.map_err(shard_status)?;
+        let stats = self
+            .shards()?
+            .open_shard(&r.collection, r.shard, req.dimension as usize)
+            .await
+            .map_err(shard_status)?;
         Ok(Response::new(stats_pb(&r.collection, r.shard, stats)))
     }
 
     #[instrument(skip_all, name = "Node/DropShard")]
-    async fn drop_shard(&self, req: Request<pb::DropShardRequest>) -> Result<Response<pb::DropShardResponse>, Status> {
+    async fn drop_shard(
+        &self,
+        req: Request<pb::DropShardRequest>,
+    ) -> Result<Response<pb::DropShardResponse>, Status> {
         let r = shard_ref(req.into_inner().shard)?;
-        let dropped = self.shards()?.drop_shard(&r.collection, r.shard).await.map_err(shard_status)?;
+        let dropped = self
+            .shards()?
+            .drop_shard(&r.collection, r.shard)
+            .await
+            .map_err(shard_status)?;
         Ok(Response::new(pb::DropShardResponse { dropped }))
     }
 
     #[instrument(skip_all, name = "Node/ShardWrite")]
-    async fn shard_write(&self, req: Request<pb::ShardWriteRequest>) -> Result<Response<pb::ShardWriteResponse>, Status> {
+    async fn shard_write(
+        &self,
+        req: Request<pb::ShardWriteRequest>,
+    ) -> Result<Response<pb::ShardWriteResponse>, Status> {
         let req = req.into_inner();
         let r = shard_ref(req.shard)?;
         let mut writes = Vec::with_capacity(req.writes.len());
         for w in req.writes {
             let mut chunks = Vec::with_capacity(w.chunks.len());
             for c in w.chunks {
-                let chunk = c.chunk.ok_or_else(|| Status::invalid_argument("chunk missing"))?;
+                let chunk = c
+                    .chunk
+                    .ok_or_else(|| Status::invalid_argument("chunk missing"))?;
                 let metadata = parse_metadata(&chunk.metadata_json)?;
-                chunks.push((ChunkRecord { chunk_id: chunk.chunk_id, doc_id: chunk.doc_id, text: chunk.text, metadata }, c.vector));
+                chunks.push((
+                    ChunkRecord {
+                        chunk_id: chunk.chunk_id,
+                        doc_id: chunk.doc_id,
+                        text: chunk.text,
+                        metadata,
+                    },
+                    c.vector,
+                ));
             }
-            writes.push(DocWrite { doc_id: w.doc_id, delete: w.delete, chunks });
+            writes.push(DocWrite {
+                doc_id: w.doc_id,
+                delete: w.delete,
+                chunks,
+            });
         }
-        let shard = self.shards()?.require(&r.collection, r.shard).await.map_err(shard_status)?;
+        let shard = self
+            .shards()?
+            .require(&r.collection, r.shard)
+            .await
+            .map_err(shard_status)?;
         let out = shard.write(writes).await.map_err(shard_status)?;
-        Ok(Response::new(pb::ShardWriteResponse { sequence: out.sequence, documents: out.documents, chunks: out.chunks }))
+        Ok(Response::new(pb::ShardWriteResponse {
+            sequence: out.sequence,
+            documents: out.documents,
+            chunks: out.chunks,
+        }))
     }
 
     #[instrument(skip_all, name = "Node/ShardSearch")]
-    async fn shard_search(&self, req: Request<pb::ShardSearchRequest>) -> Result<Response<pb::ShardSearchResponse>, Status> {
+    async fn shard_search(
+        &self,
+        req: Request<pb::ShardSearchRequest>,
+    ) -> Result<Response<pb::ShardSearchResponse>, Status> {
         let req = req.into_inner();
         let r = shard_ref(req.shard)?;
         let query = ShardQuery {
@@ -232,7 +349,11 @@ impl pb::node_server::Node for NodeService {
             mode: mode_from_pb(req.mode),
             with_vectors: req.with_vectors,
         };
-        let shard = self.shards()?.require(&r.collection, r.shard).await.map_err(shard_status)?;
+        let shard = self
+            .shards()?
+            .require(&r.collection, r.shard)
+            .await
+            .map_err(shard_status)?;
         let res = shard.search(query).await.map_err(shard_status)?;
         Ok(Response::new(pb::ShardSearchResponse {
             vector_hits: res.vector.into_iter().map(hit_pb).collect(),
@@ -241,9 +362,16 @@ impl pb::node_server::Node for NodeService {
     }
 
     #[instrument(skip_all, name = "Node/GetShardStats")]
-    async fn get_shard_stats(&self, req: Request<pb::ShardStatsRequest>) -> Result<Response<pb::ShardStats>, Status> {
+    async fn get_shard_stats(
+        &self,
+        req: Request<pb::ShardStatsRequest>,
+    ) -> Result<Response<pb::ShardStats>, Status> {
         let r = shard_ref(req.into_inner().shard)?;
-        let shard = self.shards()?.require(&r.collection, r.shard).await.map_err(shard_status)?;
+        let shard = self
+            .shards()?
+            .require(&r.collection, r.shard)
+            .await
+            .map_err(shard_status)?;
         let stats = shard.stats().await.map_err(shard_status)?;
         Ok(Response::new(stats_pb(&r.collection, r.shard, stats)))
     }

@@ -13,19 +13,30 @@ pub fn in_ci() -> bool {
 
 /// The default embedding model folder, or None (skip) outside CI when absent.
 pub fn minilm_dir() -> Option<PathBuf> {
-    let base = std::env::var_os("TESSERA_MODELS").map(PathBuf::from).unwrap_or_else(|| workspace().join("models"));
+    let base = std::env::var_os("TESSERA_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("models"));
     let dir = base.join("all-MiniLM-L6-v2");
     if dir.join("model.safetensors").exists() {
         return Some(dir);
     }
-    assert!(!in_ci(), "model missing at {} under CI: run scripts/fetch-models.sh", dir.display());
-    eprintln!("skipping: {} missing (run scripts/fetch-models.sh)", dir.display());
+    assert!(
+        !in_ci(),
+        "model missing at {} under CI: run scripts/fetch-models.sh",
+        dir.display()
+    );
+    eprintln!(
+        "skipping: {} missing (run scripts/fetch-models.sh)",
+        dir.display()
+    );
     None
 }
 
 /// A file of ../shared/fixtures, or None (skip) outside CI when absent.
 pub fn fixture(name: &str) -> Option<PathBuf> {
-    let dir = std::env::var_os("TESSERA_FIXTURES").map(PathBuf::from).unwrap_or_else(|| workspace().join("../shared/fixtures"));
+    let dir = std::env::var_os("TESSERA_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("../shared/fixtures"));
     let path = dir.join(name);
     if path.exists() {
         return Some(path);

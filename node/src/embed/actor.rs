@@ -27,7 +27,11 @@ pub struct BatchLimits {
 
 impl Default for BatchLimits {
     fn default() -> Self {
-        Self { max_batch_size: 32, max_batch_tokens: 8192, max_queued: 100_000 }
+        Self {
+            max_batch_size: 32,
+            max_batch_tokens: 8192,
+            max_queued: 100_000,
+        }
     }
 }
 
@@ -110,7 +114,14 @@ impl Actor for EmbedderActor {
                 for (i, enc) in encodings.into_iter().enumerate() {
                     state.queue.push_back((id, i, enc));
                 }
-                state.pending.insert(id, Pending { results: vec![None; texts.len()], remaining: texts.len(), reply });
+                state.pending.insert(
+                    id,
+                    Pending {
+                        results: vec![None; texts.len()],
+                        remaining: texts.len(),
+                        reply,
+                    },
+                );
             }
             EmbedderMsg::BatchDone(items, result) => {
                 state.busy = false;
@@ -122,7 +133,11 @@ impl Actor for EmbedderActor {
                                 p.remaining -= 1;
                                 if p.remaining == 0 {
                                     if let Some(p) = state.pending.remove(&id) {
-                                        let out = p.results.into_iter().map(Option::unwrap_or_default).collect();
+                                        let out = p
+                                            .results
+                                            .into_iter()
+                                            .map(Option::unwrap_or_default)
+                                            .collect();
                                         let _ = p.reply.send(Ok(out));
                                     }
                                 }
@@ -156,7 +171,8 @@ fn start_batch(myself: ActorRef<EmbedderMsg>, state: &mut EmbedderState) {
     while let Some((_, _, enc)) = state.queue.front() {
         let len = enc.get_ids().len().max(longest);
         if !batch.is_empty()
-            && (batch.len() + 1 > state.limits.max_batch_size || len * (batch.len() + 1) > state.limits.max_batch_tokens)
+            && (batch.len() + 1 > state.limits.max_batch_size
+                || len * (batch.len() + 1) > state.limits.max_batch_tokens)
         {
             break;
         }
@@ -167,13 +183,19 @@ fn start_batch(myself: ActorRef<EmbedderMsg>, state: &mut EmbedderState) {
     }
     state.busy = true;
     let model = state.model.clone();
-    let span = info_span!("embedder.batch", size = batch.len(), padded_tokens = longest * batch.len());
+    let span = info_span!(
+        "embedder.batch",
+        size = batch.len(),
+        padded_tokens = longest * batch.len()
+    );
     tokio::spawn(
         async move {
             let items: Vec<(u64, usize)> = batch.iter().map(|(id, i, _)| (*id, *i)).collect();
             let result = tokio::task::spawn_blocking(move || {
                 let encodings: Vec<&Encoding> = batch.iter().map(|(_, _, e)| e).collect();
-                model.embed_encodings(&encodings).map_err(|e: EmbedError| e.to_string())
+                model
+                    .embed_encodings(&encodings)
+                    .map_err(|e: EmbedError| e.to_string())
             })
             .await
             .unwrap_or_else(|e| Err(format!("embedding task failed: {e}")));
@@ -196,7 +218,11 @@ pub struct EmbedderHandle {
 impl EmbedderHandle {
     /// Embeds texts through the actor (batched with whatever else is waiting).
     pub async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, String> {
-        match self.actor.call(|reply| EmbedderMsg::Embed(texts, reply), None).await {
+        match self
+            .actor
+            .call(|reply| EmbedderMsg::Embed(texts, reply), None)
+            .await
+        {
             Ok(ractor::rpc::CallResult::Success(r)) => r,
             Ok(_) => Err("embedder did not answer".into()),
             Err(e) => Err(format!("embedder unavailable: {e}")),
@@ -215,7 +241,10 @@ impl EmbedderHandle {
 }
 
 /// Spawns an embedder actor for `model`.
-pub async fn spawn_embedder(model: Arc<BertEmbedder>, limits: BatchLimits) -> Result<EmbedderHandle, ActorProcessingErr> {
+pub async fn spawn_embedder(
+    model: Arc<BertEmbedder>,
+    limits: BatchLimits,
+) -> Result<EmbedderHandle, ActorProcessingErr> {
     let (actor, _join) = Actor::spawn(None, EmbedderActor, (model.clone(), limits)).await?;
     Ok(EmbedderHandle { actor, model })
 }

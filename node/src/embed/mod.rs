@@ -7,5 +7,5 @@
 mod actor;
 mod bert;
 
-pub use actor::{spawn_embedder, EmbedderActor, EmbedderHandle, EmbedderMsg, BatchLimits};
+pub use actor::{spawn_embedder, BatchLimits, EmbedderActor, EmbedderHandle, EmbedderMsg};
 pub use bert::{BertEmbedder, EmbedError};

@@ -85,13 +85,20 @@ impl Bm25Index {
         self.lengths.insert(key, terms.len() as u32);
         self.total_length += terms.len() as u64;
         for term in terms {
-            *self.postings.entry(term).or_default().entry(key).or_insert(0) += 1;
+            *self
+                .postings
+                .entry(term)
+                .or_default()
+                .entry(key)
+                .or_insert(0) += 1;
         }
     }
 
     /// Forgets a chunk (its terms are found by scanning only the postings that hold it).
     pub fn remove(&mut self, key: u64) {
-        let Some(len) = self.lengths.remove(&key) else { return };
+        let Some(len) = self.lengths.remove(&key) else {
+            return;
+        };
         self.total_length -= len as u64;
         self.postings.retain(|_, list| {
             list.remove(&key);
@@ -139,7 +146,9 @@ impl Bm25Index {
         query_terms.dedup();
         let mut scores: HashMap<u64, f32> = HashMap::new();
         for term in &query_terms {
-            let Some(list) = self.postings.get(term) else { continue };
+            let Some(list) = self.postings.get(term) else {
+                continue;
+            };
             let df = list.len() as f32;
             let idf = (1.0 + (n - df + 0.5) / (df + 0.5)).ln();
             for (&key, &tf) in list {
@@ -149,7 +158,8 @@ impl Bm25Index {
                 *scores.entry(key).or_insert(0.0) += s;
             }
         }
-        let mut hits: Vec<(u64, f32)> = scores.into_iter().filter(|(key, _)| accept(*key)).collect();
+        let mut hits: Vec<(u64, f32)> =
+            scores.into_iter().filter(|(key, _)| accept(*key)).collect();
         hits.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         hits.truncate(k);
         hits
@@ -164,7 +174,10 @@ mod tests {
     fn cjk_runs_become_unigrams_and_bigrams() {
         assert_eq!(terms("Rust 索引"), vec!["rust", "索", "索引", "引"]);
         assert_eq!(terms("GPU内存"), vec!["gpu", "内", "内存", "存"]);
-        assert_eq!(terms("复制，目录"), vec!["复", "复制", "制", "目", "目录", "录"]);
+        assert_eq!(
+            terms("复制，目录"),
+            vec!["复", "复制", "制", "目", "目录", "录"]
+        );
     }
 
     #[test]

@@ -4,11 +4,38 @@ use scraper::{ElementRef, Html, Node};
 use super::{utf8, Document, LoadError};
 
 /// Elements whose content is never shown to a reader.
-const INVISIBLE: &[&str] = &["script", "style", "noscript", "head", "template", "svg", "iframe", "object"];
+const INVISIBLE: &[&str] = &[
+    "script", "style", "noscript", "head", "template", "svg", "iframe", "object",
+];
 /// Elements that start a new line in rendered text.
 const BLOCK: &[&str] = &[
-    "p", "div", "br", "li", "ul", "ol", "h1", "h2", "h3", "h4", "h5", "h6", "tr", "table", "section",
-    "article", "header", "footer", "pre", "blockquote", "dt", "dd", "hr", "nav", "aside", "main", "title",
+    "p",
+    "div",
+    "br",
+    "li",
+    "ul",
+    "ol",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "tr",
+    "table",
+    "section",
+    "article",
+    "header",
+    "footer",
+    "pre",
+    "blockquote",
+    "dt",
+    "dd",
+    "hr",
+    "nav",
+    "aside",
+    "main",
+    "title",
 ];
 
 pub(super) fn load(doc_id: &str, bytes: &[u8]) -> Result<Document, LoadError> {

@@ -30,15 +30,23 @@ pub(super) fn load_json(doc_id: &str, bytes: &[u8]) -> Result<Vec<Document>, Loa
         serde_json::from_str(utf8(bytes)?).map_err(|e| LoadError::Json(e.to_string()))?;
     match &value {
         Value::Object(o) if o.contains_key("text") => Ok(vec![record(&value, doc_id)?]),
-        Value::Array(items) if !items.is_empty() && items.iter().all(|i| i.get("text").is_some()) => items
-            .iter()
-            .enumerate()
-            .map(|(n, item)| record(item, &format!("{doc_id}:{}", n + 1)))
-            .collect(),
+        Value::Array(items)
+            if !items.is_empty() && items.iter().all(|i| i.get("text").is_some()) =>
+        {
+            items
+                .iter()
+                .enumerate()
+                .map(|(n, item)| record(item, &format!("{doc_id}:{}", n + 1)))
+                .collect()
+        }
         _ => {
             let mut parts = Vec::new();
             strings(&value, &mut parts);
-            Ok(vec![Document::new(doc_id, "application/json", parts.join("\n"))])
+            Ok(vec![Document::new(
+                doc_id,
+                "application/json",
+                parts.join("\n"),
+            )])
         }
     }
 }
@@ -57,7 +65,11 @@ fn record(value: &Value, fallback_id: &str) -> Result<Document, LoadError> {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
         Some(Value::Number(n)) => n.to_string(),
         None | Some(Value::Null) => fallback_id.to_string(),
-        Some(_) => return Err(LoadError::Json("\"id\" must be a non-empty string or a number".into())),
+        Some(_) => {
+            return Err(LoadError::Json(
+                "\"id\" must be a non-empty string or a number".into(),
+            ))
+        }
     };
     let metadata = match obj.get("metadata") {
         None | Some(Value::Null) => Metadata::new(),
@@ -104,8 +116,16 @@ mod tests {
 
     #[test]
     fn json_object_array_and_other() {
-        assert_eq!(load_json("x.json", br#"{"text":"t","id":"i"}"#).unwrap()[0].id, "i");
-        assert_eq!(load_json("x.json", br#"[{"text":"a"},{"text":"b"}]"#).unwrap().len(), 2);
+        assert_eq!(
+            load_json("x.json", br#"{"text":"t","id":"i"}"#).unwrap()[0].id,
+            "i"
+        );
+        assert_eq!(
+            load_json("x.json", br#"[{"text":"a"},{"text":"b"}]"#)
+                .unwrap()
+                .len(),
+            2
+        );
         let other = load_json("x.json", br#"{"title":"Hello","tags":["a","b"]}"#).unwrap();
         assert_eq!(other[0].text, "a\nb\nHello"); // keys in sorted order
         assert!(load_json("x.json", b"{not json").is_err());

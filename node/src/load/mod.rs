@@ -38,12 +38,18 @@ pub mod testing {
             out.extend_from_slice(format!("{} 0 obj\n{body}\nendobj\n", i + 1).as_bytes());
         }
         let xref = out.len();
-        out.extend_from_slice(format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes());
+        out.extend_from_slice(
+            format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes(),
+        );
         for off in offsets {
             out.extend_from_slice(format!("{off:010} 00000 n \n").as_bytes());
         }
         out.extend_from_slice(
-            format!("trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n", objects.len() + 1).as_bytes(),
+            format!(
+                "trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n",
+                objects.len() + 1
+            )
+            .as_bytes(),
         );
         out
     }
@@ -93,7 +99,13 @@ pub fn load_file(
         "jsonl" | "ndjson" => json::load_jsonl(doc_id, bytes)?,
         "csv" => csv::load(doc_id, bytes)?,
         "pdf" => vec![pdf::load(doc_id, bytes)?],
-        _ => return Err(LoadError::Unsupported(if ext.is_empty() { name.to_string() } else { ext })),
+        _ => {
+            return Err(LoadError::Unsupported(if ext.is_empty() {
+                name.to_string()
+            } else {
+                ext
+            }))
+        }
     };
     for doc in &mut docs {
         doc.source = name.to_string();
@@ -109,7 +121,20 @@ pub fn load_file(
 pub fn is_supported(name: &str) -> bool {
     matches!(
         extension(name).as_str(),
-        "txt" | "text" | "md" | "markdown" | "rst" | "log" | "html" | "htm" | "xhtml" | "json" | "jsonl" | "ndjson" | "csv" | "pdf"
+        "txt"
+            | "text"
+            | "md"
+            | "markdown"
+            | "rst"
+            | "log"
+            | "html"
+            | "htm"
+            | "xhtml"
+            | "json"
+            | "jsonl"
+            | "ndjson"
+            | "csv"
+            | "pdf"
     )
 }
 

@@ -47,7 +47,11 @@ mod tests {
 
     #[test]
     fn chunks_carry_ids_positions_and_metadata() {
-        let mut doc = Document::new("guide/zh.md", "text/markdown", "第一段。\n\n第二段，含 English words.");
+        let mut doc = Document::new(
+            "guide/zh.md",
+            "text/markdown",
+            "第一段。\n\n第二段，含 English words.",
+        );
         doc.source = "guide/zh.md".into();
         doc.metadata.insert("lang".into(), "zh".into());
         let chunks = chunk_document(&doc, &RecursiveSplitter::new(8, 0).unwrap()).unwrap();
@@ -56,7 +60,10 @@ mod tests {
             assert_eq!(c.id, format!("guide/zh.md#{n}"));
             assert_eq!(c.metadata["lang"], "zh");
             assert_eq!(c.metadata["chunk_index"], n);
-            let (s, e) = (c.metadata["byte_start"].as_u64().unwrap() as usize, c.metadata["byte_end"].as_u64().unwrap() as usize);
+            let (s, e) = (
+                c.metadata["byte_start"].as_u64().unwrap() as usize,
+                c.metadata["byte_end"].as_u64().unwrap() as usize,
+            );
             assert_eq!(&doc.text[s..e], c.text);
         }
         assert_eq!(chunks[0].text, "第一段。");
