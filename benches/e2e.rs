@@ -1,0 +1,104 @@
+//! End to end through a real `tessera up` process over gRPC: ingest
+//! documents/s and chunks/s (load + split + embed + durable shard writes), then
+//! search latency p50/p99 and QPS per mode at 1 and 4 concurrent clients.
+//!
+//! Run: cargo test --bench e2e -- [--docs 10000] [--chars 400] [--queries 300]
+mod common;
+
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{arg, models_dir, passage, percentile_ms, sentence, Rng};
+use tessera_proto::v1 as pb;
+use tessera_proto::v1::tessera_client::TesseraClient;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let docs_n: usize = arg("--docs", 10_000);
+    let chars: usize = arg("--chars", 400);
+    let queries_n: usize = arg("--queries", 300);
+    let dir = tempfile::tempdir().unwrap();
+    let (grpc, http) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["up", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--models")
+        .arg(models_dir())
+        .args(["--grpc", &grpc, "--http", &http])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://{grpc}");
+    let mut client = loop {
+        if let Ok(c) = TesseraClient::connect(url.clone()).await {
+            if c.clone().list_collections(pb::ListCollectionsRequest {}).await.is_ok() {
+                break c;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    let mut rng = Rng::new(3);
+    let docs: Vec<pb::DocumentInput> = (0..docs_n)
+        .map(|i| pb::DocumentInput { id: format!("doc-{i}"), text: passage(&mut rng, chars), ..Default::default() })
+        .collect();
+    let start = Instant::now();
+    let mut chunks = 0;
+    for batch in docs.chunks(100) {
+        let r = client
+            .ingest(pb::IngestRequest { collection: "bench".into(), documents: batch.to_vec(), ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner();
+        chunks += r.chunks;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!("tessera up, 2 shards, {docs_n} documents of ~{chars} characters, ingested in batches of 100 documents");
+    println!();
+    println!("| ingest | documents/s | chunks/s | chunks | seconds |");
+    println!("|---|---:|---:|---:|---:|");
+    println!("| gRPC Ingest, end to end | {:.1} | {:.1} | {chunks} | {secs:.1} |", docs_n as f64 / secs, chunks as f64 / secs);
+    println!();
+
+    let queries: Vec<String> = (0..queries_n).map(|_| sentence(&mut rng, 6)).collect();
+    println!("| mode | clients | p50 ms | p99 ms | QPS |");
+    println!("|---|---:|---:|---:|---:|");
+    for (name, mode) in [("vector", pb::SearchMode::Vector), ("bm25", pb::SearchMode::Bm25), ("hybrid", pb::SearchMode::Hybrid)] {
+        for clients in [1usize, 4] {
+            let start = Instant::now();
+            let tasks: Vec<_> = (0..clients)
+                .map(|c| {
+                    let mut client = client.clone();
+                    let queries = queries.clone();
+                    tokio::spawn(async move {
+                        let mut lat = Vec::new();
+                        for i in (c..queries.len()).step_by(clients) {
+                            let t = Instant::now();
+                            client
+                                .search(pb::SearchRequest { collection: "bench".into(), query: queries[i].clone(), top_k: 10, mode: mode as i32, ..Default::default() })
+                                .await
+                                .unwrap();
+                            lat.push(t.elapsed());
+                        }
+                        lat
+                    })
+                })
+                .collect();
+            let mut lat = Vec::new();
+            for t in tasks {
+                lat.extend(t.await.unwrap());
+            }
+            let secs = start.elapsed().as_secs_f64();
+            lat.sort();
+            println!("| {name} | {clients} | {:.2} | {:.2} | {:.1} |", percentile_ms(&lat, 50.0), percentile_ms(&lat, 99.0), lat.len() as f64 / secs);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -1,0 +1,198 @@
+//! Collective communication between the tensor-parallel ranks of one model group.
+//!
+//! [`Communicator`] is what the model code sees; backends decide where ranks
+//! live: [`LocalGroup`] (threads of one process), [`super::tcp::TcpCommunicator`]
+//! (processes or nodes over TCP) and, behind the `cuda` feature, NCCL.
+//! Reductions sum in rank order on every backend, so every rank ends a step with
+//! bit-identical activations.
+use std::sync::{Arc, Barrier, Mutex};
+
+use thiserror::Error;
+
+/// Why a collective failed.
+#[derive(Debug, Error)]
+pub enum CommError {
+    /// A peer went away or sent something unreadable.
+    #[error("communicator: {0}")]
+    Io(String),
+    /// Ranks disagreed on a buffer size.
+    #[error("communicator: rank {rank} sent {got} values, expected {expected}")]
+    Size {
+        /// The offending rank.
+        rank: usize,
+        /// Its length.
+        got: usize,
+        /// The expected length.
+        expected: usize,
+    },
+}
+
+/// Collectives over the ranks of one model group.
+pub trait Communicator: Send + Sync {
+    /// This rank.
+    fn rank(&self) -> usize;
+    /// Ranks in the group.
+    fn world_size(&self) -> usize;
+    /// Element-wise sum over all ranks, in rank order; every rank gets the result.
+    fn all_reduce_sum(&self, data: &mut [f32]) -> Result<(), CommError>;
+    /// Every rank's `data`, concatenated in rank order.
+    fn all_gather(&self, data: &[f32]) -> Result<Vec<f32>, CommError>;
+    /// Replaces `data` on every rank with `root`'s.
+    fn broadcast(&self, data: &mut Vec<u8>, root: usize) -> Result<(), CommError>;
+}
+
+/// The trivial group of one rank.
+pub struct SingleRank;
+
+impl Communicator for SingleRank {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn world_size(&self) -> usize {
+        1
+    }
+    fn all_reduce_sum(&self, _data: &mut [f32]) -> Result<(), CommError> {
+        Ok(())
+    }
+    fn all_gather(&self, data: &[f32]) -> Result<Vec<f32>, CommError> {
+        Ok(data.to_vec())
+    }
+    fn broadcast(&self, _data: &mut Vec<u8>, _root: usize) -> Result<(), CommError> {
+        Ok(())
+    }
+}
+
+struct Shared {
+    barrier: Barrier,
+    floats: Vec<Mutex<Vec<f32>>>,
+    bytes: Mutex<Vec<u8>>,
+}
+
+/// In-process backend: ranks are threads sharing buffers behind a barrier.
+pub struct LocalGroup;
+
+impl LocalGroup {
+    /// One communicator per rank of a `world`-rank group.
+    #[allow(clippy::new_ret_no_self)]
+    pub fn new(world: usize) -> Vec<LocalCommunicator> {
+        let shared = Arc::new(Shared {
+            barrier: Barrier::new(world),
+            floats: (0..world).map(|_| Mutex::new(Vec::new())).collect(),
+            bytes: Mutex::new(Vec::new()),
+        });
+        (0..world).map(|rank| LocalCommunicator { rank, world, shared: shared.clone() }).collect()
+    }
+}
+
+/// One rank of a [`LocalGroup`].
+pub struct LocalCommunicator {
+    rank: usize,
+    world: usize,
+    shared: Arc<Shared>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>, CommError> {
+    m.lock().map_err(|_| CommError::Io("a rank panicked while holding a buffer".into()))
+}
+
+impl Communicator for LocalCommunicator {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+    fn world_size(&self) -> usize {
+        self.world
+    }
+
+    fn all_reduce_sum(&self, data: &mut [f32]) -> Result<(), CommError> {
+        if self.world == 1 {
+            return Ok(());
+        }
+        *lock(&self.shared.floats[self.rank])? = data.to_vec();
+        self.shared.barrier.wait();
+        let mut sum = lock(&self.shared.floats[0])?.clone();
+        for r in 1..self.world {
+            let part = lock(&self.shared.floats[r])?;
+            if part.len() != sum.len() {
+                return Err(CommError::Size { rank: r, got: part.len(), expected: sum.len() });
+            }
+            sum.iter_mut().zip(part.iter()).for_each(|(s, p)| *s += p);
+        }
+        self.shared.barrier.wait();
+        data.copy_from_slice(&sum);
+        Ok(())
+    }
+
+    fn all_gather(&self, data: &[f32]) -> Result<Vec<f32>, CommError> {
+        *lock(&self.shared.floats[self.rank])? = data.to_vec();
+        self.shared.barrier.wait();
+        let mut out = Vec::new();
+        for r in 0..self.world {
+            out.extend_from_slice(&lock(&self.shared.floats[r])?);
+        }
+        self.shared.barrier.wait();
+        Ok(out)
+    }
+
+    fn broadcast(&self, data: &mut Vec<u8>, root: usize) -> Result<(), CommError> {
+        if self.world == 1 {
+            return Ok(());
+        }
+        if self.rank == root {
+            *lock(&self.shared.bytes)? = data.clone();
+        }
+        self.shared.barrier.wait();
+        if self.rank != root {
+            *data = lock(&self.shared.bytes)?.clone();
+        }
+        self.shared.barrier.wait();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Runs `f` on every rank of a local group and returns the results by rank.
+    pub(crate) fn on_ranks<T: Send + 'static>(
+        comms: Vec<Box<dyn Communicator>>,
+        f: impl Fn(&dyn Communicator) -> T + Send + Sync + 'static,
+    ) -> Vec<T> {
+        let f = Arc::new(f);
+        let handles: Vec<_> = comms
+            .into_iter()
+            .map(|c| {
+                let f = f.clone();
+                std::thread::spawn(move || f(c.as_ref()))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    }
+
+    pub(crate) fn check_collectives(comms: Vec<Box<dyn Communicator>>) {
+        let world = comms.len();
+        let results = on_ranks(comms, |c| {
+            let r = c.rank() as f32;
+            let mut v = vec![r, 10.0 * r, 1.0];
+            c.all_reduce_sum(&mut v).unwrap();
+            let g = c.all_gather(&[r, -r]).unwrap();
+            let mut b = if c.rank() == 0 { b"step 1".to_vec() } else { Vec::new() };
+            c.broadcast(&mut b, 0).unwrap();
+            (v, g, b)
+        });
+        let n = world as f32;
+        let sum: f32 = (0..world).map(|r| r as f32).sum();
+        for (v, g, b) in results {
+            assert_eq!(v, vec![sum, 10.0 * sum, n]);
+            assert_eq!(g, (0..world).flat_map(|r| [r as f32, -(r as f32)]).collect::<Vec<_>>());
+            assert_eq!(b, b"step 1");
+        }
+    }
+
+    #[test]
+    fn local_group_collectives() {
+        for world in 1..=3 {
+            check_collectives(LocalGroup::new(world).into_iter().map(|c| Box::new(c) as Box<dyn Communicator>).collect());
+        }
+    }
+}

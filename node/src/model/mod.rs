@@ -1,0 +1,59 @@
+//! Language models on candle: GGUF llama-family decoders split over
+//! tensor-parallel ranks, with continuous batching and streamed generation.
+//!
+//! - [`tokenizer`]: the tokenizer from GGUF metadata; [`chat`]: chat templates.
+//! - [`split`]: how quantized weights are divided; [`llama`]: one rank's model.
+//! - [`comm`] / [`tcp`]: the [`Communicator`] trait and its backends.
+//! - [`sampler`]: next-token choice; [`engine`]: the rank threads and the scheduler.
+
+pub mod chat;
+pub mod comm;
+pub mod engine;
+pub mod llama;
+pub mod sampler;
+pub mod split;
+pub mod tcp;
+pub mod tokenizer;
+
+pub use chat::{ChatMessage, ChatTemplate};
+pub use comm::{Communicator, LocalGroup, SingleRank};
+pub use engine::{EngineLimits, Event, FinishReason, ModelGroup};
+pub use sampler::{SamplingParams, Sampler};
+pub use tokenizer::GgufTokenizer;
+
+use thiserror::Error;
+
+/// Failures of loading or running a model.
+#[derive(Debug, Error)]
+pub enum ModelError {
+    /// The file could not be read.
+    #[error("model file: {0}")]
+    Io(String),
+    /// The GGUF is malformed or lacks something required.
+    #[error("model format: {0}")]
+    Format(String),
+    /// A valid model that this build does not support.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// Settings that cannot work (world size, partition).
+    #[error("configuration: {0}")]
+    Config(String),
+    /// Bad request input.
+    #[error("{0}")]
+    Input(String),
+    /// The queue is full.
+    #[error("{0}")]
+    Busy(String),
+    /// Tokenizer failure.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// Chat template failure.
+    #[error("chat template: {0}")]
+    Template(String),
+    /// candle failure.
+    #[error("tensor: {0}")]
+    Candle(#[from] candle_core::Error),
+    /// A collective failed.
+    #[error(transparent)]
+    Comm(#[from] comm::CommError),
+}
