@@ -45,3 +45,24 @@ pub fn fixture(name: &str) -> Option<PathBuf> {
     eprintln!("skipping: fixture {} missing", path.display());
     None
 }
+
+/// The default GGUF chat model, or None (skip) outside CI when absent.
+pub fn smollm_path() -> Option<PathBuf> {
+    let base = std::env::var_os("TESSERA_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("models"));
+    let path = base.join("SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if path.exists() {
+        return Some(path);
+    }
+    assert!(
+        !in_ci(),
+        "model missing at {} under CI: run scripts/fetch-models.sh",
+        path.display()
+    );
+    eprintln!(
+        "skipping: {} missing (run scripts/fetch-models.sh)",
+        path.display()
+    );
+    None
+}

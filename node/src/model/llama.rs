@@ -21,7 +21,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::comm::Communicator;
-use super::split::{take_cols, take_rows, Partition};
+use super::split::{take_rows, Partition};
 use super::ModelError;
 
 /// Shape of the model, from GGUF metadata.
@@ -53,7 +53,11 @@ pub struct LlamaConfig {
 
 fn meta_u32(ct: &Content, key: &str) -> Result<usize, ModelError> {
     match ct.metadata.get(key) {
-        Some(v) => v.to_u32().map(|x| x as usize).or_else(|_| v.to_u64().map(|x| x as usize)).map_err(|_| ModelError::Format(format!("{key} is not an integer"))),
+        Some(v) => v
+            .to_u32()
+            .map(|x| x as usize)
+            .or_else(|_| v.to_u64().map(|x| x as usize))
+            .map_err(|_| ModelError::Format(format!("{key} is not an integer"))),
         None => Err(ModelError::Format(format!("GGUF metadata lacks {key}"))),
     }
 }
@@ -63,17 +67,31 @@ impl LlamaConfig {
     pub fn from_gguf(ct: &Content) -> Result<Self, ModelError> {
         let arch = match ct.metadata.get("general.architecture") {
             Some(Value::String(s)) => s.clone(),
-            _ => return Err(ModelError::Format("GGUF metadata lacks general.architecture".into())),
+            _ => {
+                return Err(ModelError::Format(
+                    "GGUF metadata lacks general.architecture".into(),
+                ))
+            }
         };
         if !matches!(arch.as_str(), "llama" | "mistral" | "qwen2") {
-            return Err(ModelError::Unsupported(format!("architecture '{arch}' (llama, mistral and qwen2 are supported)")));
+            return Err(ModelError::Unsupported(format!(
+                "architecture '{arch}' (llama, mistral and qwen2 are supported)"
+            )));
         }
         let k = |s: &str| format!("{arch}.{s}");
         let n_head = meta_u32(ct, &k("attention.head_count"))?;
         let hidden = meta_u32(ct, &k("embedding_length"))?;
         let head_dim = meta_u32(ct, &k("rope.dimension_count")).unwrap_or(hidden / n_head.max(1));
-        let eps = ct.metadata.get(&k("attention.layer_norm_rms_epsilon")).and_then(|v| v.to_f32().ok()).unwrap_or(1e-5) as f64;
-        let rope_base = ct.metadata.get(&k("rope.freq_base")).and_then(|v| v.to_f32().ok()).unwrap_or(10_000.0);
+        let eps = ct
+            .metadata
+            .get(&k("attention.layer_norm_rms_epsilon"))
+            .and_then(|v| v.to_f32().ok())
+            .unwrap_or(1e-5) as f64;
+        let rope_base = ct
+            .metadata
+            .get(&k("rope.freq_base"))
+            .and_then(|v| v.to_f32().ok())
+            .unwrap_or(10_000.0);
         Ok(Self {
             n_layer: meta_u32(ct, &k("block_count"))?,
             n_head,
@@ -107,10 +125,12 @@ struct Layer {
     wk: QMatMul,
     wv: QMatMul,
     bias: Option<(Tensor, Tensor, Tensor)>,
+    /// o_proj rows of this rank's share of the model width.
     wo: QMatMul,
     ffn_norm: Tensor,
     w_gate: QMatMul,
     w_up: QMatMul,
+    /// down_proj rows of this rank's share of the model width.
     w_down: QMatMul,
 }
 
@@ -135,15 +155,26 @@ fn qmm(t: QTensor) -> Result<QMatMul, ModelError> {
 impl RankModel {
     /// Loads rank `rank` of `world` from a GGUF file: reads each tensor and keeps its share.
     pub fn load(path: &Path, rank: usize, world: usize) -> Result<Self, ModelError> {
-        let mut file = std::fs::File::open(path).map_err(|e| ModelError::Io(format!("{}: {e}", path.display())))?;
-        let ct = Content::read(&mut file).map_err(|e| ModelError::Format(format!("{}: {e}", path.display())))?;
+        let mut file = std::fs::File::open(path)
+            .map_err(|e| ModelError::Io(format!("{}: {e}", path.display())))?;
+        let ct = Content::read(&mut file)
+            .map_err(|e| ModelError::Format(format!("{}: {e}", path.display())))?;
         let cfg = LlamaConfig::from_gguf(&ct)?;
         let device = Device::Cpu;
         let mut tensor = |name: &str| -> Result<QTensor, ModelError> {
-            ct.tensor(&mut file, name, &device).map_err(|e| ModelError::Format(format!("tensor {name}: {e}")))
+            ct.tensor(&mut file, name, &device)
+                .map_err(|e| ModelError::Format(format!("tensor {name}: {e}")))
         };
         let probe = tensor("blk.0.ffn_down.weight")?;
-        let part = Partition::new(cfg.n_head, cfg.n_kv_head, cfg.ffn, probe.dtype().block_size(), world, rank)?;
+        let part = Partition::new(
+            cfg.n_head,
+            cfg.n_kv_head,
+            cfg.ffn,
+            cfg.hidden,
+            probe.dtype().block_size(),
+            world,
+            rank,
+        )?;
         let hd = cfg.head_dim;
         let q_rows = part.q_heads().start * hd..part.q_heads().end * hd;
         let kv_rows = part.kv_groups.start * hd..part.kv_groups.end * hd;
@@ -152,25 +183,62 @@ impl RankModel {
         let mut layers = Vec::with_capacity(cfg.n_layer);
         for l in 0..cfg.n_layer {
             let name = |s: &str| format!("blk.{l}.{s}");
-            let bias = match (tensor(&name("attn_q.bias")), tensor(&name("attn_k.bias")), tensor(&name("attn_v.bias"))) {
+            let bias = match (
+                tensor(&name("attn_q.bias")),
+                tensor(&name("attn_k.bias")),
+                tensor(&name("attn_v.bias")),
+            ) {
                 (Ok(q), Ok(k), Ok(v)) => Some((
-                    q.dequantize(&device)?.narrow(0, q_rows.start, q_rows.len())?,
-                    k.dequantize(&device)?.narrow(0, kv_rows.start, kv_rows.len())?,
-                    v.dequantize(&device)?.narrow(0, kv_rows.start, kv_rows.len())?,
+                    q.dequantize(&device)?
+                        .narrow(0, q_rows.start, q_rows.len())?,
+                    k.dequantize(&device)?
+                        .narrow(0, kv_rows.start, kv_rows.len())?,
+                    v.dequantize(&device)?
+                        .narrow(0, kv_rows.start, kv_rows.len())?,
                 )),
                 _ => None,
             };
+            let wo = qmm(take_rows(
+                &tensor(&name("attn_output.weight"))?,
+                part.hidden.clone(),
+                &device,
+            )?)?;
+            let w_down = qmm(take_rows(
+                &tensor(&name("ffn_down.weight"))?,
+                part.hidden.clone(),
+                &device,
+            )?)?;
             layers.push(Layer {
                 attn_norm: tensor(&name("attn_norm.weight"))?.dequantize(&device)?,
-                wq: qmm(take_rows(&tensor(&name("attn_q.weight"))?, q_rows.clone(), &device)?)?,
-                wk: qmm(take_rows(&tensor(&name("attn_k.weight"))?, kv_rows.clone(), &device)?)?,
-                wv: qmm(take_rows(&tensor(&name("attn_v.weight"))?, kv_rows.clone(), &device)?)?,
+                wq: qmm(take_rows(
+                    &tensor(&name("attn_q.weight"))?,
+                    q_rows.clone(),
+                    &device,
+                )?)?,
+                wk: qmm(take_rows(
+                    &tensor(&name("attn_k.weight"))?,
+                    kv_rows.clone(),
+                    &device,
+                )?)?,
+                wv: qmm(take_rows(
+                    &tensor(&name("attn_v.weight"))?,
+                    kv_rows.clone(),
+                    &device,
+                )?)?,
                 bias,
-                wo: qmm(take_cols(&tensor(&name("attn_output.weight"))?, q_rows.clone(), &device)?)?,
+                wo,
                 ffn_norm: tensor(&name("ffn_norm.weight"))?.dequantize(&device)?,
-                w_gate: qmm(take_rows(&tensor(&name("ffn_gate.weight"))?, part.ffn.clone(), &device)?)?,
-                w_up: qmm(take_rows(&tensor(&name("ffn_up.weight"))?, part.ffn.clone(), &device)?)?,
-                w_down: qmm(take_cols(&tensor(&name("ffn_down.weight"))?, part.ffn.clone(), &device)?)?,
+                w_gate: qmm(take_rows(
+                    &tensor(&name("ffn_gate.weight"))?,
+                    part.ffn.clone(),
+                    &device,
+                )?)?,
+                w_up: qmm(take_rows(
+                    &tensor(&name("ffn_up.weight"))?,
+                    part.ffn.clone(),
+                    &device,
+                )?)?,
+                w_down,
             });
         }
         let norm = tensor("output_norm.weight")?.dequantize(&device)?;
@@ -184,11 +252,26 @@ impl RankModel {
             None
         };
         let half = hd / 2;
-        let inv: Vec<f32> = (0..half).map(|i| 1.0 / cfg.rope_base.powf(2.0 * i as f32 / hd as f32)).collect();
+        let inv: Vec<f32> = (0..half)
+            .map(|i| 1.0 / cfg.rope_base.powf(2.0 * i as f32 / hd as f32))
+            .collect();
         let positions = cfg.context_length;
-        let angles: Vec<f32> = (0..positions).flat_map(|p| inv.iter().map(move |f| p as f32 * f)).collect();
+        let angles: Vec<f32> = (0..positions)
+            .flat_map(|p| inv.iter().map(move |f| p as f32 * f))
+            .collect();
         let angles = Tensor::from_vec(angles, (positions, half), &device)?;
-        Ok(Self { cos: angles.cos()?, sin: angles.sin()?, cfg, part, embed, layers, norm, output, caches: HashMap::new(), device })
+        Ok(Self {
+            cos: angles.cos()?,
+            sin: angles.sin()?,
+            cfg,
+            part,
+            embed,
+            layers,
+            norm,
+            output,
+            caches: HashMap::new(),
+            device,
+        })
     }
 
     /// The model's shape.
@@ -211,46 +294,106 @@ impl RankModel {
         self.caches.remove(&seq);
     }
 
-    fn all_reduce(&self, t: Tensor, comm: &dyn Communicator) -> Result<Tensor, ModelError> {
+    /// Every rank's columns of a `(rows, local)` activation, side by side in rank
+    /// order: `(rows, sum of widths)`.
+    fn gather_columns(
+        &self,
+        t: Tensor,
+        widths: &[usize],
+        comm: &dyn Communicator,
+    ) -> Result<Tensor, ModelError> {
         if comm.world_size() == 1 {
             return Ok(t);
         }
-        let shape = t.shape().clone();
-        let mut data = t.flatten_all()?.to_vec1::<f32>()?;
-        comm.all_reduce_sum(&mut data)?;
-        Ok(Tensor::from_vec(data, shape, &self.device)?)
+        let rows = t.dim(0)?;
+        let all = comm.all_gather(&t.flatten_all()?.to_vec1::<f32>()?)?;
+        let expected: usize = widths.iter().map(|w| w * rows).sum();
+        if all.len() != expected {
+            return Err(ModelError::Config(format!(
+                "gathered {} values, expected {expected}",
+                all.len()
+            )));
+        }
+        let mut parts = Vec::with_capacity(widths.len());
+        let mut offset = 0;
+        for &w in widths {
+            parts.push(Tensor::from_slice(
+                &all[offset..offset + w * rows],
+                (rows, w),
+                &self.device,
+            )?);
+            offset += w * rows;
+        }
+        Ok(Tensor::cat(&parts, 1)?)
     }
 
     /// Runs one step over `steps` on this rank. Rank 0 returns the logits of each
     /// sequence's last token (in `steps` order); other ranks return an empty list.
-    pub fn forward(&mut self, steps: &[SeqStep], comm: &dyn Communicator) -> Result<Vec<Vec<f32>>, ModelError> {
+    pub fn forward(
+        &mut self,
+        steps: &[SeqStep],
+        comm: &dyn Communicator,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
         let cfg = self.cfg.clone();
         for s in steps {
             if s.tokens.is_empty() {
-                return Err(ModelError::Input(format!("sequence {} has no tokens in this step", s.seq)));
+                return Err(ModelError::Input(format!(
+                    "sequence {} has no tokens in this step",
+                    s.seq
+                )));
             }
             if s.start + s.tokens.len() > cfg.context_length {
-                return Err(ModelError::Input(format!("sequence {} would exceed the context of {} tokens", s.seq, cfg.context_length)));
+                return Err(ModelError::Input(format!(
+                    "sequence {} would exceed the context of {} tokens",
+                    s.seq, cfg.context_length
+                )));
             }
-            let cached = self.caches.get(&s.seq).and_then(|c| c[0].as_ref()).map_or(0, |(k, _)| k.dim(2).unwrap_or(0));
+            let cached = self
+                .caches
+                .get(&s.seq)
+                .and_then(|c| c[0].as_ref())
+                .map_or(0, |(k, _)| k.dim(2).unwrap_or(0));
             if cached != s.start {
-                return Err(ModelError::Input(format!("sequence {} starts at {} but {cached} positions are cached", s.seq, s.start)));
+                return Err(ModelError::Input(format!(
+                    "sequence {} starts at {} but {cached} positions are cached",
+                    s.seq, s.start
+                )));
             }
         }
-        let ids: Vec<u32> = steps.iter().flat_map(|s| s.tokens.iter().copied()).collect();
-        if let Some(bad) = ids.iter().find(|&&t| t as usize >= self.embed.shape().dims()[0]) {
-            return Err(ModelError::Input(format!("token id {bad} is outside the vocabulary")));
+        let ids: Vec<u32> = steps
+            .iter()
+            .flat_map(|s| s.tokens.iter().copied())
+            .collect();
+        if let Some(bad) = ids
+            .iter()
+            .find(|&&t| t as usize >= self.embed.shape().dims()[0])
+        {
+            return Err(ModelError::Input(format!(
+                "token id {bad} is outside the vocabulary"
+            )));
         }
         let total = ids.len();
-        let mut x = self.embed.embedding(&Tensor::from_vec(ids, (total,), &self.device)?)?;
-        let (hd, nq, nkv) = (cfg.head_dim, self.part.q_heads().len(), self.part.kv_groups.len());
+        let mut x = self
+            .embed
+            .embedding(&Tensor::from_vec(ids, (total,), &self.device)?)?;
+        let (hd, nq, nkv) = (
+            cfg.head_dim,
+            self.part.q_heads().len(),
+            self.part.kv_groups.len(),
+        );
         for s in steps {
-            self.caches.entry(s.seq).or_insert_with(|| vec![None; cfg.n_layer]);
+            self.caches
+                .entry(s.seq)
+                .or_insert_with(|| vec![None; cfg.n_layer]);
         }
         for l in 0..cfg.n_layer {
             let layer = &self.layers[l];
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, cfg.eps as f32)?;
-            let (mut q, mut k, mut v) = (layer.wq.forward(&h)?, layer.wk.forward(&h)?, layer.wv.forward(&h)?);
+            let (mut q, mut k, mut v) = (
+                layer.wq.forward(&h)?,
+                layer.wk.forward(&h)?,
+                layer.wv.forward(&h)?,
+            );
             if let Some((bq, bk, bv)) = &layer.bias {
                 q = q.broadcast_add(bq)?;
                 k = k.broadcast_add(bk)?;
@@ -261,11 +404,20 @@ impl RankModel {
             for s in steps {
                 let len = s.tokens.len();
                 let heads = |t: &Tensor, n: usize| -> candle_core::Result<Tensor> {
-                    t.narrow(0, offset, len)?.reshape((1, len, n, hd))?.transpose(1, 2)?.contiguous()
+                    t.narrow(0, offset, len)?
+                        .reshape((1, len, n, hd))?
+                        .transpose(1, 2)?
+                        .contiguous()
                 };
                 let cos = self.cos.narrow(0, s.start, len)?;
                 let sin = self.sin.narrow(0, s.start, len)?;
-                let rope = |t: Tensor| if cfg.rope_neox { candle_nn::rotary_emb::rope(&t, &cos, &sin) } else { candle_nn::rotary_emb::rope_i(&t, &cos, &sin) };
+                let rope = |t: Tensor| {
+                    if cfg.rope_neox {
+                        candle_nn::rotary_emb::rope(&t, &cos, &sin)
+                    } else {
+                        candle_nn::rotary_emb::rope_i(&t, &cos, &sin)
+                    }
+                };
                 let qs = rope(heads(&q, nq)?)?;
                 let ks = rope(heads(&k, nkv)?)?;
                 let vs = heads(&v, nkv)?;
@@ -282,7 +434,15 @@ impl RankModel {
                 let att = if len > 1 {
                     let kv_len = s.start + len;
                     let mask: Vec<f32> = (0..len)
-                        .flat_map(|i| (0..kv_len).map(move |j| if j > s.start + i { f32::NEG_INFINITY } else { 0.0 }))
+                        .flat_map(|i| {
+                            (0..kv_len).map(move |j| {
+                                if j > s.start + i {
+                                    f32::NEG_INFINITY
+                                } else {
+                                    0.0
+                                }
+                            })
+                        })
                         .collect();
                     att.broadcast_add(&Tensor::from_vec(mask, (len, kv_len), &self.device)?)?
                 } else {
@@ -295,14 +455,25 @@ impl RankModel {
             }
             let y = Tensor::cat(&outs, 0)?;
             let layer = &self.layers[l];
-            let attn = self.all_reduce(layer.wo.forward(&y)?, comm)?;
+            let heads: Vec<usize> = self.part.heads_per_rank().iter().map(|h| h * hd).collect();
+            let y = self.gather_columns(y, &heads, comm)?;
+            let attn =
+                self.gather_columns(layer.wo.forward(&y)?, &self.part.hidden_per_rank(), comm)?;
             x = (x + attn)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, cfg.eps as f32)?;
-            let m = (candle_nn::ops::silu(&layer.w_gate.forward(&h)?)? * layer.w_up.forward(&h)?)?;
-            let ffn = self.all_reduce(layer.w_down.forward(&m)?, comm)?;
+            let m =
+                (candle_nn::ops::silu(&layer.w_gate.forward(&h)?)? * layer.w_up.forward(&h)?)?;
+            let m = self.gather_columns(m, &self.part.ffn_per_rank(), comm)?;
+            let ffn = self.gather_columns(
+                layer.w_down.forward(&m)?,
+                &self.part.hidden_per_rank(),
+                comm,
+            )?;
             x = (x + ffn)?;
         }
-        let Some(output) = &self.output else { return Ok(Vec::new()) };
+        let Some(output) = &self.output else {
+            return Ok(Vec::new());
+        };
         let mut last = Vec::with_capacity(steps.len());
         let mut end = 0u32;
         for s in steps {

@@ -18,7 +18,7 @@ pub mod tokenizer;
 pub use chat::{ChatMessage, ChatTemplate};
 pub use comm::{Communicator, LocalGroup, SingleRank};
 pub use engine::{EngineLimits, Event, FinishReason, ModelGroup};
-pub use sampler::{SamplingParams, Sampler};
+pub use sampler::{Sampler, SamplingParams};
 pub use tokenizer::GgufTokenizer;
 
 use thiserror::Error;
