@@ -14,11 +14,7 @@ use tessera_proto::v1 as pb;
 use tessera_proto::v1::tessera_client::TesseraClient;
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -27,10 +23,7 @@ async fn main() {
     let chars: usize = arg("--chars", 400);
     let queries_n: usize = arg("--queries", 300);
     let dir = tempfile::tempdir().unwrap();
-    let (grpc, http) = (
-        format!("127.0.0.1:{}", free_port()),
-        format!("127.0.0.1:{}", free_port()),
-    );
+    let (grpc, http) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
     let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
         .args(["up", "--data-dir"])
         .arg(dir.path().join("data"))
@@ -44,11 +37,7 @@ async fn main() {
     let url = format!("http://{grpc}");
     let mut client = loop {
         if let Ok(c) = TesseraClient::connect(url.clone()).await {
-            if c.clone()
-                .list_collections(pb::ListCollectionsRequest {})
-                .await
-                .is_ok()
-            {
+            if c.clone().list_collections(pb::ListCollectionsRequest {}).await.is_ok() {
                 break c;
             }
         }
@@ -57,21 +46,13 @@ async fn main() {
 
     let mut rng = Rng::new(3);
     let docs: Vec<pb::DocumentInput> = (0..docs_n)
-        .map(|i| pb::DocumentInput {
-            id: format!("doc-{i}"),
-            text: passage(&mut rng, chars),
-            ..Default::default()
-        })
+        .map(|i| pb::DocumentInput { id: format!("doc-{i}"), text: passage(&mut rng, chars), ..Default::default() })
         .collect();
     let start = Instant::now();
     let mut chunks = 0;
     for batch in docs.chunks(100) {
         let r = client
-            .ingest(pb::IngestRequest {
-                collection: "bench".into(),
-                documents: batch.to_vec(),
-                ..Default::default()
-            })
+            .ingest(pb::IngestRequest { collection: "bench".into(), documents: batch.to_vec(), ..Default::default() })
             .await
             .unwrap()
             .into_inner();
@@ -92,11 +73,9 @@ async fn main() {
     let queries: Vec<String> = (0..queries_n).map(|_| sentence(&mut rng, 6)).collect();
     println!("| mode | clients | p50 ms | p99 ms | QPS |");
     println!("|---|---:|---:|---:|---:|");
-    for (name, mode) in [
-        ("vector", pb::SearchMode::Vector),
-        ("bm25", pb::SearchMode::Bm25),
-        ("hybrid", pb::SearchMode::Hybrid),
-    ] {
+    for (name, mode) in
+        [("vector", pb::SearchMode::Vector), ("bm25", pb::SearchMode::Bm25), ("hybrid", pb::SearchMode::Hybrid)]
+    {
         for clients in [1usize, 4] {
             let start = Instant::now();
             let tasks: Vec<_> = (0..clients)

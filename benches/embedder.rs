@@ -14,37 +14,24 @@ use tessera_node::embed::BertEmbedder;
 
 fn main() {
     let n: usize = arg("--texts", 192);
-    let model = BertEmbedder::load(&models_dir().join("all-MiniLM-L6-v2"))
-        .expect("model (run scripts/fetch-models.sh)");
+    let model =
+        BertEmbedder::load(&models_dir().join("all-MiniLM-L6-v2")).expect("model (run scripts/fetch-models.sh)");
     let mut rng = Rng::new(7);
     let chunks: Vec<String> = (0..n).map(|_| passage(&mut rng, 1000)).collect();
     let shorts: Vec<String> = (0..n).map(|_| sentence(&mut rng, 10)).collect();
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/results");
     std::fs::create_dir_all(&out).unwrap();
-    std::fs::write(
-        out.join("embed_texts.json"),
-        serde_json::json!({"chunk": chunks, "short": shorts}).to_string(),
-    )
-    .unwrap();
+    std::fs::write(out.join("embed_texts.json"), serde_json::json!({"chunk": chunks, "short": shorts}).to_string())
+        .unwrap();
 
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     println!("candle all-MiniLM-L6-v2, {n} texts per row, {threads} CPU threads");
     println!();
     println!("| texts | batch | chunks/s | tokens/s | mean tokens/text |");
     println!("|---|---:|---:|---:|---:|");
     let mut rows = Vec::new();
-    for (label, texts) in [
-        ("chunk (~1000 chars)", &chunks),
-        ("short (~10 words)", &shorts),
-    ] {
-        let tokens: usize = model
-            .encode(texts)
-            .unwrap()
-            .iter()
-            .map(|e| e.get_ids().len())
-            .sum();
+    for (label, texts) in [("chunk (~1000 chars)", &chunks), ("short (~10 words)", &shorts)] {
+        let tokens: usize = model.encode(texts).unwrap().iter().map(|e| e.get_ids().len()).sum();
         // Warm-up.
         model.embed(&texts[..8.min(texts.len())]).unwrap();
         for batch in [1usize, 8, 32] {
@@ -62,9 +49,5 @@ fn main() {
             );
         }
     }
-    std::fs::write(
-        out.join("embedder_candle.json"),
-        serde_json::Value::Array(rows).to_string(),
-    )
-    .unwrap();
+    std::fs::write(out.join("embedder_candle.json"), serde_json::Value::Array(rows).to_string()).unwrap();
 }

@@ -15,9 +15,7 @@ use std::time::{Duration, Instant};
 use common::{arg, models_dir, passage, percentile_ms, sentence, Rng};
 use serde_json::json;
 use tessera_node::embed::BertEmbedder;
-use tessera_node::index::{
-    ChunkRecord, Condition, DocWrite, Filter, SearchMode, Shard, ShardQuery,
-};
+use tessera_node::index::{ChunkRecord, Condition, DocWrite, Filter, SearchMode, Shard, ShardQuery};
 
 fn normalize(mut v: Vec<f32>) -> Vec<f32> {
     let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
@@ -29,12 +27,7 @@ fn mixture(rng: &mut Rng, base: &[Vec<f32>]) -> Vec<f32> {
     let a = &base[rng.below(base.len())];
     let b = &base[rng.below(base.len())];
     let w = 0.2 + 0.6 * (rng.below(1000) as f32 / 1000.0);
-    normalize(
-        a.iter()
-            .zip(b)
-            .map(|(x, y)| w * x + (1.0 - w) * y + 0.02 * rng.gaussian())
-            .collect(),
-    )
+    normalize(a.iter().zip(b).map(|(x, y)| w * x + (1.0 - w) * y + 0.02 * rng.gaussian()).collect())
 }
 
 fn main() {
@@ -42,8 +35,8 @@ fn main() {
     let sizes: Vec<usize> = sizes.split(',').filter_map(|s| s.parse().ok()).collect();
     let base_n: usize = arg("--base", 2000);
     let queries_n: usize = arg("--queries", 500);
-    let model = BertEmbedder::load(&models_dir().join("all-MiniLM-L6-v2"))
-        .expect("model (run scripts/fetch-models.sh)");
+    let model =
+        BertEmbedder::load(&models_dir().join("all-MiniLM-L6-v2")).expect("model (run scripts/fetch-models.sh)");
     let mut rng = Rng::new(11);
     let base_texts: Vec<String> = (0..base_n).map(|_| passage(&mut rng, 200)).collect();
     let t = Instant::now();
@@ -51,13 +44,8 @@ fn main() {
     for group in base_texts.chunks(32) {
         base.extend(model.embed(group).unwrap());
     }
-    eprintln!(
-        "embedded {base_n} base passages in {:.1}s",
-        t.elapsed().as_secs_f64()
-    );
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    eprintln!("embedded {base_n} base passages in {:.1}s", t.elapsed().as_secs_f64());
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
 
     println!("usearch HNSW (M=16, ef_construction=128, ef_search=64), cosine, f32, 384 dims; one shard; {threads} CPU threads");
     println!();
@@ -65,11 +53,7 @@ fn main() {
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &size in &sizes {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new()
-            .path(dir.path())
-            .cache_capacity(256 << 20)
-            .open()
-            .unwrap();
+        let db = sled::Config::new().path(dir.path()).cache_capacity(256 << 20).open().unwrap();
         let mut shard = Shard::open(db.open_tree("bench").unwrap(), 384, None).unwrap();
         let mut rng = Rng::new(size as u64);
         let start = Instant::now();
@@ -80,19 +64,10 @@ fn main() {
                     let doc_id = format!("doc-{i}");
                     let mut metadata = serde_json::Map::new();
                     metadata.insert("bucket".into(), json!(i % 10));
-                    let text =
-                        base_texts[i % base_texts.len()].clone() + " " + &sentence(&mut rng, 5);
-                    let record = ChunkRecord {
-                        chunk_id: format!("{doc_id}#0"),
-                        doc_id: doc_id.clone(),
-                        text,
-                        metadata,
-                    };
-                    DocWrite {
-                        doc_id,
-                        delete: false,
-                        chunks: vec![(record, mixture(&mut rng, &base))],
-                    }
+                    let text = base_texts[i % base_texts.len()].clone() + " " + &sentence(&mut rng, 5);
+                    let record =
+                        ChunkRecord { chunk_id: format!("{doc_id}#0"), doc_id: doc_id.clone(), text, metadata };
+                    DocWrite { doc_id, delete: false, chunks: vec![(record, mixture(&mut rng, &base))] }
                 })
                 .collect();
             next += writes.len();
@@ -123,35 +98,14 @@ fn main() {
             d
         };
         let vector = time(&|i| {
-            shard
-                .search(&query(
-                    &queries[i],
-                    "",
-                    SearchMode::Vector,
-                    Filter::default(),
-                ))
-                .unwrap();
+            shard.search(&query(&queries[i], "", SearchMode::Vector, Filter::default())).unwrap();
         });
-        let bucket = Filter {
-            must: vec![Condition {
-                key: "bucket".into(),
-                values: vec![json!(3)],
-            }],
-        };
+        let bucket = Filter { must: vec![Condition { key: "bucket".into(), values: vec![json!(3)] }] };
         let filtered = time(&|i| {
-            shard
-                .search(&query(&queries[i], "", SearchMode::Vector, bucket.clone()))
-                .unwrap();
+            shard.search(&query(&queries[i], "", SearchMode::Vector, bucket.clone())).unwrap();
         });
         let bm25 = time(&|i| {
-            shard
-                .search(&query(
-                    &queries[i],
-                    &texts[i],
-                    SearchMode::Bm25,
-                    Filter::default(),
-                ))
-                .unwrap();
+            shard.search(&query(&queries[i], &texts[i], SearchMode::Bm25, Filter::default())).unwrap();
         });
         // Throughput with every core searching.
         let per_thread = queries_n;
@@ -163,9 +117,7 @@ fn main() {
                 s.spawn(move || {
                     for i in 0..per_thread {
                         let q = &queries[(i + th * 7) % queries.len()];
-                        shard
-                            .search(&query(q, "", SearchMode::Vector, Filter::default()))
-                            .unwrap();
+                        shard.search(&query(q, "", SearchMode::Vector, Filter::default())).unwrap();
                     }
                 });
             }
@@ -175,18 +127,8 @@ fn main() {
         let mut found = 0usize;
         let mut total = 0usize;
         for q in queries.iter().take(200) {
-            let exact: Vec<u64> = shard
-                .exact_search(q, 10)
-                .unwrap()
-                .into_iter()
-                .map(|(k, _)| k)
-                .collect();
-            let approx: Vec<u64> = shard
-                .ann_search(q, 10)
-                .unwrap()
-                .into_iter()
-                .map(|(k, _)| k)
-                .collect();
+            let exact: Vec<u64> = shard.exact_search(q, 10).unwrap().into_iter().map(|(k, _)| k).collect();
+            let approx: Vec<u64> = shard.ann_search(q, 10).unwrap().into_iter().map(|(k, _)| k).collect();
             found += exact.iter().filter(|k| approx.contains(k)).count();
             total += exact.len();
         }

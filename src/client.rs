@@ -8,19 +8,17 @@ use tessera_proto::v1::tessera_client::TesseraClient;
 use tonic::transport::Channel;
 
 use crate::walk::expand;
-use crate::{CollectionsCmd, DeleteArgs, IngestArgs, Mode, SearchArgs};
+use crate::{CollectionsCmd, DeleteArgs, GenerateArgs, IngestArgs, Mode, SearchArgs};
 
 /// Files per ingest request, and bytes per request (below the server's 64 MiB cap).
 const FILES_PER_REQUEST: usize = 32;
 const BYTES_PER_REQUEST: usize = 16 * 1024 * 1024;
 
 async fn connect(url: &str) -> anyhow::Result<TesseraClient<Channel>> {
-    let client = TesseraClient::connect(url.to_string())
-        .await
-        .with_context(|| format!("cannot reach the Tessera server at {url} (is `tessera up` running? set --server or TESSERA_SERVER)"))?;
-    Ok(client
-        .max_decoding_message_size(64 * 1024 * 1024)
-        .max_encoding_message_size(64 * 1024 * 1024))
+    let client = TesseraClient::connect(url.to_string()).await.with_context(|| {
+        format!("cannot reach the Tessera server at {url} (is `tessera up` running? set --server or TESSERA_SERVER)")
+    })?;
+    Ok(client.max_decoding_message_size(64 * 1024 * 1024).max_encoding_message_size(64 * 1024 * 1024))
 }
 
 /// Turns a gRPC status into a one-line error.
@@ -33,20 +31,9 @@ fn rpc<T>(r: Result<tonic::Response<T>, tonic::Status>) -> anyhow::Result<T> {
 
 pub async fn collections(cmd: CollectionsCmd) -> anyhow::Result<()> {
     match cmd {
-        CollectionsCmd::Create {
-            name,
-            shards,
-            replication,
-            server,
-        } => {
+        CollectionsCmd::Create { name, shards, replication, server } => {
             let mut c = connect(&server.server).await?;
-            let info = rpc(c
-                .create_collection(pb::CreateCollectionRequest {
-                    name,
-                    shards,
-                    replication,
-                })
-                .await)?;
+            let info = rpc(c.create_collection(pb::CreateCollectionRequest { name, shards, replication }).await)?;
             println!(
                 "created collection {} ({} shards, replication {}, dimension {})",
                 info.name, info.shards, info.replication, info.dimension
@@ -66,10 +53,7 @@ pub async fn collections(cmd: CollectionsCmd) -> anyhow::Result<()> {
             } else if list.collections.is_empty() {
                 println!("no collections");
             } else {
-                println!(
-                    "{:<24} {:>6} {:>5} {:>10} {:>10}",
-                    "NAME", "SHARDS", "REPL", "DOCUMENTS", "CHUNKS"
-                );
+                println!("{:<24} {:>6} {:>5} {:>10} {:>10}", "NAME", "SHARDS", "REPL", "DOCUMENTS", "CHUNKS");
                 for c in list.collections {
                     println!(
                         "{:<24} {:>6} {:>5} {:>10} {:>10}",
@@ -80,9 +64,7 @@ pub async fn collections(cmd: CollectionsCmd) -> anyhow::Result<()> {
         }
         CollectionsCmd::Drop { name, server } => {
             let mut c = connect(&server.server).await?;
-            rpc(c
-                .drop_collection(pb::DropCollectionRequest { name: name.clone() })
-                .await)?;
+            rpc(c.drop_collection(pb::DropCollectionRequest { name: name.clone() }).await)?;
             println!("dropped collection {name}");
         }
     }
@@ -96,8 +78,7 @@ pub async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         .map(|p| {
             (
                 p.display().to_string(),
-                "unsupported file type (supported: txt, md, html, json, jsonl, csv, pdf)"
-                    .to_string(),
+                "unsupported file type (supported: txt, md, html, json, jsonl, csv, pdf)".to_string(),
             )
         })
         .collect();
@@ -110,18 +91,9 @@ pub async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         match std::fs::read(&f.path) {
             Ok(content) => {
                 batch_bytes += content.len();
-                let name = f
-                    .path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().to_string())
-                    .unwrap_or_default();
+                let name = f.path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
                 let metadata = json!({ "path": f.path.display().to_string() }).to_string();
-                batch.push(pb::FileInput {
-                    name,
-                    doc_id: f.doc_id,
-                    content,
-                    metadata_json: metadata,
-                });
+                batch.push(pb::FileInput { name, doc_id: f.doc_id, content, metadata_json: metadata });
             }
             Err(e) => errors.push((f.path.display().to_string(), e.to_string())),
         }
@@ -148,11 +120,7 @@ pub async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     println!(
         "stored {documents} documents, {chunks} chunks in '{}'{}",
         args.collection,
-        if errors.is_empty() {
-            String::new()
-        } else {
-            format!("; {} files failed", errors.len())
-        }
+        if errors.is_empty() { String::new() } else { format!("; {} files failed", errors.len()) }
     );
     if !errors.is_empty() {
         std::process::exit(if documents > 0 { 2 } else { 1 });
@@ -162,16 +130,8 @@ pub async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
 
 pub async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
     let mut c = connect(&args.server.server).await?;
-    let resp = rpc(c
-        .delete(pb::DeleteRequest {
-            collection: args.collection,
-            doc_ids: args.doc_ids,
-        })
-        .await)?;
-    println!(
-        "deleted {} documents, {} chunks",
-        resp.documents, resp.chunks
-    );
+    let resp = rpc(c.delete(pb::DeleteRequest { collection: args.collection, doc_ids: args.doc_ids }).await)?;
+    println!("deleted {} documents, {} chunks", resp.documents, resp.chunks);
     Ok(())
 }
 
@@ -182,22 +142,14 @@ fn parse_filters(filters: &[String]) -> anyhow::Result<Option<pb::Filter>> {
     }
     let mut by_key: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for f in filters {
-        let Some((k, v)) = f.split_once('=') else {
-            bail!("filter '{f}' is not KEY=VALUE")
-        };
+        let Some((k, v)) = f.split_once('=') else { bail!("filter '{f}' is not KEY=VALUE") };
         if k.is_empty() {
             bail!("filter '{f}' has an empty key");
         }
-        by_key
-            .entry(k.to_string())
-            .or_default()
-            .push(json!(v).to_string());
+        by_key.entry(k.to_string()).or_default().push(json!(v).to_string());
     }
     Ok(Some(pb::Filter {
-        must: by_key
-            .into_iter()
-            .map(|(key, values_json)| pb::FilterCondition { key, values_json })
-            .collect(),
+        must: by_key.into_iter().map(|(key, values_json)| pb::FilterCondition { key, values_json }).collect(),
     }))
 }
 
@@ -236,16 +188,47 @@ pub async fn search(args: SearchArgs) -> anyhow::Result<()> {
         println!("no hits");
     } else {
         for (i, h) in resp.hits.iter().enumerate() {
-            let snippet: String = h
-                .text
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" ")
-                .chars()
-                .take(160)
-                .collect();
+            let snippet: String = h.text.split_whitespace().collect::<Vec<_>>().join(" ").chars().take(160).collect();
             println!("{}. [{:.4}] {}\n   {}", i + 1, h.score, h.chunk_id, snippet);
         }
     }
     Ok(())
+}
+
+pub async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut c = connect(&args.server.server).await?;
+    let request = pb::GenerateRequest {
+        prompt: args.prompt,
+        messages: vec![],
+        raw: args.raw,
+        max_tokens: args.max_tokens,
+        temperature: Some(args.temperature),
+        top_p: Some(args.top_p),
+        top_k: Some(args.top_k),
+        repetition_penalty: Some(args.repetition_penalty),
+        seed: args.seed,
+        stop: args.stop,
+    };
+    let mut stream = rpc(c.generate(request).await)?;
+    let mut out = std::io::stdout();
+    loop {
+        match stream.message().await {
+            Ok(Some(chunk)) => {
+                out.write_all(chunk.text.as_bytes())?;
+                out.flush()?;
+                if !chunk.finish_reason.is_empty() {
+                    let usage = chunk.usage.unwrap_or_default();
+                    writeln!(out)?;
+                    eprintln!(
+                        "prompt_tokens={} completion_tokens={} finish_reason={}",
+                        usage.prompt_tokens, usage.completion_tokens, chunk.finish_reason
+                    );
+                    return Ok(());
+                }
+            }
+            Ok(None) => bail!("the stream ended without a finish reason"),
+            Err(s) => bail!("{:?}: {}", s.code(), s.message()),
+        }
+    }
 }

@@ -29,18 +29,15 @@ enum Command {
     Delete(DeleteArgs),
     /// Search a collection.
     Search(SearchArgs),
+    /// Generate text with the model, streamed to stdout (usage to stderr).
+    Generate(GenerateArgs),
 }
 
 /// Where the client sends requests.
 #[derive(Args, Debug, Clone)]
 struct ServerArg {
     /// Coordinator gRPC URL.
-    #[arg(
-        long,
-        env = "TESSERA_SERVER",
-        default_value = "http://127.0.0.1:50051",
-        global = true
-    )]
+    #[arg(long, env = "TESSERA_SERVER", default_value = "http://127.0.0.1:50051", global = true)]
     server: String,
 }
 
@@ -145,17 +142,53 @@ struct SearchArgs {
     server: ServerArg,
 }
 
-/// Parses `host:port` for listen addresses, with a clear error.
-fn parse_addr(s: &str) -> Result<SocketAddr, String> {
-    s.parse()
-        .map_err(|e| format!("'{s}' is not an address like 127.0.0.1:50051: {e}"))
+#[derive(Args, Debug)]
+struct GenerateArgs {
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    max_tokens: u32,
+    /// Sampling temperature; 0 = greedy.
+    #[arg(long, default_value_t = 0.7, allow_hyphen_values = true)]
+    temperature: f32,
+    /// Nucleus sampling mass.
+    #[arg(long, default_value_t = 0.95, allow_hyphen_values = true)]
+    top_p: f32,
+    /// Sample among the k most likely tokens (0 = all).
+    #[arg(long, default_value_t = 40)]
+    top_k: u32,
+    /// Penalty for tokens already seen (1 = off).
+    #[arg(long, default_value_t = 1.0, allow_hyphen_values = true)]
+    repetition_penalty: f32,
+    /// Random seed (same seed, same output); random when absent.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Stop before this text (repeatable).
+    #[arg(long = "stop", value_name = "STR")]
+    stop: Vec<String>,
+    /// Send the prompt as is (special tokens such as <|im_start|> recognised) instead of as one chat message.
+    #[arg(long)]
+    raw: bool,
+    /// The prompt.
+    prompt: String,
+    #[command(flatten)]
+    server: ServerArg,
 }
 
-fn main() -> anyhow::Result<()> {
+/// Parses `host:port` for listen addresses, with a clear error.
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse().map_err(|e| format!("'{s}' is not an address like 127.0.0.1:50051: {e}"))
+}
+
+fn main() {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         match cli.command {
             Command::Up(args) => server::up(args).await,
@@ -163,6 +196,7 @@ fn main() -> anyhow::Result<()> {
             Command::Ingest(args) => client::ingest(args).await,
             Command::Delete(args) => client::delete(args).await,
             Command::Search(args) => client::search(args).await,
+            Command::Generate(args) => client::generate(args).await,
         }
     })
 }

@@ -48,8 +48,23 @@ pub struct UpArgs {
     #[arg(long, default_value_t = 32)]
     max_batch_size: usize,
     /// Embedder: padded tokens per forward pass.
-    #[arg(long, default_value_t = 8192)]
+    #[arg(long, default_value_t = 4096)]
     max_batch_tokens: usize,
+    /// Tensor-parallel world size of the local model group (ranks as threads).
+    #[arg(long, env = "TESSERA_TP", default_value_t = 1)]
+    tp: usize,
+    /// The GGUF chat model (default: the SmolLM2 GGUF under --models; skipped with a warning when that is absent).
+    #[arg(long, env = "TESSERA_MODEL")]
+    model: Option<PathBuf>,
+    /// Model: sequences decoded together in one step.
+    #[arg(long, default_value_t = 16)]
+    max_running: usize,
+    /// Model: tokens (decode + prompt chunks) in one step.
+    #[arg(long, default_value_t = 512)]
+    max_step_tokens: usize,
+    /// Model: requests waiting before new ones get RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 64)]
+    max_queued: usize,
 }
 
 fn init_tracing() {
@@ -85,14 +100,11 @@ async fn shutdown_signal() {
 /// Runs `tessera up` until SIGINT or SIGTERM.
 pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     init_tracing();
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
     let ready = Arc::new(AtomicBool::new(false));
 
     // HTTP first, so probes get an answer (503) while models load.
-    let http = tokio::net::TcpListener::bind(args.http)
-        .await
-        .with_context(|| format!("binding HTTP {}", args.http))?;
+    let http = tokio::net::TcpListener::bind(args.http).await.with_context(|| format!("binding HTTP {}", args.http))?;
     let ready_http = ready.clone();
     let health = move || {
         let ready = ready_http.clone();
@@ -104,9 +116,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             }
         }
     };
-    let app = axum::Router::new()
-        .route("/healthz", get(health.clone()))
-        .route("/readyz", get(health));
+    let app = axum::Router::new().route("/healthz", get(health.clone())).route("/readyz", get(health));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut http_stop = stop_rx.clone();
     let http_task = tokio::spawn(async move {
@@ -120,33 +130,41 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let mut node_config = NodeConfig::embedded(args.data_dir.join("node"), args.models.clone());
     node_config.batch.max_batch_size = args.max_batch_size;
     node_config.batch.max_batch_tokens = args.max_batch_tokens;
-    let node = Node::start(node_config)
-        .await
-        .context("starting the node")?;
-
-    let grpc = tokio::net::TcpListener::bind(args.grpc)
-        .await
-        .with_context(|| format!("binding gRPC {}", args.grpc))?;
-    let local = grpc.local_addr()?;
-    let nodes = NodeSet::connect_lazy(
-        &[("local".into(), format!("http://{local}"))],
-        MAX_MESSAGE_BYTES,
-    )?;
-    let catalog = Catalog::open(&args.data_dir).context("opening the collection catalog")?;
-    let config = CoordinatorConfig {
-        default_shards: args.default_shards,
-        max_top_k: args.max_top_k,
-        ..Default::default()
+    anyhow::ensure!(args.tp >= 1, "--tp must be at least 1");
+    node_config.tp = args.tp;
+    node_config.engine = tessera_node::model::EngineLimits {
+        max_batch_size: args.max_running.max(1),
+        max_batched_tokens: args.max_step_tokens.max(1),
+        max_queued: args.max_queued.max(1),
     };
+    node_config.model_path = match &args.model {
+        Some(path) => {
+            anyhow::ensure!(path.exists(), "model file {} does not exist", path.display());
+            Some(path.clone())
+        }
+        None => {
+            let default = args.models.join(tessera_node::node::DEFAULT_MODEL);
+            if default.exists() {
+                Some(default)
+            } else {
+                tracing::warn!(path = %default.display(), "no chat model found; Generate is unavailable (run scripts/fetch-models.sh)");
+                None
+            }
+        }
+    };
+    let node = Node::start(node_config).await.context("starting the node")?;
+
+    let grpc = tokio::net::TcpListener::bind(args.grpc).await.with_context(|| format!("binding gRPC {}", args.grpc))?;
+    let local = grpc.local_addr()?;
+    let nodes = NodeSet::connect_lazy(&[("local".into(), format!("http://{local}"))], MAX_MESSAGE_BYTES)?;
+    let catalog = Catalog::open(&args.data_dir).context("opening the collection catalog")?;
+    let config =
+        CoordinatorConfig { default_shards: args.default_shards, max_top_k: args.max_top_k, ..Default::default() };
     let coordinator = Coordinator::new(config, catalog, nodes);
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<tessera_proto::v1::tessera_server::TesseraServer<Coordinator>>()
-        .await;
-    health_reporter
-        .set_serving::<tessera_proto::v1::node_server::NodeServer<NodeService>>()
-        .await;
+    health_reporter.set_serving::<tessera_proto::v1::tessera_server::TesseraServer<Coordinator>>().await;
+    health_reporter.set_serving::<tessera_proto::v1::node_server::NodeServer<NodeService>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tessera_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -159,12 +177,9 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             .add_service(reflection)
             .add_service(coordinator.into_server(MAX_MESSAGE_BYTES))
             .add_service(NodeService::new(node.clone()).into_server(MAX_MESSAGE_BYTES))
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(grpc),
-                async move {
-                    let _ = grpc_stop.changed().await;
-                },
-            ),
+            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc), async move {
+                let _ = grpc_stop.changed().await;
+            }),
     );
     ready.store(true, Ordering::SeqCst);
     info!(grpc = %local, http = %args.http, data_dir = %args.data_dir.display(), "tessera up: serving");

@@ -19,36 +19,21 @@ pub fn expand(paths: &[PathBuf]) -> Result<(Vec<FileToSend>, Vec<PathBuf>), Stri
     for root in paths {
         let meta = std::fs::metadata(root).map_err(|e| format!("{}: {e}", root.display()))?;
         if meta.is_file() {
-            let name = root
-                .file_name()
-                .map(|n| n.to_string_lossy().to_string())
-                .unwrap_or_default();
-            files.push(FileToSend {
-                path: root.clone(),
-                doc_id: name,
-            });
+            let name = root.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            files.push(FileToSend { path: root.clone(), doc_id: name });
             continue;
         }
-        for entry in WalkDir::new(root)
-            .sort_by_file_name()
-            .into_iter()
-            .filter_entry(|e| e.depth() == 0 || !hidden(e.path()))
+        for entry in
+            WalkDir::new(root).sort_by_file_name().into_iter().filter_entry(|e| e.depth() == 0 || !hidden(e.path()))
         {
             let entry = entry.map_err(|e| format!("{}: {e}", root.display()))?;
             if !entry.file_type().is_file() {
                 continue;
             }
             let rel = entry.path().strip_prefix(root).unwrap_or(entry.path());
-            let doc_id = rel
-                .components()
-                .map(|c| c.as_os_str().to_string_lossy())
-                .collect::<Vec<_>>()
-                .join("/");
+            let doc_id = rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
             if tessera_node::load::is_supported(&doc_id) {
-                files.push(FileToSend {
-                    path: entry.path().to_path_buf(),
-                    doc_id,
-                });
+                files.push(FileToSend { path: entry.path().to_path_buf(), doc_id });
             } else {
                 unsupported.push(entry.path().to_path_buf());
             }
@@ -58,7 +43,5 @@ pub fn expand(paths: &[PathBuf]) -> Result<(Vec<FileToSend>, Vec<PathBuf>), Stri
 }
 
 fn hidden(p: &Path) -> bool {
-    p.file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.starts_with('.'))
+    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'))
 }

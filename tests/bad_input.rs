@@ -7,20 +7,11 @@ use tessera_proto::v1::tessera_client::TesseraClient;
 use tonic::Code;
 
 fn search(collection: &str, query: &str, top_k: u32) -> pb::SearchRequest {
-    pb::SearchRequest {
-        collection: collection.into(),
-        query: query.into(),
-        top_k,
-        ..Default::default()
-    }
+    pb::SearchRequest { collection: collection.into(), query: query.into(), top_k, ..Default::default() }
 }
 
 fn doc(id: &str, text: &str) -> pb::DocumentInput {
-    pb::DocumentInput {
-        id: id.into(),
-        text: text.into(),
-        ..Default::default()
-    }
+    pb::DocumentInput { id: id.into(), text: text.into(), ..Default::default() }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -30,18 +21,12 @@ async fn bad_requests_get_clear_errors_and_lose_nothing() {
     };
     let tmp = tempfile::tempdir().unwrap();
     let server = Server::start(&tmp.path().join("data"), &models);
-    let mut c = TesseraClient::connect(server.url())
-        .await
-        .unwrap()
-        .max_encoding_message_size(200 * 1024 * 1024);
+    let mut c = TesseraClient::connect(server.url()).await.unwrap().max_encoding_message_size(200 * 1024 * 1024);
 
     let stored = c
         .ingest(pb::IngestRequest {
             collection: "kb".into(),
-            documents: vec![
-                doc("a", "The cp command copies files."),
-                doc("b", "向量数据库用于语义检索。"),
-            ],
+            documents: vec![doc("a", "The cp command copies files."), doc("b", "向量数据库用于语义检索。")],
             ..Default::default()
         })
         .await
@@ -53,30 +38,15 @@ async fn bad_requests_get_clear_errors_and_lose_nothing() {
     let e = code(c.search(search("kb", "  ", 5)).await);
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("empty"), "{}", e.message());
-    assert_eq!(
-        code(c.search(search("kb", "cp", 0)).await).code(),
-        Code::InvalidArgument
-    );
+    assert_eq!(code(c.search(search("kb", "cp", 0)).await).code(), Code::InvalidArgument);
     let e = code(c.search(search("kb", "cp", 1_000_000)).await);
-    assert!(
-        e.code() == Code::InvalidArgument && e.message().contains("top_k"),
-        "{e:?}"
-    );
+    assert!(e.code() == Code::InvalidArgument && e.message().contains("top_k"), "{e:?}");
     let e = code(c.search(search("nope", "cp", 5)).await);
     assert_eq!(e.code(), Code::NotFound);
     assert!(e.message().contains("nope"));
-    assert_eq!(
-        code(c.search(search("../etc", "cp", 5)).await).code(),
-        Code::InvalidArgument
-    );
-    assert_eq!(
-        code(c.search(search("kb", &"x".repeat(100_000), 5)).await).code(),
-        Code::InvalidArgument
-    );
-    let bad_mode = pb::SearchRequest {
-        mode: 42,
-        ..search("kb", "cp", 5)
-    };
+    assert_eq!(code(c.search(search("../etc", "cp", 5)).await).code(), Code::InvalidArgument);
+    assert_eq!(code(c.search(search("kb", &"x".repeat(100_000), 5)).await).code(), Code::InvalidArgument);
+    let bad_mode = pb::SearchRequest { mode: 42, ..search("kb", "cp", 5) };
     assert_eq!(code(c.search(bad_mode).await).code(), Code::InvalidArgument);
 
     // An oversized request is refused by the transport with a clear code.
@@ -91,10 +61,7 @@ async fn bad_requests_get_clear_errors_and_lose_nothing() {
         ..Default::default()
     };
     let e = c.ingest(huge).await.unwrap_err();
-    assert!(
-        matches!(e.code(), Code::ResourceExhausted | Code::OutOfRange),
-        "{e:?}"
-    );
+    assert!(matches!(e.code(), Code::ResourceExhausted | Code::OutOfRange), "{e:?}");
 
     // A malformed .jsonl line rejects that file with the line number; other files are stored.
     let resp = c
@@ -126,23 +93,9 @@ async fn bad_requests_get_clear_errors_and_lose_nothing() {
         .unwrap()
         .into_inner();
     assert_eq!(resp.documents, 1);
-    let messages: Vec<String> = resp
-        .errors
-        .iter()
-        .map(|e| format!("{}: {}", e.source, e.message))
-        .collect();
-    assert!(
-        messages
-            .iter()
-            .any(|m| m.starts_with("bad.jsonl") && m.contains("line 2")),
-        "{messages:?}"
-    );
-    assert!(
-        messages
-            .iter()
-            .any(|m| m.starts_with("bytes.txt") && m.contains("UTF-8")),
-        "{messages:?}"
-    );
+    let messages: Vec<String> = resp.errors.iter().map(|e| format!("{}: {}", e.source, e.message)).collect();
+    assert!(messages.iter().any(|m| m.starts_with("bad.jsonl") && m.contains("line 2")), "{messages:?}");
+    assert!(messages.iter().any(|m| m.starts_with("bytes.txt") && m.contains("UTF-8")), "{messages:?}");
 
     // Bad ingest settings and metadata.
     let e = c
@@ -156,71 +109,30 @@ async fn bad_requests_get_clear_errors_and_lose_nothing() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    let e = c
-        .ingest(pb::IngestRequest {
-            collection: "kb".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let e = c.ingest(pb::IngestRequest { collection: "kb".into(), ..Default::default() }).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     let e = c
-        .create_collection(pb::CreateCollectionRequest {
-            name: "kb".into(),
-            shards: 2,
-            replication: 1,
-        })
+        .create_collection(pb::CreateCollectionRequest { name: "kb".into(), shards: 2, replication: 1 })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::AlreadyExists);
     let e = c
-        .create_collection(pb::CreateCollectionRequest {
-            name: "r".into(),
-            shards: 2,
-            replication: 3,
-        })
+        .create_collection(pb::CreateCollectionRequest { name: "r".into(), shards: 2, replication: 3 })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
-    let e = c
-        .delete(pb::DeleteRequest {
-            collection: "kb".into(),
-            doc_ids: vec![],
-        })
-        .await
-        .unwrap_err();
+    let e = c.delete(pb::DeleteRequest { collection: "kb".into(), doc_ids: vec![] }).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    let e = c
-        .embed(pb::EmbedRequest { texts: vec![] })
-        .await
-        .unwrap_err();
+    let e = c.embed(pb::EmbedRequest { texts: vec![] }).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
 
     // Nothing stored was lost, and the server is still healthy.
-    let list = c
-        .list_collections(pb::ListCollectionsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let list = c.list_collections(pb::ListCollectionsRequest {}).await.unwrap().into_inner();
     let kb = list.collections.iter().find(|c| c.name == "kb").unwrap();
     assert_eq!((kb.documents, kb.chunks), (3, 3));
-    let hits = c
-        .search(search("kb", "语义检索", 1))
-        .await
-        .unwrap()
-        .into_inner()
-        .hits;
+    let hits = c.search(search("kb", "语义检索", 1)).await.unwrap().into_inner().hits;
     assert_eq!(hits[0].doc_id, "b");
-    assert_eq!(
-        common::http_get(&server.http, "/healthz").map(|r| r.0),
-        Some(200)
-    );
-    let emb = c
-        .embed(pb::EmbedRequest {
-            texts: vec!["hello".into(), "你好".into()],
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    assert_eq!(common::http_get(&server.http, "/healthz").map(|r| r.0), Some(200));
+    let emb = c.embed(pb::EmbedRequest { texts: vec!["hello".into(), "你好".into()] }).await.unwrap().into_inner();
     assert_eq!((emb.vectors.len(), emb.dimension), (2, 384));
 }

@@ -15,13 +15,7 @@ async fn concurrent_ingest_and_search() {
     let server = Server::start(&tmp.path().join("data"), &models);
     let url = server.url();
     let mut c = TesseraClient::connect(url.clone()).await.unwrap();
-    c.create_collection(pb::CreateCollectionRequest {
-        name: "load".into(),
-        shards: 3,
-        replication: 1,
-    })
-    .await
-    .unwrap();
+    c.create_collection(pb::CreateCollectionRequest { name: "load".into(), shards: 3, replication: 1 }).await.unwrap();
 
     let writers: Vec<_> = (0..4)
         .map(|w| {
@@ -34,11 +28,7 @@ async fn concurrent_ingest_and_search() {
                         .map(|i| {
                             let id = format!("w{w}-b{batch}-d{i}");
                             pb::DocumentInput {
-                                text: format!(
-                                    "Document {id} talks about topic {} and 主题 {}",
-                                    i % 3,
-                                    w
-                                ),
+                                text: format!("Document {id} talks about topic {} and 主题 {}", i % 3, w),
                                 id,
                                 ..Default::default()
                             }
@@ -46,11 +36,7 @@ async fn concurrent_ingest_and_search() {
                         .collect();
                     let ids: Vec<String> = documents.iter().map(|d| d.id.clone()).collect();
                     let r = c
-                        .ingest(pb::IngestRequest {
-                            collection: "load".into(),
-                            documents,
-                            ..Default::default()
-                        })
+                        .ingest(pb::IngestRequest { collection: "load".into(), documents, ..Default::default() })
                         .await
                         .unwrap()
                         .into_inner();
@@ -68,11 +54,7 @@ async fn concurrent_ingest_and_search() {
                 let mut c = TesseraClient::connect(url).await.unwrap();
                 let mut ok = 0;
                 for i in 0..15 {
-                    let mode = [
-                        pb::SearchMode::Vector,
-                        pb::SearchMode::Bm25,
-                        pb::SearchMode::Hybrid,
-                    ][(i + r) % 3];
+                    let mode = [pb::SearchMode::Vector, pb::SearchMode::Bm25, pb::SearchMode::Hybrid][(i + r) % 3];
                     let req = pb::SearchRequest {
                         collection: "load".into(),
                         query: format!("topic {}", i % 3),
@@ -95,11 +77,7 @@ async fn concurrent_ingest_and_search() {
         assert_eq!(r.await.unwrap(), 15);
     }
     assert_eq!(acked.len(), 100);
-    let list = c
-        .list_collections(pb::ListCollectionsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let list = c.list_collections(pb::ListCollectionsRequest {}).await.unwrap().into_inner();
     assert_eq!(list.collections[0].documents, 100);
     // Every acknowledged document is findable by its own words.
     for id in acked.iter().step_by(7) {

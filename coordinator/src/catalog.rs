@@ -45,18 +45,14 @@ impl Catalog {
     /// Opens the catalog under `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Self, CatalogError> {
         let db = sled::open(data_dir.join("coordinator.sled"))?;
-        Ok(Self {
-            tree: db.open_tree("collections")?,
-        })
+        Ok(Self { tree: db.open_tree("collections")? })
     }
 
     /// The collection, if it exists.
     pub fn get(&self, name: &str) -> Result<Option<CollectionMeta>, CatalogError> {
         self.tree
             .get(name.as_bytes())?
-            .map(|v| {
-                serde_json::from_slice(&v).map_err(|_| CatalogError::Corrupt(name.to_string()))
-            })
+            .map(|v| serde_json::from_slice(&v).map_err(|_| CatalogError::Corrupt(name.to_string())))
             .transpose()
     }
 
@@ -66,16 +62,14 @@ impl Catalog {
             .iter()
             .map(|item| {
                 let (k, v) = item?;
-                serde_json::from_slice(&v)
-                    .map_err(|_| CatalogError::Corrupt(String::from_utf8_lossy(&k).into()))
+                serde_json::from_slice(&v).map_err(|_| CatalogError::Corrupt(String::from_utf8_lossy(&k).into()))
             })
             .collect()
     }
 
     /// Stores a collection durably.
     pub async fn put(&self, meta: &CollectionMeta) -> Result<(), CatalogError> {
-        let json =
-            serde_json::to_vec(meta).map_err(|_| CatalogError::Corrupt(meta.name.clone()))?;
+        let json = serde_json::to_vec(meta).map_err(|_| CatalogError::Corrupt(meta.name.clone()))?;
         self.tree.insert(meta.name.as_bytes(), json)?;
         self.tree.flush_async().await?;
         Ok(())
@@ -97,14 +91,8 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     if name.len() > 128 {
         return Err("collection name is longer than 128 bytes".into());
     }
-    if !name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        || name.starts_with('.')
-    {
-        return Err(format!(
-            "invalid collection name '{name}': use ASCII letters, digits, '-', '_' and '.'"
-        ));
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) || name.starts_with('.') {
+        return Err(format!("invalid collection name '{name}': use ASCII letters, digits, '-', '_' and '.'"));
     }
     Ok(())
 }

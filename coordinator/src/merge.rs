@@ -21,9 +21,7 @@ pub struct Scored {
 }
 
 fn order(a: &Scored, b: &Scored) -> std::cmp::Ordering {
-    b.score
-        .total_cmp(&a.score)
-        .then_with(|| a.chunk_id.cmp(&b.chunk_id))
+    b.score.total_cmp(&a.score).then_with(|| a.chunk_id.cmp(&b.chunk_id))
 }
 
 /// Merges per-shard lists (each best first) into the global best `k`.
@@ -43,19 +41,10 @@ pub fn reciprocal_rank_fusion(lists: &[Vec<Scored>], k: usize) -> Vec<Scored> {
     for list in lists {
         for (rank, hit) in list.iter().enumerate() {
             let add = 1.0 / (RRF_K + rank as f32 + 1.0);
-            fused
-                .entry(hit.chunk_id.as_str())
-                .and_modify(|e| e.0 += add)
-                .or_insert((add, hit));
+            fused.entry(hit.chunk_id.as_str()).and_modify(|e| e.0 += add).or_insert((add, hit));
         }
     }
-    let mut out: Vec<Scored> = fused
-        .into_values()
-        .map(|(score, hit)| Scored {
-            score,
-            ..hit.clone()
-        })
-        .collect();
+    let mut out: Vec<Scored> = fused.into_values().map(|(score, hit)| Scored { score, ..hit.clone() }).collect();
     out.sort_by(order);
     out.truncate(k);
     out
@@ -87,10 +76,7 @@ pub fn mmr(query: &[f32], candidates: Vec<Scored>, k: usize, lambda: f32) -> Vec
         let mut best: Option<(usize, f32)> = None;
         for (i, c) in pool.iter().enumerate() {
             let Some(rel) = relevance[i] else { continue };
-            let redundancy = picked
-                .iter()
-                .map(|p| cosine(&c.vector, &p.vector))
-                .fold(f32::MIN, f32::max);
+            let redundancy = picked.iter().map(|p| cosine(&c.vector, &p.vector)).fold(f32::MIN, f32::max);
             let redundancy = if picked.is_empty() { 0.0 } else { redundancy };
             let value = lambda * rel - (1.0 - lambda) * redundancy;
             if best.is_none_or(|(_, b)| value > b) {
@@ -122,34 +108,15 @@ mod tests {
 
     #[test]
     fn merge_keeps_global_best() {
-        let merged = merge_top_k(
-            vec![
-                vec![hit("a", 0.9, vec![]), hit("b", 0.2, vec![])],
-                vec![hit("c", 0.5, vec![])],
-            ],
-            2,
-        );
-        assert_eq!(
-            merged
-                .iter()
-                .map(|h| h.chunk_id.as_str())
-                .collect::<Vec<_>>(),
-            ["a", "c"]
-        );
+        let merged =
+            merge_top_k(vec![vec![hit("a", 0.9, vec![]), hit("b", 0.2, vec![])], vec![hit("c", 0.5, vec![])]], 2);
+        assert_eq!(merged.iter().map(|h| h.chunk_id.as_str()).collect::<Vec<_>>(), ["a", "c"]);
     }
 
     #[test]
     fn rrf_rewards_agreement() {
-        let v = vec![
-            hit("a", 0.9, vec![]),
-            hit("b", 0.8, vec![]),
-            hit("c", 0.7, vec![]),
-        ];
-        let b = vec![
-            hit("d", 12.0, vec![]),
-            hit("b", 10.0, vec![]),
-            hit("e", 1.0, vec![]),
-        ];
+        let v = vec![hit("a", 0.9, vec![]), hit("b", 0.8, vec![]), hit("c", 0.7, vec![])];
+        let b = vec![hit("d", 12.0, vec![]), hit("b", 10.0, vec![]), hit("e", 1.0, vec![])];
         let fused = reciprocal_rank_fusion(&[v, b], 4);
         assert_eq!(fused[0].chunk_id, "b"); // rank 2 in both beats rank 1 in one
         assert!((fused[0].score - 2.0 / 62.0).abs() < 1e-6);
@@ -159,19 +126,10 @@ mod tests {
     #[test]
     fn mmr_prefers_diverse_results() {
         let q = vec![1.0, 0.0];
-        let cands = vec![
-            hit("a", 0.99, vec![1.0, 0.01]),
-            hit("a2", 0.98, vec![1.0, 0.02]),
-            hit("b", 0.6, vec![0.6, -0.8]),
-        ];
+        let cands =
+            vec![hit("a", 0.99, vec![1.0, 0.01]), hit("a2", 0.98, vec![1.0, 0.02]), hit("b", 0.6, vec![0.6, -0.8])];
         let picked = mmr(&q, cands.clone(), 2, 0.3);
-        assert_eq!(
-            picked
-                .iter()
-                .map(|h| h.chunk_id.as_str())
-                .collect::<Vec<_>>(),
-            ["a", "b"]
-        );
+        assert_eq!(picked.iter().map(|h| h.chunk_id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
         let relevance_only = mmr(&q, cands, 2, 1.0);
         assert_eq!(relevance_only[1].chunk_id, "a2");
     }

@@ -25,10 +25,7 @@ pub struct NodeSet {
 
 impl NodeSet {
     /// Clients for `(id, url)` pairs; connections are made on first use.
-    pub fn connect_lazy(
-        nodes: &[(String, String)],
-        max_message_bytes: usize,
-    ) -> Result<Self, tonic::transport::Error> {
+    pub fn connect_lazy(nodes: &[(String, String)], max_message_bytes: usize) -> Result<Self, tonic::transport::Error> {
         let mut out = Vec::new();
         for (id, url) in nodes {
             let channel = Endpoint::from_shared(url.clone())?
@@ -38,11 +35,7 @@ impl NodeSet {
             let client = NodeClient::new(channel)
                 .max_decoding_message_size(max_message_bytes)
                 .max_encoding_message_size(max_message_bytes);
-            out.push(NodeRef {
-                id: id.clone(),
-                url: url.clone(),
-                client,
-            });
+            out.push(NodeRef { id: id.clone(), url: url.clone(), client });
         }
         Ok(Self { nodes: out })
     }

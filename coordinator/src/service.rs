@@ -1,11 +1,13 @@
 //! The public `Tessera` gRPC service.
 use std::collections::BTreeMap;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::future::try_join_all;
 use futures::stream::{self, StreamExt, TryStreamExt};
 use tessera_proto::v1 as pb;
 use tokio::sync::Mutex;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::{info, instrument};
 
@@ -30,6 +32,8 @@ pub struct CoordinatorConfig {
     pub embed_parallelism: usize,
     /// Texts one Embed request may carry.
     pub max_embed_texts: usize,
+    /// Largest prompt (or sum of chat message contents) of Generate, in bytes.
+    pub max_prompt_bytes: usize,
 }
 
 impl Default for CoordinatorConfig {
@@ -42,6 +46,7 @@ impl Default for CoordinatorConfig {
             embed_batch: 32,
             embed_parallelism: 4,
             max_embed_texts: 1024,
+            max_prompt_bytes: 256 * 1024,
         }
     }
 }
@@ -91,12 +96,7 @@ fn info_pb(meta: &CollectionMeta, chunks: u64, documents: u64) -> pb::Collection
 impl Coordinator {
     /// A coordinator over `nodes`, keeping its catalog in `catalog`.
     pub fn new(config: CoordinatorConfig, catalog: Catalog, nodes: NodeSet) -> Self {
-        Self {
-            config,
-            catalog,
-            nodes,
-            create_lock: Arc::default(),
-        }
+        Self { config, catalog, nodes, create_lock: Arc::default() }
     }
 
     /// The tonic server for this service.
@@ -107,15 +107,11 @@ impl Coordinator {
     }
 
     fn node_for_shard(&self, shard: u32) -> Result<&NodeRef, Status> {
-        self.nodes
-            .for_shard(shard)
-            .ok_or_else(|| Status::unavailable("no shard node is available"))
+        self.nodes.for_shard(shard).ok_or_else(|| Status::unavailable("no shard node is available"))
     }
 
     fn work_node(&self, n: usize) -> Result<&NodeRef, Status> {
-        self.nodes
-            .for_work(n)
-            .ok_or_else(|| Status::unavailable("no node is available"))
+        self.nodes.for_work(n).ok_or_else(|| Status::unavailable("no node is available"))
     }
 
     fn collection(&self, name: &str) -> Result<CollectionMeta, Status> {
@@ -136,16 +132,9 @@ impl Coordinator {
         if_missing: bool,
     ) -> Result<CollectionMeta, Status> {
         validate_name(name).map_err(Status::invalid_argument)?;
-        let shards = if shards == 0 {
-            self.config.default_shards
-        } else {
-            shards
-        };
+        let shards = if shards == 0 { self.config.default_shards } else { shards };
         if shards > self.config.max_shards {
-            return Err(Status::invalid_argument(format!(
-                "shards must be at most {}",
-                self.config.max_shards
-            )));
+            return Err(Status::invalid_argument(format!("shards must be at most {}", self.config.max_shards)));
         }
         let replication = replication.max(1);
         let shard_nodes = self.nodes.all().len() as u32;
@@ -159,23 +148,14 @@ impl Coordinator {
             return if if_missing {
                 Ok(existing)
             } else {
-                Err(Status::already_exists(format!(
-                    "collection '{name}' already exists"
-                )))
+                Err(Status::already_exists(format!("collection '{name}' already exists")))
             };
         }
         let node = self.work_node(0)?;
-        let info = node
-            .client
-            .clone()
-            .info(pb::NodeInfoRequest {})
-            .await
-            .map_err(|s| node_status(node, s))?
-            .into_inner();
+        let info =
+            node.client.clone().info(pb::NodeInfoRequest {}).await.map_err(|s| node_status(node, s))?.into_inner();
         if info.dimension == 0 {
-            return Err(Status::failed_precondition(
-                "no embedder is available to fix the collection's dimension",
-            ));
+            return Err(Status::failed_precondition("no embedder is available to fix the collection's dimension"));
         }
         let meta = CollectionMeta {
             name: name.to_string(),
@@ -190,10 +170,7 @@ impl Coordinator {
             node.client
                 .clone()
                 .open_shard(pb::OpenShardRequest {
-                    shard: Some(pb::ShardRef {
-                        collection: name.into(),
-                        shard,
-                    }),
+                    shard: Some(pb::ShardRef { collection: name.into(), shard }),
                     dimension: meta.dimension,
                 })
                 .await
@@ -211,12 +188,7 @@ impl Coordinator {
             let Ok(node) = self.node_for_shard(shard) else {
                 continue;
             };
-            let req = pb::ShardStatsRequest {
-                shard: Some(pb::ShardRef {
-                    collection: meta.name.clone(),
-                    shard,
-                }),
-            };
+            let req = pb::ShardStatsRequest { shard: Some(pb::ShardRef { collection: meta.name.clone(), shard }) };
             if let Ok(s) = node.client.clone().get_shard_stats(req).await {
                 let s = s.into_inner();
                 chunks += s.chunks;
@@ -228,28 +200,17 @@ impl Coordinator {
 
     /// Embeds texts over the nodes, in parallel batches, keeping order.
     async fn embed_texts(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, Status> {
-        let batches: Vec<Vec<String>> = texts
-            .chunks(self.config.embed_batch.max(1))
-            .map(|c| c.to_vec())
-            .collect();
-        let results: Vec<Vec<Vec<f32>>> = stream::iter(batches.into_iter().enumerate().map(
-            |(i, batch)| async move {
-                let node = self.work_node(i)?;
-                let resp = node
-                    .client
-                    .clone()
-                    .embed_batch(pb::EmbedRequest { texts: batch })
-                    .await
-                    .map_err(|s| node_status(node, s))?;
-                Ok::<_, Status>(
-                    resp.into_inner()
-                        .vectors
-                        .into_iter()
-                        .map(|v| v.values)
-                        .collect(),
-                )
-            },
-        ))
+        let batches: Vec<Vec<String>> = texts.chunks(self.config.embed_batch.max(1)).map(|c| c.to_vec()).collect();
+        let results: Vec<Vec<Vec<f32>>> = stream::iter(batches.into_iter().enumerate().map(|(i, batch)| async move {
+            let node = self.work_node(i)?;
+            let resp = node
+                .client
+                .clone()
+                .embed_batch(pb::EmbedRequest { texts: batch })
+                .await
+                .map_err(|s| node_status(node, s))?;
+            Ok::<_, Status>(resp.into_inner().vectors.into_iter().map(|v| v.values).collect())
+        }))
         .buffered(self.config.embed_parallelism.max(1))
         .try_collect()
         .await?;
@@ -257,17 +218,51 @@ impl Coordinator {
     }
 }
 
+/// The stream type of Generate.
+pub type GenerateStream = Pin<Box<dyn futures::Stream<Item = Result<pb::GenerateChunk, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl pb::tessera_server::Tessera for Coordinator {
+    type GenerateStream = GenerateStream;
+
+    #[instrument(skip_all, name = "Tessera/Generate", fields(max_tokens = req.get_ref().max_tokens))]
+    async fn generate(&self, req: Request<pb::GenerateRequest>) -> Result<Response<GenerateStream>, Status> {
+        let req = req.into_inner();
+        if req.prompt.is_empty() && req.messages.is_empty() {
+            return Err(Status::invalid_argument("give a prompt or chat messages"));
+        }
+        if req.prompt.len() + req.messages.iter().map(|m| m.content.len()).sum::<usize>() > self.config.max_prompt_bytes
+        {
+            return Err(Status::invalid_argument(format!("the prompt is over {} bytes", self.config.max_prompt_bytes)));
+        }
+        let node = self.work_node(0)?;
+        let mut upstream = node.client.clone().generate(req).await.map_err(|s| node_status(node, s))?.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            // When the client goes away `send` fails; dropping `upstream` then
+            // cancels the node's stream, which cancels the generation.
+            loop {
+                let item = match upstream.message().await {
+                    Ok(Some(chunk)) => Ok(chunk),
+                    Ok(None) => break,
+                    Err(status) => Err(status),
+                };
+                let failed = item.is_err();
+                if tx.send(item).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
     #[instrument(skip_all, name = "Tessera/CreateCollection", fields(collection = %req.get_ref().name))]
     async fn create_collection(
         &self,
         req: Request<pb::CreateCollectionRequest>,
     ) -> Result<Response<pb::CollectionInfo>, Status> {
         let req = req.into_inner();
-        let meta = self
-            .create(&req.name, req.shards, req.replication, false)
-            .await?;
+        let meta = self.create(&req.name, req.shards, req.replication, false).await?;
         Ok(Response::new(info_pb(&meta, 0, 0)))
     }
 
@@ -295,44 +290,23 @@ impl pb::tessera_server::Tessera for Coordinator {
             let node = self.node_for_shard(shard)?;
             node.client
                 .clone()
-                .drop_shard(pb::DropShardRequest {
-                    shard: Some(pb::ShardRef {
-                        collection: meta.name.clone(),
-                        shard,
-                    }),
-                })
+                .drop_shard(pb::DropShardRequest { shard: Some(pb::ShardRef { collection: meta.name.clone(), shard }) })
                 .await
                 .map_err(|s| node_status(node, s))?;
         }
-        let dropped = self
-            .catalog
-            .remove(&meta.name)
-            .await
-            .map_err(catalog_status)?;
+        let dropped = self.catalog.remove(&meta.name).await.map_err(catalog_status)?;
         Ok(Response::new(pb::DropCollectionResponse { dropped }))
     }
 
     #[instrument(skip_all, name = "Tessera/Ingest", fields(collection = %req.get_ref().collection, files = req.get_ref().files.len(), documents = req.get_ref().documents.len()))]
-    async fn ingest(
-        &self,
-        req: Request<pb::IngestRequest>,
-    ) -> Result<Response<pb::IngestResponse>, Status> {
+    async fn ingest(&self, req: Request<pb::IngestRequest>) -> Result<Response<pb::IngestResponse>, Status> {
         let req = req.into_inner();
         validate_name(&req.collection).map_err(Status::invalid_argument)?;
         if req.files.is_empty() && req.documents.is_empty() {
-            return Err(Status::invalid_argument(
-                "nothing to ingest: give files or documents",
-            ));
+            return Err(Status::invalid_argument("nothing to ingest: give files or documents"));
         }
         let (chunk_size, chunk_overlap) = match req.chunk_size {
-            0 => (
-                1000,
-                if req.chunk_overlap == 0 {
-                    200
-                } else {
-                    req.chunk_overlap
-                },
-            ),
+            0 => (1000, if req.chunk_overlap == 0 { 200 } else { req.chunk_overlap }),
             n => (n, req.chunk_overlap),
         };
         if chunk_overlap >= chunk_size {
@@ -357,11 +331,8 @@ impl pb::tessera_server::Tessera for Coordinator {
             .map_err(|s| node_status(loader, s))?
             .into_inner();
         let errors = loaded.errors;
-        let texts: Vec<String> = loaded
-            .documents
-            .iter()
-            .flat_map(|d| d.chunks.iter().map(|c| c.text.clone()))
-            .collect();
+        let texts: Vec<String> =
+            loaded.documents.iter().flat_map(|d| d.chunks.iter().map(|c| c.text.clone())).collect();
         let mut vectors = self.embed_texts(texts).await?.into_iter();
 
         let mut per_shard: BTreeMap<u32, Vec<pb::DocumentWrite>> = BTreeMap::new();
@@ -369,19 +340,13 @@ impl pb::tessera_server::Tessera for Coordinator {
             let chunks = doc
                 .chunks
                 .into_iter()
-                .map(|chunk| pb::ChunkWithVector {
-                    vector: vectors.next().unwrap_or_default(),
-                    chunk: Some(chunk),
-                })
+                .map(|chunk| pb::ChunkWithVector { vector: vectors.next().unwrap_or_default(), chunk: Some(chunk) })
                 .collect();
-            per_shard
-                .entry(shard_for(&doc.doc_id, meta.shards))
-                .or_default()
-                .push(pb::DocumentWrite {
-                    doc_id: doc.doc_id,
-                    delete: false,
-                    chunks,
-                });
+            per_shard.entry(shard_for(&doc.doc_id, meta.shards)).or_default().push(pb::DocumentWrite {
+                doc_id: doc.doc_id,
+                delete: false,
+                chunks,
+            });
         }
         let writes = per_shard.into_iter().map(|(shard, writes)| {
             let collection = meta.name.clone();
@@ -390,10 +355,7 @@ impl pb::tessera_server::Tessera for Coordinator {
                 let resp = node
                     .client
                     .clone()
-                    .shard_write(pb::ShardWriteRequest {
-                        shard: Some(pb::ShardRef { collection, shard }),
-                        writes,
-                    })
+                    .shard_write(pb::ShardWriteRequest { shard: Some(pb::ShardRef { collection, shard }), writes })
                     .await
                     .map_err(|s| node_status(node, s))?;
                 Ok::<_, Status>(resp.into_inner())
@@ -403,35 +365,23 @@ impl pb::tessera_server::Tessera for Coordinator {
         let documents = outcomes.iter().map(|o| o.documents).sum();
         let chunks = outcomes.iter().map(|o| o.chunks).sum();
         info!(documents, chunks, errors = errors.len(), "ingested");
-        Ok(Response::new(pb::IngestResponse {
-            documents,
-            chunks,
-            errors,
-        }))
+        Ok(Response::new(pb::IngestResponse { documents, chunks, errors }))
     }
 
     #[instrument(skip_all, name = "Tessera/Delete", fields(collection = %req.get_ref().collection))]
-    async fn delete(
-        &self,
-        req: Request<pb::DeleteRequest>,
-    ) -> Result<Response<pb::DeleteResponse>, Status> {
+    async fn delete(&self, req: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
         let req = req.into_inner();
         let meta = self.collection(&req.collection)?;
         if req.doc_ids.is_empty() || req.doc_ids.iter().any(|d| d.is_empty()) {
-            return Err(Status::invalid_argument(
-                "give one or more non-empty document ids",
-            ));
+            return Err(Status::invalid_argument("give one or more non-empty document ids"));
         }
         let mut per_shard: BTreeMap<u32, Vec<pb::DocumentWrite>> = BTreeMap::new();
         for doc_id in req.doc_ids {
-            per_shard
-                .entry(shard_for(&doc_id, meta.shards))
-                .or_default()
-                .push(pb::DocumentWrite {
-                    doc_id,
-                    delete: true,
-                    chunks: vec![],
-                });
+            per_shard.entry(shard_for(&doc_id, meta.shards)).or_default().push(pb::DocumentWrite {
+                doc_id,
+                delete: true,
+                chunks: vec![],
+            });
         }
         let writes = per_shard.into_iter().map(|(shard, writes)| {
             let collection = meta.name.clone();
@@ -440,10 +390,7 @@ impl pb::tessera_server::Tessera for Coordinator {
                 let resp = node
                     .client
                     .clone()
-                    .shard_write(pb::ShardWriteRequest {
-                        shard: Some(pb::ShardRef { collection, shard }),
-                        writes,
-                    })
+                    .shard_write(pb::ShardWriteRequest { shard: Some(pb::ShardRef { collection, shard }), writes })
                     .await
                     .map_err(|s| node_status(node, s))?;
                 Ok::<_, Status>(resp.into_inner())
@@ -457,10 +404,7 @@ impl pb::tessera_server::Tessera for Coordinator {
     }
 
     #[instrument(skip_all, name = "Tessera/Search", fields(collection = %req.get_ref().collection, top_k = req.get_ref().top_k))]
-    async fn search(
-        &self,
-        req: Request<pb::SearchRequest>,
-    ) -> Result<Response<pb::SearchResponse>, Status> {
+    async fn search(&self, req: Request<pb::SearchRequest>) -> Result<Response<pb::SearchResponse>, Status> {
         let req = req.into_inner();
         let max = self.config.max_top_k;
         if req.query.trim().is_empty() {
@@ -474,77 +418,40 @@ impl pb::tessera_server::Tessera for Coordinator {
             )));
         }
         if req.top_k == 0 || req.top_k > max {
-            return Err(Status::invalid_argument(format!(
-                "top_k must be between 1 and {max}, got {}",
-                req.top_k
-            )));
+            return Err(Status::invalid_argument(format!("top_k must be between 1 and {max}, got {}", req.top_k)));
         }
         if req.fetch_k > max {
-            return Err(Status::invalid_argument(format!(
-                "fetch_k must be at most {max}"
-            )));
+            return Err(Status::invalid_argument(format!("fetch_k must be at most {max}")));
         }
-        let lambda = if req.mmr_lambda == 0.0 {
-            0.5
-        } else {
-            req.mmr_lambda
-        };
+        let lambda = if req.mmr_lambda == 0.0 { 0.5 } else { req.mmr_lambda };
         if !(0.0..=1.0).contains(&lambda) {
-            return Err(Status::invalid_argument(
-                "mmr_lambda must be between 0 and 1",
-            ));
+            return Err(Status::invalid_argument("mmr_lambda must be between 0 and 1"));
         }
-        if req.filter.as_ref().is_some_and(|f| {
-            f.must
-                .iter()
-                .any(|c| c.key.is_empty() || c.values_json.is_empty())
-        }) {
-            return Err(Status::invalid_argument(
-                "each filter condition needs a key and at least one value",
-            ));
+        if req.filter.as_ref().is_some_and(|f| f.must.iter().any(|c| c.key.is_empty() || c.values_json.is_empty())) {
+            return Err(Status::invalid_argument("each filter condition needs a key and at least one value"));
         }
         let meta = self.collection(&req.collection)?;
         let mode = pb::SearchMode::try_from(req.mode)
             .map_err(|_| Status::invalid_argument(format!("unknown search mode {}", req.mode)))?;
-        let mode = if mode == pb::SearchMode::Unspecified {
-            pb::SearchMode::Vector
-        } else {
-            mode
-        };
-        let wants_vector =
-            matches!(mode, pb::SearchMode::Vector | pb::SearchMode::Hybrid) || req.mmr;
+        let mode = if mode == pb::SearchMode::Unspecified { pb::SearchMode::Vector } else { mode };
+        let wants_vector = matches!(mode, pb::SearchMode::Vector | pb::SearchMode::Hybrid) || req.mmr;
         let query_vector = if wants_vector {
-            self.embed_texts(vec![req.query.clone()])
-                .await?
-                .pop()
-                .unwrap_or_default()
+            self.embed_texts(vec![req.query.clone()]).await?.pop().unwrap_or_default()
         } else {
             Vec::new()
         };
         let top_k = req.top_k as usize;
         let fetch = if req.mmr {
-            (if req.fetch_k == 0 {
-                4 * req.top_k
-            } else {
-                req.fetch_k.max(req.top_k)
-            })
-            .min(max)
+            (if req.fetch_k == 0 { 4 * req.top_k } else { req.fetch_k.max(req.top_k) }).min(max)
         } else {
             req.top_k
         };
         // MMR needs vector candidates, whatever the mode asks for first.
-        let shard_mode = if req.mmr && mode == pb::SearchMode::Bm25 {
-            pb::SearchMode::Hybrid
-        } else {
-            mode
-        };
+        let shard_mode = if req.mmr && mode == pb::SearchMode::Bm25 { pb::SearchMode::Hybrid } else { mode };
 
         let searches = (0..meta.shards).map(|shard| {
             let request = pb::ShardSearchRequest {
-                shard: Some(pb::ShardRef {
-                    collection: meta.name.clone(),
-                    shard,
-                }),
+                shard: Some(pb::ShardRef { collection: meta.name.clone(), shard }),
                 vector: query_vector.clone(),
                 query: req.query.clone(),
                 top_k: fetch,
@@ -554,12 +461,7 @@ impl pb::tessera_server::Tessera for Coordinator {
             };
             async move {
                 let node = self.node_for_shard(shard)?;
-                let resp = node
-                    .client
-                    .clone()
-                    .shard_search(request)
-                    .await
-                    .map_err(|s| node_status(node, s))?;
+                let resp = node.client.clone().shard_search(request).await.map_err(|s| node_status(node, s))?;
                 Ok::<_, Status>(resp.into_inner())
             }
         });
@@ -567,18 +469,8 @@ impl pb::tessera_server::Tessera for Coordinator {
         let mut vector_lists = Vec::new();
         let mut bm25_lists = Vec::new();
         for r in per_shard {
-            vector_lists.push(
-                r.vector_hits
-                    .into_iter()
-                    .filter_map(to_scored)
-                    .collect::<Vec<_>>(),
-            );
-            bm25_lists.push(
-                r.bm25_hits
-                    .into_iter()
-                    .filter_map(to_scored)
-                    .collect::<Vec<_>>(),
-            );
+            vector_lists.push(r.vector_hits.into_iter().filter_map(to_scored).collect::<Vec<_>>());
+            bm25_lists.push(r.bm25_hits.into_iter().filter_map(to_scored).collect::<Vec<_>>());
         }
         let fetch = fetch as usize;
         let mut hits = match mode {
@@ -611,34 +503,20 @@ impl pb::tessera_server::Tessera for Coordinator {
     }
 
     #[instrument(skip_all, name = "Tessera/Embed", fields(texts = req.get_ref().texts.len()))]
-    async fn embed(
-        &self,
-        req: Request<pb::EmbedRequest>,
-    ) -> Result<Response<pb::EmbedResponse>, Status> {
+    async fn embed(&self, req: Request<pb::EmbedRequest>) -> Result<Response<pb::EmbedResponse>, Status> {
         let texts = req.into_inner().texts;
         if texts.is_empty() {
             return Err(Status::invalid_argument("give at least one text to embed"));
         }
         if texts.len() > self.config.max_embed_texts {
-            return Err(Status::invalid_argument(format!(
-                "at most {} texts per request",
-                self.config.max_embed_texts
-            )));
+            return Err(Status::invalid_argument(format!("at most {} texts per request", self.config.max_embed_texts)));
         }
         let node = self.work_node(0)?;
-        let info = node
-            .client
-            .clone()
-            .info(pb::NodeInfoRequest {})
-            .await
-            .map_err(|s| node_status(node, s))?
-            .into_inner();
+        let info =
+            node.client.clone().info(pb::NodeInfoRequest {}).await.map_err(|s| node_status(node, s))?.into_inner();
         let vectors = self.embed_texts(texts).await?;
         Ok(Response::new(pb::EmbedResponse {
-            vectors: vectors
-                .into_iter()
-                .map(|values| pb::Vector { values })
-                .collect(),
+            vectors: vectors.into_iter().map(|values| pb::Vector { values }).collect(),
             dimension: info.dimension,
             model: info.embedder,
         }))

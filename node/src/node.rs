@@ -8,6 +8,10 @@ use tracing::info;
 use crate::embed::{spawn_embedder, BatchLimits, BertEmbedder, EmbedError, EmbedderHandle};
 use crate::index::{ShardError, ShardRegistry};
 use crate::load::LoaderPool;
+use crate::model::{EngineLimits, ModelError, ModelServing};
+
+/// The default chat model, relative to the models folder.
+pub const DEFAULT_MODEL: &str = "SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf";
 
 /// What a node runs and where it keeps its data.
 #[derive(Debug, Clone)]
@@ -26,6 +30,12 @@ pub struct NodeConfig {
     pub loader_workers: usize,
     /// Largest file or document accepted, in bytes.
     pub max_document_bytes: usize,
+    /// The GGUF model of the `model` role.
+    pub model_path: Option<PathBuf>,
+    /// Tensor-parallel world size of the local model group.
+    pub tp: usize,
+    /// Model scheduler bounds.
+    pub engine: EngineLimits,
 }
 
 impl NodeConfig {
@@ -33,12 +43,15 @@ impl NodeConfig {
     pub fn embedded(data_dir: PathBuf, models_dir: PathBuf) -> Self {
         Self {
             id: "local".into(),
-            roles: vec!["loader".into(), "embedder".into(), "shard".into()],
+            roles: vec!["loader".into(), "embedder".into(), "shard".into(), "model".into()],
             data_dir,
             embedder_dir: models_dir.join("all-MiniLM-L6-v2"),
             batch: BatchLimits::default(),
             loader_workers: 2,
             max_document_bytes: 32 * 1024 * 1024,
+            model_path: Some(models_dir.join(DEFAULT_MODEL)),
+            tp: 1,
+            engine: EngineLimits::default(),
         }
     }
 
@@ -59,6 +72,9 @@ pub enum NodeError {
     /// An actor failed to start.
     #[error("actor: {0}")]
     Actor(String),
+    /// The model failed to load.
+    #[error("model: {0}")]
+    Model(#[from] ModelError),
 }
 
 /// The running node.
@@ -71,6 +87,8 @@ pub struct Node {
     pub shards: Option<ShardRegistry>,
     /// The loader pool, when the node has that role.
     pub loader: Option<LoaderPool>,
+    /// The model group, when the node has that role and a model.
+    pub model: Option<Arc<ModelServing>>,
 }
 
 impl Node {
@@ -81,16 +99,8 @@ impl Node {
             let model = tokio::task::spawn_blocking(move || BertEmbedder::load(&dir))
                 .await
                 .map_err(|e| NodeError::Actor(e.to_string()))??;
-            info!(
-                model = model.name(),
-                dimension = model.dimension(),
-                "embedding model loaded"
-            );
-            Some(
-                spawn_embedder(Arc::new(model), config.batch)
-                    .await
-                    .map_err(|e| NodeError::Actor(e.to_string()))?,
-            )
+            info!(model = model.name(), dimension = model.dimension(), "embedding model loaded");
+            Some(spawn_embedder(Arc::new(model), config.batch).await.map_err(|e| NodeError::Actor(e.to_string()))?)
         } else {
             None
         };
@@ -98,22 +108,20 @@ impl Node {
             let tokenizer = embedder.as_ref().map(|e| e.model().tokenizer().clone());
             LoaderPool::new(config.loader_workers, tokenizer, config.max_document_bytes)
         });
-        let shards = if config.has("shard") {
-            Some(ShardRegistry::open(&config.data_dir).await?)
-        } else {
-            None
+        let shards = if config.has("shard") { Some(ShardRegistry::open(&config.data_dir).await?) } else { None };
+        let embedder = if config.has("embedder") { embedder } else { None };
+        let model = match (&config.model_path, config.has("model")) {
+            (Some(path), true) => {
+                let (path, tp, limits) = (path.clone(), config.tp, config.engine);
+                let serving = tokio::task::spawn_blocking(move || ModelServing::load(&path, tp, limits))
+                    .await
+                    .map_err(|e| NodeError::Actor(e.to_string()))??;
+                info!(model = serving.name(), tp = config.tp, "model group started");
+                Some(Arc::new(serving))
+            }
+            _ => None,
         };
-        let embedder = if config.has("embedder") {
-            embedder
-        } else {
-            None
-        };
-        Ok(Arc::new(Self {
-            config,
-            embedder,
-            shards,
-            loader,
-        }))
+        Ok(Arc::new(Self { config, embedder, shards, loader, model }))
     }
 
     /// Flushes shards and saves their indexes; stops the actors.

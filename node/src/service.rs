@@ -1,14 +1,45 @@
 //! The internal `Node` gRPC service: how coordinators reach a node's actors.
+use std::pin::Pin;
 use std::sync::Arc;
 
+use futures::Stream;
 use tessera_proto::v1 as pb;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use crate::index::ChunkRecord;
-use crate::index::{
-    Condition, DocWrite, Filter, SearchMode, ShardError, ShardHit, ShardQuery, ShardStats,
-};
+use crate::model::{ChatMessage, Event, ModelError, SamplingParams};
+
+/// The stream type of Generate.
+pub type GenerateStream = Pin<Box<dyn Stream<Item = Result<pb::GenerateChunk, Status>> + Send>>;
+
+/// Maps model errors onto gRPC codes.
+pub fn model_status(e: ModelError) -> Status {
+    match e {
+        ModelError::Input(m) => Status::invalid_argument(m),
+        ModelError::Busy(m) => Status::resource_exhausted(m),
+        ModelError::Template(m) => Status::invalid_argument(format!("chat template: {m}")),
+        other => Status::internal(other.to_string()),
+    }
+}
+
+/// Sampling settings of a request, with the documented defaults.
+pub fn sampling_from_pb(req: &pb::GenerateRequest) -> SamplingParams {
+    let d = SamplingParams::default();
+    SamplingParams {
+        temperature: req.temperature.unwrap_or(d.temperature),
+        top_p: req.top_p.unwrap_or(d.top_p),
+        top_k: req.top_k.map(|k| k as usize).unwrap_or(d.top_k),
+        repetition_penalty: req.repetition_penalty.unwrap_or(d.repetition_penalty),
+        seed: req.seed.unwrap_or_else(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|t| t.as_nanos() as u64).unwrap_or(0)
+        }),
+        max_tokens: if req.max_tokens == 0 { d.max_tokens } else { req.max_tokens as usize },
+        stop: req.stop.clone(),
+    }
+}
+use crate::index::{Condition, DocWrite, Filter, SearchMode, ShardError, ShardHit, ShardQuery, ShardStats};
 use crate::load::{Document, FileJob, Metadata, SplitSpec};
 use crate::node::Node;
 
@@ -32,24 +63,17 @@ impl NodeService {
     }
 
     fn shards(&self) -> Result<&crate::index::ShardRegistry, Status> {
-        self.node
-            .shards
-            .as_ref()
-            .ok_or_else(|| Status::failed_precondition("this node has no shard role"))
+        self.node.shards.as_ref().ok_or_else(|| Status::failed_precondition("this node has no shard role"))
     }
 }
 
 /// Maps shard errors onto gRPC codes.
 pub fn shard_status(e: ShardError) -> Status {
     match e {
-        ShardError::Invalid(_) | ShardError::Dimension { .. } => {
-            Status::invalid_argument(e.to_string())
-        }
+        ShardError::Invalid(_) | ShardError::Dimension { .. } => Status::invalid_argument(e.to_string()),
         ShardError::NotFound(_) => Status::not_found(e.to_string()),
         ShardError::Unavailable(_) => Status::unavailable(e.to_string()),
-        ShardError::Storage(_) | ShardError::Corrupt(_) | ShardError::Ann(_) => {
-            Status::internal(e.to_string())
-        }
+        ShardError::Storage(_) | ShardError::Corrupt(_) | ShardError::Ann(_) => Status::internal(e.to_string()),
     }
 }
 
@@ -61,9 +85,7 @@ pub fn parse_metadata(json: &str) -> Result<Metadata, Status> {
     match serde_json::from_str::<serde_json::Value>(json) {
         Ok(serde_json::Value::Object(m)) => Ok(m),
         Ok(_) => Err(Status::invalid_argument("metadata must be a JSON object")),
-        Err(e) => Err(Status::invalid_argument(format!(
-            "metadata is not valid JSON: {e}"
-        ))),
+        Err(e) => Err(Status::invalid_argument(format!("metadata is not valid JSON: {e}"))),
     }
 }
 
@@ -97,10 +119,7 @@ pub fn mode_from_pb(mode: i32) -> SearchMode {
 
 fn stats_pb(collection: &str, shard: u32, s: ShardStats) -> pb::ShardStats {
     pb::ShardStats {
-        shard: Some(pb::ShardRef {
-            collection: collection.to_string(),
-            shard,
-        }),
+        shard: Some(pb::ShardRef { collection: collection.to_string(), shard }),
         chunks: s.chunks,
         documents: s.documents,
         sequence: s.sequence,
@@ -127,11 +146,50 @@ fn hit_pb(h: ShardHit) -> pb::ShardHit {
 
 #[tonic::async_trait]
 impl pb::node_server::Node for NodeService {
+    type GenerateStream = GenerateStream;
+
+    #[instrument(skip_all, name = "Node/Generate", fields(max_tokens = req.get_ref().max_tokens))]
+    async fn generate(&self, req: Request<pb::GenerateRequest>) -> Result<Response<GenerateStream>, Status> {
+        let model = self.node.model.clone().ok_or_else(|| {
+            Status::failed_precondition(
+                "no model is loaded on this node (role 'model' with a GGUF; run scripts/fetch-models.sh)",
+            )
+        })?;
+        let req = req.into_inner();
+        let messages: Vec<ChatMessage> =
+            req.messages.iter().map(|m| ChatMessage { role: m.role.clone(), content: m.content.clone() }).collect();
+        let ids = model.prompt_ids(&req.prompt, &messages, req.raw).map_err(model_status)?;
+        let mut events = model.generate(ids, sampling_from_pb(&req)).map_err(model_status)?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::GenerateChunk, Status>>(64);
+        tokio::spawn(async move {
+            // Dropping `events` (when the client goes away and `tx` fails) cancels the generation.
+            while let Some(event) = events.recv().await {
+                let chunk = match event {
+                    Event::Token { id, text } => pb::GenerateChunk { text, token_ids: vec![id], ..Default::default() },
+                    Event::Done { finish, prompt_tokens, completion_tokens } => pb::GenerateChunk {
+                        finish_reason: finish.as_str().to_string(),
+                        usage: Some(pb::Usage {
+                            prompt_tokens: prompt_tokens as u32,
+                            completion_tokens: completion_tokens as u32,
+                        }),
+                        ..Default::default()
+                    },
+                    Event::Error(e) => {
+                        let _ = tx.send(Err(Status::internal(e))).await;
+                        return;
+                    }
+                };
+                let last = !chunk.finish_reason.is_empty();
+                if tx.send(Ok(chunk)).await.is_err() || last {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
     #[instrument(skip_all, name = "Node/Info")]
-    async fn info(
-        &self,
-        _req: Request<pb::NodeInfoRequest>,
-    ) -> Result<Response<pb::NodeInfo>, Status> {
+    async fn info(&self, _req: Request<pb::NodeInfoRequest>) -> Result<Response<pb::NodeInfo>, Status> {
         let mut shards = Vec::new();
         if let Some(reg) = &self.node.shards {
             for ((c, s), st) in reg.list().await {
@@ -142,12 +200,25 @@ impl pb::node_server::Node for NodeService {
             Some(e) => (e.model().name().to_string(), e.model().dimension() as u32),
             None => (String::new(), 0),
         };
+        let model = self.node.model.as_ref().map(|m| {
+            use std::sync::atomic::Ordering::Relaxed;
+            let g = m.group();
+            pb::ModelInfo {
+                name: m.name().to_string(),
+                tensor_parallel: g.world_size() as u32,
+                context_length: g.context_length() as u32,
+                cached_sequences: g.stats().cached_sequences.load(Relaxed) as u32,
+                steps: g.stats().steps.load(Relaxed) as u64,
+                max_batch_seen: g.stats().max_batch_seen.load(Relaxed) as u32,
+            }
+        });
         Ok(Response::new(pb::NodeInfo {
             id: self.node.config.id.clone(),
             roles: self.node.config.roles.clone(),
             embedder,
             dimension,
             shards,
+            model,
         }))
     }
 
@@ -156,30 +227,20 @@ impl pb::node_server::Node for NodeService {
         &self,
         req: Request<pb::LoadAndSplitRequest>,
     ) -> Result<Response<pb::LoadAndSplitResponse>, Status> {
-        let loader = self
-            .node
-            .loader
-            .as_ref()
-            .ok_or_else(|| Status::failed_precondition("this node has no loader role"))?;
+        let loader =
+            self.node.loader.as_ref().ok_or_else(|| Status::failed_precondition("this node has no loader role"))?;
         let req = req.into_inner();
         let mut errors = Vec::new();
         let mut files = Vec::new();
         for f in req.files {
             match parse_metadata(&f.metadata_json) {
                 Ok(metadata) => files.push(FileJob {
-                    doc_id: if f.doc_id.is_empty() {
-                        f.name.clone()
-                    } else {
-                        f.doc_id
-                    },
+                    doc_id: if f.doc_id.is_empty() { f.name.clone() } else { f.doc_id },
                     name: f.name,
                     content: f.content,
                     metadata,
                 }),
-                Err(e) => errors.push(pb::IngestError {
-                    source: f.name,
-                    message: e.message().to_string(),
-                }),
+                Err(e) => errors.push(pb::IngestError { source: f.name, message: e.message().to_string() }),
             }
         }
         let mut documents = Vec::new();
@@ -191,10 +252,7 @@ impl pb::node_server::Node for NodeService {
                     doc.metadata = metadata;
                     documents.push(doc);
                 }
-                Err(e) => errors.push(pb::IngestError {
-                    source: d.id,
-                    message: e.message().to_string(),
-                }),
+                Err(e) => errors.push(pb::IngestError { source: d.id, message: e.message().to_string() }),
             }
         }
         let spec = SplitSpec {
@@ -202,16 +260,8 @@ impl pb::node_server::Node for NodeService {
             chunk_size: req.chunk_size as usize,
             chunk_overlap: req.chunk_overlap as usize,
         };
-        let outcome = loader
-            .load_and_split(files, documents, spec)
-            .await
-            .map_err(Status::invalid_argument)?;
-        errors.extend(
-            outcome
-                .errors
-                .into_iter()
-                .map(|(source, message)| pb::IngestError { source, message }),
-        );
+        let outcome = loader.load_and_split(files, documents, spec).await.map_err(Status::invalid_argument)?;
+        errors.extend(outcome.errors.into_iter().map(|(source, message)| pb::IngestError { source, message }));
         let documents = outcome
             .documents
             .into_iter()
@@ -232,61 +282,36 @@ impl pb::node_server::Node for NodeService {
                     .collect(),
             })
             .collect();
-        Ok(Response::new(pb::LoadAndSplitResponse {
-            documents,
-            errors,
-        }))
+        Ok(Response::new(pb::LoadAndSplitResponse { documents, errors }))
     }
 
     #[instrument(skip_all, name = "Node/EmbedBatch", fields(texts))]
-    async fn embed_batch(
-        &self,
-        req: Request<pb::EmbedRequest>,
-    ) -> Result<Response<pb::EmbedResponse>, Status> {
-        let embedder = self
-            .node
-            .embedder
-            .as_ref()
-            .ok_or_else(|| Status::failed_precondition("this node has no embedder role"))?;
+    async fn embed_batch(&self, req: Request<pb::EmbedRequest>) -> Result<Response<pb::EmbedResponse>, Status> {
+        let embedder =
+            self.node.embedder.as_ref().ok_or_else(|| Status::failed_precondition("this node has no embedder role"))?;
         let texts = req.into_inner().texts;
         tracing::Span::current().record("texts", texts.len());
         let vectors = embedder.embed(texts).await.map_err(Status::unavailable)?;
         Ok(Response::new(pb::EmbedResponse {
-            vectors: vectors
-                .into_iter()
-                .map(|values| pb::Vector { values })
-                .collect(),
+            vectors: vectors.into_iter().map(|values| pb::Vector { values }).collect(),
             dimension: embedder.model().dimension() as u32,
             model: embedder.model().name().to_string(),
         }))
     }
 
     #[instrument(skip_all, name = "Node/OpenShard")]
-    async fn open_shard(
-        &self,
-        req: Request<pb::OpenShardRequest>,
-    ) -> Result<Response<pb::ShardStats>, Status> {
+    async fn open_shard(&self, req: Request<pb::OpenShardRequest>) -> Result<Response<pb::ShardStats>, Status> {
         let req = req.into_inner();
         let r = shard_ref(req.shard)?;
-        let stats = self
-            .shards()?
-            .open_shard(&r.collection, r.shard, req.dimension as usize)
-            .await
-            .map_err(shard_status)?;
+        let stats =
+            self.shards()?.open_shard(&r.collection, r.shard, req.dimension as usize).await.map_err(shard_status)?;
         Ok(Response::new(stats_pb(&r.collection, r.shard, stats)))
     }
 
     #[instrument(skip_all, name = "Node/DropShard")]
-    async fn drop_shard(
-        &self,
-        req: Request<pb::DropShardRequest>,
-    ) -> Result<Response<pb::DropShardResponse>, Status> {
+    async fn drop_shard(&self, req: Request<pb::DropShardRequest>) -> Result<Response<pb::DropShardResponse>, Status> {
         let r = shard_ref(req.into_inner().shard)?;
-        let dropped = self
-            .shards()?
-            .drop_shard(&r.collection, r.shard)
-            .await
-            .map_err(shard_status)?;
+        let dropped = self.shards()?.drop_shard(&r.collection, r.shard).await.map_err(shard_status)?;
         Ok(Response::new(pb::DropShardResponse { dropped }))
     }
 
@@ -301,31 +326,16 @@ impl pb::node_server::Node for NodeService {
         for w in req.writes {
             let mut chunks = Vec::with_capacity(w.chunks.len());
             for c in w.chunks {
-                let chunk = c
-                    .chunk
-                    .ok_or_else(|| Status::invalid_argument("chunk missing"))?;
+                let chunk = c.chunk.ok_or_else(|| Status::invalid_argument("chunk missing"))?;
                 let metadata = parse_metadata(&chunk.metadata_json)?;
                 chunks.push((
-                    ChunkRecord {
-                        chunk_id: chunk.chunk_id,
-                        doc_id: chunk.doc_id,
-                        text: chunk.text,
-                        metadata,
-                    },
+                    ChunkRecord { chunk_id: chunk.chunk_id, doc_id: chunk.doc_id, text: chunk.text, metadata },
                     c.vector,
                 ));
             }
-            writes.push(DocWrite {
-                doc_id: w.doc_id,
-                delete: w.delete,
-                chunks,
-            });
+            writes.push(DocWrite { doc_id: w.doc_id, delete: w.delete, chunks });
         }
-        let shard = self
-            .shards()?
-            .require(&r.collection, r.shard)
-            .await
-            .map_err(shard_status)?;
+        let shard = self.shards()?.require(&r.collection, r.shard).await.map_err(shard_status)?;
         let out = shard.write(writes).await.map_err(shard_status)?;
         Ok(Response::new(pb::ShardWriteResponse {
             sequence: out.sequence,
@@ -349,11 +359,7 @@ impl pb::node_server::Node for NodeService {
             mode: mode_from_pb(req.mode),
             with_vectors: req.with_vectors,
         };
-        let shard = self
-            .shards()?
-            .require(&r.collection, r.shard)
-            .await
-            .map_err(shard_status)?;
+        let shard = self.shards()?.require(&r.collection, r.shard).await.map_err(shard_status)?;
         let res = shard.search(query).await.map_err(shard_status)?;
         Ok(Response::new(pb::ShardSearchResponse {
             vector_hits: res.vector.into_iter().map(hit_pb).collect(),
@@ -362,16 +368,9 @@ impl pb::node_server::Node for NodeService {
     }
 
     #[instrument(skip_all, name = "Node/GetShardStats")]
-    async fn get_shard_stats(
-        &self,
-        req: Request<pb::ShardStatsRequest>,
-    ) -> Result<Response<pb::ShardStats>, Status> {
+    async fn get_shard_stats(&self, req: Request<pb::ShardStatsRequest>) -> Result<Response<pb::ShardStats>, Status> {
         let r = shard_ref(req.into_inner().shard)?;
-        let shard = self
-            .shards()?
-            .require(&r.collection, r.shard)
-            .await
-            .map_err(shard_status)?;
+        let shard = self.shards()?.require(&r.collection, r.shard).await.map_err(shard_status)?;
         let stats = shard.stats().await.map_err(shard_status)?;
         Ok(Response::new(stats_pb(&r.collection, r.shard, stats)))
     }

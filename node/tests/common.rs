@@ -13,22 +13,13 @@ pub fn in_ci() -> bool {
 
 /// The default embedding model folder, or None (skip) outside CI when absent.
 pub fn minilm_dir() -> Option<PathBuf> {
-    let base = std::env::var_os("TESSERA_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("models"));
+    let base = std::env::var_os("TESSERA_MODELS").map(PathBuf::from).unwrap_or_else(|| workspace().join("models"));
     let dir = base.join("all-MiniLM-L6-v2");
     if dir.join("model.safetensors").exists() {
         return Some(dir);
     }
-    assert!(
-        !in_ci(),
-        "model missing at {} under CI: run scripts/fetch-models.sh",
-        dir.display()
-    );
-    eprintln!(
-        "skipping: {} missing (run scripts/fetch-models.sh)",
-        dir.display()
-    );
+    assert!(!in_ci(), "model missing at {} under CI: run scripts/fetch-models.sh", dir.display());
+    eprintln!("skipping: {} missing (run scripts/fetch-models.sh)", dir.display());
     None
 }
 
@@ -48,21 +39,12 @@ pub fn fixture(name: &str) -> Option<PathBuf> {
 
 /// The default GGUF chat model, or None (skip) outside CI when absent.
 pub fn smollm_path() -> Option<PathBuf> {
-    let base = std::env::var_os("TESSERA_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("models"));
+    let base = std::env::var_os("TESSERA_MODELS").map(PathBuf::from).unwrap_or_else(|| workspace().join("models"));
     let path = base.join("SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
     if path.exists() {
         return Some(path);
     }
-    assert!(
-        !in_ci(),
-        "model missing at {} under CI: run scripts/fetch-models.sh",
-        path.display()
-    );
-    eprintln!(
-        "skipping: {} missing (run scripts/fetch-models.sh)",
-        path.display()
-    );
+    assert!(!in_ci(), "model missing at {} under CI: run scripts/fetch-models.sh", path.display());
+    eprintln!("skipping: {} missing (run scripts/fetch-models.sh)", path.display());
     None
 }

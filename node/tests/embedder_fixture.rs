@@ -27,18 +27,8 @@ fn reference() -> Option<Vec<Reference>> {
             .map(|s| Reference {
                 name: s["name"].as_str().unwrap().to_string(),
                 text: s["text"].as_str().unwrap().to_string(),
-                ids: s["token_ids"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.as_u64().unwrap() as u32)
-                    .collect(),
-                embedding: s["embedding"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.as_f64().unwrap() as f32)
-                    .collect(),
+                ids: s["token_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect(),
+                embedding: s["embedding"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect(),
             })
             .collect(),
     )
@@ -54,10 +44,7 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
 fn setup() -> Option<(Arc<BertEmbedder>, Vec<Reference>)> {
     let dir = common::minilm_dir()?;
     let refs = reference()?;
-    Some((
-        Arc::new(BertEmbedder::load(&dir).expect("load model")),
-        refs,
-    ))
+    Some((Arc::new(BertEmbedder::load(&dir).expect("load model")), refs))
 }
 
 #[test]
@@ -67,16 +54,8 @@ fn token_ids_and_embeddings_match_sentence_transformers() {
     assert_eq!(model.dimension(), 384);
     for r in &refs {
         let enc = model.encode(std::slice::from_ref(&r.text)).unwrap();
-        assert_eq!(
-            enc[0].get_ids(),
-            r.ids.as_slice(),
-            "token ids differ for {}",
-            r.name
-        );
-        let v = model
-            .embed(std::slice::from_ref(&r.text))
-            .unwrap()
-            .remove(0);
+        assert_eq!(enc[0].get_ids(), r.ids.as_slice(), "token ids differ for {}", r.name);
+        let v = model.embed(std::slice::from_ref(&r.text)).unwrap().remove(0);
         let c = cosine(&v, &r.embedding);
         assert!(c >= 0.999, "{}: cosine {c}", r.name);
         let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
@@ -98,11 +77,7 @@ fn one_padded_batch_matches_too() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_through_the_actor_are_batched_and_correct() {
     let Some((model, refs)) = setup() else { return };
-    let limits = BatchLimits {
-        max_batch_size: 8,
-        max_batch_tokens: 4096,
-        max_queued: 1000,
-    };
+    let limits = BatchLimits { max_batch_size: 8, max_batch_tokens: 4096, max_queued: 1000 };
     let embedder = spawn_embedder(model, limits).await.unwrap();
     let tasks: Vec<_> = refs
         .iter()

@@ -10,9 +10,7 @@ use tessera_node::model::comm::{Communicator, LocalGroup};
 use tessera_node::model::engine::load_tokenizer;
 use tessera_node::model::llama::{RankModel, SeqStep};
 use tessera_node::model::sampler::argmax;
-use tessera_node::model::{
-    ChatMessage, ChatTemplate, EngineLimits, Event, FinishReason, ModelGroup, SamplingParams,
-};
+use tessera_node::model::{ChatMessage, ChatTemplate, EngineLimits, Event, FinishReason, ModelGroup, SamplingParams};
 
 fn fixture() -> Option<Value> {
     let path = common::fixture("smollm2_greedy.json")?;
@@ -22,26 +20,13 @@ fn fixture() -> Option<Value> {
 fn template(path: &Path) -> ChatTemplate {
     let mut f = std::fs::File::open(path).unwrap();
     let ct = candle_core::quantized::gguf_file::Content::read(&mut f).unwrap();
-    let src = ct.metadata["tokenizer.chat_template"]
-        .to_string()
-        .unwrap()
-        .clone();
+    let src = ct.metadata["tokenizer.chat_template"].to_string().unwrap().clone();
     let tok = load_tokenizer(path).unwrap();
-    ChatTemplate::new(
-        &src,
-        tok.token(tok.bos_id.unwrap()).unwrap(),
-        tok.token(tok.eos_id.unwrap()).unwrap(),
-    )
-    .unwrap()
+    ChatTemplate::new(&src, tok.token(tok.bos_id.unwrap()).unwrap(), tok.token(tok.eos_id.unwrap()).unwrap()).unwrap()
 }
 
 /// Greedy generation on `world` in-process ranks, returning tokens and the logits of every step.
-fn greedy_with_logits(
-    path: &Path,
-    world: usize,
-    prompt: &[u32],
-    steps: usize,
-) -> (Vec<u32>, Vec<Vec<f32>>) {
+fn greedy_with_logits(path: &Path, world: usize, prompt: &[u32], steps: usize) -> (Vec<u32>, Vec<Vec<f32>>) {
     let comms = LocalGroup::new(world);
     let prompt = prompt.to_vec();
     let handles: Vec<_> = comms
@@ -53,30 +38,19 @@ fn greedy_with_logits(
                 let mut model = RankModel::load(&path, comm.rank(), world).unwrap();
                 let mut tokens = Vec::new();
                 let mut all = Vec::new();
-                let mut step = SeqStep {
-                    seq: 1,
-                    tokens: prompt.clone(),
-                    start: 0,
-                };
+                let mut step = SeqStep { seq: 1, tokens: prompt.clone(), start: 0 };
                 for _ in 0..steps {
                     let logits = model.forward(std::slice::from_ref(&step), &comm).unwrap();
                     // Every rank needs the next token: rank 0 picks it, all agree through a broadcast.
-                    let mut next = if comm.rank() == 0 {
-                        argmax(&logits[0]).to_le_bytes().to_vec()
-                    } else {
-                        Vec::new()
-                    };
+                    let mut next =
+                        if comm.rank() == 0 { argmax(&logits[0]).to_le_bytes().to_vec() } else { Vec::new() };
                     comm.broadcast(&mut next, 0).unwrap();
                     let t = u32::from_le_bytes(next[..4].try_into().unwrap());
                     if comm.rank() == 0 {
                         all.push(logits[0].clone());
                     }
                     tokens.push(t);
-                    step = SeqStep {
-                        seq: 1,
-                        tokens: vec![t],
-                        start: step.start + step.tokens.len(),
-                    };
+                    step = SeqStep { seq: 1, tokens: vec![t], start: step.start + step.tokens.len() };
                 }
                 (tokens, all)
             })
@@ -86,9 +60,7 @@ fn greedy_with_logits(
     results.swap_remove(0)
 }
 
-fn collect(
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>,
-) -> (Vec<u32>, String, Option<FinishReason>) {
+fn collect(mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>) -> (Vec<u32>, String, Option<FinishReason>) {
     let (mut ids, mut text, mut finish) = (Vec::new(), String::new(), None);
     while let Some(e) = rx.blocking_recv() {
         match e {
@@ -107,11 +79,7 @@ fn collect(
 }
 
 fn greedy(max_tokens: usize) -> SamplingParams {
-    SamplingParams {
-        temperature: 0.0,
-        max_tokens,
-        ..Default::default()
-    }
+    SamplingParams { temperature: 0.0, max_tokens, ..Default::default() }
 }
 
 #[test]
@@ -125,36 +93,20 @@ fn prompt_ids_greedy_tokens_and_top5_match_llama_cpp() {
         let name = case["name"].as_str().unwrap();
         let messages: Vec<ChatMessage> = serde_json::from_value(case["messages"].clone()).unwrap();
         let text = tpl.render(&messages).unwrap();
-        assert_eq!(
-            text,
-            case["prompt_text"].as_str().unwrap(),
-            "{name}: rendered prompt"
-        );
+        assert_eq!(text, case["prompt_text"].as_str().unwrap(), "{name}: rendered prompt");
         let ids = tok.encode(&text).unwrap();
         let want: Vec<u32> = serde_json::from_value(case["prompt_token_ids"].clone()).unwrap();
         assert_eq!(ids, want, "{name}: prompt token ids");
 
-        let expected: Vec<u32> =
-            serde_json::from_value(case["generated_token_ids"].clone()).unwrap();
-        let gaps: Vec<f64> =
-            serde_json::from_value(case["top1_minus_top2_logit_per_step"].clone()).unwrap();
+        let expected: Vec<u32> = serde_json::from_value(case["generated_token_ids"].clone()).unwrap();
+        let gaps: Vec<f64> = serde_json::from_value(case["top1_minus_top2_logit_per_step"].clone()).unwrap();
         let (got, logits) = greedy_with_logits(&path, 1, &ids, expected.len());
         // Equal up to the first step whose reference top-1/top-2 gap is a near tie.
-        let check = gaps
-            .iter()
-            .position(|g| *g < 0.05)
-            .unwrap_or(expected.len());
-        assert_eq!(
-            got[..check],
-            expected[..check],
-            "{name}: greedy tokens before the first near tie (step {check})"
-        );
+        let check = gaps.iter().position(|g| *g < 0.05).unwrap_or(expected.len());
+        assert_eq!(got[..check], expected[..check], "{name}: greedy tokens before the first near tie (step {check})");
         eprintln!(
             "{name}: {check} tokens compared, {} equal overall",
-            got.iter()
-                .zip(&expected)
-                .take_while(|(a, b)| a == b)
-                .count()
+            got.iter().zip(&expected).take_while(|(a, b)| a == b).count()
         );
 
         let top5 = &fx["first_position_top5_logits"];
@@ -162,11 +114,7 @@ fn prompt_ids_greedy_tokens_and_top5_match_llama_cpp() {
             for t in top5["top5"].as_array().unwrap() {
                 let id = t["token_id"].as_u64().unwrap() as usize;
                 let want = t["logit"].as_f64().unwrap() as f32;
-                assert!(
-                    (logits[0][id] - want).abs() <= 0.05,
-                    "{name}: logit of {id}: {} vs {want}",
-                    logits[0][id]
-                );
+                assert!((logits[0][id] - want).abs() <= 0.05, "{name}: logit of {id}: {} vs {want}", logits[0][id]);
             }
         }
     }
@@ -178,7 +126,9 @@ fn tensor_parallel_world_sizes_1_2_3_agree() {
         return;
     };
     let tok = load_tokenizer(&path).unwrap();
-    let prompt = tok.encode("<|im_start|>user\nName three shard placement strategies.<|im_end|>\n<|im_start|>assistant\n").unwrap();
+    let prompt = tok
+        .encode("<|im_start|>user\nName three shard placement strategies.<|im_end|>\n<|im_start|>assistant\n")
+        .unwrap();
     let (t1, l1) = greedy_with_logits(&path, 1, &prompt, 12);
     for world in [2, 3] {
         let (tw, lw) = greedy_with_logits(&path, world, &prompt, 12);
@@ -186,11 +136,7 @@ fn tensor_parallel_world_sizes_1_2_3_agree() {
         for (step, (a, b)) in l1.iter().zip(&lw).enumerate() {
             let scale = a.iter().fold(0f32, |m, x| m.max(x.abs()));
             let err = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-            assert!(
-                err / scale < 1e-4,
-                "world {world}, step {step}: relative error {}",
-                err / scale
-            );
+            assert!(err / scale < 1e-4, "world {world}, step {step}: relative error {}", err / scale);
         }
     }
 }
@@ -200,16 +146,9 @@ fn engine_batching_cancellation_seeds_stops_and_bad_input() {
     let Some(path) = common::smollm_path() else {
         return;
     };
-    let group = ModelGroup::start_local(
-        &path,
-        2,
-        EngineLimits {
-            max_batch_size: 8,
-            max_batched_tokens: 256,
-            max_queued: 64,
-        },
-    )
-    .unwrap();
+    let group =
+        ModelGroup::start_local(&path, 2, EngineLimits { max_batch_size: 8, max_batched_tokens: 256, max_queued: 64 })
+            .unwrap();
     let tok = group.tokenizer().clone();
     let prompts: Vec<Vec<u32>> = [
         "What is a shard?",
@@ -222,49 +161,23 @@ fn engine_batching_cancellation_seeds_stops_and_bad_input() {
         "What is an index?",
     ]
     .iter()
-    .map(|q| {
-        tok.encode(&format!(
-            "<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n"
-        ))
-        .unwrap()
-    })
+    .map(|q| tok.encode(&format!("<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n")).unwrap())
     .collect();
 
     // 8 at once give the same greedy text as each alone.
-    let alone: Vec<_> = prompts
-        .iter()
-        .map(|p| collect(group.submit(p.clone(), greedy(24)).unwrap()))
-        .collect();
-    let receivers: Vec<_> = prompts
-        .iter()
-        .map(|p| group.submit(p.clone(), greedy(24)).unwrap())
-        .collect();
+    let alone: Vec<_> = prompts.iter().map(|p| collect(group.submit(p.clone(), greedy(24)).unwrap())).collect();
+    let receivers: Vec<_> = prompts.iter().map(|p| group.submit(p.clone(), greedy(24)).unwrap()).collect();
     let together: Vec<_> = receivers.into_iter().map(collect).collect();
     assert_eq!(together, alone);
-    assert!(
-        group
-            .stats()
-            .max_batch_seen
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= 4,
-        "requests were not batched"
-    );
+    assert!(group.stats().max_batch_seen.load(std::sync::atomic::Ordering::Relaxed) >= 4, "requests were not batched");
 
     // Cancellation: dropping the receiver frees the KV cache on every rank.
     let mut rx = group.submit(prompts[0].clone(), greedy(400)).unwrap();
     assert!(matches!(rx.blocking_recv(), Some(Event::Token { .. })));
     drop(rx);
     let deadline = Instant::now() + Duration::from_secs(20);
-    while group
-        .stats()
-        .cached_sequences
-        .load(std::sync::atomic::Ordering::Relaxed)
-        != 0
-    {
-        assert!(
-            Instant::now() < deadline,
-            "cache not freed after cancellation"
-        );
+    while group.stats().cached_sequences.load(std::sync::atomic::Ordering::Relaxed) != 0 {
+        assert!(Instant::now() < deadline, "cache not freed after cancellation");
         std::thread::sleep(Duration::from_millis(20));
     }
 
@@ -292,55 +205,24 @@ fn engine_batching_cancellation_seeds_stops_and_bad_input() {
 
     // Stop sequences end the text before them.
     let (_, full, _) = collect(group.submit(prompts[6].clone(), greedy(32)).unwrap());
-    let cut = full
-        .char_indices()
-        .nth(6)
-        .map(|(i, _)| i)
-        .unwrap_or(full.len());
+    let cut = full.char_indices().nth(6).map(|(i, _)| i).unwrap_or(full.len());
     let stop = full[cut..].chars().take(3).collect::<String>();
     assert!(!stop.is_empty(), "generation too short: {full:?}");
-    let (_, text, finish) = collect(
-        group
-            .submit(
-                prompts[6].clone(),
-                SamplingParams {
-                    stop: vec![stop.clone()],
-                    ..greedy(32)
-                },
-            )
-            .unwrap(),
-    );
+    let (_, text, finish) =
+        collect(group.submit(prompts[6].clone(), SamplingParams { stop: vec![stop.clone()], ..greedy(32) }).unwrap());
     assert_eq!(finish, Some(FinishReason::Stop));
     assert_eq!(text, full[..full.find(&stop).unwrap()]);
     let (ids, _, finish) = collect(group.submit(prompts[6].clone(), greedy(5)).unwrap());
     assert_eq!((ids.len(), finish), (5, Some(FinishReason::Length)));
 
     // Bad input.
+    assert!(group.submit(vec![], greedy(4)).unwrap_err().to_string().contains("empty"));
+    assert!(group.submit(prompts[0].clone(), greedy(1_000_000)).unwrap_err().to_string().contains("context"));
     assert!(group
-        .submit(vec![], greedy(4))
-        .unwrap_err()
-        .to_string()
-        .contains("empty"));
-    assert!(group
-        .submit(prompts[0].clone(), greedy(1_000_000))
-        .unwrap_err()
-        .to_string()
-        .contains("context"));
-    assert!(group
-        .submit(
-            prompts[0].clone(),
-            SamplingParams {
-                temperature: -1.0,
-                ..greedy(4)
-            }
-        )
+        .submit(prompts[0].clone(), SamplingParams { temperature: -1.0, ..greedy(4) })
         .unwrap_err()
         .to_string()
         .contains("temperature"));
     let long = vec![prompts[0][1]; group.context_length() + 1];
-    assert!(group
-        .submit(long, greedy(1))
-        .unwrap_err()
-        .to_string()
-        .contains("context"));
+    assert!(group.submit(long, greedy(1)).unwrap_err().to_string().contains("context"));
 }

@@ -12,17 +12,13 @@ fn windows_of_word_pieces_on_char_boundaries() {
     };
     let model = BertEmbedder::load(&dir).unwrap();
     let text = "向量数据库用于语义检索和相似度搜索。".repeat(20)
-        + " Retrieval-augmented generation splits long documents. "
-            .repeat(20)
-            .as_str();
+        + " Retrieval-augmented generation splits long documents. ".repeat(20).as_str();
     let splitter = TokenSplitter::new(model.tokenizer().clone(), 64, 16).unwrap();
     let spans = splitter.split(&text).unwrap();
     assert!(spans.len() >= 5, "{}", spans.len());
     for s in &spans {
         let chunk = &text[s.start..s.end];
-        let ids = model.encode(&[chunk.to_string()]).unwrap()[0]
-            .get_ids()
-            .len();
+        let ids = model.encode(&[chunk.to_string()]).unwrap()[0].get_ids().len();
         assert!(ids <= 64 + 2, "{ids} word pieces (+ [CLS] [SEP])");
     }
     assert_eq!(spans[0].start, 0);

@@ -5,11 +5,7 @@
 
 /// Package `tessera.v1`.
 pub mod v1 {
-    #![allow(
-        missing_docs,
-        clippy::large_enum_variant,
-        clippy::doc_lazy_continuation
-    )]
+    #![allow(missing_docs, clippy::large_enum_variant, clippy::doc_lazy_continuation)]
     tonic::include_proto!("tessera.v1");
 }
 

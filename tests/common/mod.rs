@@ -16,30 +16,17 @@ pub fn in_ci() -> bool {
 
 /// The models folder, or None (skip) outside CI when the models are absent.
 pub fn models() -> Option<PathBuf> {
-    let dir = std::env::var_os("TESSERA_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("models"));
+    let dir = std::env::var_os("TESSERA_MODELS").map(PathBuf::from).unwrap_or_else(|| workspace().join("models"));
     if dir.join("all-MiniLM-L6-v2/model.safetensors").exists() {
         return Some(dir);
     }
-    assert!(
-        !in_ci(),
-        "models missing at {} under CI: run scripts/fetch-models.sh",
-        dir.display()
-    );
-    eprintln!(
-        "skipping: models missing at {} (run scripts/fetch-models.sh)",
-        dir.display()
-    );
+    assert!(!in_ci(), "models missing at {} under CI: run scripts/fetch-models.sh", dir.display());
+    eprintln!("skipping: models missing at {} (run scripts/fetch-models.sh)", dir.display());
     None
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A running `tessera up`.
@@ -50,11 +37,17 @@ pub struct Server {
     pub data_dir: PathBuf,
     models: PathBuf,
     log: PathBuf,
+    extra: Vec<String>,
 }
 
 impl Server {
     /// Starts a server over `data_dir` and waits until /healthz answers 200.
     pub fn start(data_dir: &Path, models: &Path) -> Server {
+        Self::start_with(data_dir, models, &[])
+    }
+
+    /// Like [`Server::start`], with extra `tessera up` arguments.
+    pub fn start_with(data_dir: &Path, models: &Path, extra: &[&str]) -> Server {
         let grpc = format!("127.0.0.1:{}", free_port());
         let http = format!("127.0.0.1:{}", free_port());
         let mut s = Server {
@@ -64,23 +57,21 @@ impl Server {
             data_dir: data_dir.to_path_buf(),
             models: models.to_path_buf(),
             log: data_dir.with_extension("log"),
+            extra: extra.iter().map(|a| a.to_string()).collect(),
         };
         s.spawn();
         s
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_tessera"))
             .args(["up", "--data-dir"])
             .arg(&self.data_dir)
             .arg("--models")
             .arg(&self.models)
             .args(["--grpc", &self.grpc, "--http", &self.http])
+            .args(&self.extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -101,11 +92,7 @@ impl Server {
                     panic!("tessera up exited with {status}; log:\n{}", self.log_text());
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "tessera up not healthy in time; log:\n{}",
-                self.log_text()
-            );
+            assert!(Instant::now() < deadline, "tessera up not healthy in time; log:\n{}", self.log_text());
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -139,11 +126,7 @@ impl Server {
             let pid = c.id().to_string();
             Command::new("kill").args(["-TERM", &pid]).status().unwrap();
             let status = c.wait().unwrap();
-            assert!(
-                status.success(),
-                "unclean exit {status}; log:\n{}",
-                self.log_text()
-            );
+            assert!(status.success(), "unclean exit {status}; log:\n{}", self.log_text());
         }
     }
 
@@ -200,12 +183,7 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
 
 /// Doc ids of a `--json` search result, best first.
 pub fn doc_ids(result: &serde_json::Value) -> Vec<String> {
-    result["hits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| h["doc_id"].as_str().unwrap().to_string())
-        .collect()
+    result["hits"].as_array().unwrap().iter().map(|h| h["doc_id"].as_str().unwrap().to_string()).collect()
 }
 
 #[allow(unused_imports)]

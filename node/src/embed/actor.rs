@@ -27,11 +27,7 @@ pub struct BatchLimits {
 
 impl Default for BatchLimits {
     fn default() -> Self {
-        Self {
-            max_batch_size: 32,
-            max_batch_tokens: 8192,
-            max_queued: 100_000,
-        }
+        Self { max_batch_size: 32, max_batch_tokens: 8192, max_queued: 100_000 }
     }
 }
 
@@ -96,10 +92,7 @@ impl Actor for EmbedderActor {
                     return Ok(());
                 }
                 if state.queue.len() + texts.len() > state.limits.max_queued {
-                    let _ = reply.send(Err(format!(
-                        "embedder queue full ({} texts waiting)",
-                        state.queue.len()
-                    )));
+                    let _ = reply.send(Err(format!("embedder queue full ({} texts waiting)", state.queue.len())));
                     return Ok(());
                 }
                 let encodings = match state.model.encode(&texts) {
@@ -114,14 +107,7 @@ impl Actor for EmbedderActor {
                 for (i, enc) in encodings.into_iter().enumerate() {
                     state.queue.push_back((id, i, enc));
                 }
-                state.pending.insert(
-                    id,
-                    Pending {
-                        results: vec![None; texts.len()],
-                        remaining: texts.len(),
-                        reply,
-                    },
-                );
+                state.pending.insert(id, Pending { results: vec![None; texts.len()], remaining: texts.len(), reply });
             }
             EmbedderMsg::BatchDone(items, result) => {
                 state.busy = false;
@@ -133,11 +119,7 @@ impl Actor for EmbedderActor {
                                 p.remaining -= 1;
                                 if p.remaining == 0 {
                                     if let Some(p) = state.pending.remove(&id) {
-                                        let out = p
-                                            .results
-                                            .into_iter()
-                                            .map(Option::unwrap_or_default)
-                                            .collect();
+                                        let out = p.results.into_iter().map(Option::unwrap_or_default).collect();
                                         let _ = p.reply.send(Ok(out));
                                     }
                                 }
@@ -183,19 +165,13 @@ fn start_batch(myself: ActorRef<EmbedderMsg>, state: &mut EmbedderState) {
     }
     state.busy = true;
     let model = state.model.clone();
-    let span = info_span!(
-        "embedder.batch",
-        size = batch.len(),
-        padded_tokens = longest * batch.len()
-    );
+    let span = info_span!("embedder.batch", size = batch.len(), padded_tokens = longest * batch.len());
     tokio::spawn(
         async move {
             let items: Vec<(u64, usize)> = batch.iter().map(|(id, i, _)| (*id, *i)).collect();
             let result = tokio::task::spawn_blocking(move || {
                 let encodings: Vec<&Encoding> = batch.iter().map(|(_, _, e)| e).collect();
-                model
-                    .embed_encodings(&encodings)
-                    .map_err(|e: EmbedError| e.to_string())
+                model.embed_encodings(&encodings).map_err(|e: EmbedError| e.to_string())
             })
             .await
             .unwrap_or_else(|e| Err(format!("embedding task failed: {e}")));
@@ -218,11 +194,7 @@ pub struct EmbedderHandle {
 impl EmbedderHandle {
     /// Embeds texts through the actor (batched with whatever else is waiting).
     pub async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, String> {
-        match self
-            .actor
-            .call(|reply| EmbedderMsg::Embed(texts, reply), None)
-            .await
-        {
+        match self.actor.call(|reply| EmbedderMsg::Embed(texts, reply), None).await {
             Ok(ractor::rpc::CallResult::Success(r)) => r,
             Ok(_) => Err("embedder did not answer".into()),
             Err(e) => Err(format!("embedder unavailable: {e}")),

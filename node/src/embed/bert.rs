@@ -46,18 +46,11 @@ impl BertEmbedder {
     pub fn load(dir: &Path) -> Result<Self, EmbedError> {
         let read = |name: &str| {
             let path = dir.join(name);
-            std::fs::read_to_string(&path).map_err(|e| EmbedError::File {
-                path,
-                message: e.to_string(),
-            })
+            std::fs::read_to_string(&path).map_err(|e| EmbedError::File { path, message: e.to_string() })
         };
-        let config: Config =
-            serde_json::from_str(&read("config.json")?).map_err(|e| EmbedError::File {
-                path: dir.join("config.json"),
-                message: e.to_string(),
-            })?;
-        let hidden: serde_json::Value =
-            serde_json::from_str(&read("config.json")?).unwrap_or_default();
+        let config: Config = serde_json::from_str(&read("config.json")?)
+            .map_err(|e| EmbedError::File { path: dir.join("config.json"), message: e.to_string() })?;
+        let hidden: serde_json::Value = serde_json::from_str(&read("config.json")?).unwrap_or_default();
         let dimension = hidden["hidden_size"].as_u64().unwrap_or(384) as usize;
         let max_tokens = read("sentence_bert_config.json")
             .ok()
@@ -66,11 +59,8 @@ impl BertEmbedder {
             .unwrap_or(256) as usize;
 
         let tokenizer_path = dir.join("tokenizer.json");
-        let mut tokenizer =
-            Tokenizer::from_file(&tokenizer_path).map_err(|e| EmbedError::File {
-                path: tokenizer_path.clone(),
-                message: e.to_string(),
-            })?;
+        let mut tokenizer = Tokenizer::from_file(&tokenizer_path)
+            .map_err(|e| EmbedError::File { path: tokenizer_path.clone(), message: e.to_string() })?;
         // tokenizer.json declares truncation at 128 and fixed padding; sentence-transformers
         // overrides both (truncate at max_seq_length, pad per batch), and so do we.
         tokenizer
@@ -86,27 +76,13 @@ impl BertEmbedder {
         let device = Device::Cpu;
         let weights = dir.join("model.safetensors");
         if !weights.exists() {
-            return Err(EmbedError::File {
-                path: weights,
-                message: "not found".into(),
-            });
+            return Err(EmbedError::File { path: weights, message: "not found".into() });
         }
         // SAFETY: the weights file is memory-mapped read-only and not modified while loaded.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &device)? };
         let model = BertModel::load(vb, &config)?;
-        let name = dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("bert")
-            .to_string();
-        Ok(Self {
-            model,
-            tokenizer,
-            device,
-            dimension,
-            max_tokens,
-            name,
-        })
+        let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("bert").to_string();
+        Ok(Self { model, tokenizer, device, dimension, max_tokens, name })
     }
 
     /// Output dimension (384 for all-MiniLM-L6-v2).
@@ -131,9 +107,7 @@ impl BertEmbedder {
 
     /// Tokenizes texts (with special tokens, truncated).
     pub fn encode(&self, texts: &[String]) -> Result<Vec<Encoding>, EmbedError> {
-        self.tokenizer
-            .encode_batch(texts.to_vec(), true)
-            .map_err(|e| EmbedError::Tokenizer(e.to_string()))
+        self.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| EmbedError::Tokenizer(e.to_string()))
     }
 
     /// Embeds already tokenized texts in one forward pass, padding to the longest.
@@ -141,12 +115,7 @@ impl BertEmbedder {
         if encodings.is_empty() {
             return Ok(Vec::new());
         }
-        let len = encodings
-            .iter()
-            .map(|e| e.get_ids().len())
-            .max()
-            .unwrap_or(0)
-            .max(1);
+        let len = encodings.iter().map(|e| e.get_ids().len()).max().unwrap_or(0).max(1);
         let n = encodings.len();
         let mut ids = Vec::with_capacity(n * len);
         let mut mask = Vec::with_capacity(n * len);

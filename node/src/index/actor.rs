@@ -11,15 +11,9 @@ use super::{DocWrite, Shard, ShardError, ShardQuery, ShardResults, ShardStats, W
 /// Messages a shard actor understands.
 pub enum ShardMsg {
     /// Apply writes; answered once durable.
-    Write(
-        Vec<DocWrite>,
-        RpcReplyPort<Result<WriteOutcome, ShardError>>,
-    ),
+    Write(Vec<DocWrite>, RpcReplyPort<Result<WriteOutcome, ShardError>>),
     /// Search.
-    Search(
-        Box<ShardQuery>,
-        RpcReplyPort<Result<ShardResults, ShardError>>,
-    ),
+    Search(Box<ShardQuery>, RpcReplyPort<Result<ShardResults, ShardError>>),
     /// Counters.
     Stats(RpcReplyPort<ShardStats>),
     /// Flush and save the derived index; the actor stops afterwards.
@@ -34,11 +28,7 @@ impl Actor for ShardActor {
     type State = Shard;
     type Arguments = Shard;
 
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        shard: Shard,
-    ) -> Result<Shard, ActorProcessingErr> {
+    async fn pre_start(&self, _myself: ActorRef<Self::Msg>, shard: Shard) -> Result<Shard, ActorProcessingErr> {
         Ok(shard)
     }
 
@@ -88,16 +78,11 @@ fn unavailable(name: &str, e: impl std::fmt::Display) -> ShardError {
 impl ShardHandle {
     /// Spawns an actor for an opened shard.
     pub async fn spawn(name: String, shard: Shard) -> Result<Self, ShardError> {
-        let (actor, _) = Actor::spawn(None, ShardActor, shard)
-            .await
-            .map_err(|e| unavailable(&name, e))?;
+        let (actor, _) = Actor::spawn(None, ShardActor, shard).await.map_err(|e| unavailable(&name, e))?;
         Ok(Self { actor, name })
     }
 
-    async fn call<T: Send + 'static>(
-        &self,
-        build: impl FnOnce(RpcReplyPort<T>) -> ShardMsg,
-    ) -> Result<T, ShardError> {
+    async fn call<T: Send + 'static>(&self, build: impl FnOnce(RpcReplyPort<T>) -> ShardMsg) -> Result<T, ShardError> {
         match self.actor.call(build, None).await {
             Ok(ractor::rpc::CallResult::Success(v)) => Ok(v),
             Ok(_) => Err(unavailable(&self.name, "no answer")),

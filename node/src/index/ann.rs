@@ -54,10 +54,7 @@ impl AnnIndex {
     /// Adds a vector, growing capacity geometrically.
     pub fn add(&mut self, key: u64, vector: &[f32]) -> Result<(), ShardError> {
         if vector.len() != self.dimension {
-            return Err(ShardError::Dimension {
-                expected: self.dimension,
-                got: vector.len(),
-            });
+            return Err(ShardError::Dimension { expected: self.dimension, got: vector.len() });
         }
         if self.index.size() + 1 > self.index.capacity() {
             let target = (self.index.capacity() * 2).max(1024);
@@ -87,11 +84,7 @@ impl AnnIndex {
             return Ok(Vec::new());
         }
         let m = self.index.search(query, k).map_err(ann_err)?;
-        Ok(m.keys
-            .into_iter()
-            .zip(m.distances)
-            .map(|(k, d)| (k, 1.0 - d))
-            .collect())
+        Ok(m.keys.into_iter().zip(m.distances).map(|(k, d)| (k, 1.0 - d)).collect())
     }
 
     /// Nearest neighbours among keys `accept` lets through.
@@ -105,15 +98,8 @@ impl AnnIndex {
         if self.is_empty() || k == 0 {
             return Ok(Vec::new());
         }
-        let m = self
-            .index
-            .filtered_search(query, k, accept)
-            .map_err(ann_err)?;
-        Ok(m.keys
-            .into_iter()
-            .zip(m.distances)
-            .map(|(k, d)| (k, 1.0 - d))
-            .collect())
+        let m = self.index.filtered_search(query, k, accept).map_err(ann_err)?;
+        Ok(m.keys.into_iter().zip(m.distances).map(|(k, d)| (k, 1.0 - d)).collect())
     }
 
     /// Exact search by brute force (for recall measurement and small candidate sets).
@@ -123,11 +109,7 @@ impl AnnIndex {
             return Ok(Vec::new());
         }
         let m = self.index.exact_search(query, k).map_err(ann_err)?;
-        Ok(m.keys
-            .into_iter()
-            .zip(m.distances)
-            .map(|(k, d)| (k, 1.0 - d))
-            .collect())
+        Ok(m.keys.into_iter().zip(m.distances).map(|(k, d)| (k, 1.0 - d)).collect())
     }
 
     /// Writes the index to `path`.
@@ -147,10 +129,7 @@ impl AnnIndex {
 
     fn check(&self, query: &[f32]) -> Result<(), ShardError> {
         if query.len() != self.dimension {
-            return Err(ShardError::Dimension {
-                expected: self.dimension,
-                got: query.len(),
-            });
+            return Err(ShardError::Dimension { expected: self.dimension, got: query.len() });
         }
         Ok(())
     }

@@ -85,12 +85,7 @@ impl Bm25Index {
         self.lengths.insert(key, terms.len() as u32);
         self.total_length += terms.len() as u64;
         for term in terms {
-            *self
-                .postings
-                .entry(term)
-                .or_default()
-                .entry(key)
-                .or_insert(0) += 1;
+            *self.postings.entry(term).or_default().entry(key).or_insert(0) += 1;
         }
     }
 
@@ -158,8 +153,7 @@ impl Bm25Index {
                 *scores.entry(key).or_insert(0.0) += s;
             }
         }
-        let mut hits: Vec<(u64, f32)> =
-            scores.into_iter().filter(|(key, _)| accept(*key)).collect();
+        let mut hits: Vec<(u64, f32)> = scores.into_iter().filter(|(key, _)| accept(*key)).collect();
         hits.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         hits.truncate(k);
         hits
@@ -174,10 +168,7 @@ mod tests {
     fn cjk_runs_become_unigrams_and_bigrams() {
         assert_eq!(terms("Rust 索引"), vec!["rust", "索", "索引", "引"]);
         assert_eq!(terms("GPU内存"), vec!["gpu", "内", "内存", "存"]);
-        assert_eq!(
-            terms("复制，目录"),
-            vec!["复", "复制", "制", "目", "目录", "录"]
-        );
+        assert_eq!(terms("复制，目录"), vec!["复", "复制", "制", "目", "目录", "录"]);
     }
 
     #[test]

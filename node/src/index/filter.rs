@@ -30,11 +30,9 @@ impl Filter {
     /// boolean values also match (`--filter year=2024` finds `"year": 2024`), since
     /// command-line filters cannot carry JSON types.
     pub fn matches(&self, metadata: &Metadata) -> bool {
-        self.must.iter().all(|c| {
-            metadata
-                .get(&c.key)
-                .is_some_and(|actual| c.values.iter().any(|want| same(actual, want)))
-        })
+        self.must
+            .iter()
+            .all(|c| metadata.get(&c.key).is_some_and(|actual| c.values.iter().any(|want| same(actual, want))))
     }
 }
 
@@ -43,11 +41,7 @@ fn same(actual: &Value, want: &Value) -> bool {
         return true;
     }
     match (actual, want) {
-        (Value::Number(a), Value::String(w)) => w
-            .parse::<f64>()
-            .ok()
-            .zip(a.as_f64())
-            .is_some_and(|(w, a)| w == a),
+        (Value::Number(a), Value::String(w)) => w.parse::<f64>().ok().zip(a.as_f64()).is_some_and(|(w, a)| w == a),
         (Value::Bool(a), Value::String(w)) => w.parse::<bool>().ok() == Some(*a),
         (Value::Array(items), w) => items.iter().any(|i| same(i, w)),
         _ => false,
@@ -66,12 +60,7 @@ mod tests {
     #[test]
     fn equality_one_of_and_conjunction() {
         let m = meta(json!({"lang": "zh", "year": 2024, "draft": false, "tags": ["a", "b"]}));
-        let eq = |k: &str, v: Vec<Value>| Filter {
-            must: vec![Condition {
-                key: k.into(),
-                values: v,
-            }],
-        };
+        let eq = |k: &str, v: Vec<Value>| Filter { must: vec![Condition { key: k.into(), values: v }] };
         assert!(eq("lang", vec![json!("zh")]).matches(&m));
         assert!(!eq("lang", vec![json!("en")]).matches(&m));
         assert!(eq("lang", vec![json!("en"), json!("zh")]).matches(&m));
@@ -81,14 +70,8 @@ mod tests {
         assert!(!eq("missing", vec![json!("x")]).matches(&m));
         let both = Filter {
             must: vec![
-                Condition {
-                    key: "lang".into(),
-                    values: vec![json!("zh")],
-                },
-                Condition {
-                    key: "year".into(),
-                    values: vec![json!(2023)],
-                },
+                Condition { key: "lang".into(), values: vec![json!("zh")] },
+                Condition { key: "year".into(), values: vec![json!(2023)] },
             ],
         };
         assert!(!both.matches(&m));

@@ -19,9 +19,7 @@ pub use ann::AnnIndex;
 pub use bm25::{terms, Bm25Index};
 pub use filter::{Condition, Filter};
 pub use registry::ShardRegistry;
-pub use shard::{
-    DocWrite, SearchMode, Shard, ShardHit, ShardQuery, ShardResults, ShardStats, WriteOutcome,
-};
+pub use shard::{DocWrite, SearchMode, Shard, ShardHit, ShardQuery, ShardResults, ShardStats, WriteOutcome};
 pub use store::{ChunkRecord, ShardStore};
 
 use thiserror::Error;

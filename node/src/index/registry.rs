@@ -27,15 +27,8 @@ fn tree_name(collection: &str, shard: u32) -> String {
 }
 
 fn valid_collection(name: &str) -> Result<(), ShardError> {
-    if name.is_empty()
-        || name.len() > 128
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    {
-        return Err(ShardError::Invalid(format!(
-            "invalid collection name '{name}'"
-        )));
+    if name.is_empty() || name.len() > 128 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        return Err(ShardError::Invalid(format!("invalid collection name '{name}'")));
     }
     Ok(())
 }
@@ -43,51 +36,33 @@ fn valid_collection(name: &str) -> Result<(), ShardError> {
 impl ShardRegistry {
     /// Opens the node's shard database under `data_dir` and every shard it lists.
     pub async fn open(data_dir: &Path) -> Result<Self, ShardError> {
-        std::fs::create_dir_all(data_dir)
-            .map_err(|e| ShardError::Invalid(format!("{}: {e}", data_dir.display())))?;
+        std::fs::create_dir_all(data_dir).map_err(|e| ShardError::Invalid(format!("{}: {e}", data_dir.display())))?;
         let db = sled::open(data_dir.join("shards.sled"))?;
-        let me = Self {
-            db,
-            ann_dir: data_dir.join("ann"),
-            shards: Arc::default(),
-        };
+        let me = Self { db, ann_dir: data_dir.join("ann"), shards: Arc::default() };
         let catalog = me.db.open_tree(CATALOG)?;
         for item in catalog.iter() {
             let (k, v) = item?;
             let name = String::from_utf8_lossy(&k).to_string();
-            let Some((collection, shard)) = name
-                .rsplit_once('/')
-                .and_then(|(c, s)| Some((c.to_string(), s.parse::<u32>().ok()?)))
+            let Some((collection, shard)) =
+                name.rsplit_once('/').and_then(|(c, s)| Some((c.to_string(), s.parse::<u32>().ok()?)))
             else {
                 warn!(%name, "skipping unreadable shard catalog entry");
                 continue;
             };
-            let dim = std::str::from_utf8(&v)
-                .ok()
-                .and_then(|s| s.parse::<usize>().ok())
-                .unwrap_or(0);
+            let dim = std::str::from_utf8(&v).ok().and_then(|s| s.parse::<usize>().ok()).unwrap_or(0);
             me.start(&collection, shard, dim).await?;
         }
         Ok(me)
     }
 
-    async fn start(
-        &self,
-        collection: &str,
-        shard: u32,
-        dimension: usize,
-    ) -> Result<ShardHandle, ShardError> {
+    async fn start(&self, collection: &str, shard: u32, dimension: usize) -> Result<ShardHandle, ShardError> {
         let tree = self.db.open_tree(tree_name(collection, shard))?;
         let ann_path = self.ann_path(collection, shard);
-        let opened =
-            tokio::task::spawn_blocking(move || Shard::open(tree, dimension, Some(ann_path)))
-                .await
-                .map_err(|e| ShardError::Unavailable(e.to_string()))??;
-        let handle = ShardHandle::spawn(format!("{collection}/{shard}"), opened).await?;
-        self.shards
-            .write()
+        let opened = tokio::task::spawn_blocking(move || Shard::open(tree, dimension, Some(ann_path)))
             .await
-            .insert((collection.to_string(), shard), handle.clone());
+            .map_err(|e| ShardError::Unavailable(e.to_string()))??;
+        let handle = ShardHandle::spawn(format!("{collection}/{shard}"), opened).await?;
+        self.shards.write().await.insert((collection.to_string(), shard), handle.clone());
         Ok(handle)
     }
 
@@ -96,12 +71,7 @@ impl ShardRegistry {
     }
 
     /// Opens (creating if needed) a shard replica; idempotent.
-    pub async fn open_shard(
-        &self,
-        collection: &str,
-        shard: u32,
-        dimension: usize,
-    ) -> Result<ShardStats, ShardError> {
+    pub async fn open_shard(&self, collection: &str, shard: u32, dimension: usize) -> Result<ShardStats, ShardError> {
         valid_collection(collection)?;
         if dimension == 0 {
             return Err(ShardError::Invalid("dimension must be positive".into()));
@@ -117,10 +87,7 @@ impl ShardRegistry {
             return Ok(stats);
         }
         let catalog = self.db.open_tree(CATALOG)?;
-        catalog.insert(
-            tree_name_key(collection, shard),
-            dimension.to_string().as_bytes(),
-        )?;
+        catalog.insert(tree_name_key(collection, shard), dimension.to_string().as_bytes())?;
         catalog.flush_async().await?;
         let handle = self.start(collection, shard, dimension).await?;
         info!(collection, shard, dimension, "shard created");
@@ -129,27 +96,17 @@ impl ShardRegistry {
 
     /// The running shard, if hosted here.
     pub async fn get(&self, collection: &str, shard: u32) -> Option<ShardHandle> {
-        self.shards
-            .read()
-            .await
-            .get(&(collection.to_string(), shard))
-            .cloned()
+        self.shards.read().await.get(&(collection.to_string(), shard)).cloned()
     }
 
     /// The running shard, or NotFound.
     pub async fn require(&self, collection: &str, shard: u32) -> Result<ShardHandle, ShardError> {
-        self.get(collection, shard)
-            .await
-            .ok_or_else(|| ShardError::NotFound(format!("{collection}/{shard}")))
+        self.get(collection, shard).await.ok_or_else(|| ShardError::NotFound(format!("{collection}/{shard}")))
     }
 
     /// Stops a shard and deletes its data; false when it was not hosted.
     pub async fn drop_shard(&self, collection: &str, shard: u32) -> Result<bool, ShardError> {
-        let handle = self
-            .shards
-            .write()
-            .await
-            .remove(&(collection.to_string(), shard));
+        let handle = self.shards.write().await.remove(&(collection.to_string(), shard));
         let catalog = self.db.open_tree(CATALOG)?;
         catalog.remove(tree_name_key(collection, shard))?;
         let existed = handle.is_some();
@@ -166,13 +123,8 @@ impl ShardRegistry {
 
     /// Every hosted shard with its counters.
     pub async fn list(&self) -> Vec<(ShardKey, ShardStats)> {
-        let handles: Vec<(ShardKey, ShardHandle)> = self
-            .shards
-            .read()
-            .await
-            .iter()
-            .map(|(k, h)| (k.clone(), h.clone()))
-            .collect();
+        let handles: Vec<(ShardKey, ShardHandle)> =
+            self.shards.read().await.iter().map(|(k, h)| (k.clone(), h.clone())).collect();
         let mut out = Vec::new();
         for (k, h) in handles {
             if let Ok(s) = h.stats().await {

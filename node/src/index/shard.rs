@@ -117,19 +117,13 @@ pub struct Shard {
 impl Shard {
     /// Opens a shard over `tree`, rebuilding its indexes from the stored chunks,
     /// or reloading the ANN index saved at `ann_path` when it is as new as sled.
-    pub fn open(
-        tree: sled::Tree,
-        dimension: usize,
-        ann_path: Option<PathBuf>,
-    ) -> Result<Self, ShardError> {
+    pub fn open(tree: sled::Tree, dimension: usize, ann_path: Option<PathBuf>) -> Result<Self, ShardError> {
         let store = ShardStore::open(tree, dimension)?;
         let dimension = store.dimension()?;
         let sequence = store.sequence()?;
         let next_key = store.next_key()?;
 
-        let saved = ann_path
-            .as_ref()
-            .and_then(|p| load_saved_ann(p, dimension, sequence));
+        let saved = ann_path.as_ref().and_then(|p| load_saved_ann(p, dimension, sequence));
         let reuse = saved.is_some();
         let mut ann = match saved {
             Some(ann) => ann,
@@ -145,44 +139,18 @@ impl Shard {
             }
             bm25.insert(key, &record.text);
             docs.entry(record.doc_id.clone()).or_default().push(key);
-            chunks.insert(
-                key,
-                ChunkMeta {
-                    doc_id: record.doc_id,
-                    metadata: record.metadata,
-                },
-            );
+            chunks.insert(key, ChunkMeta { doc_id: record.doc_id, metadata: record.metadata });
         }
         if reuse && ann.len() != chunks.len() {
-            warn!(
-                saved = ann.len(),
-                stored = chunks.len(),
-                "saved ANN index disagrees with sled; rebuilding"
-            );
+            warn!(saved = ann.len(), stored = chunks.len(), "saved ANN index disagrees with sled; rebuilding");
             ann = AnnIndex::new(dimension)?;
             for item in store.scan() {
                 let (key, _, vector) = item?;
                 ann.add(key, &vector)?;
             }
         }
-        info!(
-            chunks = chunks.len(),
-            documents = docs.len(),
-            sequence,
-            reused_ann = reuse,
-            "shard opened"
-        );
-        Ok(Self {
-            store,
-            ann,
-            bm25,
-            chunks,
-            docs,
-            sequence,
-            next_key,
-            dimension,
-            ann_path,
-        })
+        info!(chunks = chunks.len(), documents = docs.len(), sequence, reused_ann = reuse, "shard opened");
+        Ok(Self { store, ann, bm25, chunks, docs, sequence, next_key, dimension, ann_path })
     }
 
     /// Counters.
@@ -210,10 +178,7 @@ impl Shard {
             }
             for (record, vector) in &w.chunks {
                 if vector.len() != self.dimension {
-                    return Err(ShardError::Dimension {
-                        expected: self.dimension,
-                        got: vector.len(),
-                    });
+                    return Err(ShardError::Dimension { expected: self.dimension, got: vector.len() });
                 }
                 if record.doc_id != w.doc_id {
                     return Err(ShardError::Invalid(format!(
@@ -222,10 +187,7 @@ impl Shard {
                     )));
                 }
                 if vector.iter().any(|x| !x.is_finite()) {
-                    return Err(ShardError::Invalid(format!(
-                        "chunk {} has a non-finite vector",
-                        record.chunk_id
-                    )));
+                    return Err(ShardError::Invalid(format!("chunk {} has a non-finite vector", record.chunk_id)));
                 }
             }
         }
@@ -292,13 +254,7 @@ impl Shard {
             self.ann.add(key, vector)?;
             self.bm25.insert(key, &record.text);
             self.docs.entry(doc_id.clone()).or_default().push(key);
-            self.chunks.insert(
-                key,
-                ChunkMeta {
-                    doc_id,
-                    metadata: record.metadata.clone(),
-                },
-            );
+            self.chunks.insert(key, ChunkMeta { doc_id, metadata: record.metadata.clone() });
         }
         Ok(outcome)
     }
@@ -310,18 +266,13 @@ impl Shard {
 
     /// Searches the shard.
     pub fn search(&self, q: &ShardQuery) -> Result<ShardResults, ShardError> {
-        let accept = |key: u64| {
-            self.chunks
-                .get(&key)
-                .is_some_and(|m| q.filter.matches(&m.metadata))
-        };
+        let accept = |key: u64| self.chunks.get(&key).is_some_and(|m| q.filter.matches(&m.metadata));
         let mut results = ShardResults::default();
         if matches!(q.mode, SearchMode::Vector | SearchMode::Hybrid) {
             let keys = if q.filter.is_empty() {
                 self.ann.search(&q.vector, q.top_k)?
             } else {
-                let matching: Vec<u64> =
-                    self.chunks.keys().copied().filter(|k| accept(*k)).collect();
+                let matching: Vec<u64> = self.chunks.keys().copied().filter(|k| accept(*k)).collect();
                 if matching.len() <= EXACT_FILTER_LIMIT {
                     self.exact_among(&q.vector, &matching, q.top_k)?
                 } else {
@@ -347,22 +298,12 @@ impl Shard {
         self.ann.search(vector, k)
     }
 
-    fn exact_among(
-        &self,
-        query: &[f32],
-        keys: &[u64],
-        k: usize,
-    ) -> Result<Vec<(u64, f32)>, ShardError> {
+    fn exact_among(&self, query: &[f32], keys: &[u64], k: usize) -> Result<Vec<(u64, f32)>, ShardError> {
         if query.len() != self.dimension {
-            return Err(ShardError::Dimension {
-                expected: self.dimension,
-                got: query.len(),
-            });
+            return Err(ShardError::Dimension { expected: self.dimension, got: query.len() });
         }
-        let mut scored: Vec<(u64, f32)> = keys
-            .iter()
-            .filter_map(|&key| self.ann.get(key).map(|v| (key, cosine(query, &v))))
-            .collect();
+        let mut scored: Vec<(u64, f32)> =
+            keys.iter().filter_map(|&key| self.ann.get(key).map(|v| (key, cosine(query, &v)))).collect();
         scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         scored.truncate(k);
         Ok(scored)
@@ -374,16 +315,8 @@ impl Shard {
             let Some(record) = self.store.chunk(key)? else {
                 continue;
             };
-            let vector = if with_vectors {
-                self.store.vector(key)?.unwrap_or_default()
-            } else {
-                Vec::new()
-            };
-            out.push(ShardHit {
-                record,
-                score,
-                vector,
-            });
+            let vector = if with_vectors { self.store.vector(key)?.unwrap_or_default() } else { Vec::new() };
+            out.push(ShardHit { record, score, vector });
         }
         Ok(out)
     }
@@ -396,8 +329,7 @@ impl Shard {
                 std::fs::create_dir_all(dir).map_err(|e| ShardError::Ann(e.to_string()))?;
             }
             self.ann.save(path)?;
-            std::fs::write(seq_path(path), self.sequence.to_string())
-                .map_err(|e| ShardError::Ann(e.to_string()))?;
+            std::fs::write(seq_path(path), self.sequence.to_string()).map_err(|e| ShardError::Ann(e.to_string()))?;
         }
         Ok(())
     }
@@ -411,11 +343,7 @@ fn seq_path(ann: &std::path::Path) -> PathBuf {
 /// way, so a later crash can never make a stale index look current.
 fn load_saved_ann(path: &std::path::Path, dimension: usize, sequence: u64) -> Option<AnnIndex> {
     let marker = seq_path(path);
-    let saved_seq = std::fs::read_to_string(&marker)
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok();
+    let saved_seq = std::fs::read_to_string(&marker).ok()?.trim().parse::<u64>().ok();
     let _ = std::fs::remove_file(&marker);
     if saved_seq != Some(sequence) {
         return None;
@@ -431,18 +359,11 @@ mod tests {
     fn record(doc: &str, n: usize, text: &str, lang: &str) -> ChunkRecord {
         let mut metadata = Metadata::new();
         metadata.insert("lang".into(), json!(lang));
-        ChunkRecord {
-            chunk_id: format!("{doc}#{n}"),
-            doc_id: doc.into(),
-            text: text.into(),
-            metadata,
-        }
+        ChunkRecord { chunk_id: format!("{doc}#{n}"), doc_id: doc.into(), text: text.into(), metadata }
     }
 
     fn vec_for(seed: usize) -> Vec<f32> {
-        let mut v: Vec<f32> = (0..8)
-            .map(|j| ((seed * 7 + j * 3) % 11) as f32 - 5.0)
-            .collect();
+        let mut v: Vec<f32> = (0..8).map(|j| ((seed * 7 + j * 3) % 11) as f32 - 5.0).collect();
         let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
         v.iter_mut().for_each(|x| *x /= n);
         v
@@ -452,23 +373,12 @@ mod tests {
         DocWrite {
             doc_id: doc.into(),
             delete: false,
-            chunks: texts
-                .iter()
-                .enumerate()
-                .map(|(n, (t, l))| (record(doc, n, t, l), vec_for(seed + n)))
-                .collect(),
+            chunks: texts.iter().enumerate().map(|(n, (t, l))| (record(doc, n, t, l), vec_for(seed + n))).collect(),
         }
     }
 
     fn query(v: Vec<f32>, text: &str, mode: SearchMode, filter: Filter) -> ShardQuery {
-        ShardQuery {
-            vector: v,
-            text: text.into(),
-            top_k: 10,
-            filter,
-            mode,
-            with_vectors: false,
-        }
+        ShardQuery { vector: v, text: text.into(), top_k: 10, filter, mode, with_vectors: false }
     }
 
     #[test]
@@ -477,46 +387,23 @@ mod tests {
         let ann_path = dir.path().join("ann/s0.usearch");
         let db = sled::open(dir.path().join("db")).unwrap();
         {
-            let mut shard =
-                Shard::open(db.open_tree("s0").unwrap(), 8, Some(ann_path.clone())).unwrap();
+            let mut shard = Shard::open(db.open_tree("s0").unwrap(), 8, Some(ann_path.clone())).unwrap();
             let out = shard
                 .apply(vec![
                     write("a", &[("alpha one", "en"), ("alpha two", "en")], 1),
                     write("b", &[("向量 检索", "zh")], 9),
                 ])
                 .unwrap();
-            assert_eq!(
-                out,
-                WriteOutcome {
-                    sequence: 1,
-                    documents: 2,
-                    chunks: 3
-                }
-            );
+            assert_eq!(out, WriteOutcome { sequence: 1, documents: 2, chunks: 3 });
             // Re-ingesting a document replaces its chunks.
-            shard
-                .apply(vec![write("a", &[("alpha again", "en")], 3)])
-                .unwrap();
+            shard.apply(vec![write("a", &[("alpha again", "en")], 3)]).unwrap();
             assert_eq!(shard.stats().chunks, 2);
-            let hits = shard
-                .search(&query(
-                    vec_for(9),
-                    "检索",
-                    SearchMode::Hybrid,
-                    Filter::default(),
-                ))
-                .unwrap();
+            let hits = shard.search(&query(vec_for(9), "检索", SearchMode::Hybrid, Filter::default())).unwrap();
             assert_eq!(hits.vector[0].record.doc_id, "b");
             assert_eq!(hits.bm25[0].record.chunk_id, "b#0");
-            let zh_only = Filter {
-                must: vec![crate::index::Condition {
-                    key: "lang".into(),
-                    values: vec![json!("zh")],
-                }],
-            };
-            let filtered = shard
-                .search(&query(vec_for(3), "", SearchMode::Vector, zh_only))
-                .unwrap();
+            let zh_only =
+                Filter { must: vec![crate::index::Condition { key: "lang".into(), values: vec![json!("zh")] }] };
+            let filtered = shard.search(&query(vec_for(3), "", SearchMode::Vector, zh_only)).unwrap();
             assert!(filtered.vector.iter().all(|h| h.record.doc_id == "b"));
             // A bad vector is refused and nothing changes.
             let mut bad = write("c", &[("x", "en")], 1);
@@ -527,46 +414,19 @@ mod tests {
         }
         // Clean reopen reuses the saved ANN index; answers are the same.
         {
-            let mut shard =
-                Shard::open(db.open_tree("s0").unwrap(), 8, Some(ann_path.clone())).unwrap();
-            assert_eq!(
-                shard.stats(),
-                ShardStats {
-                    chunks: 2,
-                    documents: 2,
-                    sequence: 2,
-                    dimension: 8
-                }
-            );
-            let hits = shard
-                .search(&query(
-                    vec_for(3),
-                    "alpha",
-                    SearchMode::Hybrid,
-                    Filter::default(),
-                ))
-                .unwrap();
+            let mut shard = Shard::open(db.open_tree("s0").unwrap(), 8, Some(ann_path.clone())).unwrap();
+            assert_eq!(shard.stats(), ShardStats { chunks: 2, documents: 2, sequence: 2, dimension: 8 });
+            let hits = shard.search(&query(vec_for(3), "alpha", SearchMode::Hybrid, Filter::default())).unwrap();
             assert_eq!(hits.vector[0].record.chunk_id, "a#0");
             assert_eq!(hits.bm25[0].record.text, "alpha again");
-            let out = shard
-                .apply(vec![DocWrite {
-                    doc_id: "a".into(),
-                    delete: true,
-                    chunks: vec![],
-                }])
-                .unwrap();
+            let out = shard.apply(vec![DocWrite { doc_id: "a".into(), delete: true, chunks: vec![] }]).unwrap();
             assert_eq!((out.documents, out.chunks), (1, 1));
         }
         // Reopen without a clean close rebuilds from sled.
         let shard = Shard::open(db.open_tree("s0").unwrap(), 8, Some(ann_path)).unwrap();
         assert_eq!(shard.stats().chunks, 1);
         assert!(shard
-            .search(&query(
-                vec_for(3),
-                "alpha",
-                SearchMode::Bm25,
-                Filter::default()
-            ))
+            .search(&query(vec_for(3), "alpha", SearchMode::Bm25, Filter::default()))
             .unwrap()
             .bm25
             .is_empty());

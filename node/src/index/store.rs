@@ -56,9 +56,7 @@ pub(crate) fn doc_key(doc_id: &str) -> Vec<u8> {
 }
 
 fn u64_of(bytes: &[u8]) -> Result<u64, ShardError> {
-    let arr: [u8; 8] = bytes
-        .try_into()
-        .map_err(|_| ShardError::Corrupt("counter is not 8 bytes".into()))?;
+    let arr: [u8; 8] = bytes.try_into().map_err(|_| ShardError::Corrupt("counter is not 8 bytes".into()))?;
     Ok(u64::from_be_bytes(arr))
 }
 
@@ -69,13 +67,9 @@ pub(crate) fn encode_vector(v: &[f32]) -> Vec<u8> {
 
 fn decode_vector(b: &[u8]) -> Result<Vec<f32>, ShardError> {
     if !b.len().is_multiple_of(4) {
-        return Err(ShardError::Corrupt(
-            "vector length is not a multiple of 4".into(),
-        ));
+        return Err(ShardError::Corrupt("vector length is not a multiple of 4".into()));
     }
-    Ok(b.chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect())
+    Ok(b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
 }
 
 impl ShardStore {
@@ -99,43 +93,25 @@ impl ShardStore {
 
     /// The dimension recorded at creation.
     pub fn dimension(&self) -> Result<usize, ShardError> {
-        Ok(self
-            .tree
-            .get(DIM)?
-            .map(|d| u64_of(&d))
-            .transpose()?
-            .unwrap_or(0) as usize)
+        Ok(self.tree.get(DIM)?.map(|d| u64_of(&d)).transpose()?.unwrap_or(0) as usize)
     }
 
     /// The sequence number of the last applied write.
     pub fn sequence(&self) -> Result<u64, ShardError> {
-        Ok(self
-            .tree
-            .get(SEQ)?
-            .map(|d| u64_of(&d))
-            .transpose()?
-            .unwrap_or(0))
+        Ok(self.tree.get(SEQ)?.map(|d| u64_of(&d)).transpose()?.unwrap_or(0))
     }
 
     /// The next unused chunk key.
     pub fn next_key(&self) -> Result<u64, ShardError> {
-        Ok(self
-            .tree
-            .get(NEXT)?
-            .map(|d| u64_of(&d))
-            .transpose()?
-            .unwrap_or(1))
+        Ok(self.tree.get(NEXT)?.map(|d| u64_of(&d)).transpose()?.unwrap_or(1))
     }
 
     /// Every stored chunk with its key and vector, in key order (used to rebuild indexes).
-    pub fn scan(
-        &self,
-    ) -> impl Iterator<Item = Result<(u64, ChunkRecord, Vec<f32>), ShardError>> + '_ {
+    pub fn scan(&self) -> impl Iterator<Item = Result<(u64, ChunkRecord, Vec<f32>), ShardError>> + '_ {
         self.tree.scan_prefix(b"c").map(move |item| {
             let (k, v) = item?;
             let key = u64_of(&k[1..])?;
-            let record: ChunkRecord =
-                serde_json::from_slice(&v).map_err(|e| ShardError::Corrupt(e.to_string()))?;
+            let record: ChunkRecord = serde_json::from_slice(&v).map_err(|e| ShardError::Corrupt(e.to_string()))?;
             let vector = self
                 .tree
                 .get(vector_key(key))?
@@ -154,10 +130,7 @@ impl ShardStore {
 
     /// The vector stored under `key`.
     pub fn vector(&self, key: u64) -> Result<Option<Vec<f32>>, ShardError> {
-        self.tree
-            .get(vector_key(key))?
-            .map(|v| decode_vector(&v))
-            .transpose()
+        self.tree.get(vector_key(key))?.map(|v| decode_vector(&v)).transpose()
     }
 
     /// Applies a prepared batch atomically, with the new sequence and key counter.
@@ -181,12 +154,7 @@ impl ShardStore {
     }
 
     /// Adds a chunk to a batch.
-    pub fn put_chunk(
-        batch: &mut Batch,
-        key: u64,
-        record: &ChunkRecord,
-        vector: &[f32],
-    ) -> Result<(), ShardError> {
+    pub fn put_chunk(batch: &mut Batch, key: u64, record: &ChunkRecord, vector: &[f32]) -> Result<(), ShardError> {
         let json = serde_json::to_vec(record).map_err(|e| ShardError::Corrupt(e.to_string()))?;
         batch.insert(&chunk_key(key), json);
         batch.insert(&vector_key(key), encode_vector(vector));
@@ -204,10 +172,7 @@ impl ShardStore {
         if keys.is_empty() {
             batch.remove(doc_key(doc_id));
         } else {
-            batch.insert(
-                doc_key(doc_id),
-                serde_json::to_vec(keys).unwrap_or_default(),
-            );
+            batch.insert(doc_key(doc_id), serde_json::to_vec(keys).unwrap_or_default());
         }
     }
 }

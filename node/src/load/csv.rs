@@ -5,22 +5,15 @@ use super::{Document, LoadError};
 pub(super) fn load(doc_id: &str, bytes: &[u8]) -> Result<Vec<Document>, LoadError> {
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(bytes);
-    let headers = reader
-        .headers()
-        .map_err(|e| LoadError::Csv(e.to_string()))?
-        .iter()
-        .map(str::to_string)
-        .collect::<Vec<_>>();
+    let headers =
+        reader.headers().map_err(|e| LoadError::Csv(e.to_string()))?.iter().map(str::to_string).collect::<Vec<_>>();
     let mut docs = Vec::new();
     for (n, row) in reader.records().enumerate() {
         let row = row.map_err(|e| LoadError::Csv(format!("row {}: {e}", n + 1)))?;
         let mut lines = Vec::new();
         let mut doc = Document::new(format!("{doc_id}:{}", n + 1), "text/csv", String::new());
         for (i, cell) in row.iter().enumerate() {
-            let column = headers
-                .get(i)
-                .cloned()
-                .unwrap_or_else(|| format!("column{}", i + 1));
+            let column = headers.get(i).cloned().unwrap_or_else(|| format!("column{}", i + 1));
             lines.push(format!("{column}: {cell}"));
             doc.metadata.insert(column, cell.into());
         }
@@ -37,11 +30,7 @@ mod tests {
 
     #[test]
     fn one_document_per_row() {
-        let docs = load(
-            "t.csv",
-            "name,城市\nann,北京\nbob,\"Paris, FR\"\n".as_bytes(),
-        )
-        .unwrap();
+        let docs = load("t.csv", "name,城市\nann,北京\nbob,\"Paris, FR\"\n".as_bytes()).unwrap();
         assert_eq!(docs.len(), 2);
         assert_eq!(docs[0].id, "t.csv:1");
         assert_eq!(docs[0].text, "name: ann\n城市: 北京");

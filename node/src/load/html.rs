@@ -4,9 +4,7 @@ use scraper::{ElementRef, Html, Node};
 use super::{utf8, Document, LoadError};
 
 /// Elements whose content is never shown to a reader.
-const INVISIBLE: &[&str] = &[
-    "script", "style", "noscript", "head", "template", "svg", "iframe", "object",
-];
+const INVISIBLE: &[&str] = &["script", "style", "noscript", "head", "template", "svg", "iframe", "object"];
 /// Elements that start a new line in rendered text.
 const BLOCK: &[&str] = &[
     "p",

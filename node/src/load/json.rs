@@ -14,8 +14,7 @@ pub(super) fn load_jsonl(doc_id: &str, bytes: &[u8]) -> Result<Vec<Document>, Lo
         if line.trim().is_empty() {
             continue;
         }
-        let value: Value = serde_json::from_str(line)
-            .map_err(|e| LoadError::Json(format!("line {}: {e}", n + 1)))?;
+        let value: Value = serde_json::from_str(line).map_err(|e| LoadError::Json(format!("line {}: {e}", n + 1)))?;
         let doc = record(&value, &format!("{doc_id}:{}", n + 1))
             .map_err(|e| LoadError::Json(format!("line {}: {e}", n + 1)))?;
         docs.push(doc);
@@ -26,36 +25,23 @@ pub(super) fn load_jsonl(doc_id: &str, bytes: &[u8]) -> Result<Vec<Document>, Lo
 /// A `.json` file: an object with `text` (one document), an array of such
 /// objects (one each), or any other JSON value (its strings, one document).
 pub(super) fn load_json(doc_id: &str, bytes: &[u8]) -> Result<Vec<Document>, LoadError> {
-    let value: Value =
-        serde_json::from_str(utf8(bytes)?).map_err(|e| LoadError::Json(e.to_string()))?;
+    let value: Value = serde_json::from_str(utf8(bytes)?).map_err(|e| LoadError::Json(e.to_string()))?;
     match &value {
         Value::Object(o) if o.contains_key("text") => Ok(vec![record(&value, doc_id)?]),
-        Value::Array(items)
-            if !items.is_empty() && items.iter().all(|i| i.get("text").is_some()) =>
-        {
-            items
-                .iter()
-                .enumerate()
-                .map(|(n, item)| record(item, &format!("{doc_id}:{}", n + 1)))
-                .collect()
+        Value::Array(items) if !items.is_empty() && items.iter().all(|i| i.get("text").is_some()) => {
+            items.iter().enumerate().map(|(n, item)| record(item, &format!("{doc_id}:{}", n + 1))).collect()
         }
         _ => {
             let mut parts = Vec::new();
             strings(&value, &mut parts);
-            Ok(vec![Document::new(
-                doc_id,
-                "application/json",
-                parts.join("\n"),
-            )])
+            Ok(vec![Document::new(doc_id, "application/json", parts.join("\n"))])
         }
     }
 }
 
 /// One `{"id", "text", "metadata"}` record; `fallback_id` when it has no id.
 fn record(value: &Value, fallback_id: &str) -> Result<Document, LoadError> {
-    let obj = value
-        .as_object()
-        .ok_or_else(|| LoadError::Json("expected an object with a \"text\" field".into()))?;
+    let obj = value.as_object().ok_or_else(|| LoadError::Json("expected an object with a \"text\" field".into()))?;
     let text = match obj.get("text") {
         Some(Value::String(s)) => s.clone(),
         Some(_) => return Err(LoadError::Json("\"text\" must be a string".into())),
@@ -65,11 +51,7 @@ fn record(value: &Value, fallback_id: &str) -> Result<Document, LoadError> {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
         Some(Value::Number(n)) => n.to_string(),
         None | Some(Value::Null) => fallback_id.to_string(),
-        Some(_) => {
-            return Err(LoadError::Json(
-                "\"id\" must be a non-empty string or a number".into(),
-            ))
-        }
+        Some(_) => return Err(LoadError::Json("\"id\" must be a non-empty string or a number".into())),
     };
     let metadata = match obj.get("metadata") {
         None | Some(Value::Null) => Metadata::new(),
@@ -116,16 +98,8 @@ mod tests {
 
     #[test]
     fn json_object_array_and_other() {
-        assert_eq!(
-            load_json("x.json", br#"{"text":"t","id":"i"}"#).unwrap()[0].id,
-            "i"
-        );
-        assert_eq!(
-            load_json("x.json", br#"[{"text":"a"},{"text":"b"}]"#)
-                .unwrap()
-                .len(),
-            2
-        );
+        assert_eq!(load_json("x.json", br#"{"text":"t","id":"i"}"#).unwrap()[0].id, "i");
+        assert_eq!(load_json("x.json", br#"[{"text":"a"},{"text":"b"}]"#).unwrap().len(), 2);
         let other = load_json("x.json", br#"{"title":"Hello","tags":["a","b"]}"#).unwrap();
         assert_eq!(other[0].text, "a\nb\nHello"); // keys in sorted order
         assert!(load_json("x.json", b"{not json").is_err());

@@ -38,18 +38,12 @@ pub mod testing {
             out.extend_from_slice(format!("{} 0 obj\n{body}\nendobj\n", i + 1).as_bytes());
         }
         let xref = out.len();
-        out.extend_from_slice(
-            format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes(),
-        );
+        out.extend_from_slice(format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes());
         for off in offsets {
             out.extend_from_slice(format!("{off:010} 00000 n \n").as_bytes());
         }
         out.extend_from_slice(
-            format!(
-                "trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n",
-                objects.len() + 1
-            )
-            .as_bytes(),
+            format!("trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n", objects.len() + 1).as_bytes(),
         );
         out
     }
@@ -83,12 +77,7 @@ pub enum LoadError {
 /// `doc_id` is the id the caller chose (the path relative to the ingest root);
 /// formats that yield several documents (JSON Lines, CSV, JSON arrays) derive
 /// per-document ids from it unless the record carries its own `id`.
-pub fn load_file(
-    name: &str,
-    doc_id: &str,
-    bytes: &[u8],
-    extra: &Metadata,
-) -> Result<Vec<Document>, LoadError> {
+pub fn load_file(name: &str, doc_id: &str, bytes: &[u8], extra: &Metadata) -> Result<Vec<Document>, LoadError> {
     let ext = extension(name);
     let mut docs = match ext.as_str() {
         "txt" | "text" | "md" | "markdown" | "rst" | "log" => {
@@ -99,13 +88,7 @@ pub fn load_file(
         "jsonl" | "ndjson" => json::load_jsonl(doc_id, bytes)?,
         "csv" => csv::load(doc_id, bytes)?,
         "pdf" => vec![pdf::load(doc_id, bytes)?],
-        _ => {
-            return Err(LoadError::Unsupported(if ext.is_empty() {
-                name.to_string()
-            } else {
-                ext
-            }))
-        }
+        _ => return Err(LoadError::Unsupported(if ext.is_empty() { name.to_string() } else { ext })),
     };
     for doc in &mut docs {
         doc.source = name.to_string();
@@ -139,11 +122,7 @@ pub fn is_supported(name: &str) -> bool {
 }
 
 fn extension(name: &str) -> String {
-    std::path::Path::new(name)
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(|e| e.to_ascii_lowercase())
-        .unwrap_or_default()
+    std::path::Path::new(name).extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).unwrap_or_default()
 }
 
 fn mime_for(ext: &str) -> &'static str {

@@ -27,11 +27,7 @@ mod tests {
     #[test]
     fn reads_the_text_layer() {
         let doc = load("a.pdf", &tiny_pdf("Copy a directory with cp -r")).unwrap();
-        assert!(
-            doc.text.contains("Copy a directory with cp -r"),
-            "{:?}",
-            doc.text
-        );
+        assert!(doc.text.contains("Copy a directory with cp -r"), "{:?}", doc.text);
     }
 
     #[test]

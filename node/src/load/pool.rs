@@ -82,55 +82,36 @@ impl LoaderPool {
         spec: SplitSpec,
     ) -> Result<LoadOutcome, String> {
         let splitter: Arc<dyn Splitter> = match spec.kind.as_str() {
-            "" | "recursive" => Arc::new(
-                RecursiveSplitter::new(spec.chunk_size, spec.chunk_overlap)
-                    .map_err(|e| e.to_string())?,
-            ),
+            "" | "recursive" => {
+                Arc::new(RecursiveSplitter::new(spec.chunk_size, spec.chunk_overlap).map_err(|e| e.to_string())?)
+            }
             "token" => {
-                let tok = self
-                    .tokenizer
-                    .as_ref()
-                    .ok_or("the token splitter needs the embedder's tokenizer on this node")?;
+                let tok =
+                    self.tokenizer.as_ref().ok_or("the token splitter needs the embedder's tokenizer on this node")?;
                 Arc::new(
                     TokenSplitter::new((**tok).clone(), spec.chunk_size, spec.chunk_overlap)
                         .map_err(|e| e.to_string())?,
                 )
             }
-            other => {
-                return Err(format!(
-                    "unknown splitter '{other}' (use recursive or token)"
-                ))
-            }
+            other => return Err(format!("unknown splitter '{other}' (use recursive or token)")),
         };
         let _permit = self.permits.acquire().await.map_err(|e| e.to_string())?;
         let max = self.max_document_bytes;
-        let span = info_span!(
-            "loader.load_and_split",
-            files = files.len(),
-            documents = documents.len()
-        );
-        tokio::task::spawn_blocking(move || {
-            span.in_scope(|| run(files, documents, splitter.as_ref(), max))
-        })
-        .await
-        .map_err(|e| format!("loader task failed: {e}"))
+        let span = info_span!("loader.load_and_split", files = files.len(), documents = documents.len());
+        tokio::task::spawn_blocking(move || span.in_scope(|| run(files, documents, splitter.as_ref(), max)))
+            .await
+            .map_err(|e| format!("loader task failed: {e}"))
     }
 }
 
-fn run(
-    files: Vec<FileJob>,
-    documents: Vec<Document>,
-    splitter: &dyn Splitter,
-    max: usize,
-) -> LoadOutcome {
+fn run(files: Vec<FileJob>, documents: Vec<Document>, splitter: &dyn Splitter, max: usize) -> LoadOutcome {
     let mut outcome = LoadOutcome::default();
     let mut docs = Vec::new();
     for f in files {
         if f.content.len() > max {
-            outcome.errors.push((
-                f.name.clone(),
-                format!("file is {} bytes, over the limit of {max}", f.content.len()),
-            ));
+            outcome
+                .errors
+                .push((f.name.clone(), format!("file is {} bytes, over the limit of {max}", f.content.len())));
             continue;
         }
         match load_file(&f.name, &f.doc_id, &f.content, &f.metadata) {
@@ -140,36 +121,22 @@ fn run(
     }
     docs.extend(documents);
     for doc in docs {
-        let source = if doc.source.is_empty() {
-            doc.id.clone()
-        } else {
-            doc.source.clone()
-        };
+        let source = if doc.source.is_empty() { doc.id.clone() } else { doc.source.clone() };
         if doc.id.is_empty() {
-            outcome
-                .errors
-                .push((source, "document id must not be empty".into()));
+            outcome.errors.push((source, "document id must not be empty".into()));
             continue;
         }
         if doc.text.len() > max {
-            outcome.errors.push((
-                source,
-                format!(
-                    "document {} is {} bytes, over the limit of {max}",
-                    doc.id,
-                    doc.text.len()
-                ),
-            ));
+            outcome
+                .errors
+                .push((source, format!("document {} is {} bytes, over the limit of {max}", doc.id, doc.text.len())));
             continue;
         }
         match chunk_document(&doc, splitter) {
-            Ok(chunks) if chunks.is_empty() => outcome
-                .errors
-                .push((source, format!("document {} has no text", doc.id))),
-            Ok(chunks) => outcome.documents.push(LoadedDocument {
-                document: doc,
-                chunks,
-            }),
+            Ok(chunks) if chunks.is_empty() => {
+                outcome.errors.push((source, format!("document {} has no text", doc.id)))
+            }
+            Ok(chunks) => outcome.documents.push(LoadedDocument { document: doc, chunks }),
             Err(e) => outcome.errors.push((source, e.to_string())),
         }
     }

@@ -43,19 +43,12 @@ impl ChatTemplate {
         });
         env.add_template_owned("chat", source.to_string())
             .map_err(|e| ModelError::Template(format!("chat template does not compile: {e}")))?;
-        Ok(Self {
-            env,
-            bos: bos.to_string(),
-            eos: eos.to_string(),
-        })
+        Ok(Self { env, bos: bos.to_string(), eos: eos.to_string() })
     }
 
     /// The prompt text for `messages`, ending with the assistant's turn opener.
     pub fn render(&self, messages: &[ChatMessage]) -> Result<String, ModelError> {
-        let template = self
-            .env
-            .get_template("chat")
-            .map_err(|e| ModelError::Template(e.to_string()))?;
+        let template = self.env.get_template("chat").map_err(|e| ModelError::Template(e.to_string()))?;
         template
             .render(context! {
                 messages => Serde(messages),
@@ -75,33 +68,18 @@ mod tests {
     fn renders_chatml_with_a_default_system_prompt() {
         let src = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\\nDefault<|im_end|>\\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
         let t = ChatTemplate::new(src, "<|im_start|>", "<|im_end|>").unwrap();
-        let out = t
-            .render(&[ChatMessage {
-                role: "user".into(),
-                content: "你好".into(),
-            }])
-            .unwrap();
-        assert_eq!(out, "<|im_start|>system\nDefault<|im_end|>\n<|im_start|>user\n你好<|im_end|>\n<|im_start|>assistant\n");
+        let out = t.render(&[ChatMessage { role: "user".into(), content: "你好".into() }]).unwrap();
+        assert_eq!(
+            out,
+            "<|im_start|>system\nDefault<|im_end|>\n<|im_start|>user\n你好<|im_end|>\n<|im_start|>assistant\n"
+        );
     }
 
     #[test]
     fn python_methods_and_raise_exception_work() {
         let t = ChatTemplate::new("{{ messages[0]['content'].strip() }}{% if messages|length > 1 %}{{ raise_exception('one only') }}{% endif %}", "", "").unwrap();
-        assert_eq!(
-            t.render(&[ChatMessage {
-                role: "user".into(),
-                content: "  hi  ".into()
-            }])
-            .unwrap(),
-            "hi"
-        );
-        let two = vec![
-            ChatMessage {
-                role: "user".into(),
-                content: "a".into()
-            };
-            2
-        ];
+        assert_eq!(t.render(&[ChatMessage { role: "user".into(), content: "  hi  ".into() }]).unwrap(), "hi");
+        let two = vec![ChatMessage { role: "user".into(), content: "a".into() }; 2];
         assert!(t.render(&two).unwrap_err().to_string().contains("one only"));
         assert!(ChatTemplate::new("{% for %}", "", "").is_err());
     }

@@ -80,13 +80,7 @@ impl LocalGroup {
             floats: (0..world).map(|_| Mutex::new(Vec::new())).collect(),
             bytes: Mutex::new(Vec::new()),
         });
-        (0..world)
-            .map(|rank| LocalCommunicator {
-                rank,
-                world,
-                shared: shared.clone(),
-            })
-            .collect()
+        (0..world).map(|rank| LocalCommunicator { rank, world, shared: shared.clone() }).collect()
     }
 }
 
@@ -98,8 +92,7 @@ pub struct LocalCommunicator {
 }
 
 fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>, CommError> {
-    m.lock()
-        .map_err(|_| CommError::Io("a rank panicked while holding a buffer".into()))
+    m.lock().map_err(|_| CommError::Io("a rank panicked while holding a buffer".into()))
 }
 
 impl Communicator for LocalCommunicator {
@@ -120,11 +113,7 @@ impl Communicator for LocalCommunicator {
         for r in 1..self.world {
             let part = lock(&self.shared.floats[r])?;
             if part.len() != sum.len() {
-                return Err(CommError::Size {
-                    rank: r,
-                    got: part.len(),
-                    expected: sum.len(),
-                });
+                return Err(CommError::Size { rank: r, got: part.len(), expected: sum.len() });
             }
             sum.iter_mut().zip(part.iter()).for_each(|(s, p)| *s += p);
         }
@@ -187,11 +176,7 @@ pub(crate) mod tests {
             let mut v = vec![r, 10.0 * r, 1.0];
             c.all_reduce_sum(&mut v).unwrap();
             let g = c.all_gather(&[r, -r]).unwrap();
-            let mut b = if c.rank() == 0 {
-                b"step 1".to_vec()
-            } else {
-                Vec::new()
-            };
+            let mut b = if c.rank() == 0 { b"step 1".to_vec() } else { Vec::new() };
             c.broadcast(&mut b, 0).unwrap();
             (v, g, b)
         });
@@ -199,12 +184,7 @@ pub(crate) mod tests {
         let sum: f32 = (0..world).map(|r| r as f32).sum();
         for (v, g, b) in results {
             assert_eq!(v, vec![sum, 10.0 * sum, n]);
-            assert_eq!(
-                g,
-                (0..world)
-                    .flat_map(|r| [r as f32, -(r as f32)])
-                    .collect::<Vec<_>>()
-            );
+            assert_eq!(g, (0..world).flat_map(|r| [r as f32, -(r as f32)]).collect::<Vec<_>>());
             assert_eq!(b, b"step 1");
         }
     }
@@ -213,10 +193,7 @@ pub(crate) mod tests {
     fn local_group_collectives() {
         for world in 1..=3 {
             check_collectives(
-                LocalGroup::new(world)
-                    .into_iter()
-                    .map(|c| Box::new(c) as Box<dyn Communicator>)
-                    .collect(),
+                LocalGroup::new(world).into_iter().map(|c| Box::new(c) as Box<dyn Communicator>).collect(),
             );
         }
     }

@@ -39,11 +39,7 @@ pub struct EngineLimits {
 
 impl Default for EngineLimits {
     fn default() -> Self {
-        Self {
-            max_batch_size: 16,
-            max_batched_tokens: 512,
-            max_queued: 64,
-        }
+        Self { max_batch_size: 16, max_batched_tokens: 512, max_queued: 64 }
     }
 }
 
@@ -142,29 +138,17 @@ struct Seq {
 
 impl ModelGroup {
     /// Loads `path` split over `world` ranks, each a thread of this process.
-    pub fn start_local(
-        path: &Path,
-        world: usize,
-        limits: EngineLimits,
-    ) -> Result<Self, ModelError> {
-        let comms: Vec<Box<dyn Communicator>> = LocalGroup::new(world)
-            .into_iter()
-            .map(|c| Box::new(c) as Box<dyn Communicator>)
-            .collect();
+    pub fn start_local(path: &Path, world: usize, limits: EngineLimits) -> Result<Self, ModelError> {
+        let comms: Vec<Box<dyn Communicator>> =
+            LocalGroup::new(world).into_iter().map(|c| Box::new(c) as Box<dyn Communicator>).collect();
         Self::start(path, comms, limits)
     }
 
     /// Starts rank 0 with `comms[0]` and, in this process, the ranks of `comms[1..]`
     /// (empty when they run elsewhere, e.g. TCP followers in other processes).
-    pub fn start(
-        path: &Path,
-        mut comms: Vec<Box<dyn Communicator>>,
-        limits: EngineLimits,
-    ) -> Result<Self, ModelError> {
+    pub fn start(path: &Path, mut comms: Vec<Box<dyn Communicator>>, limits: EngineLimits) -> Result<Self, ModelError> {
         if comms.is_empty() {
-            return Err(ModelError::Config(
-                "a model group needs at least one rank".into(),
-            ));
+            return Err(ModelError::Config("a model group needs at least one rank".into()));
         }
         let tokenizer = Arc::new(load_tokenizer(path)?);
         let world = comms[0].world_size();
@@ -187,9 +171,7 @@ impl ModelGroup {
         let model = RankModel::load(path, leader.rank(), world)?;
         let context_length = model.config().context_length;
         for _ in 1..threads.len() + 1 {
-            ready_rx
-                .recv()
-                .map_err(|_| ModelError::Io("a rank thread died while loading".into()))??;
+            ready_rx.recv().map_err(|_| ModelError::Io("a rank thread died while loading".into()))??;
         }
         let (jobs, rx) = std::sync::mpsc::sync_channel::<Job>(limits.max_queued);
         let stats = Arc::new(GroupStats::default());
@@ -215,14 +197,7 @@ impl ModelGroup {
                 })
                 .map_err(|e| ModelError::Io(e.to_string()))?,
         );
-        Ok(Self {
-            jobs,
-            tokenizer,
-            stats,
-            context_length,
-            world,
-            threads,
-        })
+        Ok(Self { jobs, tokenizer, stats, context_length, world, threads })
     }
 
     /// The tokenizer (for prompts and chat templates).
@@ -247,11 +222,7 @@ impl ModelGroup {
 
     /// Queues a generation; its events arrive on the returned receiver. Dropping
     /// the receiver cancels the generation.
-    pub fn submit(
-        &self,
-        prompt: Vec<u32>,
-        params: SamplingParams,
-    ) -> Result<UnboundedReceiver<Event>, ModelError> {
+    pub fn submit(&self, prompt: Vec<u32>, params: SamplingParams) -> Result<UnboundedReceiver<Event>, ModelError> {
         params.validate().map_err(ModelError::Input)?;
         if prompt.is_empty() {
             return Err(ModelError::Input("the prompt is empty".into()));
@@ -272,18 +243,10 @@ impl ModelGroup {
             )));
         }
         let (tx, rx) = unbounded_channel();
-        match self.jobs.try_send(Job {
-            prompt,
-            params,
-            events: tx,
-        }) {
+        match self.jobs.try_send(Job { prompt, params, events: tx }) {
             Ok(()) => Ok(rx),
-            Err(TrySendError::Full(_)) => Err(ModelError::Busy(
-                "the model queue is full; retry later".into(),
-            )),
-            Err(TrySendError::Disconnected(_)) => {
-                Err(ModelError::Io("the model group has stopped".into()))
-            }
+            Err(TrySendError::Full(_)) => Err(ModelError::Busy("the model queue is full; retry later".into())),
+            Err(TrySendError::Disconnected(_)) => Err(ModelError::Io("the model group has stopped".into())),
         }
     }
 }
@@ -301,8 +264,7 @@ impl Drop for ModelGroup {
 
 /// Loads the tokenizer of a GGUF file.
 pub fn load_tokenizer(path: &Path) -> Result<GgufTokenizer, ModelError> {
-    let mut file = std::fs::File::open(path)
-        .map_err(|e| ModelError::Io(format!("{}: {e}", path.display())))?;
+    let mut file = std::fs::File::open(path).map_err(|e| ModelError::Io(format!("{}: {e}", path.display())))?;
     let ct = candle_core::quantized::gguf_file::Content::read(&mut file)
         .map_err(|e| ModelError::Format(format!("{}: {e}", path.display())))?;
     GgufTokenizer::from_gguf(&ct)
@@ -336,8 +298,8 @@ fn follow(mut model: RankModel, comm: &dyn Communicator) -> Result<(), ModelErro
     loop {
         let mut buf = Vec::new();
         comm.broadcast(&mut buf, 0)?;
-        let cmd: Command = serde_json::from_slice(&buf)
-            .map_err(|e| ModelError::Io(format!("bad step command: {e}")))?;
+        let cmd: Command =
+            serde_json::from_slice(&buf).map_err(|e| ModelError::Io(format!("bad step command: {e}")))?;
         match cmd {
             Command::Shutdown => return Ok(()),
             Command::Step { steps, free } => {
@@ -345,8 +307,7 @@ fn follow(mut model: RankModel, comm: &dyn Communicator) -> Result<(), ModelErro
                     model.free(s);
                 }
                 if !steps.is_empty() {
-                    let _span =
-                        info_span!("model.step", rank = comm.rank(), seqs = steps.len()).entered();
+                    let _span = info_span!("model.step", rank = comm.rank(), seqs = steps.len()).entered();
                     model.forward(&steps, comm)?;
                 }
             }
@@ -404,8 +365,13 @@ impl Leader {
                     Err(RecvTimeoutError::Disconnected) => break,
                 }
             }
-            while let Ok(job) = self.rx.try_recv() {
-                self.admit(job);
+            // Admit only what the next steps can run; the rest stays in the bounded
+            // channel, whose capacity is what makes a full queue refuse requests.
+            while self.running.len() + self.waiting.len() < self.limits.max_batch_size {
+                match self.rx.try_recv() {
+                    Ok(job) => self.admit(job),
+                    Err(_) => break,
+                }
             }
             if let Err(e) = self.step() {
                 warn!("model step failed: {e}");
@@ -449,11 +415,7 @@ impl Leader {
                 break;
             }
             let take = (s.prompt.len() - s.cached).min(budget);
-            steps.push(SeqStep {
-                seq: s.id,
-                tokens: s.prompt[s.cached..s.cached + take].to_vec(),
-                start: s.cached,
-            });
+            steps.push(SeqStep { seq: s.id, tokens: s.prompt[s.cached..s.cached + take].to_vec(), start: s.cached });
             budget -= take;
             prefilling += 1;
         }
@@ -461,37 +423,20 @@ impl Leader {
         for id in &free {
             self.model.free(*id);
         }
-        self.broadcast(&Command::Step {
-            steps: steps.clone(),
-            free,
-        })?;
+        self.broadcast(&Command::Step { steps: steps.clone(), free })?;
         if steps.is_empty() {
-            self.stats
-                .cached_sequences
-                .store(self.model.cached_sequences(), Ordering::Relaxed);
+            self.stats.cached_sequences.store(self.model.cached_sequences(), Ordering::Relaxed);
             return Ok(());
         }
         let started = Instant::now();
         let logits = {
-            let _span = info_span!(
-                "model.step",
-                rank = 0,
-                seqs = steps.len(),
-                prefill = prefilling
-            )
-            .entered();
+            let _span = info_span!("model.step", rank = 0, seqs = steps.len(), prefill = prefilling).entered();
             self.model.forward(&steps, self.comm.as_ref())?
         };
-        debug!(
-            seqs = steps.len(),
-            ms = started.elapsed().as_millis() as u64,
-            "step"
-        );
+        debug!(seqs = steps.len(), ms = started.elapsed().as_millis() as u64, "step");
         self.stats.steps.fetch_add(1, Ordering::Relaxed);
         self.stats.last_batch.store(steps.len(), Ordering::Relaxed);
-        self.stats
-            .max_batch_seen
-            .fetch_max(steps.len(), Ordering::Relaxed);
+        self.stats.max_batch_seen.fetch_max(steps.len(), Ordering::Relaxed);
 
         // Advance running sequences, then the prompt chunks.
         let n_running = self.running.len();
@@ -500,11 +445,7 @@ impl Leader {
             let seq = if i < n_running {
                 &mut self.running[i]
             } else {
-                let w = self
-                    .waiting
-                    .iter_mut()
-                    .find(|s| s.id == step.seq)
-                    .expect("prefilling sequence is waiting");
+                let w = self.waiting.iter_mut().find(|s| s.id == step.seq).expect("prefilling sequence is waiting");
                 w.cached += step.tokens.len();
                 if w.cached < w.prompt.len() {
                     continue; // more prompt to go; its logits are not needed
@@ -514,12 +455,7 @@ impl Leader {
             if i < n_running {
                 seq.cached += 1;
             }
-            let history: Vec<u32> = seq
-                .prompt
-                .iter()
-                .chain(seq.generated.iter())
-                .copied()
-                .collect();
+            let history: Vec<u32> = seq.prompt.iter().chain(seq.generated.iter()).copied().collect();
             let token = seq.sampler.sample(&logits[i], &history);
             seq.generated.push(token);
             if let Some(reason) = advance(seq, token, &self.tokenizer) {
@@ -547,9 +483,7 @@ impl Leader {
                 self.free.push(id);
             }
         }
-        self.stats
-            .cached_sequences
-            .store(self.model.cached_sequences(), Ordering::Relaxed);
+        self.stats.cached_sequences.store(self.model.cached_sequences(), Ordering::Relaxed);
         Ok(())
     }
 }
@@ -557,19 +491,10 @@ impl Leader {
 /// Streams the text that `token` makes final; returns why the sequence ends, if it does.
 fn advance(seq: &mut Seq, token: u32, tokenizer: &GgufTokenizer) -> Option<FinishReason> {
     let eog = tokenizer.end_of_generation.contains(&token);
-    let visible: Vec<u32> = if eog {
-        seq.generated[..seq.generated.len() - 1].to_vec()
-    } else {
-        seq.generated.clone()
-    };
+    let visible: Vec<u32> = if eog { seq.generated[..seq.generated.len() - 1].to_vec() } else { seq.generated.clone() };
     let text = tokenizer.decode(&visible).unwrap_or_default();
     // A stop sequence ends the text just before it.
-    let stop_at = seq
-        .params
-        .stop
-        .iter()
-        .filter_map(|s| text.find(s.as_str()))
-        .min();
+    let stop_at = seq.params.stop.iter().filter_map(|s| text.find(s.as_str())).min();
     let (final_len, reason) = if let Some(at) = stop_at {
         (at, Some(FinishReason::Stop))
     } else if eog {
@@ -595,9 +520,6 @@ fn advance(seq: &mut Seq, token: u32, tokenizer: &GgufTokenizer) -> Option<Finis
     let final_len = final_len.max(seq.emitted);
     let delta = text.get(seq.emitted..final_len).unwrap_or("").to_string();
     seq.emitted = final_len;
-    let _ = seq.events.send(Event::Token {
-        id: token,
-        text: delta,
-    });
+    let _ = seq.events.send(Event::Token { id: token, text: delta });
     reason
 }

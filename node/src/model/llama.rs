@@ -67,11 +67,7 @@ impl LlamaConfig {
     pub fn from_gguf(ct: &Content) -> Result<Self, ModelError> {
         let arch = match ct.metadata.get("general.architecture") {
             Some(Value::String(s)) => s.clone(),
-            _ => {
-                return Err(ModelError::Format(
-                    "GGUF metadata lacks general.architecture".into(),
-                ))
-            }
+            _ => return Err(ModelError::Format("GGUF metadata lacks general.architecture".into())),
         };
         if !matches!(arch.as_str(), "llama" | "mistral" | "qwen2") {
             return Err(ModelError::Unsupported(format!(
@@ -82,16 +78,9 @@ impl LlamaConfig {
         let n_head = meta_u32(ct, &k("attention.head_count"))?;
         let hidden = meta_u32(ct, &k("embedding_length"))?;
         let head_dim = meta_u32(ct, &k("rope.dimension_count")).unwrap_or(hidden / n_head.max(1));
-        let eps = ct
-            .metadata
-            .get(&k("attention.layer_norm_rms_epsilon"))
-            .and_then(|v| v.to_f32().ok())
-            .unwrap_or(1e-5) as f64;
-        let rope_base = ct
-            .metadata
-            .get(&k("rope.freq_base"))
-            .and_then(|v| v.to_f32().ok())
-            .unwrap_or(10_000.0);
+        let eps = ct.metadata.get(&k("attention.layer_norm_rms_epsilon")).and_then(|v| v.to_f32().ok()).unwrap_or(1e-5)
+            as f64;
+        let rope_base = ct.metadata.get(&k("rope.freq_base")).and_then(|v| v.to_f32().ok()).unwrap_or(10_000.0);
         Ok(Self {
             n_layer: meta_u32(ct, &k("block_count"))?,
             n_head,
@@ -155,26 +144,16 @@ fn qmm(t: QTensor) -> Result<QMatMul, ModelError> {
 impl RankModel {
     /// Loads rank `rank` of `world` from a GGUF file: reads each tensor and keeps its share.
     pub fn load(path: &Path, rank: usize, world: usize) -> Result<Self, ModelError> {
-        let mut file = std::fs::File::open(path)
-            .map_err(|e| ModelError::Io(format!("{}: {e}", path.display())))?;
-        let ct = Content::read(&mut file)
-            .map_err(|e| ModelError::Format(format!("{}: {e}", path.display())))?;
+        let mut file = std::fs::File::open(path).map_err(|e| ModelError::Io(format!("{}: {e}", path.display())))?;
+        let ct = Content::read(&mut file).map_err(|e| ModelError::Format(format!("{}: {e}", path.display())))?;
         let cfg = LlamaConfig::from_gguf(&ct)?;
         let device = Device::Cpu;
         let mut tensor = |name: &str| -> Result<QTensor, ModelError> {
-            ct.tensor(&mut file, name, &device)
-                .map_err(|e| ModelError::Format(format!("tensor {name}: {e}")))
+            ct.tensor(&mut file, name, &device).map_err(|e| ModelError::Format(format!("tensor {name}: {e}")))
         };
         let probe = tensor("blk.0.ffn_down.weight")?;
-        let part = Partition::new(
-            cfg.n_head,
-            cfg.n_kv_head,
-            cfg.ffn,
-            cfg.hidden,
-            probe.dtype().block_size(),
-            world,
-            rank,
-        )?;
+        let part =
+            Partition::new(cfg.n_head, cfg.n_kv_head, cfg.ffn, cfg.hidden, probe.dtype().block_size(), world, rank)?;
         let hd = cfg.head_dim;
         let q_rows = part.q_heads().start * hd..part.q_heads().end * hd;
         let kv_rows = part.kv_groups.start * hd..part.kv_groups.end * hd;
@@ -183,61 +162,27 @@ impl RankModel {
         let mut layers = Vec::with_capacity(cfg.n_layer);
         for l in 0..cfg.n_layer {
             let name = |s: &str| format!("blk.{l}.{s}");
-            let bias = match (
-                tensor(&name("attn_q.bias")),
-                tensor(&name("attn_k.bias")),
-                tensor(&name("attn_v.bias")),
-            ) {
+            let bias = match (tensor(&name("attn_q.bias")), tensor(&name("attn_k.bias")), tensor(&name("attn_v.bias")))
+            {
                 (Ok(q), Ok(k), Ok(v)) => Some((
-                    q.dequantize(&device)?
-                        .narrow(0, q_rows.start, q_rows.len())?,
-                    k.dequantize(&device)?
-                        .narrow(0, kv_rows.start, kv_rows.len())?,
-                    v.dequantize(&device)?
-                        .narrow(0, kv_rows.start, kv_rows.len())?,
+                    q.dequantize(&device)?.narrow(0, q_rows.start, q_rows.len())?,
+                    k.dequantize(&device)?.narrow(0, kv_rows.start, kv_rows.len())?,
+                    v.dequantize(&device)?.narrow(0, kv_rows.start, kv_rows.len())?,
                 )),
                 _ => None,
             };
-            let wo = qmm(take_rows(
-                &tensor(&name("attn_output.weight"))?,
-                part.hidden.clone(),
-                &device,
-            )?)?;
-            let w_down = qmm(take_rows(
-                &tensor(&name("ffn_down.weight"))?,
-                part.hidden.clone(),
-                &device,
-            )?)?;
+            let wo = qmm(take_rows(&tensor(&name("attn_output.weight"))?, part.hidden.clone(), &device)?)?;
+            let w_down = qmm(take_rows(&tensor(&name("ffn_down.weight"))?, part.hidden.clone(), &device)?)?;
             layers.push(Layer {
                 attn_norm: tensor(&name("attn_norm.weight"))?.dequantize(&device)?,
-                wq: qmm(take_rows(
-                    &tensor(&name("attn_q.weight"))?,
-                    q_rows.clone(),
-                    &device,
-                )?)?,
-                wk: qmm(take_rows(
-                    &tensor(&name("attn_k.weight"))?,
-                    kv_rows.clone(),
-                    &device,
-                )?)?,
-                wv: qmm(take_rows(
-                    &tensor(&name("attn_v.weight"))?,
-                    kv_rows.clone(),
-                    &device,
-                )?)?,
+                wq: qmm(take_rows(&tensor(&name("attn_q.weight"))?, q_rows.clone(), &device)?)?,
+                wk: qmm(take_rows(&tensor(&name("attn_k.weight"))?, kv_rows.clone(), &device)?)?,
+                wv: qmm(take_rows(&tensor(&name("attn_v.weight"))?, kv_rows.clone(), &device)?)?,
                 bias,
                 wo,
                 ffn_norm: tensor(&name("ffn_norm.weight"))?.dequantize(&device)?,
-                w_gate: qmm(take_rows(
-                    &tensor(&name("ffn_gate.weight"))?,
-                    part.ffn.clone(),
-                    &device,
-                )?)?,
-                w_up: qmm(take_rows(
-                    &tensor(&name("ffn_up.weight"))?,
-                    part.ffn.clone(),
-                    &device,
-                )?)?,
+                w_gate: qmm(take_rows(&tensor(&name("ffn_gate.weight"))?, part.ffn.clone(), &device)?)?,
+                w_up: qmm(take_rows(&tensor(&name("ffn_up.weight"))?, part.ffn.clone(), &device)?)?,
                 w_down,
             });
         }
@@ -252,13 +197,9 @@ impl RankModel {
             None
         };
         let half = hd / 2;
-        let inv: Vec<f32> = (0..half)
-            .map(|i| 1.0 / cfg.rope_base.powf(2.0 * i as f32 / hd as f32))
-            .collect();
+        let inv: Vec<f32> = (0..half).map(|i| 1.0 / cfg.rope_base.powf(2.0 * i as f32 / hd as f32)).collect();
         let positions = cfg.context_length;
-        let angles: Vec<f32> = (0..positions)
-            .flat_map(|p| inv.iter().map(move |f| p as f32 * f))
-            .collect();
+        let angles: Vec<f32> = (0..positions).flat_map(|p| inv.iter().map(move |f| p as f32 * f)).collect();
         let angles = Tensor::from_vec(angles, (positions, half), &device)?;
         Ok(Self {
             cos: angles.cos()?,
@@ -296,12 +237,7 @@ impl RankModel {
 
     /// Every rank's columns of a `(rows, local)` activation, side by side in rank
     /// order: `(rows, sum of widths)`.
-    fn gather_columns(
-        &self,
-        t: Tensor,
-        widths: &[usize],
-        comm: &dyn Communicator,
-    ) -> Result<Tensor, ModelError> {
+    fn gather_columns(&self, t: Tensor, widths: &[usize], comm: &dyn Communicator) -> Result<Tensor, ModelError> {
         if comm.world_size() == 1 {
             return Ok(t);
         }
@@ -309,19 +245,12 @@ impl RankModel {
         let all = comm.all_gather(&t.flatten_all()?.to_vec1::<f32>()?)?;
         let expected: usize = widths.iter().map(|w| w * rows).sum();
         if all.len() != expected {
-            return Err(ModelError::Config(format!(
-                "gathered {} values, expected {expected}",
-                all.len()
-            )));
+            return Err(ModelError::Config(format!("gathered {} values, expected {expected}", all.len())));
         }
         let mut parts = Vec::with_capacity(widths.len());
         let mut offset = 0;
         for &w in widths {
-            parts.push(Tensor::from_slice(
-                &all[offset..offset + w * rows],
-                (rows, w),
-                &self.device,
-            )?);
+            parts.push(Tensor::from_slice(&all[offset..offset + w * rows], (rows, w), &self.device)?);
             offset += w * rows;
         }
         Ok(Tensor::cat(&parts, 1)?)
@@ -329,18 +258,11 @@ impl RankModel {
 
     /// Runs one step over `steps` on this rank. Rank 0 returns the logits of each
     /// sequence's last token (in `steps` order); other ranks return an empty list.
-    pub fn forward(
-        &mut self,
-        steps: &[SeqStep],
-        comm: &dyn Communicator,
-    ) -> Result<Vec<Vec<f32>>, ModelError> {
+    pub fn forward(&mut self, steps: &[SeqStep], comm: &dyn Communicator) -> Result<Vec<Vec<f32>>, ModelError> {
         let cfg = self.cfg.clone();
         for s in steps {
             if s.tokens.is_empty() {
-                return Err(ModelError::Input(format!(
-                    "sequence {} has no tokens in this step",
-                    s.seq
-                )));
+                return Err(ModelError::Input(format!("sequence {} has no tokens in this step", s.seq)));
             }
             if s.start + s.tokens.len() > cfg.context_length {
                 return Err(ModelError::Input(format!(
@@ -348,11 +270,7 @@ impl RankModel {
                     s.seq, cfg.context_length
                 )));
             }
-            let cached = self
-                .caches
-                .get(&s.seq)
-                .and_then(|c| c[0].as_ref())
-                .map_or(0, |(k, _)| k.dim(2).unwrap_or(0));
+            let cached = self.caches.get(&s.seq).and_then(|c| c[0].as_ref()).map_or(0, |(k, _)| k.dim(2).unwrap_or(0));
             if cached != s.start {
                 return Err(ModelError::Input(format!(
                     "sequence {} starts at {} but {cached} positions are cached",
@@ -360,40 +278,20 @@ impl RankModel {
                 )));
             }
         }
-        let ids: Vec<u32> = steps
-            .iter()
-            .flat_map(|s| s.tokens.iter().copied())
-            .collect();
-        if let Some(bad) = ids
-            .iter()
-            .find(|&&t| t as usize >= self.embed.shape().dims()[0])
-        {
-            return Err(ModelError::Input(format!(
-                "token id {bad} is outside the vocabulary"
-            )));
+        let ids: Vec<u32> = steps.iter().flat_map(|s| s.tokens.iter().copied()).collect();
+        if let Some(bad) = ids.iter().find(|&&t| t as usize >= self.embed.shape().dims()[0]) {
+            return Err(ModelError::Input(format!("token id {bad} is outside the vocabulary")));
         }
         let total = ids.len();
-        let mut x = self
-            .embed
-            .embedding(&Tensor::from_vec(ids, (total,), &self.device)?)?;
-        let (hd, nq, nkv) = (
-            cfg.head_dim,
-            self.part.q_heads().len(),
-            self.part.kv_groups.len(),
-        );
+        let mut x = self.embed.embedding(&Tensor::from_vec(ids, (total,), &self.device)?)?;
+        let (hd, nq, nkv) = (cfg.head_dim, self.part.q_heads().len(), self.part.kv_groups.len());
         for s in steps {
-            self.caches
-                .entry(s.seq)
-                .or_insert_with(|| vec![None; cfg.n_layer]);
+            self.caches.entry(s.seq).or_insert_with(|| vec![None; cfg.n_layer]);
         }
         for l in 0..cfg.n_layer {
             let layer = &self.layers[l];
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, cfg.eps as f32)?;
-            let (mut q, mut k, mut v) = (
-                layer.wq.forward(&h)?,
-                layer.wk.forward(&h)?,
-                layer.wv.forward(&h)?,
-            );
+            let (mut q, mut k, mut v) = (layer.wq.forward(&h)?, layer.wk.forward(&h)?, layer.wv.forward(&h)?);
             if let Some((bq, bk, bv)) = &layer.bias {
                 q = q.broadcast_add(bq)?;
                 k = k.broadcast_add(bk)?;
@@ -404,10 +302,7 @@ impl RankModel {
             for s in steps {
                 let len = s.tokens.len();
                 let heads = |t: &Tensor, n: usize| -> candle_core::Result<Tensor> {
-                    t.narrow(0, offset, len)?
-                        .reshape((1, len, n, hd))?
-                        .transpose(1, 2)?
-                        .contiguous()
+                    t.narrow(0, offset, len)?.reshape((1, len, n, hd))?.transpose(1, 2)?.contiguous()
                 };
                 let cos = self.cos.narrow(0, s.start, len)?;
                 let sin = self.sin.narrow(0, s.start, len)?;
@@ -434,15 +329,7 @@ impl RankModel {
                 let att = if len > 1 {
                     let kv_len = s.start + len;
                     let mask: Vec<f32> = (0..len)
-                        .flat_map(|i| {
-                            (0..kv_len).map(move |j| {
-                                if j > s.start + i {
-                                    f32::NEG_INFINITY
-                                } else {
-                                    0.0
-                                }
-                            })
-                        })
+                        .flat_map(|i| (0..kv_len).map(move |j| if j > s.start + i { f32::NEG_INFINITY } else { 0.0 }))
                         .collect();
                     att.broadcast_add(&Tensor::from_vec(mask, (len, kv_len), &self.device)?)?
                 } else {
@@ -457,18 +344,12 @@ impl RankModel {
             let layer = &self.layers[l];
             let heads: Vec<usize> = self.part.heads_per_rank().iter().map(|h| h * hd).collect();
             let y = self.gather_columns(y, &heads, comm)?;
-            let attn =
-                self.gather_columns(layer.wo.forward(&y)?, &self.part.hidden_per_rank(), comm)?;
+            let attn = self.gather_columns(layer.wo.forward(&y)?, &self.part.hidden_per_rank(), comm)?;
             x = (x + attn)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, cfg.eps as f32)?;
-            let m =
-                (candle_nn::ops::silu(&layer.w_gate.forward(&h)?)? * layer.w_up.forward(&h)?)?;
+            let m = (candle_nn::ops::silu(&layer.w_gate.forward(&h)?)? * layer.w_up.forward(&h)?)?;
             let m = self.gather_columns(m, &self.part.ffn_per_rank(), comm)?;
-            let ffn = self.gather_columns(
-                layer.w_down.forward(&m)?,
-                &self.part.hidden_per_rank(),
-                comm,
-            )?;
+            let ffn = self.gather_columns(layer.w_down.forward(&m)?, &self.part.hidden_per_rank(), comm)?;
             x = (x + ffn)?;
         }
         let Some(output) = &self.output else {

@@ -5,12 +5,14 @@
 //! - [`split`]: how quantized weights are divided; [`llama`]: one rank's model.
 //! - [`comm`] / [`tcp`]: the [`Communicator`] trait and its backends.
 //! - [`sampler`]: next-token choice; [`engine`]: the rank threads and the scheduler.
+//! - [`serving`]: prompts and chat messages to token ids, for the `model` role.
 
 pub mod chat;
 pub mod comm;
 pub mod engine;
 pub mod llama;
 pub mod sampler;
+pub mod serving;
 pub mod split;
 pub mod tcp;
 pub mod tokenizer;
@@ -19,6 +21,7 @@ pub use chat::{ChatMessage, ChatTemplate};
 pub use comm::{Communicator, LocalGroup, SingleRank};
 pub use engine::{EngineLimits, Event, FinishReason, ModelGroup};
 pub use sampler::{Sampler, SamplingParams};
+pub use serving::ModelServing;
 pub use tokenizer::GgufTokenizer;
 
 use thiserror::Error;

@@ -39,19 +39,13 @@ impl SamplingParams {
     /// Checks ranges; the error says which setting is wrong.
     pub fn validate(&self) -> Result<(), String> {
         if !self.temperature.is_finite() || self.temperature < 0.0 {
-            return Err(format!(
-                "temperature must be >= 0, got {}",
-                self.temperature
-            ));
+            return Err(format!("temperature must be >= 0, got {}", self.temperature));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return Err(format!("top_p must be in (0, 1], got {}", self.top_p));
         }
         if !self.repetition_penalty.is_finite() || self.repetition_penalty <= 0.0 {
-            return Err(format!(
-                "repetition_penalty must be > 0, got {}",
-                self.repetition_penalty
-            ));
+            return Err(format!("repetition_penalty must be > 0, got {}", self.repetition_penalty));
         }
         if self.max_tokens == 0 {
             return Err("max_tokens must be at least 1".into());
@@ -73,10 +67,7 @@ impl Sampler {
     /// A sampler seeded from `params.seed`.
     pub fn new(params: SamplingParams) -> Self {
         let state = params.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
-        Self {
-            params,
-            state: state | 1,
-        }
+        Self { params, state: state | 1 }
     }
 
     fn uniform(&mut self) -> f32 {
@@ -107,11 +98,8 @@ impl Sampler {
         if self.params.temperature == 0.0 {
             return argmax(&logits);
         }
-        let mut candidates: Vec<(u32, f32)> = logits
-            .iter()
-            .enumerate()
-            .map(|(i, &l)| (i as u32, l / self.params.temperature))
-            .collect();
+        let mut candidates: Vec<(u32, f32)> =
+            logits.iter().enumerate().map(|(i, &l)| (i as u32, l / self.params.temperature)).collect();
         candidates.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         if self.params.top_k > 0 {
             candidates.truncate(self.params.top_k);
@@ -162,13 +150,7 @@ mod tests {
     use super::*;
 
     fn params(t: f32, seed: u64) -> SamplingParams {
-        SamplingParams {
-            temperature: t,
-            top_k: 0,
-            top_p: 1.0,
-            seed,
-            ..Default::default()
-        }
+        SamplingParams { temperature: t, top_k: 0, top_p: 1.0, seed, ..Default::default() }
     }
 
     #[test]
@@ -181,48 +163,22 @@ mod tests {
         };
         assert_eq!(draw(7), draw(7));
         assert_ne!(draw(7), draw(8));
-        let mut top1 = Sampler::new(SamplingParams {
-            temperature: 1.0,
-            top_k: 1,
-            ..params(1.0, 3)
-        });
+        let mut top1 = Sampler::new(SamplingParams { temperature: 1.0, top_k: 1, ..params(1.0, 3) });
         assert!((0..20).all(|_| top1.sample(&logits, &[]) == 1));
-        let mut nucleus = Sampler::new(SamplingParams {
-            temperature: 1.0,
-            top_p: 0.01,
-            ..params(1.0, 3)
-        });
+        let mut nucleus = Sampler::new(SamplingParams { temperature: 1.0, top_p: 0.01, ..params(1.0, 3) });
         assert!((0..20).all(|_| nucleus.sample(&logits, &[]) == 1));
-        let mut penal = Sampler::new(SamplingParams {
-            repetition_penalty: 2.0,
-            ..params(0.0, 1)
-        });
+        let mut penal = Sampler::new(SamplingParams { repetition_penalty: 2.0, ..params(0.0, 1) });
         assert_eq!(penal.sample(&logits, &[1]), 2);
     }
 
     #[test]
     fn validation_names_the_setting() {
-        assert!(SamplingParams {
-            temperature: -0.1,
-            ..Default::default()
-        }
-        .validate()
-        .unwrap_err()
-        .contains("temperature"));
-        assert!(SamplingParams {
-            top_p: 0.0,
-            ..Default::default()
-        }
-        .validate()
-        .unwrap_err()
-        .contains("top_p"));
-        assert!(SamplingParams {
-            max_tokens: 0,
-            ..Default::default()
-        }
-        .validate()
-        .unwrap_err()
-        .contains("max_tokens"));
+        assert!(SamplingParams { temperature: -0.1, ..Default::default() }
+            .validate()
+            .unwrap_err()
+            .contains("temperature"));
+        assert!(SamplingParams { top_p: 0.0, ..Default::default() }.validate().unwrap_err().contains("top_p"));
+        assert!(SamplingParams { max_tokens: 0, ..Default::default() }.validate().unwrap_err().contains("max_tokens"));
         assert!(SamplingParams::default().validate().is_ok());
     }
 }

@@ -62,14 +62,10 @@ impl Partition {
         rank: usize,
     ) -> Result<Self, ModelError> {
         if world == 0 || rank >= world {
-            return Err(ModelError::Config(format!(
-                "rank {rank} of world size {world}"
-            )));
+            return Err(ModelError::Config(format!("rank {rank} of world size {world}")));
         }
         if n_kv_head == 0 || !n_head.is_multiple_of(n_kv_head) {
-            return Err(ModelError::Config(format!(
-                "{n_head} query heads do not group over {n_kv_head} k/v heads"
-            )));
+            return Err(ModelError::Config(format!("{n_head} query heads do not group over {n_kv_head} k/v heads")));
         }
         if world > n_kv_head {
             return Err(ModelError::Config(format!(
@@ -102,32 +98,24 @@ impl Partition {
 
     /// Query heads of every rank, in rank order (to reassemble gathered attention outputs).
     pub fn heads_per_rank(&self) -> Vec<usize> {
-        (0..self.world)
-            .map(|r| share(self.n_kv_head, self.world, r).len() * self.heads_per_group)
-            .collect()
+        (0..self.world).map(|r| share(self.n_kv_head, self.world, r).len() * self.heads_per_group).collect()
     }
 
     /// Feed-forward features of every rank, in rank order.
     pub fn ffn_per_rank(&self) -> Vec<usize> {
-        (0..self.world)
-            .map(|r| share(self.ffn_total / self.block, self.world, r).len() * self.block)
-            .collect()
+        (0..self.world).map(|r| share(self.ffn_total / self.block, self.world, r).len() * self.block).collect()
     }
 
     /// Model-width rows of every rank, in rank order.
     pub fn hidden_per_rank(&self) -> Vec<usize> {
-        (0..self.world)
-            .map(|r| share(self.hidden_total, self.world, r).len())
-            .collect()
+        (0..self.world).map(|r| share(self.hidden_total, self.world, r).len()).collect()
     }
 }
 
 fn dims2(t: &QTensor) -> Result<(usize, usize), ModelError> {
     match t.shape().dims() {
         [rows, cols] => Ok((*rows, *cols)),
-        d => Err(ModelError::Format(format!(
-            "expected a matrix, got shape {d:?}"
-        ))),
+        d => Err(ModelError::Format(format!("expected a matrix, got shape {d:?}"))),
     }
 }
 
@@ -135,20 +123,13 @@ fn dims2(t: &QTensor) -> Result<(usize, usize), ModelError> {
 pub fn take_rows(t: &QTensor, rows: Range<usize>, device: &Device) -> Result<QTensor, ModelError> {
     let (n_rows, n_cols) = dims2(t)?;
     if rows.end > n_rows {
-        return Err(ModelError::Format(format!(
-            "rows {rows:?} of a {n_rows}-row matrix"
-        )));
+        return Err(ModelError::Format(format!("rows {rows:?} of a {n_rows}-row matrix")));
     }
     let dtype = t.dtype();
     let row_bytes = n_cols / dtype.block_size() * dtype.type_size();
     let data = t.data()?;
     let slice = &data[rows.start * row_bytes..rows.end * row_bytes];
-    Ok(qtensor_from_ggml(
-        dtype,
-        slice,
-        vec![rows.len(), n_cols],
-        device,
-    )?)
+    Ok(qtensor_from_ggml(dtype, slice, vec![rows.len(), n_cols], device)?)
 }
 
 #[cfg(test)]
@@ -159,22 +140,11 @@ mod tests {
 
     #[test]
     fn shares_cover_the_whole_unevenly() {
-        assert_eq!(
-            (0..2).map(|r| share(3, 2, r)).collect::<Vec<_>>(),
-            vec![0..2, 2..3]
-        );
-        assert_eq!(
-            (0..3).map(|r| share(48, 3, r)).collect::<Vec<_>>(),
-            vec![0..16, 16..32, 32..48]
-        );
+        assert_eq!((0..2).map(|r| share(3, 2, r)).collect::<Vec<_>>(), vec![0..2, 2..3]);
+        assert_eq!((0..3).map(|r| share(48, 3, r)).collect::<Vec<_>>(), vec![0..16, 16..32, 32..48]);
         let p = Partition::new(9, 3, 1536, 576, 32, 2, 1).unwrap();
         assert_eq!(
-            (
-                p.kv_groups.clone(),
-                p.q_heads(),
-                p.ffn.clone(),
-                p.hidden.clone()
-            ),
+            (p.kv_groups.clone(), p.q_heads(), p.ffn.clone(), p.hidden.clone()),
             (2..3, 6..9, 768..1536, 288..576)
         );
         assert_eq!(
@@ -191,9 +161,6 @@ mod tests {
         let q = QTensor::quantize(&w, GgmlDType::Q4_1).unwrap();
         let full = q.dequantize(&dev).unwrap();
         let rows = take_rows(&q, 2..5, &dev).unwrap().dequantize(&dev).unwrap();
-        assert_eq!(
-            rows.to_vec2::<f32>().unwrap(),
-            full.i(2..5).unwrap().to_vec2::<f32>().unwrap()
-        );
+        assert_eq!(rows.to_vec2::<f32>().unwrap(), full.i(2..5).unwrap().to_vec2::<f32>().unwrap());
     }
 }

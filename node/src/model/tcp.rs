@@ -26,8 +26,7 @@ fn io(e: impl std::fmt::Display) -> CommError {
 }
 
 fn send(s: &mut TcpStream, payload: &[u8]) -> Result<(), CommError> {
-    s.write_all(&(payload.len() as u64).to_le_bytes())
-        .map_err(io)?;
+    s.write_all(&(payload.len() as u64).to_le_bytes()).map_err(io)?;
     s.write_all(payload).map_err(io)
 }
 
@@ -48,18 +47,12 @@ fn to_bytes(v: &[f32]) -> Vec<u8> {
 }
 
 fn to_floats(b: &[u8]) -> Vec<f32> {
-    b.chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
+    b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
 
 impl TcpCommunicator {
     /// Rank 0: accepts `world - 1` peers on `listener`.
-    pub fn leader(
-        listener: TcpListener,
-        world: usize,
-        timeout: Duration,
-    ) -> Result<Self, CommError> {
+    pub fn leader(listener: TcpListener, world: usize, timeout: Duration) -> Result<Self, CommError> {
         let mut slots: Vec<Option<TcpStream>> = (1..world).map(|_| None).collect();
         listener.set_nonblocking(true).map_err(io)?;
         let deadline = Instant::now() + timeout;
@@ -77,33 +70,19 @@ impl TcpCommunicator {
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     if Instant::now() > deadline {
-                        return Err(CommError::Io(
-                            "timed out waiting for ranks to connect".into(),
-                        ));
+                        return Err(CommError::Io("timed out waiting for ranks to connect".into()));
                     }
                     std::thread::sleep(Duration::from_millis(5));
                 }
                 Err(e) => return Err(io(e)),
             }
         }
-        let peers = slots
-            .into_iter()
-            .map(|s| Mutex::new(s.expect("all slots filled")))
-            .collect();
-        Ok(Self {
-            rank: 0,
-            world,
-            peers,
-        })
+        let peers = slots.into_iter().map(|s| Mutex::new(s.expect("all slots filled"))).collect();
+        Ok(Self { rank: 0, world, peers })
     }
 
     /// Rank `rank` > 0: connects to the leader at `addr`, retrying until `timeout`.
-    pub fn follower(
-        addr: SocketAddr,
-        rank: usize,
-        world: usize,
-        timeout: Duration,
-    ) -> Result<Self, CommError> {
+    pub fn follower(addr: SocketAddr, rank: usize, world: usize, timeout: Duration) -> Result<Self, CommError> {
         if rank == 0 || rank >= world || world > 255 {
             return Err(CommError::Io(format!("bad rank {rank} for world {world}")));
         }
@@ -117,24 +96,16 @@ impl TcpCommunicator {
         };
         s.set_nodelay(true).map_err(io)?;
         send(&mut s, &[rank as u8])?;
-        Ok(Self {
-            rank,
-            world,
-            peers: vec![Mutex::new(s)],
-        })
+        Ok(Self { rank, world, peers: vec![Mutex::new(s)] })
     }
 
     fn peer(&self, i: usize) -> Result<std::sync::MutexGuard<'_, TcpStream>, CommError> {
-        self.peers[i]
-            .lock()
-            .map_err(|_| CommError::Io("stream lock poisoned".into()))
+        self.peers[i].lock().map_err(|_| CommError::Io("stream lock poisoned".into()))
     }
 
     /// Rank 0 collects one frame per peer, in rank order.
     fn gather_frames(&self) -> Result<Vec<Vec<u8>>, CommError> {
-        (0..self.peers.len())
-            .map(|i| recv(&mut *self.peer(i)?))
-            .collect()
+        (0..self.peers.len()).map(|i| recv(&mut *self.peer(i)?)).collect()
     }
 
     fn send_all(&self, payload: &[u8]) -> Result<(), CommError> {
@@ -162,11 +133,7 @@ impl Communicator for TcpCommunicator {
             for (i, frame) in self.gather_frames()?.into_iter().enumerate() {
                 let part = to_floats(&frame);
                 if part.len() != sum.len() {
-                    return Err(CommError::Size {
-                        rank: i + 1,
-                        got: part.len(),
-                        expected: sum.len(),
-                    });
+                    return Err(CommError::Size { rank: i + 1, got: part.len(), expected: sum.len() });
                 }
                 sum.iter_mut().zip(part).for_each(|(s, p)| *s += p);
             }
@@ -177,11 +144,7 @@ impl Communicator for TcpCommunicator {
             send(&mut s, &to_bytes(data))?;
             let sum = to_floats(&recv(&mut s)?);
             if sum.len() != data.len() {
-                return Err(CommError::Size {
-                    rank: 0,
-                    got: sum.len(),
-                    expected: data.len(),
-                });
+                return Err(CommError::Size { rank: 0, got: sum.len(), expected: data.len() });
             }
             data.copy_from_slice(&sum);
         }
@@ -243,11 +206,7 @@ mod tests {
                 .collect();
             let leader = TcpCommunicator::leader(listener, world, Duration::from_secs(10)).unwrap();
             let mut comms: Vec<Box<dyn Communicator>> = vec![Box::new(leader)];
-            comms.extend(
-                followers
-                    .into_iter()
-                    .map(|h| Box::new(h.join().unwrap()) as Box<dyn Communicator>),
-            );
+            comms.extend(followers.into_iter().map(|h| Box::new(h.join().unwrap()) as Box<dyn Communicator>));
             crate::model::comm::tests::check_collectives(comms);
         }
     }

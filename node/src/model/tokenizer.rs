@@ -38,21 +38,13 @@ pub struct GgufTokenizer {
 }
 
 fn meta<'a>(ct: &'a Content, key: &str) -> Result<&'a Value, ModelError> {
-    ct.metadata
-        .get(key)
-        .ok_or_else(|| ModelError::Format(format!("GGUF metadata lacks {key}")))
+    ct.metadata.get(key).ok_or_else(|| ModelError::Format(format!("GGUF metadata lacks {key}")))
 }
 
 fn strings(v: &Value, key: &str) -> Result<Vec<String>, ModelError> {
-    let arr = v
-        .to_vec()
-        .map_err(|_| ModelError::Format(format!("{key} is not an array")))?;
+    let arr = v.to_vec().map_err(|_| ModelError::Format(format!("{key} is not an array")))?;
     arr.iter()
-        .map(|v| {
-            v.to_string()
-                .cloned()
-                .map_err(|_| ModelError::Format(format!("{key} holds a non-string")))
-        })
+        .map(|v| v.to_string().cloned().map_err(|_| ModelError::Format(format!("{key} holds a non-string"))))
         .collect()
 }
 
@@ -76,31 +68,19 @@ fn pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper, ModelError> {
     const QWEN2: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
     let byte_level_no_regex = || PreTokenizerWrapper::from(ByteLevel::new(false, true, false));
     let split = |re: &str| -> Result<PreTokenizerWrapper, ModelError> {
-        let s = Split::new(
-            SplitPattern::Regex(re.to_string()),
-            SplitDelimiterBehavior::Isolated,
-            false,
-        )
-        .map_err(|e| ModelError::Format(format!("pre-tokenizer regex: {e}")))?;
+        let s = Split::new(SplitPattern::Regex(re.to_string()), SplitDelimiterBehavior::Isolated, false)
+            .map_err(|e| ModelError::Format(format!("pre-tokenizer regex: {e}")))?;
         Ok(PreTokenizerWrapper::from(s))
     };
     Ok(match pre {
         // SmolLM / StarCoder: every digit alone, then GPT-2's byte-level split.
-        "smollm" | "starcoder" | "refact" => Sequence::new(vec![
-            Digits::new(true).into(),
-            ByteLevel::new(false, true, true).into(),
-        ])
-        .into(),
-        "llama3" | "llama-bpe" | "smaug-bpe" => {
-            Sequence::new(vec![split(LLAMA3)?, byte_level_no_regex()]).into()
+        "smollm" | "starcoder" | "refact" => {
+            Sequence::new(vec![Digits::new(true).into(), ByteLevel::new(false, true, true).into()]).into()
         }
+        "llama3" | "llama-bpe" | "smaug-bpe" => Sequence::new(vec![split(LLAMA3)?, byte_level_no_regex()]).into(),
         "qwen2" => Sequence::new(vec![split(QWEN2)?, byte_level_no_regex()]).into(),
         "gpt2" | "default" | "" => ByteLevel::new(false, true, true).into(),
-        other => {
-            return Err(ModelError::Unsupported(format!(
-                "tokenizer pre-tokenizer '{other}'"
-            )))
-        }
+        other => return Err(ModelError::Unsupported(format!("tokenizer pre-tokenizer '{other}'"))),
     })
 }
 
@@ -116,33 +96,18 @@ impl GgufTokenizer {
             )));
         }
         let tokens = strings(meta(ct, "tokenizer.ggml.tokens")?, "tokenizer.ggml.tokens")?;
-        let merges: Vec<(String, String)> =
-            strings(meta(ct, "tokenizer.ggml.merges")?, "tokenizer.ggml.merges")?
-                .into_iter()
-                .filter_map(|m| {
-                    m.split_once(' ')
-                        .map(|(a, b)| (a.to_string(), b.to_string()))
-                })
-                .collect();
+        let merges: Vec<(String, String)> = strings(meta(ct, "tokenizer.ggml.merges")?, "tokenizer.ggml.merges")?
+            .into_iter()
+            .filter_map(|m| m.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())))
+            .collect();
         let types: Vec<u32> = match ct.metadata.get("tokenizer.ggml.token_type") {
-            Some(v) => v
-                .to_vec()
-                .map(|a| a.iter().map(|x| number(x).unwrap_or(1)).collect())
-                .unwrap_or_default(),
+            Some(v) => v.to_vec().map(|a| a.iter().map(|x| number(x).unwrap_or(1)).collect()).unwrap_or_default(),
             None => Vec::new(),
         };
-        let pre = ct
-            .metadata
-            .get("tokenizer.ggml.pre")
-            .and_then(|v| v.to_string().ok())
-            .cloned()
-            .unwrap_or_default();
+        let pre = ct.metadata.get("tokenizer.ggml.pre").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
 
-        let vocab: HashMap<String, u32, ahash::RandomState> = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.clone(), i as u32))
-            .collect();
+        let vocab: HashMap<String, u32, ahash::RandomState> =
+            tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
         let bpe = BPE::builder()
             .vocab_and_merges(vocab, merges)
             .build()
@@ -153,59 +118,32 @@ impl GgufTokenizer {
         let specials: Vec<AddedToken> = tokens
             .iter()
             .enumerate()
-            .filter(|(i, _)| {
-                matches!(
-                    types.get(*i),
-                    Some(&TOKEN_TYPE_CONTROL) | Some(&TOKEN_TYPE_USER_DEFINED)
-                )
-            })
+            .filter(|(i, _)| matches!(types.get(*i), Some(&TOKEN_TYPE_CONTROL) | Some(&TOKEN_TYPE_USER_DEFINED)))
             .map(|(_, t)| AddedToken::from(t.clone(), true))
             .collect();
-        tokenizer
-            .add_special_tokens(specials)
-            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        tokenizer.add_special_tokens(specials).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
 
         let id = |key: &str| ct.metadata.get(key).and_then(number);
         let bos_id = id("tokenizer.ggml.bos_token_id");
         let eos_id = id("tokenizer.ggml.eos_token_id");
-        let add_bos = matches!(
-            ct.metadata.get("tokenizer.ggml.add_bos_token"),
-            Some(Value::Bool(true))
-        );
+        let add_bos = matches!(ct.metadata.get("tokenizer.ggml.add_bos_token"), Some(Value::Bool(true)));
         let mut end_of_generation: Vec<u32> = eos_id.into_iter().collect();
         if let Some(eot) = id("tokenizer.ggml.eot_token_id") {
             end_of_generation.push(eot);
         }
-        for name in [
-            "<|im_end|>",
-            "<|endoftext|>",
-            "<|eot_id|>",
-            "<|end_of_text|>",
-            "<end_of_turn>",
-            "<|end|>",
-        ] {
+        for name in ["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "<end_of_turn>", "<|end|>"] {
             if let Some(i) = tokens.iter().position(|t| t == name) {
                 end_of_generation.push(i as u32);
             }
         }
         end_of_generation.sort_unstable();
         end_of_generation.dedup();
-        Ok(Self {
-            tokenizer,
-            bos_id,
-            eos_id,
-            end_of_generation,
-            add_bos,
-            tokens,
-        })
+        Ok(Self { tokenizer, bos_id, eos_id, end_of_generation, add_bos, tokens })
     }
 
     /// Token ids of `text`, special tokens recognised; BOS prepended when the model asks for it.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, ModelError> {
-        let enc = self
-            .tokenizer
-            .encode_fast(text, false)
-            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        let enc = self.tokenizer.encode_fast(text, false).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
         let mut ids = Vec::with_capacity(enc.len() + 1);
         if self.add_bos {
             ids.extend(self.bos_id);
@@ -216,9 +154,7 @@ impl GgufTokenizer {
 
     /// Text of `ids` (special tokens skipped).
     pub fn decode(&self, ids: &[u32]) -> Result<String, ModelError> {
-        self.tokenizer
-            .decode(ids, true)
-            .map_err(|e| ModelError::Tokenizer(e.to_string()))
+        self.tokenizer.decode(ids, true).map_err(|e| ModelError::Tokenizer(e.to_string()))
     }
 
     /// The vocabulary piece of an id (for bos/eos strings in chat templates).

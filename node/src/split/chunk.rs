@@ -47,11 +47,7 @@ mod tests {
 
     #[test]
     fn chunks_carry_ids_positions_and_metadata() {
-        let mut doc = Document::new(
-            "guide/zh.md",
-            "text/markdown",
-            "第一段。\n\n第二段，含 English words.",
-        );
+        let mut doc = Document::new("guide/zh.md", "text/markdown", "第一段。\n\n第二段，含 English words.");
         doc.source = "guide/zh.md".into();
         doc.metadata.insert("lang".into(), "zh".into());
         let chunks = chunk_document(&doc, &RecursiveSplitter::new(8, 0).unwrap()).unwrap();

@@ -36,11 +36,7 @@ impl RecursiveSplitter {
     /// A splitter with the default separators.
     pub fn new(chunk_size: usize, chunk_overlap: usize) -> Result<Self, SplitError> {
         check(chunk_size, chunk_overlap)?;
-        Ok(Self {
-            chunk_size,
-            chunk_overlap,
-            ..Self::default()
-        })
+        Ok(Self { chunk_size, chunk_overlap, ..Self::default() })
     }
 
     fn split_span(&self, text: &str, span: Span, separators: &[String], out: &mut Vec<Span>) {
@@ -54,10 +50,9 @@ impl RecursiveSplitter {
         let finer = separators.get(index + 1..).unwrap_or(&[]);
 
         let mut good = Vec::new();
-        for part in cut(piece, separator).into_iter().map(|s| Span {
-            start: span.start + s.start,
-            end: span.start + s.end,
-        }) {
+        for part in
+            cut(piece, separator).into_iter().map(|s| Span { start: span.start + s.start, end: span.start + s.end })
+        {
             if chars(text, part) < self.chunk_size {
                 good.push(part);
             } else {
@@ -102,15 +97,7 @@ impl RecursiveSplitter {
 impl Splitter for RecursiveSplitter {
     fn split(&self, text: &str) -> Result<Vec<Span>, SplitError> {
         let mut out = Vec::new();
-        self.split_span(
-            text,
-            Span {
-                start: 0,
-                end: text.len(),
-            },
-            &self.separators,
-            &mut out,
-        );
+        self.split_span(text, Span { start: 0, end: text.len() }, &self.separators, &mut out);
         Ok(out)
     }
 }
@@ -119,13 +106,7 @@ impl Splitter for RecursiveSplitter {
 /// ""); spans are relative to `piece` and empty ones are dropped.
 fn cut(piece: &str, separator: &str) -> Vec<Span> {
     if separator.is_empty() {
-        return piece
-            .char_indices()
-            .map(|(i, c)| Span {
-                start: i,
-                end: i + c.len_utf8(),
-            })
-            .collect();
+        return piece.char_indices().map(|(i, c)| Span { start: i, end: i + c.len_utf8() }).collect();
     }
     let mut spans = Vec::new();
     let mut start = 0;
@@ -136,10 +117,7 @@ fn cut(piece: &str, separator: &str) -> Vec<Span> {
         start = at;
     }
     if piece.len() > start {
-        spans.push(Span {
-            start,
-            end: piece.len(),
-        });
+        spans.push(Span { start, end: piece.len() });
     }
     spans
 }
@@ -160,10 +138,7 @@ fn emit(text: &str, current: &VecDeque<(Span, usize)>, out: &mut Vec<Span>) {
         return;
     }
     let start = first.0.start + trimmed_start;
-    out.push(Span {
-        start,
-        end: start + trimmed.len(),
-    });
+    out.push(Span { start, end: start + trimmed.len() });
 }
 
 #[cfg(test)]
@@ -171,11 +146,7 @@ mod tests {
     use super::*;
 
     fn pieces(s: &RecursiveSplitter, text: &str) -> Vec<String> {
-        s.split(text)
-            .unwrap()
-            .iter()
-            .map(|sp| text[sp.start..sp.end].to_string())
-            .collect()
+        s.split(text).unwrap().iter().map(|sp| text[sp.start..sp.end].to_string()).collect()
     }
 
     #[test]
@@ -188,10 +159,7 @@ mod tests {
     #[test]
     fn paragraphs_are_kept_whole_when_they_fit() {
         let s = RecursiveSplitter::new(12, 0).unwrap();
-        assert_eq!(
-            pieces(&s, "aaaa bbbb\n\ncccc dddd"),
-            vec!["aaaa bbbb", "cccc dddd"]
-        );
+        assert_eq!(pieces(&s, "aaaa bbbb\n\ncccc dddd"), vec!["aaaa bbbb", "cccc dddd"]);
     }
 
     #[test]
@@ -199,46 +167,30 @@ mod tests {
         // langchain-text-splitters: RecursiveCharacterTextSplitter(chunk_size=10, chunk_overlap=4)
         // .split_text("one two three four five six")
         let s = RecursiveSplitter::new(10, 4).unwrap();
-        assert_eq!(
-            pieces(&s, "one two three four five six"),
-            vec!["one two", "two three", "four five", "six"]
-        );
+        assert_eq!(pieces(&s, "one two three four five six"), vec!["one two", "two three", "four five", "six"]);
     }
 
     #[test]
     fn chunks_respect_size_and_never_split_utf8() {
-        let text = "向量数据库用于语义检索和相似度搜索。".repeat(40)
-            + "\n\n"
-            + &"混合 mixed 文本 text ".repeat(30);
+        let text = "向量数据库用于语义检索和相似度搜索。".repeat(40) + "\n\n" + &"混合 mixed 文本 text ".repeat(30);
         let s = RecursiveSplitter::new(50, 10).unwrap();
         let spans = s.split(&text).unwrap();
         assert!(spans.len() > 10);
         for sp in &spans {
             assert!(text.is_char_boundary(sp.start) && text.is_char_boundary(sp.end));
             let chunk = &text[sp.start..sp.end];
-            assert!(
-                chunk.chars().count() <= 50,
-                "{} chars",
-                chunk.chars().count()
-            );
+            assert!(chunk.chars().count() <= 50, "{} chars", chunk.chars().count());
             assert!(!chunk.is_empty());
         }
         // Consecutive chunks overlap or are separated by whitespace only: no text is skipped.
         for w in spans.windows(2) {
-            assert!(
-                w[1].start <= w[0].end || text[w[0].end..w[1].start].trim().is_empty(),
-                "{:?}",
-                w
-            );
+            assert!(w[1].start <= w[0].end || text[w[0].end..w[1].start].trim().is_empty(), "{:?}", w);
         }
     }
 
     #[test]
     fn rejects_bad_settings() {
-        assert_eq!(
-            RecursiveSplitter::new(0, 0).unwrap_err(),
-            SplitError::ZeroChunkSize
-        );
+        assert_eq!(RecursiveSplitter::new(0, 0).unwrap_err(), SplitError::ZeroChunkSize);
         assert!(RecursiveSplitter::new(10, 10).is_err());
     }
 }

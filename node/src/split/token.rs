@@ -14,36 +14,18 @@ pub struct TokenSplitter {
 
 impl TokenSplitter {
     /// `tokenizer` should be the embedder's; truncation and padding are turned off here.
-    pub fn new(
-        mut tokenizer: Tokenizer,
-        chunk_size: usize,
-        chunk_overlap: usize,
-    ) -> Result<Self, SplitError> {
+    pub fn new(mut tokenizer: Tokenizer, chunk_size: usize, chunk_overlap: usize) -> Result<Self, SplitError> {
         check(chunk_size, chunk_overlap)?;
-        tokenizer
-            .with_truncation(None)
-            .map_err(|e| SplitError::Tokenizer(e.to_string()))?
-            .with_padding(None);
-        Ok(Self {
-            tokenizer,
-            chunk_size,
-            chunk_overlap,
-        })
+        tokenizer.with_truncation(None).map_err(|e| SplitError::Tokenizer(e.to_string()))?.with_padding(None);
+        Ok(Self { tokenizer, chunk_size, chunk_overlap })
     }
 }
 
 impl Splitter for TokenSplitter {
     fn split(&self, text: &str) -> Result<Vec<Span>, SplitError> {
-        let encoding = self
-            .tokenizer
-            .encode(text, false)
-            .map_err(|e| SplitError::Tokenizer(e.to_string()))?;
-        let offsets: Vec<(usize, usize)> = encoding
-            .get_offsets()
-            .iter()
-            .copied()
-            .filter(|(s, e)| e > s && *e <= text.len())
-            .collect();
+        let encoding = self.tokenizer.encode(text, false).map_err(|e| SplitError::Tokenizer(e.to_string()))?;
+        let offsets: Vec<(usize, usize)> =
+            encoding.get_offsets().iter().copied().filter(|(s, e)| e > s && *e <= text.len()).collect();
         let step = self.chunk_size - self.chunk_overlap;
         let mut spans = Vec::new();
         let mut first = 0;

@@ -1,0 +1,79 @@
+//! What a node's `model` role serves: a model group plus its chat template,
+//! turning prompts or chat messages into token ids.
+use std::path::Path;
+
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::chat::{ChatMessage, ChatTemplate, CHATML};
+use super::engine::{load_tokenizer, EngineLimits, Event, ModelGroup};
+use super::sampler::SamplingParams;
+use super::ModelError;
+
+/// See the module documentation.
+pub struct ModelServing {
+    group: ModelGroup,
+    template: ChatTemplate,
+    name: String,
+}
+
+impl ModelServing {
+    /// Loads `path` over `tp` in-process ranks.
+    pub fn load(path: &Path, tp: usize, limits: EngineLimits) -> Result<Self, ModelError> {
+        let group = ModelGroup::start_local(path, tp, limits)?;
+        let template = chat_template(path)?;
+        let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("model").to_string();
+        Ok(Self { group, template, name })
+    }
+
+    /// Model name (file stem).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The running group.
+    pub fn group(&self) -> &ModelGroup {
+        &self.group
+    }
+
+    /// Token ids for a request: chat `messages`, or a `prompt` that is either raw
+    /// text or one user message through the chat template.
+    pub fn prompt_ids(&self, prompt: &str, messages: &[ChatMessage], raw: bool) -> Result<Vec<u32>, ModelError> {
+        let text = if !messages.is_empty() {
+            if let Some(bad) = messages.iter().find(|m| !matches!(m.role.as_str(), "system" | "user" | "assistant")) {
+                return Err(ModelError::Input(format!(
+                    "unknown message role '{}' (use system, user or assistant)",
+                    bad.role
+                )));
+            }
+            self.template.render(messages)?
+        } else if prompt.is_empty() {
+            return Err(ModelError::Input("the prompt is empty".into()));
+        } else if raw {
+            prompt.to_string()
+        } else {
+            self.template.render(&[ChatMessage { role: "user".into(), content: prompt.to_string() }])?
+        };
+        self.group.tokenizer().encode(&text)
+    }
+
+    /// Starts a generation.
+    pub fn generate(&self, ids: Vec<u32>, params: SamplingParams) -> Result<UnboundedReceiver<Event>, ModelError> {
+        self.group.submit(ids, params)
+    }
+}
+
+/// The GGUF's chat template (ChatML when it has none).
+pub fn chat_template(path: &Path) -> Result<ChatTemplate, ModelError> {
+    let tok = load_tokenizer(path)?;
+    let mut file = std::fs::File::open(path).map_err(|e| ModelError::Io(format!("{}: {e}", path.display())))?;
+    let ct =
+        candle_core::quantized::gguf_file::Content::read(&mut file).map_err(|e| ModelError::Format(e.to_string()))?;
+    let source = ct
+        .metadata
+        .get("tokenizer.chat_template")
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+        .unwrap_or_else(|| CHATML.to_string());
+    let piece = |id: Option<u32>| id.and_then(|i| tok.token(i)).unwrap_or("").to_string();
+    ChatTemplate::new(&source, &piece(tok.bos_id), &piece(tok.eos_id))
+}
