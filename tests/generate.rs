@@ -34,10 +34,20 @@ fn cli_streams_text_and_usage() {
     assert!(usage.contains("prompt_tokens=37 "), "{usage}");
     assert!(usage.contains("finish_reason=length") || usage.contains("finish_reason=eos"), "{usage}");
     // Without --raw the prompt is one user message through the chat template: same prompt, same start.
-    let chat = server.cli_ok(&["generate", "--temperature", "0", "--max-tokens", "8", "What is the capital of France?"]);
+    let chat =
+        server.cli_ok(&["generate", "--temperature", "0", "--max-tokens", "8", "What is the capital of France?"]);
     assert!(chat.starts_with(FIXTURE_PREFIX), "{chat:?}");
     // Stop sequences and bad flags.
-    let stopped = server.cli_ok(&["generate", "--temperature", "0", "--max-tokens", "16", "--stop", "toile", "What is the capital of France?"]);
+    let stopped = server.cli_ok(&[
+        "generate",
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "16",
+        "--stop",
+        "toile",
+        "What is the capital of France?",
+    ]);
     assert_eq!(stopped.trim_end(), "L'É");
     let bad = server.cli(&["generate", "--temperature", "-1", "hello"]);
     assert!(!bad.status.success());
@@ -48,7 +58,11 @@ fn cli_streams_text_and_usage() {
 async fn streaming_cancellation_backpressure_and_bad_input() {
     let Some(models) = common::models() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start_with(&tmp.path().join("data"), &models, &["--tp", "2", "--max-running", "1", "--max-queued", "1"]);
+    let server = Server::start_with(
+        &tmp.path().join("data"),
+        &models,
+        &["--tp", "2", "--max-running", "1", "--max-queued", "1"],
+    );
     let mut c = TesseraClient::connect(server.url()).await.unwrap();
     let mut node = NodeClient::connect(server.url()).await.unwrap();
 
@@ -112,14 +126,22 @@ async fn streaming_cancellation_backpressure_and_bad_input() {
     assert!(codes.contains(&Code::Ok), "{codes:?}");
 
     // Bad input.
-    let code = |r: Result<tonic::Response<tonic::Streaming<pb::GenerateChunk>>, tonic::Status>| r.map(|_| ()).unwrap_err().code();
+    let code = |r: Result<tonic::Response<tonic::Streaming<pb::GenerateChunk>>, tonic::Status>| {
+        r.map(|_| ()).unwrap_err().code()
+    };
     assert_eq!(code(c.generate(greedy("", 8)).await), Code::InvalidArgument);
-    assert_eq!(code(c.generate(pb::GenerateRequest { temperature: Some(-0.5), ..greedy("hi", 8) }).await), Code::InvalidArgument);
+    assert_eq!(
+        code(c.generate(pb::GenerateRequest { temperature: Some(-0.5), ..greedy("hi", 8) }).await),
+        Code::InvalidArgument
+    );
     let e = c.generate(greedy("hi", 100_000)).await.map(|_| ()).unwrap_err();
     assert!(e.code() == Code::InvalidArgument && e.message().contains("context"), "{e:?}");
     let long = "hello ".repeat(9000);
     let e = c.generate(pb::GenerateRequest { raw: true, ..greedy(&long, 4) }).await.map(|_| ()).unwrap_err();
     assert!(e.code() == Code::InvalidArgument && e.message().contains("context"), "{e:?}");
-    let bad_role = pb::GenerateRequest { messages: vec![pb::ChatMessage { role: "robot".into(), content: "x".into() }], ..greedy("", 4) };
+    let bad_role = pb::GenerateRequest {
+        messages: vec![pb::ChatMessage { role: "robot".into(), content: "x".into() }],
+        ..greedy("", 4)
+    };
     assert_eq!(code(c.generate(bad_role).await), Code::InvalidArgument);
 }

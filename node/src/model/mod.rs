@@ -3,7 +3,7 @@
 //!
 //! - [`tokenizer`]: the tokenizer from GGUF metadata; [`chat`]: chat templates.
 //! - [`split`]: how quantized weights are divided; [`llama`]: one rank's model.
-//! - [`comm`] / [`tcp`]: the [`Communicator`] trait and its backends.
+//! - [`comm`] / [`tcp`] / `nccl` (feature `cuda`): the [`Communicator`] trait and its backends.
 //! - [`sampler`]: next-token choice; [`engine`]: the rank threads and the scheduler.
 //! - [`serving`]: prompts and chat messages to token ids, for the `model` role.
 
@@ -11,6 +11,8 @@ pub mod chat;
 pub mod comm;
 pub mod engine;
 pub mod llama;
+#[cfg(feature = "cuda")]
+pub mod nccl;
 pub mod sampler;
 pub mod serving;
 pub mod split;
