@@ -10,6 +10,7 @@ use tessera_node::model::comm::{Communicator, LocalGroup};
 use tessera_node::model::engine::load_tokenizer;
 use tessera_node::model::llama::{RankModel, SeqStep};
 use tessera_node::model::sampler::argmax;
+use tessera_node::model::tcp::TcpCommunicator;
 use tessera_node::model::{ChatMessage, ChatTemplate, EngineLimits, Event, FinishReason, ModelGroup, SamplingParams};
 
 fn fixture() -> Option<Value> {
@@ -25,9 +26,38 @@ fn template(path: &Path) -> ChatTemplate {
     ChatTemplate::new(&src, tok.token(tok.bos_id.unwrap()).unwrap(), tok.token(tok.eos_id.unwrap()).unwrap()).unwrap()
 }
 
+/// Communicators of a `world`-rank TCP group over loopback (each rank a thread here).
+fn tcp_group(world: usize) -> Vec<Box<dyn Communicator>> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let followers: Vec<_> = (1..world)
+        .map(|r| {
+            std::thread::spawn(move || TcpCommunicator::follower(addr, r, world, Duration::from_secs(30)).unwrap())
+        })
+        .collect();
+    let mut comms: Vec<Box<dyn Communicator>> =
+        vec![Box::new(TcpCommunicator::leader(listener, world, Duration::from_secs(30)).unwrap())];
+    comms.extend(followers.into_iter().map(|h| Box::new(h.join().unwrap()) as Box<dyn Communicator>));
+    comms
+}
+
+fn local_group(world: usize) -> Vec<Box<dyn Communicator>> {
+    LocalGroup::new(world).into_iter().map(|c| Box::new(c) as Box<dyn Communicator>).collect()
+}
+
 /// Greedy generation on `world` in-process ranks, returning tokens and the logits of every step.
 fn greedy_with_logits(path: &Path, world: usize, prompt: &[u32], steps: usize) -> (Vec<u32>, Vec<Vec<f32>>) {
-    let comms = LocalGroup::new(world);
+    greedy_on(path, local_group(world), prompt, steps)
+}
+
+/// Greedy generation on the ranks of `comms`, returning rank 0's tokens and per-step logits.
+fn greedy_on(
+    path: &Path,
+    comms: Vec<Box<dyn Communicator>>,
+    prompt: &[u32],
+    steps: usize,
+) -> (Vec<u32>, Vec<Vec<f32>>) {
+    let world = comms.len();
     let prompt = prompt.to_vec();
     let handles: Vec<_> = comms
         .into_iter()
@@ -40,7 +70,7 @@ fn greedy_with_logits(path: &Path, world: usize, prompt: &[u32], steps: usize) -
                 let mut all = Vec::new();
                 let mut step = SeqStep { seq: 1, tokens: prompt.clone(), start: 0 };
                 for _ in 0..steps {
-                    let logits = model.forward(std::slice::from_ref(&step), &comm).unwrap();
+                    let logits = model.forward(std::slice::from_ref(&step), comm.as_ref()).unwrap();
                     // Every rank needs the next token: rank 0 picks it, all agree through a broadcast.
                     let mut next =
                         if comm.rank() == 0 { argmax(&logits[0]).to_le_bytes().to_vec() } else { Vec::new() };
@@ -139,6 +169,10 @@ fn tensor_parallel_world_sizes_1_2_3_agree() {
             assert!(err / scale < 1e-4, "world {world}, step {step}: relative error {}", err / scale);
         }
     }
+    // The TCP backend (ranks as they would run in separate processes) gives the same result.
+    let (tt, lt) = greedy_on(&path, tcp_group(2), &prompt, 12);
+    assert_eq!(tt, t1, "greedy tokens differ over TCP");
+    assert_eq!(lt, l1, "logits differ over TCP");
 }
 
 #[test]
