@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
 # The whole test suite: system packages, models, then every test of the workspace
-# (unit tests, the embedder fixture test, and the integration tests in tests/ that
-# start `tessera up` as a process).
+# (unit tests, the embedder and model fixture tests, and the integration tests in
+# tests/ that start `tessera up` as a process). Ends with one summary line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/fetch-models.sh models
 source scripts/env.sh
-cargo test --workspace --no-fail-fast "$@"
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace --lib --bins --tests --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
+passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
+failed=$(grep -Eo '^test result: .* ([0-9]+) failed' "$log" | grep -Eo '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
+echo
+echo "tests: ${passed} passed, ${failed} failed"
+exit "$status"
