@@ -198,6 +198,27 @@ impl Coordinator {
         (chunks, documents)
     }
 
+    /// Sends each shard its document writes, all shards in parallel; answers once every
+    /// shard has made its writes durable.
+    async fn write_shards(
+        &self,
+        collection: &str,
+        per_shard: BTreeMap<u32, Vec<pb::DocumentWrite>>,
+    ) -> Result<Vec<pb::ShardWriteResponse>, Status> {
+        let writes = per_shard.into_iter().map(|(shard, writes)| async move {
+            let node = self.node_for_shard(shard)?;
+            let shard_ref = pb::ShardRef { collection: collection.to_string(), shard };
+            let resp = node
+                .client
+                .clone()
+                .shard_write(pb::ShardWriteRequest { shard: Some(shard_ref), writes })
+                .await
+                .map_err(|s| node_status(node, s))?;
+            Ok::<_, Status>(resp.into_inner())
+        });
+        try_join_all(writes).await
+    }
+
     /// Embeds texts over the nodes, in parallel batches, keeping order.
     async fn embed_texts(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, Status> {
         let batches: Vec<Vec<String>> = texts.chunks(self.config.embed_batch.max(1)).map(|c| c.to_vec()).collect();
@@ -348,20 +369,7 @@ impl pb::tessera_server::Tessera for Coordinator {
                 chunks,
             });
         }
-        let writes = per_shard.into_iter().map(|(shard, writes)| {
-            let collection = meta.name.clone();
-            async move {
-                let node = self.node_for_shard(shard)?;
-                let resp = node
-                    .client
-                    .clone()
-                    .shard_write(pb::ShardWriteRequest { shard: Some(pb::ShardRef { collection, shard }), writes })
-                    .await
-                    .map_err(|s| node_status(node, s))?;
-                Ok::<_, Status>(resp.into_inner())
-            }
-        });
-        let outcomes = try_join_all(writes).await?;
+        let outcomes = self.write_shards(&meta.name, per_shard).await?;
         let documents = outcomes.iter().map(|o| o.documents).sum();
         let chunks = outcomes.iter().map(|o| o.chunks).sum();
         info!(documents, chunks, errors = errors.len(), "ingested");
@@ -383,20 +391,7 @@ impl pb::tessera_server::Tessera for Coordinator {
                 chunks: vec![],
             });
         }
-        let writes = per_shard.into_iter().map(|(shard, writes)| {
-            let collection = meta.name.clone();
-            async move {
-                let node = self.node_for_shard(shard)?;
-                let resp = node
-                    .client
-                    .clone()
-                    .shard_write(pb::ShardWriteRequest { shard: Some(pb::ShardRef { collection, shard }), writes })
-                    .await
-                    .map_err(|s| node_status(node, s))?;
-                Ok::<_, Status>(resp.into_inner())
-            }
-        });
-        let outcomes = try_join_all(writes).await?;
+        let outcomes = self.write_shards(&meta.name, per_shard).await?;
         Ok(Response::new(pb::DeleteResponse {
             documents: outcomes.iter().map(|o| o.documents).sum(),
             chunks: outcomes.iter().map(|o| o.chunks).sum(),
