@@ -21,6 +21,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::comm::Communicator;
+use super::q4_1::Q41Matrix;
 use super::split::{take_rows, Partition};
 use super::ModelError;
 
@@ -110,17 +111,17 @@ pub struct SeqStep {
 
 struct Layer {
     attn_norm: Tensor,
-    wq: QMatMul,
-    wk: QMatMul,
-    wv: QMatMul,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
     bias: Option<(Tensor, Tensor, Tensor)>,
     /// o_proj rows of this rank's share of the model width.
-    wo: QMatMul,
+    wo: Linear,
     ffn_norm: Tensor,
-    w_gate: QMatMul,
-    w_up: QMatMul,
+    w_gate: Linear,
+    w_up: Linear,
     /// down_proj rows of this rank's share of the model width.
-    w_down: QMatMul,
+    w_down: Linear,
 }
 
 /// This rank's weights and KV caches.
@@ -130,15 +131,33 @@ pub struct RankModel {
     embed: QTensor,
     layers: Vec<Layer>,
     norm: Tensor,
-    output: Option<QMatMul>,
+    output: Option<Linear>,
     cos: Tensor,
     sin: Tensor,
     caches: HashMap<u64, Vec<Option<(Tensor, Tensor)>>>,
     device: Device,
 }
 
-fn qmm(t: QTensor) -> Result<QMatMul, ModelError> {
-    Ok(QMatMul::from_qtensor(t)?)
+/// A weight matrix: Q4_1 through [`Q41Matrix`] (same bits as candle, SIMD), anything else through candle.
+enum Linear {
+    Q41(Q41Matrix),
+    Candle(QMatMul),
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
+        match self {
+            Linear::Q41(m) => m.forward(x),
+            Linear::Candle(m) => Ok(m.forward(x)?),
+        }
+    }
+}
+
+fn qmm(t: QTensor) -> Result<Linear, ModelError> {
+    match Q41Matrix::from_qtensor(&t)? {
+        Some(m) => Ok(Linear::Q41(m)),
+        None => Ok(Linear::Candle(QMatMul::from_qtensor(t)?)),
+    }
 }
 
 impl RankModel {

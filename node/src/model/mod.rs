@@ -13,6 +13,7 @@ pub mod engine;
 pub mod llama;
 #[cfg(feature = "cuda")]
 pub mod nccl;
+pub mod q4_1;
 pub mod sampler;
 pub mod serving;
 pub mod split;
