@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The first run: fetch the default models, build, start `tessera up`, ingest the
-# sample folder (examples/docs), run a search, and stop the server.
+# sample folder (examples/docs), run searches and a generation, and stop the server.
 # Pass --keep to leave the server running afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,4 +21,5 @@ done
 "$TESSERA_BIN" ingest --collection docs examples/docs
 "$TESSERA_BIN" search --collection docs --top-k 3 "how do I copy a directory"
 "$TESSERA_BIN" search --collection docs --top-k 2 --mode hybrid "如何复制目录"
+"$TESSERA_BIN" generate --temperature 0 --max-tokens 32 "What does the cp command do?"
 echo "server log: tessera-up.log${KEEP:+ (server still running, pid $PID)}"
