@@ -18,41 +18,48 @@ use super::ModelError;
 const BLOCK: usize = 32;
 const BLOCK_BYTES: usize = 20;
 
-/// One Q8_1 block of an input row.
-#[derive(Clone, Copy)]
-struct Q81 {
-    d: f16,
-    s: f16,
-    qs: [i8; BLOCK],
+/// Input rows quantised to Q8_1, with the block scales already widened to f32
+/// (f16 → f32 is exact, so this changes no result, only saves conversions).
+struct Q81Rows {
+    qs: Vec<i8>,
+    d: Vec<f32>,
+    s: Vec<f32>,
 }
 
-/// A Q4_1 weight matrix `[rows, cols]` in GGUF block layout.
+/// A Q4_1 weight matrix `[rows, cols]`, split into nibbles and widened scales.
 pub struct Q41Matrix {
     rows: usize,
     cols: usize,
-    data: Vec<u8>,
+    qs: Vec<u8>,
+    d: Vec<f32>,
+    m: Vec<f32>,
 }
 
-/// Quantises one row like candle's `BlockQ8_1::from_float`.
-fn quantize_row(xs: &[f32], out: &mut [Q81]) {
-    for (b, block) in out.iter_mut().enumerate() {
+/// Quantises rows like candle's `BlockQ8_1::from_float`.
+fn quantize_rows(xs: &[f32], rows: usize, k: usize) -> Q81Rows {
+    let nb = k / BLOCK;
+    let mut out = Q81Rows { qs: vec![0; rows * k], d: vec![0.0; rows * nb], s: vec![0.0; rows * nb] };
+    for b in 0..rows * nb {
         let xs = &xs[b * BLOCK..(b + 1) * BLOCK];
+        let qs = &mut out.qs[b * BLOCK..(b + 1) * BLOCK];
         let amax = xs.iter().fold(0f32, |a, &x| a.max(x.abs()));
         let d = amax / ((1 << 7) - 1) as f32;
         let id = if d != 0f32 { 1. / d } else { 0. };
-        block.d = f16::from_f32(d);
+        let d16 = f16::from_f32(d);
         let mut sum = 0i32;
         for j in 0..BLOCK / 2 {
-            block.qs[j] = f32::round(xs[j] * id) as i8;
-            block.qs[j + BLOCK / 2] = f32::round(xs[j + BLOCK / 2] * id) as i8;
-            sum += block.qs[j] as i32 + block.qs[j + BLOCK / 2] as i32;
+            qs[j] = f32::round(xs[j] * id) as i8;
+            qs[j + BLOCK / 2] = f32::round(xs[j + BLOCK / 2] * id) as i8;
+            sum += qs[j] as i32 + qs[j + BLOCK / 2] as i32;
         }
-        block.s = f16::from_f32(sum as f32) * block.d;
+        out.d[b] = d16.to_f32();
+        out.s[b] = (f16::from_f32(sum as f32) * d16).to_f32();
     }
+    out
 }
 
 /// Σ q4[j] * q8[j] over one block, nibbles in GGUF order (low nibbles first).
-fn block_dot_scalar(qs: &[u8], y: &[i8; BLOCK]) -> i32 {
+fn block_dot_scalar(qs: &[u8], y: &[i8]) -> i32 {
     let mut sumi = 0i32;
     for j in 0..BLOCK / 2 {
         sumi += (qs[j] as i32 & 0x0F) * y[j] as i32 + (qs[j] as i32 >> 4) * y[j + BLOCK / 2] as i32;
@@ -60,47 +67,37 @@ fn block_dot_scalar(qs: &[u8], y: &[i8; BLOCK]) -> i32 {
     sumi
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn block_dot_avx2(qs: &[u8], y: &[i8; BLOCK]) -> i32 {
-    use std::arch::x86_64::*;
-    // SAFETY: `qs` has 16 bytes and `y` 32 (checked by the callers' slicing); unaligned loads.
-    let packed = _mm_loadu_si128(qs.as_ptr() as *const __m128i);
-    let mask = _mm_set1_epi8(0x0F);
-    let lo = _mm_and_si128(packed, mask);
-    let hi = _mm_and_si128(_mm_srli_epi16(packed, 4), mask);
-    let q4 = _mm256_set_m128i(hi, lo);
-    let q8 = _mm256_loadu_si256(y.as_ptr() as *const __m256i);
-    // u8 × i8 pairs summed into i16 (at most 2 × 15 × 128: no saturation), then into i32.
-    let pairs = _mm256_maddubs_epi16(q4, q8);
-    let quads = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
-    let sum128 = _mm_add_epi32(_mm256_castsi256_si128(quads), _mm256_extracti128_si256(quads, 1));
-    let sum64 = _mm_add_epi32(sum128, _mm_unpackhi_epi64(sum128, sum128));
-    let sum32 = _mm_add_epi32(sum64, _mm_shuffle_epi32(sum64, 0b01));
-    _mm_cvtsi128_si32(sum32)
+/// One output value: candle's float accumulation, block by block.
+fn row_dot_scalar(qs: &[u8], d: &[f32], m: &[f32], yq: &[i8], yd: &[f32], ys: &[f32]) -> f32 {
+    let mut sumf = 0f32;
+    for b in 0..d.len() {
+        let sumi = block_dot_scalar(&qs[b * 16..b * 16 + 16], &yq[b * BLOCK..(b + 1) * BLOCK]);
+        sumf += sumi as f32 * d[b] * yd[b] + m[b] * ys[b];
+    }
+    sumf
 }
 
-/// One output value: candle's float accumulation, block by block.
-fn row_dot(w: &[u8], x: &[Q81], avx2: bool) -> f32 {
+/// The same with AVX2 integer dot products (exact); the float part is unchanged.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn row_dot_avx2(qs: &[u8], d: &[f32], m: &[f32], yq: &[i8], yd: &[f32], ys: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let mask = _mm_set1_epi8(0x0F);
+    let ones = _mm256_set1_epi16(1);
     let mut sumf = 0f32;
-    for (b, y) in x.iter().enumerate() {
-        let blk = &w[b * BLOCK_BYTES..(b + 1) * BLOCK_BYTES];
-        let d = f16::from_le_bytes([blk[0], blk[1]]);
-        let m = f16::from_le_bytes([blk[2], blk[3]]);
-        let qs = &blk[4..20];
-        #[cfg(target_arch = "x86_64")]
-        let sumi = if avx2 {
-            // SAFETY: AVX2 was detected at run time.
-            unsafe { block_dot_avx2(qs, &y.qs) }
-        } else {
-            block_dot_scalar(qs, &y.qs)
-        };
-        #[cfg(not(target_arch = "x86_64"))]
-        let sumi = {
-            let _ = avx2;
-            block_dot_scalar(qs, &y.qs)
-        };
-        sumf += sumi as f32 * f16::to_f32(d) * f16::to_f32(y.d) + f16::to_f32(m) * f16::to_f32(y.s);
+    for b in 0..d.len() {
+        // SAFETY: the callers size `qs` to 16 and `yq` to 32 bytes per block.
+        let packed = _mm_loadu_si128(qs.as_ptr().add(b * 16) as *const __m128i);
+        let lo = _mm_and_si128(packed, mask);
+        let hi = _mm_and_si128(_mm_srli_epi16(packed, 4), mask);
+        let q4 = _mm256_set_m128i(hi, lo);
+        let q8 = _mm256_loadu_si256(yq.as_ptr().add(b * BLOCK) as *const __m256i);
+        // u8 × i8 pairs summed into i16 (at most 2 × 15 × 128: no saturation), then into i32.
+        let quads = _mm256_madd_epi16(_mm256_maddubs_epi16(q4, q8), ones);
+        let sum128 = _mm_add_epi32(_mm256_castsi256_si128(quads), _mm256_extracti128_si256(quads, 1));
+        let sum64 = _mm_add_epi32(sum128, _mm_unpackhi_epi64(sum128, sum128));
+        let sumi = _mm_cvtsi128_si32(_mm_add_epi32(sum64, _mm_shuffle_epi32(sum64, 0b01)));
+        sumf += sumi as f32 * d[b] * yd[b] + m[b] * ys[b];
     }
     sumf
 }
@@ -115,7 +112,21 @@ impl Q41Matrix {
         if cols % BLOCK != 0 {
             return Ok(None);
         }
-        Ok(Some(Self { rows, cols, data: t.data()?.into_owned() }))
+        let data = t.data()?;
+        let blocks = rows * cols / BLOCK;
+        let mut me = Self {
+            rows,
+            cols,
+            qs: Vec::with_capacity(blocks * 16),
+            d: Vec::with_capacity(blocks),
+            m: Vec::with_capacity(blocks),
+        };
+        for blk in data.chunks_exact(BLOCK_BYTES) {
+            me.d.push(f16::from_le_bytes([blk[0], blk[1]]).to_f32());
+            me.m.push(f16::from_le_bytes([blk[2], blk[3]]).to_f32());
+            me.qs.extend_from_slice(&blk[4..20]);
+        }
+        Ok(Some(me))
     }
 
     /// `x · Wᵀ` for `x` of shape `(m, cols)`: `(m, rows)`.
@@ -126,24 +137,24 @@ impl Q41Matrix {
         }
         let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
         let nb = k / BLOCK;
-        let mut q = vec![Q81 { d: f16::ZERO, s: f16::ZERO, qs: [0; BLOCK] }; m * nb];
-        for i in 0..m {
-            quantize_row(&xs[i * k..(i + 1) * k], &mut q[i * nb..(i + 1) * nb]);
-        }
+        let q = quantize_rows(&xs, m, k);
         #[cfg(target_arch = "x86_64")]
         let avx2 = std::arch::is_x86_feature_detected!("avx2");
         #[cfg(not(target_arch = "x86_64"))]
         let avx2 = false;
-        let row_bytes = nb * BLOCK_BYTES;
+        let dot = |j: usize, i: usize| {
+            let (w, ws) = (&self.qs[j * nb * 16..(j + 1) * nb * 16], j * nb..(j + 1) * nb);
+            let (yq, ys) = (&q.qs[i * k..(i + 1) * k], i * nb..(i + 1) * nb);
+            #[cfg(target_arch = "x86_64")]
+            if avx2 {
+                // SAFETY: AVX2 was detected at run time; slices are sized per block above.
+                return unsafe { row_dot_avx2(w, &self.d[ws.clone()], &self.m[ws], yq, &q.d[ys.clone()], &q.s[ys]) };
+            }
+            row_dot_scalar(w, &self.d[ws.clone()], &self.m[ws], yq, &q.d[ys.clone()], &q.s[ys])
+        };
         // Each weight row once, against every input row.
-        let cols: Vec<Vec<f32>> = (0..self.rows)
-            .into_par_iter()
-            .with_min_len(16)
-            .map(|j| {
-                let w = &self.data[j * row_bytes..(j + 1) * row_bytes];
-                (0..m).map(|i| row_dot(w, &q[i * nb..(i + 1) * nb], avx2)).collect()
-            })
-            .collect();
+        let cols: Vec<Vec<f32>> =
+            (0..self.rows).into_par_iter().with_min_len(32).map(|j| (0..m).map(|i| dot(j, i)).collect()).collect();
         let mut out = vec![0f32; m * self.rows];
         for (j, col) in cols.iter().enumerate() {
             for (i, v) in col.iter().enumerate() {
