@@ -3,6 +3,8 @@
 //! Pure functions over hit lists, so they are tested without any server.
 use std::collections::HashMap;
 
+use tessera_node::index::cosine;
+
 /// A hit as the coordinator merges it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scored {
@@ -48,20 +50,6 @@ pub fn reciprocal_rank_fusion(lists: &[Vec<Scored>], k: usize) -> Vec<Scored> {
     out.sort_by(order);
     out.truncate(k);
     out
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let (mut dot, mut na, mut nb) = (0f32, 0f32, 0f32);
-    for (x, y) in a.iter().zip(b) {
-        dot += x * y;
-        na += x * x;
-        nb += y * y;
-    }
-    if na == 0.0 || nb == 0.0 {
-        0.0
-    } else {
-        dot / (na.sqrt() * nb.sqrt())
-    }
 }
 
 /// Maximal marginal relevance: picks `k` of `candidates` trading relevance to

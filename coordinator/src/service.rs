@@ -219,23 +219,31 @@ impl Coordinator {
         try_join_all(writes).await
     }
 
-    /// Embeds texts over the nodes, in parallel batches, keeping order.
-    async fn embed_texts(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, Status> {
+    /// Embeds texts over the nodes, in parallel batches, keeping order; the answer
+    /// also carries the embedder's dimension and model name.
+    async fn embed_texts(&self, texts: Vec<String>) -> Result<pb::EmbedResponse, Status> {
         let batches: Vec<Vec<String>> = texts.chunks(self.config.embed_batch.max(1)).map(|c| c.to_vec()).collect();
-        let results: Vec<Vec<Vec<f32>>> = stream::iter(batches.into_iter().enumerate().map(|(i, batch)| async move {
-            let node = self.work_node(i)?;
-            let resp = node
-                .client
-                .clone()
-                .embed_batch(pb::EmbedRequest { texts: batch })
-                .await
-                .map_err(|s| node_status(node, s))?;
-            Ok::<_, Status>(resp.into_inner().vectors.into_iter().map(|v| v.values).collect())
-        }))
-        .buffered(self.config.embed_parallelism.max(1))
-        .try_collect()
-        .await?;
-        Ok(results.into_iter().flatten().collect())
+        let results: Vec<pb::EmbedResponse> =
+            stream::iter(batches.into_iter().enumerate().map(|(i, batch)| async move {
+                let node = self.work_node(i)?;
+                let resp = node
+                    .client
+                    .clone()
+                    .embed_batch(pb::EmbedRequest { texts: batch })
+                    .await
+                    .map_err(|s| node_status(node, s))?;
+                Ok::<_, Status>(resp.into_inner())
+            }))
+            .buffered(self.config.embed_parallelism.max(1))
+            .try_collect()
+            .await?;
+        let mut all = pb::EmbedResponse::default();
+        for r in results {
+            all.dimension = r.dimension;
+            all.model = r.model;
+            all.vectors.extend(r.vectors);
+        }
+        Ok(all)
     }
 }
 
@@ -354,7 +362,7 @@ impl pb::tessera_server::Tessera for Coordinator {
         let errors = loaded.errors;
         let texts: Vec<String> =
             loaded.documents.iter().flat_map(|d| d.chunks.iter().map(|c| c.text.clone())).collect();
-        let mut vectors = self.embed_texts(texts).await?.into_iter();
+        let mut vectors = self.embed_texts(texts).await?.vectors.into_iter().map(|v| v.values);
 
         let mut per_shard: BTreeMap<u32, Vec<pb::DocumentWrite>> = BTreeMap::new();
         for doc in loaded.documents {
@@ -431,7 +439,7 @@ impl pb::tessera_server::Tessera for Coordinator {
         let mode = if mode == pb::SearchMode::Unspecified { pb::SearchMode::Vector } else { mode };
         let wants_vector = matches!(mode, pb::SearchMode::Vector | pb::SearchMode::Hybrid) || req.mmr;
         let query_vector = if wants_vector {
-            self.embed_texts(vec![req.query.clone()]).await?.pop().unwrap_or_default()
+            self.embed_texts(vec![req.query.clone()]).await?.vectors.pop().map(|v| v.values).unwrap_or_default()
         } else {
             Vec::new()
         };
@@ -506,14 +514,6 @@ impl pb::tessera_server::Tessera for Coordinator {
         if texts.len() > self.config.max_embed_texts {
             return Err(Status::invalid_argument(format!("at most {} texts per request", self.config.max_embed_texts)));
         }
-        let node = self.work_node(0)?;
-        let info =
-            node.client.clone().info(pb::NodeInfoRequest {}).await.map_err(|s| node_status(node, s))?.into_inner();
-        let vectors = self.embed_texts(texts).await?;
-        Ok(Response::new(pb::EmbedResponse {
-            vectors: vectors.into_iter().map(|values| pb::Vector { values }).collect(),
-            dimension: info.dimension,
-            model: info.embedder,
-        }))
+        Ok(Response::new(self.embed_texts(texts).await?))
     }
 }

@@ -10,20 +10,13 @@ use tessera_node::model::comm::{Communicator, LocalGroup};
 use tessera_node::model::engine::load_tokenizer;
 use tessera_node::model::llama::{RankModel, SeqStep};
 use tessera_node::model::sampler::argmax;
+use tessera_node::model::serving::chat_template;
 use tessera_node::model::tcp::TcpCommunicator;
-use tessera_node::model::{ChatMessage, ChatTemplate, EngineLimits, Event, FinishReason, ModelGroup, SamplingParams};
+use tessera_node::model::{ChatMessage, EngineLimits, Event, FinishReason, ModelGroup, SamplingParams};
 
 fn fixture() -> Option<Value> {
     let path = common::fixture("smollm2_greedy.json")?;
     Some(serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap())
-}
-
-fn template(path: &Path) -> ChatTemplate {
-    let mut f = std::fs::File::open(path).unwrap();
-    let ct = candle_core::quantized::gguf_file::Content::read(&mut f).unwrap();
-    let src = ct.metadata["tokenizer.chat_template"].to_string().unwrap().clone();
-    let tok = load_tokenizer(path).unwrap();
-    ChatTemplate::new(&src, tok.token(tok.bos_id.unwrap()).unwrap(), tok.token(tok.eos_id.unwrap()).unwrap()).unwrap()
 }
 
 /// Communicators of a `world`-rank TCP group over loopback (each rank a thread here).
@@ -118,7 +111,7 @@ fn prompt_ids_greedy_tokens_and_top5_match_llama_cpp() {
         return;
     };
     let tok = load_tokenizer(&path).unwrap();
-    let tpl = template(&path);
+    let tpl = chat_template(&path, &tok).unwrap();
     for case in fx["prompts"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
         let messages: Vec<ChatMessage> = serde_json::from_value(case["messages"].clone()).unwrap();

@@ -50,8 +50,7 @@ impl BertEmbedder {
         };
         let config: Config = serde_json::from_str(&read("config.json")?)
             .map_err(|e| EmbedError::File { path: dir.join("config.json"), message: e.to_string() })?;
-        let hidden: serde_json::Value = serde_json::from_str(&read("config.json")?).unwrap_or_default();
-        let dimension = hidden["hidden_size"].as_u64().unwrap_or(384) as usize;
+        let dimension = config.hidden_size;
         let max_tokens = read("sentence_bert_config.json")
             .ok()
             .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())

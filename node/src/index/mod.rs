@@ -15,7 +15,7 @@ mod shard;
 mod store;
 
 pub use actor::{ShardActor, ShardHandle, ShardMsg};
-pub use ann::AnnIndex;
+pub use ann::{cosine, AnnIndex};
 pub use bm25::{terms, Bm25Index};
 pub use filter::{Condition, Filter};
 pub use registry::ShardRegistry;

@@ -79,16 +79,16 @@ pub enum LoadError {
 /// per-document ids from it unless the record carries its own `id`.
 pub fn load_file(name: &str, doc_id: &str, bytes: &[u8], extra: &Metadata) -> Result<Vec<Document>, LoadError> {
     let ext = extension(name);
-    let mut docs = match ext.as_str() {
-        "txt" | "text" | "md" | "markdown" | "rst" | "log" => {
-            vec![text::load(doc_id, bytes, mime_for(&ext))?]
-        }
-        "html" | "htm" | "xhtml" => vec![html::load(doc_id, bytes)?],
-        "json" => json::load_json(doc_id, bytes)?,
-        "jsonl" | "ndjson" => json::load_jsonl(doc_id, bytes)?,
-        "csv" => csv::load(doc_id, bytes)?,
-        "pdf" => vec![pdf::load(doc_id, bytes)?],
-        _ => return Err(LoadError::Unsupported(if ext.is_empty() { name.to_string() } else { ext })),
+    let Some(format) = Format::of(&ext) else {
+        return Err(LoadError::Unsupported(if ext.is_empty() { name.to_string() } else { ext }));
+    };
+    let mut docs = match format {
+        Format::Text => vec![text::load(doc_id, bytes, mime_for(&ext))?],
+        Format::Html => vec![html::load(doc_id, bytes)?],
+        Format::Json => json::load_json(doc_id, bytes)?,
+        Format::JsonLines => json::load_jsonl(doc_id, bytes)?,
+        Format::Csv => csv::load(doc_id, bytes)?,
+        Format::Pdf => vec![pdf::load(doc_id, bytes)?],
     };
     for doc in &mut docs {
         doc.source = name.to_string();
@@ -102,23 +102,32 @@ pub fn load_file(name: &str, doc_id: &str, bytes: &[u8], extra: &Metadata) -> Re
 /// True when [`load_file`] has a loader for this file name; the CLI uses it to skip
 /// files it walks past in a folder (a file named explicitly is always sent).
 pub fn is_supported(name: &str) -> bool {
-    matches!(
-        extension(name).as_str(),
-        "txt"
-            | "text"
-            | "md"
-            | "markdown"
-            | "rst"
-            | "log"
-            | "html"
-            | "htm"
-            | "xhtml"
-            | "json"
-            | "jsonl"
-            | "ndjson"
-            | "csv"
-            | "pdf"
-    )
+    Format::of(&extension(name)).is_some()
+}
+
+/// The loader a file extension selects (the one list both [`load_file`] and
+/// [`is_supported`] read).
+enum Format {
+    Text,
+    Html,
+    Json,
+    JsonLines,
+    Csv,
+    Pdf,
+}
+
+impl Format {
+    fn of(ext: &str) -> Option<Self> {
+        Some(match ext {
+            "txt" | "text" | "md" | "markdown" | "rst" | "log" => Self::Text,
+            "html" | "htm" | "xhtml" => Self::Html,
+            "json" => Self::Json,
+            "jsonl" | "ndjson" => Self::JsonLines,
+            "csv" => Self::Csv,
+            "pdf" => Self::Pdf,
+            _ => return None,
+        })
+    }
 }
 
 fn extension(name: &str) -> String {

@@ -107,8 +107,6 @@ enum Command {
 pub struct GroupStats {
     /// Sequences with KV caches on rank 0.
     pub cached_sequences: AtomicUsize,
-    /// Sequences in the last step.
-    pub last_batch: AtomicUsize,
     /// Most sequences seen in one step.
     pub max_batch_seen: AtomicUsize,
     /// Steps run.
@@ -435,7 +433,6 @@ impl Leader {
         };
         debug!(seqs = steps.len(), ms = started.elapsed().as_millis() as u64, "step");
         self.stats.steps.fetch_add(1, Ordering::Relaxed);
-        self.stats.last_batch.store(steps.len(), Ordering::Relaxed);
         self.stats.max_batch_seen.fetch_max(steps.len(), Ordering::Relaxed);
 
         // Advance running sequences, then the prompt chunks.

@@ -5,8 +5,9 @@ use std::path::Path;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::chat::{ChatMessage, ChatTemplate, CHATML};
-use super::engine::{load_tokenizer, EngineLimits, Event, ModelGroup};
+use super::engine::{EngineLimits, Event, ModelGroup};
 use super::sampler::SamplingParams;
+use super::tokenizer::GgufTokenizer;
 use super::ModelError;
 
 /// See the module documentation.
@@ -20,7 +21,7 @@ impl ModelServing {
     /// Loads `path` over `tp` in-process ranks.
     pub fn load(path: &Path, tp: usize, limits: EngineLimits) -> Result<Self, ModelError> {
         let group = ModelGroup::start_local(path, tp, limits)?;
-        let template = chat_template(path)?;
+        let template = chat_template(path, group.tokenizer())?;
         let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("model").to_string();
         Ok(Self { group, template, name })
     }
@@ -63,8 +64,7 @@ impl ModelServing {
 }
 
 /// The GGUF's chat template (ChatML when it has none).
-pub fn chat_template(path: &Path) -> Result<ChatTemplate, ModelError> {
-    let tok = load_tokenizer(path)?;
+pub fn chat_template(path: &Path, tok: &GgufTokenizer) -> Result<ChatTemplate, ModelError> {
     let mut file = std::fs::File::open(path).map_err(|e| ModelError::Io(format!("{}: {e}", path.display())))?;
     let ct =
         candle_core::quantized::gguf_file::Content::read(&mut file).map_err(|e| ModelError::Format(e.to_string()))?;
