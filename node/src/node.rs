@@ -8,6 +8,7 @@ use tracing::info;
 use crate::embed::{spawn_embedder, BatchLimits, BertEmbedder, EmbedError, EmbedderHandle};
 use crate::index::{ShardError, ShardRegistry};
 use crate::load::LoaderPool;
+use crate::memory::{MemoryError, SessionRegistry};
 use crate::model::{EngineLimits, ModelError, ModelServing};
 
 /// The default chat model, relative to the models folder.
@@ -36,6 +37,8 @@ pub struct NodeConfig {
     pub tp: usize,
     /// Model scheduler bounds.
     pub engine: EngineLimits,
+    /// Session role: how long a session actor may stay idle before it is stopped.
+    pub session_idle: std::time::Duration,
 }
 
 impl NodeConfig {
@@ -43,7 +46,7 @@ impl NodeConfig {
     pub fn embedded(data_dir: PathBuf, models_dir: PathBuf) -> Self {
         Self {
             id: "local".into(),
-            roles: vec!["loader".into(), "embedder".into(), "shard".into(), "model".into()],
+            roles: ["loader", "embedder", "shard", "model", "session"].map(String::from).to_vec(),
             data_dir,
             embedder_dir: models_dir.join("all-MiniLM-L6-v2"),
             batch: BatchLimits::default(),
@@ -52,6 +55,7 @@ impl NodeConfig {
             model_path: Some(models_dir.join(DEFAULT_MODEL)),
             tp: 1,
             engine: EngineLimits::default(),
+            session_idle: std::time::Duration::from_secs(300),
         }
     }
 
@@ -75,6 +79,9 @@ pub enum NodeError {
     /// The model failed to load.
     #[error("model: {0}")]
     Model(#[from] ModelError),
+    /// Session storage failed to open.
+    #[error("sessions: {0}")]
+    Memory(#[from] MemoryError),
 }
 
 /// The running node.
@@ -89,6 +96,8 @@ pub struct Node {
     pub loader: Option<LoaderPool>,
     /// The model group, when the node has that role and a model.
     pub model: Option<Arc<ModelServing>>,
+    /// Session memory, when the node has the session role.
+    pub sessions: Option<SessionRegistry>,
 }
 
 impl Node {
@@ -121,7 +130,13 @@ impl Node {
             }
             _ => None,
         };
-        Ok(Arc::new(Self { config, embedder, shards, loader, model }))
+        let sessions = if config.has("session") {
+            std::fs::create_dir_all(&config.data_dir).map_err(|e| NodeError::Actor(e.to_string()))?;
+            Some(SessionRegistry::open(&config.data_dir.join("sessions.sled"), config.session_idle)?)
+        } else {
+            None
+        };
+        Ok(Arc::new(Self { config, embedder, shards, loader, model, sessions }))
     }
 
     /// Flushes shards and saves their indexes; stops the actors.
@@ -131,6 +146,9 @@ impl Node {
         }
         if let Some(e) = &self.embedder {
             e.stop();
+        }
+        if let Some(s) = &self.sessions {
+            s.shutdown().await;
         }
         info!("node stopped");
     }

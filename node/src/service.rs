@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use crate::index::ChunkRecord;
+use crate::memory::{MemoryError, SessionRegistry, SessionState};
 use crate::model::{ChatMessage, Event, ModelError, SamplingParams};
 
 /// The stream type of Generate.
@@ -62,6 +63,10 @@ impl NodeService {
             .max_encoding_message_size(max_message_bytes)
     }
 
+    fn sessions(&self) -> Result<&SessionRegistry, Status> {
+        self.node.sessions.as_ref().ok_or_else(|| Status::failed_precondition("this node has no session role"))
+    }
+
     fn shards(&self) -> Result<&crate::index::ShardRegistry, Status> {
         self.node.shards.as_ref().ok_or_else(|| Status::failed_precondition("this node has no shard role"))
     }
@@ -74,6 +79,29 @@ pub fn shard_status(e: ShardError) -> Status {
         ShardError::NotFound(_) => Status::not_found(e.to_string()),
         ShardError::Unavailable(_) => Status::unavailable(e.to_string()),
         ShardError::Storage(_) | ShardError::Corrupt(_) | ShardError::Ann(_) => Status::internal(e.to_string()),
+    }
+}
+
+/// Maps session errors onto gRPC codes.
+pub fn memory_status(e: MemoryError) -> Status {
+    match e {
+        MemoryError::Invalid(m) => Status::invalid_argument(m),
+        MemoryError::Unavailable(m) => Status::unavailable(m),
+        other => Status::internal(other.to_string()),
+    }
+}
+
+/// The wire form of a session's state.
+pub fn session_pb(s: SessionState) -> pb::SessionState {
+    pb::SessionState {
+        session: s.session,
+        messages: s
+            .messages
+            .into_iter()
+            .map(|m| pb::SessionMessage { role: m.role, content: m.content, seq: m.seq, unix_ms: m.unix_ms })
+            .collect(),
+        summary: s.summary,
+        summarized_upto: s.summarized_upto,
     }
 }
 
@@ -365,6 +393,78 @@ impl pb::node_server::Node for NodeService {
             vector_hits: res.vector.into_iter().map(hit_pb).collect(),
             bm25_hits: res.bm25.into_iter().map(hit_pb).collect(),
         }))
+    }
+
+    #[instrument(skip_all, name = "Node/CountTokens", fields(texts = req.get_ref().texts.len()))]
+    async fn count_tokens(
+        &self,
+        req: Request<pb::CountTokensRequest>,
+    ) -> Result<Response<pb::CountTokensResponse>, Status> {
+        let model = self.node.model.clone().ok_or_else(|| Status::failed_precondition("no model is loaded on this node"))?;
+        let texts = req.into_inner().texts;
+        let counts = tokio::task::spawn_blocking(move || {
+            texts
+                .iter()
+                .map(|t| model.group().tokenizer().encode(t).map(|ids| ids.len() as u32))
+                .collect::<Result<Vec<_>, _>>()
+                .map(|counts| (counts, model.group().context_length() as u32))
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(model_status)?;
+        Ok(Response::new(pb::CountTokensResponse { counts: counts.0, context_length: counts.1 }))
+    }
+
+    #[instrument(skip_all, name = "Node/SessionLoad")]
+    async fn session_load(&self, req: Request<pb::GetSessionRequest>) -> Result<Response<pb::SessionState>, Status> {
+        let state = self.sessions()?.load(&req.into_inner().session).await.map_err(memory_status)?;
+        Ok(Response::new(session_pb(state)))
+    }
+
+    #[instrument(skip_all, name = "Node/SessionAppend", fields(messages = req.get_ref().messages.len()))]
+    async fn session_append(
+        &self,
+        req: Request<pb::SessionAppendRequest>,
+    ) -> Result<Response<pb::SessionState>, Status> {
+        let req = req.into_inner();
+        let messages = req.messages.into_iter().map(|m| ChatMessage { role: m.role, content: m.content }).collect();
+        let state = self.sessions()?.append(&req.session, messages).await.map_err(memory_status)?;
+        Ok(Response::new(session_pb(state)))
+    }
+
+    #[instrument(skip_all, name = "Node/SessionSummarize")]
+    async fn session_summarize(
+        &self,
+        req: Request<pb::SessionSummaryRequest>,
+    ) -> Result<Response<pb::SessionState>, Status> {
+        let req = req.into_inner();
+        let state =
+            self.sessions()?.summarize(&req.session, req.summary, req.summarized_upto).await.map_err(memory_status)?;
+        Ok(Response::new(session_pb(state)))
+    }
+
+    #[instrument(skip_all, name = "Node/SessionList")]
+    async fn session_list(
+        &self,
+        _req: Request<pb::ListSessionsRequest>,
+    ) -> Result<Response<pb::ListSessionsResponse>, Status> {
+        let sessions = self
+            .sessions()?
+            .list()
+            .map_err(memory_status)?
+            .into_iter()
+            .map(|i| pb::SessionInfo { session: i.session, messages: i.messages, updated_unix_ms: i.updated_unix_ms })
+            .collect();
+        Ok(Response::new(pb::ListSessionsResponse { sessions }))
+    }
+
+    #[instrument(skip_all, name = "Node/SessionClear")]
+    async fn session_clear(
+        &self,
+        req: Request<pb::ClearSessionRequest>,
+    ) -> Result<Response<pb::ClearSessionResponse>, Status> {
+        let messages = self.sessions()?.clear(&req.into_inner().session).await.map_err(memory_status)?;
+        Ok(Response::new(pb::ClearSessionResponse { cleared: messages > 0, messages }))
     }
 
     #[instrument(skip_all, name = "Node/GetShardStats")]

@@ -1,0 +1,37 @@
+//! Session memory: the conversation history of each chat session.
+//!
+//! History is stored in sled ([`SessionStore`]) and owned, while a session is
+//! live, by one [`SessionActor`], so appends to one session are applied in
+//! order and every turn is durable before the caller is answered. A
+//! [`SessionRegistry`] spawns actors on demand and passivates idle ones.
+//! Which part of a history goes into a prompt is a [`MemoryKind`] (buffer,
+//! window, token budget, summary), a pure policy the RAG chain applies.
+
+mod actor;
+mod policy;
+mod registry;
+mod store;
+
+pub use actor::{SessionActor, SessionMsg};
+pub use policy::{select, summary_due, MemoryKind, MemoryView, SummaryWork};
+pub use registry::SessionRegistry;
+pub use store::{validate_session_id, SessionInfo, SessionState, SessionStore, StoredMessage};
+
+use thiserror::Error;
+
+/// Why a session operation failed.
+#[derive(Debug, Error)]
+pub enum MemoryError {
+    /// Bad session id, role or content.
+    #[error("{0}")]
+    Invalid(String),
+    /// sled failed.
+    #[error("session storage: {0}")]
+    Storage(#[from] sled::Error),
+    /// A stored record could not be read back.
+    #[error("session storage is corrupt: {0}")]
+    Corrupt(String),
+    /// The session's actor could not be reached.
+    #[error("session actor unavailable: {0}")]
+    Unavailable(String),
+}

@@ -1,0 +1,277 @@
+//! Durable session history on sled.
+//!
+//! Two trees: `session.messages` keyed by `session id, 0x00, seq (u64 big
+//! endian)` so a prefix scan returns a session's messages oldest first, and
+//! `session.meta` keyed by session id with the counters and the summary. An
+//! append writes both in one sled transaction and is flushed before it
+//! returns, so an acknowledged turn survives a crash.
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+
+use super::MemoryError;
+use crate::model::ChatMessage;
+
+const MESSAGES: &str = "session.messages";
+const META: &str = "session.meta";
+/// Longest session id, in bytes.
+pub const MAX_SESSION_ID_BYTES: usize = 256;
+
+/// One stored message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredMessage {
+    /// Position in the session, from 1.
+    pub seq: u64,
+    /// "system", "user" or "assistant".
+    pub role: String,
+    /// The text.
+    pub content: String,
+    /// When it was stored.
+    pub unix_ms: i64,
+}
+
+/// A session's stored state.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SessionState {
+    /// Session id.
+    pub session: String,
+    /// All messages, oldest first.
+    pub messages: Vec<StoredMessage>,
+    /// Model-written summary of the messages with `seq <= summarized_upto`.
+    pub summary: String,
+    /// See `summary`; 0 when nothing is summarised.
+    pub summarized_upto: u64,
+}
+
+/// A line of the session list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionInfo {
+    /// Session id.
+    pub session: String,
+    /// Stored messages.
+    pub messages: u64,
+    /// Last append.
+    pub updated_unix_ms: i64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Meta {
+    next_seq: u64,
+    messages: u64,
+    summary: String,
+    summarized_upto: u64,
+    updated_unix_ms: i64,
+}
+
+/// Session ids are any UTF-8 text without control characters, 1 to 256 bytes.
+pub fn validate_session_id(id: &str) -> Result<(), MemoryError> {
+    if id.is_empty() || id.len() > MAX_SESSION_ID_BYTES {
+        return Err(MemoryError::Invalid(format!("session id must be 1 to {MAX_SESSION_ID_BYTES} bytes")));
+    }
+    if id.chars().any(char::is_control) {
+        return Err(MemoryError::Invalid("session id must not contain control characters".into()));
+    }
+    Ok(())
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+fn message_key(session: &str, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(session.len() + 9);
+    k.extend_from_slice(session.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn prefix(session: &str) -> Vec<u8> {
+    let mut k = session.as_bytes().to_vec();
+    k.push(0);
+    k
+}
+
+fn corrupt(e: impl std::fmt::Display) -> MemoryError {
+    MemoryError::Corrupt(e.to_string())
+}
+
+/// See the module documentation.
+#[derive(Clone)]
+pub struct SessionStore {
+    db: sled::Db,
+    messages: sled::Tree,
+    meta: sled::Tree,
+}
+
+impl SessionStore {
+    /// Opens (creating) the session database at `path`.
+    pub fn open(path: &std::path::Path) -> Result<Self, MemoryError> {
+        let db = sled::open(path)?;
+        Ok(Self { messages: db.open_tree(MESSAGES)?, meta: db.open_tree(META)?, db })
+    }
+
+    fn meta_of(&self, session: &str) -> Result<Option<Meta>, MemoryError> {
+        match self.meta.get(session.as_bytes())? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v).map_err(corrupt)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The session's state; empty (no messages) when it is unknown.
+    pub fn load(&self, session: &str) -> Result<SessionState, MemoryError> {
+        validate_session_id(session)?;
+        let meta = self.meta_of(session)?.unwrap_or_default();
+        let mut messages = Vec::new();
+        for item in self.messages.scan_prefix(prefix(session)) {
+            let (_, v) = item?;
+            messages.push(serde_json::from_slice::<StoredMessage>(&v).map_err(corrupt)?);
+        }
+        Ok(SessionState {
+            session: session.to_string(),
+            messages,
+            summary: meta.summary,
+            summarized_upto: meta.summarized_upto,
+        })
+    }
+
+    /// Appends messages atomically and flushes; returns the stored records.
+    pub async fn append(&self, session: &str, new: &[ChatMessage]) -> Result<Vec<StoredMessage>, MemoryError> {
+        validate_session_id(session)?;
+        if let Some(bad) = new.iter().find(|m| !matches!(m.role.as_str(), "system" | "user" | "assistant")) {
+            return Err(MemoryError::Invalid(format!(
+                "unknown message role '{}' (use system, user or assistant)",
+                bad.role
+            )));
+        }
+        let now = now_ms();
+        let result = (&self.messages, &self.meta).transaction(|(messages, meta)| {
+            let mut m: Meta = match meta.get(session.as_bytes())? {
+                Some(v) => serde_json::from_slice(&v)
+                    .map_err(|e| ConflictableTransactionError::Abort(MemoryError::Corrupt(e.to_string())))?,
+                None => Meta::default(),
+            };
+            let mut stored = Vec::with_capacity(new.len());
+            for msg in new {
+                m.next_seq += 1;
+                let record =
+                    StoredMessage { seq: m.next_seq, role: msg.role.clone(), content: msg.content.clone(), unix_ms: now };
+                let bytes = serde_json::to_vec(&record)
+                    .map_err(|e| ConflictableTransactionError::Abort(MemoryError::Corrupt(e.to_string())))?;
+                messages.insert(message_key(session, record.seq), bytes)?;
+                stored.push(record);
+            }
+            m.messages += new.len() as u64;
+            m.updated_unix_ms = now;
+            let bytes = serde_json::to_vec(&m)
+                .map_err(|e| ConflictableTransactionError::Abort(MemoryError::Corrupt(e.to_string())))?;
+            meta.insert(session.as_bytes(), bytes)?;
+            Ok(stored)
+        });
+        let stored = match result {
+            Ok(s) => s,
+            Err(TransactionError::Abort(e)) => return Err(e),
+            Err(TransactionError::Storage(e)) => return Err(e.into()),
+        };
+        self.db.flush_async().await?;
+        Ok(stored)
+    }
+
+    /// Records a summary of the messages up to `upto`; flushed before it returns.
+    /// A summary older than the stored one is ignored (summaries may race).
+    pub async fn set_summary(&self, session: &str, summary: &str, upto: u64) -> Result<(), MemoryError> {
+        validate_session_id(session)?;
+        let mut meta = self
+            .meta_of(session)?
+            .ok_or_else(|| MemoryError::Invalid(format!("session '{session}' has no messages to summarise")))?;
+        if upto > meta.next_seq {
+            return Err(MemoryError::Invalid(format!("summarized_upto {upto} is past the last message")));
+        }
+        if upto <= meta.summarized_upto {
+            return Ok(());
+        }
+        meta.summary = summary.to_string();
+        meta.summarized_upto = upto;
+        self.meta.insert(session.as_bytes(), serde_json::to_vec(&meta).map_err(corrupt)?)?;
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Removes a session; returns how many messages it had.
+    pub async fn clear(&self, session: &str) -> Result<u64, MemoryError> {
+        validate_session_id(session)?;
+        let mut removed = 0;
+        let mut batch = sled::Batch::default();
+        for item in self.messages.scan_prefix(prefix(session)).keys() {
+            batch.remove(item?);
+            removed += 1;
+        }
+        self.messages.apply_batch(batch)?;
+        self.meta.remove(session.as_bytes())?;
+        self.db.flush_async().await?;
+        Ok(removed)
+    }
+
+    /// Every stored session, by id.
+    pub fn list(&self) -> Result<Vec<SessionInfo>, MemoryError> {
+        let mut out = Vec::new();
+        for item in self.meta.iter() {
+            let (k, v) = item?;
+            let meta: Meta = serde_json::from_slice(&v).map_err(corrupt)?;
+            out.push(SessionInfo {
+                session: String::from_utf8_lossy(&k).into_owned(),
+                messages: meta.messages,
+                updated_unix_ms: meta.updated_unix_ms,
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(role: &str, content: &str) -> ChatMessage {
+        ChatMessage { role: role.into(), content: content.into() }
+    }
+
+    #[tokio::test]
+    async fn appends_survive_reopen_in_order_and_sessions_stay_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sled");
+        {
+            let store = SessionStore::open(&path).unwrap();
+            store.append("alice", &[msg("user", "你好"), msg("assistant", "hi")]).await.unwrap();
+            store.append("alice-2", &[msg("user", "other")]).await.unwrap();
+            store.append("alice", &[msg("user", "again")]).await.unwrap();
+            store.set_summary("alice", "greetings", 2).await.unwrap();
+        }
+        let store = SessionStore::open(&path).unwrap();
+        let s = store.load("alice").unwrap();
+        let texts: Vec<_> = s.messages.iter().map(|m| (m.seq, m.content.as_str())).collect();
+        assert_eq!(texts, vec![(1, "你好"), (2, "hi"), (3, "again")]);
+        assert_eq!((s.summary.as_str(), s.summarized_upto), ("greetings", 2));
+        assert_eq!(store.load("alice-2").unwrap().messages.len(), 1);
+        let list = store.list().unwrap();
+        assert_eq!(list.iter().map(|i| (i.session.as_str(), i.messages)).collect::<Vec<_>>(), vec![("alice", 3), ("alice-2", 1)]);
+        assert_eq!(store.clear("alice").await.unwrap(), 3);
+        assert!(store.load("alice").unwrap().messages.is_empty());
+        assert_eq!(store.load("alice-2").unwrap().messages.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn bad_input_is_refused_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SessionStore::open(&dir.path().join("s.sled")).unwrap();
+        store.append("a", &[msg("user", "x")]).await.unwrap();
+        assert!(store.append("a", &[msg("user", "y"), msg("robot", "z")]).await.is_err());
+        assert!(store.append("", &[msg("user", "y")]).await.is_err());
+        assert!(store.append("a\nb", &[msg("user", "y")]).await.is_err());
+        assert!(store.set_summary("a", "s", 9).await.is_err());
+        assert!(store.set_summary("nobody", "s", 1).await.is_err());
+        assert_eq!(store.load("a").unwrap().messages.len(), 1);
+    }
+}
