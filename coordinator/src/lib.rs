@@ -6,6 +6,7 @@
 //! fusion, MMR). In `tessera up` the nodes it talks to is its own process.
 
 pub mod catalog;
+pub mod chain;
 pub mod merge;
 pub mod nodes;
 pub mod service;

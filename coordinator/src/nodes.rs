@@ -53,11 +53,55 @@ impl NodeSet {
         self.nodes.get(shard as usize % self.nodes.len())
     }
 
+    /// The node that owns a session: rendezvous (highest random weight) hashing of
+    /// the session id over node ids, so a session keeps its node while that node
+    /// exists, and only the sessions of a node that leaves move.
+    pub fn for_session(&self, session: &str) -> Option<&NodeRef> {
+        self.nodes.iter().max_by_key(|n| rendezvous_weight(&n.id, session))
+    }
+
     /// A node for loading and embedding work, spread by a caller-chosen number.
     pub fn for_work(&self, n: usize) -> Option<&NodeRef> {
         if self.nodes.is_empty() {
             return None;
         }
         self.nodes.get(n % self.nodes.len())
+    }
+}
+
+/// FNV-1a over `node 0xff key`, finished with a 64-bit mix so that similar ids
+/// spread well.
+fn rendezvous_weight(node: &str, key: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in node.as_bytes().iter().chain([0xffu8].iter()).chain(key.as_bytes()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn sessions_spread_over_nodes_and_only_a_leaving_nodes_sessions_move() {
+        let urls = |ids: &[&str]| ids.iter().map(|i| (i.to_string(), format!("http://127.0.0.1:1/{i}"))).collect::<Vec<_>>();
+        let three = NodeSet::connect_lazy(&urls(&["n1", "n2", "n3"]), 1024).unwrap();
+        let two = NodeSet::connect_lazy(&urls(&["n1", "n3"]), 1024).unwrap();
+        let mut per_node = std::collections::HashMap::new();
+        for i in 0..300 {
+            let s = format!("session-{i}");
+            let before = three.for_session(&s).unwrap().id.clone();
+            let after = two.for_session(&s).unwrap().id.clone();
+            if before != "n2" {
+                assert_eq!(before, after, "{s} moved although its node stayed");
+            }
+            *per_node.entry(before).or_insert(0) += 1;
+        }
+        assert!(per_node.values().all(|&n| n > 60), "{per_node:?}");
     }
 }

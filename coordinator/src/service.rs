@@ -11,6 +11,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::{info, instrument};
 
+use tessera_node::memory::{validate_session_id, MemoryKind, SessionState, StoredMessage};
+
+use crate::chain::PromptLibrary;
 use crate::catalog::{shard_for, validate_name, Catalog, CatalogError, CollectionMeta};
 use crate::merge::{merge_top_k, mmr, reciprocal_rank_fusion, Scored};
 use crate::nodes::{NodeRef, NodeSet};
@@ -34,6 +37,18 @@ pub struct CoordinatorConfig {
     pub max_embed_texts: usize,
     /// Largest prompt (or sum of chat message contents) of Generate, in bytes.
     pub max_prompt_bytes: usize,
+    /// Largest question of Ask, in bytes.
+    pub max_question_bytes: usize,
+    /// Chunks retrieved for Ask when the request does not say.
+    pub ask_top_k: u32,
+    /// Largest `max_tokens` of an Ask answer.
+    pub max_answer_tokens: u32,
+    /// Memory kind of sessions when the request does not say.
+    pub default_memory: MemoryKind,
+    /// History messages shown to the question-condensing step.
+    pub condense_history_messages: usize,
+    /// Length of a session summary, in tokens.
+    pub summary_max_tokens: u32,
 }
 
 impl Default for CoordinatorConfig {
@@ -47,6 +62,12 @@ impl Default for CoordinatorConfig {
             embed_parallelism: 4,
             max_embed_texts: 1024,
             max_prompt_bytes: 256 * 1024,
+            max_question_bytes: 8 * 1024,
+            ask_top_k: 4,
+            max_answer_tokens: 4096,
+            default_memory: MemoryKind::Window { turns: 4 },
+            condense_history_messages: 4,
+            summary_max_tokens: 160,
         }
     }
 }
@@ -54,10 +75,11 @@ impl Default for CoordinatorConfig {
 /// See the module documentation.
 #[derive(Clone)]
 pub struct Coordinator {
-    config: CoordinatorConfig,
+    pub(crate) config: CoordinatorConfig,
     catalog: Catalog,
     nodes: NodeSet,
     create_lock: Arc<Mutex<()>>,
+    pub(crate) prompts: Arc<PromptLibrary>,
 }
 
 fn catalog_status(e: CatalogError) -> Status {
@@ -66,6 +88,19 @@ fn catalog_status(e: CatalogError) -> Status {
 
 fn node_status(node: &NodeRef, s: Status) -> Status {
     Status::new(s.code(), format!("node {}: {}", node.id, s.message()))
+}
+
+fn session_from_pb(s: pb::SessionState) -> SessionState {
+    SessionState {
+        session: s.session,
+        messages: s
+            .messages
+            .into_iter()
+            .map(|m| StoredMessage { seq: m.seq, role: m.role, content: m.content, unix_ms: m.unix_ms })
+            .collect(),
+        summary: s.summary,
+        summarized_upto: s.summarized_upto,
+    }
 }
 
 fn to_scored(h: pb::ShardHit) -> Option<Scored> {
@@ -96,7 +131,97 @@ fn info_pb(meta: &CollectionMeta, chunks: u64, documents: u64) -> pb::Collection
 impl Coordinator {
     /// A coordinator over `nodes`, keeping its catalog in `catalog`.
     pub fn new(config: CoordinatorConfig, catalog: Catalog, nodes: NodeSet) -> Self {
-        Self { config, catalog, nodes, create_lock: Arc::default() }
+        Self::with_prompts(config, catalog, nodes, PromptLibrary::with_defaults())
+    }
+
+    /// As [`Coordinator::new`], with a template library (defaults plus user templates).
+    pub fn with_prompts(config: CoordinatorConfig, catalog: Catalog, nodes: NodeSet, prompts: PromptLibrary) -> Self {
+        Self { config, catalog, nodes, create_lock: Arc::default(), prompts: Arc::new(prompts) }
+    }
+
+    /// Limits and defaults in force.
+    pub fn config(&self) -> &CoordinatorConfig {
+        &self.config
+    }
+
+    /// The template library.
+    pub fn prompts(&self) -> &PromptLibrary {
+        &self.prompts
+    }
+
+    /// Information on the node that serves the model (name, context length).
+    pub async fn model_info(&self) -> Result<Option<pb::ModelInfo>, Status> {
+        let node = self.work_node(0)?;
+        let info = node.client.clone().info(pb::NodeInfoRequest {}).await.map_err(|s| node_status(node, s))?;
+        Ok(info.into_inner().model)
+    }
+
+    pub(crate) fn session_node(&self, session: &str) -> Result<&NodeRef, Status> {
+        self.nodes.for_session(session).ok_or_else(|| Status::unavailable("no session node is available"))
+    }
+
+    pub(crate) async fn session_load(&self, session: &str) -> Result<SessionState, Status> {
+        let node = self.session_node(session)?;
+        let s = node
+            .client
+            .clone()
+            .session_load(pb::GetSessionRequest { session: session.to_string() })
+            .await
+            .map_err(|s| node_status(node, s))?
+            .into_inner();
+        Ok(session_from_pb(s))
+    }
+
+    pub(crate) async fn session_append(
+        &self,
+        session: &str,
+        messages: Vec<pb::ChatMessage>,
+    ) -> Result<SessionState, Status> {
+        let node = self.session_node(session)?;
+        let s = node
+            .client
+            .clone()
+            .session_append(pb::SessionAppendRequest { session: session.to_string(), messages })
+            .await
+            .map_err(|s| node_status(node, s))?
+            .into_inner();
+        Ok(session_from_pb(s))
+    }
+
+    /// Token counts of texts (as chat prompts with `chat`) and the model's context length.
+    pub(crate) async fn count_tokens(&self, texts: Vec<String>, chat: bool) -> Result<(Vec<usize>, Vec<u32>), Status> {
+        if texts.is_empty() && !chat {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let node = self.work_node(0)?;
+        let r = node
+            .client
+            .clone()
+            .count_tokens(pb::CountTokensRequest { texts, chat })
+            .await
+            .map_err(|s| node_status(node, s))?
+            .into_inner();
+        Ok((r.counts.into_iter().map(|c| c as usize).collect(), vec![r.context_length]))
+    }
+
+    /// The model node's token stream for a generation request.
+    pub async fn model_stream(&self, req: pb::GenerateRequest) -> Result<tonic::Streaming<pb::GenerateChunk>, Status> {
+        let node = self.work_node(0)?;
+        Ok(node.client.clone().generate(req).await.map_err(|s| node_status(node, s))?.into_inner())
+    }
+
+    /// A whole greedy generation (chains' internal steps).
+    pub(crate) async fn generate_text(&self, prompt: String, max_tokens: u32) -> Result<(String, String), Status> {
+        let req = pb::GenerateRequest { prompt, max_tokens, temperature: Some(0.0), ..Default::default() };
+        let mut stream = self.model_stream(req).await?;
+        let mut text = String::new();
+        while let Some(chunk) = stream.message().await? {
+            text.push_str(&chunk.text);
+            if !chunk.finish_reason.is_empty() {
+                return Ok((text, chunk.finish_reason));
+            }
+        }
+        Ok((text, String::new()))
     }
 
     /// The tonic server for this service.
@@ -114,7 +239,7 @@ impl Coordinator {
         self.nodes.for_work(n).ok_or_else(|| Status::unavailable("no node is available"))
     }
 
-    fn collection(&self, name: &str) -> Result<CollectionMeta, Status> {
+    pub(crate) fn collection(&self, name: &str) -> Result<CollectionMeta, Status> {
         validate_name(name).map_err(Status::invalid_argument)?;
         self.catalog
             .get(name)
@@ -219,9 +344,82 @@ impl Coordinator {
         try_join_all(writes).await
     }
 
+    /// Search after validation: fan out to every shard, merge, fuse, re-rank.
+    /// `query_vector` skips the embedding step when the caller has one.
+    pub(crate) async fn search_hits(
+        &self,
+        req: &pb::SearchRequest,
+        meta: &CollectionMeta,
+        query_vector: Option<Vec<f32>>,
+    ) -> Result<Vec<Scored>, Status> {
+        let max = self.config.max_top_k;
+        let lambda = if req.mmr_lambda == 0.0 { 0.5 } else { req.mmr_lambda };
+        let mode = pb::SearchMode::try_from(req.mode)
+            .map_err(|_| Status::invalid_argument(format!("unknown search mode {}", req.mode)))?;
+        let mode = if mode == pb::SearchMode::Unspecified { pb::SearchMode::Vector } else { mode };
+        let wants_vector = matches!(mode, pb::SearchMode::Vector | pb::SearchMode::Hybrid) || req.mmr;
+        let query_vector = match query_vector {
+            Some(v) => v,
+            None if wants_vector => {
+                self.embed_texts(vec![req.query.clone()]).await?.vectors.pop().map(|v| v.values).unwrap_or_default()
+            }
+            None => Vec::new(),
+        };
+        let top_k = req.top_k as usize;
+        let fetch = if req.mmr {
+            (if req.fetch_k == 0 { 4 * req.top_k } else { req.fetch_k.max(req.top_k) }).min(max)
+        } else {
+            req.top_k
+        };
+        // MMR needs vector candidates, whatever the mode asks for first.
+        let shard_mode = if req.mmr && mode == pb::SearchMode::Bm25 { pb::SearchMode::Hybrid } else { mode };
+
+        let searches = (0..meta.shards).map(|shard| {
+            let request = pb::ShardSearchRequest {
+                shard: Some(pb::ShardRef { collection: meta.name.clone(), shard }),
+                vector: query_vector.clone(),
+                query: req.query.clone(),
+                top_k: fetch,
+                filter: req.filter.clone(),
+                mode: shard_mode as i32,
+                with_vectors: req.mmr,
+            };
+            async move {
+                let node = self.node_for_shard(shard)?;
+                let resp = node.client.clone().shard_search(request).await.map_err(|s| node_status(node, s))?;
+                Ok::<_, Status>(resp.into_inner())
+            }
+        });
+        let per_shard = try_join_all(searches).await?;
+        let mut vector_lists = Vec::new();
+        let mut bm25_lists = Vec::new();
+        for r in per_shard {
+            vector_lists.push(r.vector_hits.into_iter().filter_map(to_scored).collect::<Vec<_>>());
+            bm25_lists.push(r.bm25_hits.into_iter().filter_map(to_scored).collect::<Vec<_>>());
+        }
+        let fetch = fetch as usize;
+        let mut hits = match mode {
+            pb::SearchMode::Bm25 => merge_top_k(bm25_lists, fetch),
+            pb::SearchMode::Hybrid => {
+                let v = merge_top_k(vector_lists, fetch);
+                let b = merge_top_k(bm25_lists, fetch);
+                reciprocal_rank_fusion(&[v, b], fetch)
+            }
+            _ => merge_top_k(vector_lists, fetch),
+        };
+        if let Some(min) = req.min_score {
+            hits.retain(|h| h.score >= min);
+        }
+        if req.mmr {
+            hits = mmr(&query_vector, hits, top_k, lambda);
+        }
+        hits.truncate(top_k);
+        Ok(hits)
+    }
+
     /// Embeds texts over the nodes, in parallel batches, keeping order; the answer
     /// also carries the embedder's dimension and model name.
-    async fn embed_texts(&self, texts: Vec<String>) -> Result<pb::EmbedResponse, Status> {
+    pub(crate) async fn embed_texts(&self, texts: Vec<String>) -> Result<pb::EmbedResponse, Status> {
         let batches: Vec<Vec<String>> = texts.chunks(self.config.embed_batch.max(1)).map(|c| c.to_vec()).collect();
         let results: Vec<pb::EmbedResponse> =
             stream::iter(batches.into_iter().enumerate().map(|(i, batch)| async move {
@@ -249,10 +447,71 @@ impl Coordinator {
 
 /// The stream type of Generate.
 pub type GenerateStream = Pin<Box<dyn futures::Stream<Item = Result<pb::GenerateChunk, Status>> + Send>>;
+/// The stream type of Ask.
+pub type AskStream = Pin<Box<dyn futures::Stream<Item = Result<pb::AskChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl pb::tessera_server::Tessera for Coordinator {
     type GenerateStream = GenerateStream;
+    type AskStream = AskStream;
+
+    #[instrument(skip_all, name = "Tessera/Ask", fields(collection = %req.get_ref().collection, session = %req.get_ref().session))]
+    async fn ask(&self, req: Request<pb::AskRequest>) -> Result<Response<AskStream>, Status> {
+        let rx = Coordinator::ask(self, req.into_inner()).await?;
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    #[instrument(skip_all, name = "Tessera/ListSessions")]
+    async fn list_sessions(
+        &self,
+        _req: Request<pb::ListSessionsRequest>,
+    ) -> Result<Response<pb::ListSessionsResponse>, Status> {
+        let mut sessions = Vec::new();
+        for node in self.nodes.all() {
+            match node.client.clone().session_list(pb::ListSessionsRequest {}).await {
+                Ok(r) => sessions.extend(r.into_inner().sessions),
+                Err(s) if s.code() == tonic::Code::FailedPrecondition => {} // no session role
+                Err(s) => return Err(node_status(node, s)),
+            }
+        }
+        sessions.sort_by(|a, b| a.session.cmp(&b.session));
+        Ok(Response::new(pb::ListSessionsResponse { sessions }))
+    }
+
+    #[instrument(skip_all, name = "Tessera/GetSession", fields(session = %req.get_ref().session))]
+    async fn get_session(&self, req: Request<pb::GetSessionRequest>) -> Result<Response<pb::SessionState>, Status> {
+        let session = req.into_inner().session;
+        validate_session_id(&session).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let node = self.session_node(&session)?;
+        let state = node
+            .client
+            .clone()
+            .session_load(pb::GetSessionRequest { session: session.clone() })
+            .await
+            .map_err(|s| node_status(node, s))?
+            .into_inner();
+        if state.messages.is_empty() {
+            return Err(Status::not_found(format!("session '{session}' does not exist")));
+        }
+        Ok(Response::new(state))
+    }
+
+    #[instrument(skip_all, name = "Tessera/ClearSession", fields(session = %req.get_ref().session))]
+    async fn clear_session(
+        &self,
+        req: Request<pb::ClearSessionRequest>,
+    ) -> Result<Response<pb::ClearSessionResponse>, Status> {
+        let session = req.into_inner().session;
+        validate_session_id(&session).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let node = self.session_node(&session)?;
+        let r = node
+            .client
+            .clone()
+            .session_clear(pb::ClearSessionRequest { session })
+            .await
+            .map_err(|s| node_status(node, s))?;
+        Ok(Response::new(r.into_inner()))
+    }
 
     #[instrument(skip_all, name = "Tessera/Generate", fields(max_tokens = req.get_ref().max_tokens))]
     async fn generate(&self, req: Request<pb::GenerateRequest>) -> Result<Response<GenerateStream>, Status> {
@@ -434,64 +693,7 @@ impl pb::tessera_server::Tessera for Coordinator {
             return Err(Status::invalid_argument("each filter condition needs a key and at least one value"));
         }
         let meta = self.collection(&req.collection)?;
-        let mode = pb::SearchMode::try_from(req.mode)
-            .map_err(|_| Status::invalid_argument(format!("unknown search mode {}", req.mode)))?;
-        let mode = if mode == pb::SearchMode::Unspecified { pb::SearchMode::Vector } else { mode };
-        let wants_vector = matches!(mode, pb::SearchMode::Vector | pb::SearchMode::Hybrid) || req.mmr;
-        let query_vector = if wants_vector {
-            self.embed_texts(vec![req.query.clone()]).await?.vectors.pop().map(|v| v.values).unwrap_or_default()
-        } else {
-            Vec::new()
-        };
-        let top_k = req.top_k as usize;
-        let fetch = if req.mmr {
-            (if req.fetch_k == 0 { 4 * req.top_k } else { req.fetch_k.max(req.top_k) }).min(max)
-        } else {
-            req.top_k
-        };
-        // MMR needs vector candidates, whatever the mode asks for first.
-        let shard_mode = if req.mmr && mode == pb::SearchMode::Bm25 { pb::SearchMode::Hybrid } else { mode };
-
-        let searches = (0..meta.shards).map(|shard| {
-            let request = pb::ShardSearchRequest {
-                shard: Some(pb::ShardRef { collection: meta.name.clone(), shard }),
-                vector: query_vector.clone(),
-                query: req.query.clone(),
-                top_k: fetch,
-                filter: req.filter.clone(),
-                mode: shard_mode as i32,
-                with_vectors: req.mmr,
-            };
-            async move {
-                let node = self.node_for_shard(shard)?;
-                let resp = node.client.clone().shard_search(request).await.map_err(|s| node_status(node, s))?;
-                Ok::<_, Status>(resp.into_inner())
-            }
-        });
-        let per_shard = try_join_all(searches).await?;
-        let mut vector_lists = Vec::new();
-        let mut bm25_lists = Vec::new();
-        for r in per_shard {
-            vector_lists.push(r.vector_hits.into_iter().filter_map(to_scored).collect::<Vec<_>>());
-            bm25_lists.push(r.bm25_hits.into_iter().filter_map(to_scored).collect::<Vec<_>>());
-        }
-        let fetch = fetch as usize;
-        let mut hits = match mode {
-            pb::SearchMode::Bm25 => merge_top_k(bm25_lists, fetch),
-            pb::SearchMode::Hybrid => {
-                let v = merge_top_k(vector_lists, fetch);
-                let b = merge_top_k(bm25_lists, fetch);
-                reciprocal_rank_fusion(&[v, b], fetch)
-            }
-            _ => merge_top_k(vector_lists, fetch),
-        };
-        if let Some(min) = req.min_score {
-            hits.retain(|h| h.score >= min);
-        }
-        if req.mmr {
-            hits = mmr(&query_vector, hits, top_k, lambda);
-        }
-        hits.truncate(top_k);
+        let hits = self.search_hits(&req, &meta, None).await?;
         let hits = hits
             .into_iter()
             .map(|h| pb::Hit {

@@ -401,11 +401,15 @@ impl pb::node_server::Node for NodeService {
         req: Request<pb::CountTokensRequest>,
     ) -> Result<Response<pb::CountTokensResponse>, Status> {
         let model = self.node.model.clone().ok_or_else(|| Status::failed_precondition("no model is loaded on this node"))?;
-        let texts = req.into_inner().texts;
+        let req = req.into_inner();
+        let (texts, chat) = (req.texts, req.chat);
         let counts = tokio::task::spawn_blocking(move || {
             texts
                 .iter()
-                .map(|t| model.group().tokenizer().encode(t).map(|ids| ids.len() as u32))
+                .map(|t| {
+                    let ids = if chat { model.prompt_ids(t, &[], false) } else { model.group().tokenizer().encode(t) };
+                    ids.map(|ids| ids.len() as u32)
+                })
                 .collect::<Result<Vec<_>, _>>()
                 .map(|counts| (counts, model.group().context_length() as u32))
         })
