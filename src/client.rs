@@ -14,7 +14,7 @@ use crate::{CollectionsCmd, DeleteArgs, GenerateArgs, IngestArgs, Mode, SearchAr
 const FILES_PER_REQUEST: usize = 32;
 const BYTES_PER_REQUEST: usize = 16 * 1024 * 1024;
 
-async fn connect(url: &str) -> anyhow::Result<TesseraClient<Channel>> {
+pub(crate) async fn connect(url: &str) -> anyhow::Result<TesseraClient<Channel>> {
     let client = TesseraClient::connect(url.to_string()).await.with_context(|| {
         format!("cannot reach the Tessera server at {url} (is `tessera up` running? set --server or TESSERA_SERVER)")
     })?;
@@ -22,7 +22,7 @@ async fn connect(url: &str) -> anyhow::Result<TesseraClient<Channel>> {
 }
 
 /// Turns a gRPC status into a one-line error.
-fn rpc<T>(r: Result<tonic::Response<T>, tonic::Status>) -> anyhow::Result<T> {
+pub(crate) fn rpc<T>(r: Result<tonic::Response<T>, tonic::Status>) -> anyhow::Result<T> {
     match r {
         Ok(r) => Ok(r.into_inner()),
         Err(s) => bail!("{:?}: {}", s.code(), s.message()),
@@ -136,7 +136,7 @@ pub async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
 }
 
 /// `KEY=VALUE` pairs, grouped by key into one-of conditions.
-fn parse_filters(filters: &[String]) -> anyhow::Result<Option<pb::Filter>> {
+pub(crate) fn parse_filters(filters: &[String]) -> anyhow::Result<Option<pb::Filter>> {
     if filters.is_empty() {
         return Ok(None);
     }

@@ -1,4 +1,5 @@
 //! `tessera`: one binary for the server roles and the command-line client.
+mod ask;
 mod client;
 mod server;
 mod walk;
@@ -31,14 +32,21 @@ enum Command {
     Search(SearchArgs),
     /// Generate text with the model, streamed to stdout (usage to stderr).
     Generate(GenerateArgs),
+    /// Ask a question over a collection (retrieval + model), with session memory.
+    Ask(ask::AskArgs),
+    /// Interactive ask loop over one session (/clear, /history, /exit).
+    Chat(ask::ChatArgs),
+    /// List, show and clear chat sessions.
+    #[command(subcommand)]
+    Sessions(ask::SessionsCmd),
 }
 
 /// Where the client sends requests.
 #[derive(Args, Debug, Clone)]
-struct ServerArg {
+pub(crate) struct ServerArg {
     /// Coordinator gRPC URL.
     #[arg(long, env = "TESSERA_SERVER", default_value = "http://127.0.0.1:50051", global = true)]
-    server: String,
+    pub(crate) server: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -107,7 +115,7 @@ struct DeleteArgs {
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy)]
-enum Mode {
+pub(crate) enum Mode {
     Vector,
     Bm25,
     Hybrid,
@@ -197,6 +205,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Delete(args) => client::delete(args).await,
             Command::Search(args) => client::search(args).await,
             Command::Generate(args) => client::generate(args).await,
+            Command::Ask(args) => ask::ask(args).await,
+            Command::Chat(args) => ask::chat(args).await,
+            Command::Sessions(cmd) => ask::sessions(cmd).await,
         }
     })
 }

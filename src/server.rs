@@ -2,7 +2,8 @@
 //!
 //! The coordinator reaches the node through the internal `Node` gRPC service on
 //! the same listener (loopback), so this mode crosses the same boundary as a
-//! cluster. HTTP serves `/healthz` and `/readyz`.
+//! cluster. HTTP serves `/healthz`, `/readyz` and the OpenAI-compatible
+//! API under `/v1`.
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,7 +13,9 @@ use anyhow::Context;
 use axum::http::StatusCode;
 use axum::routing::get;
 use clap::Args;
+use tessera_coordinator::chain::PromptLibrary;
 use tessera_coordinator::{Catalog, Coordinator, CoordinatorConfig, NodeSet};
+use tessera_node::memory::MemoryKind;
 use tessera_node::service::NodeService;
 use tessera_node::{Node, NodeConfig};
 use tokio::sync::watch;
@@ -65,6 +68,21 @@ pub struct UpArgs {
     /// Model: requests waiting before new ones get RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = 64)]
     max_queued: usize,
+    /// Folder of prompt templates (NAME.j2, NAME.jinja or NAME.txt) added to the defaults (qa, condense, summarize, fix_json).
+    #[arg(long, env = "TESSERA_TEMPLATES")]
+    templates: Option<PathBuf>,
+    /// Session memory kind when a request does not say: buffer, window, tokens or summary.
+    #[arg(long, default_value = "window")]
+    memory: String,
+    /// Turns kept by window memory (and verbatim by summary memory); token budget of tokens memory is --memory-tokens.
+    #[arg(long, default_value_t = 4)]
+    memory_window: u32,
+    /// History token budget of tokens memory.
+    #[arg(long, default_value_t = 1024)]
+    memory_tokens: u32,
+    /// Seconds a session actor may stay idle before it is passivated (its history stays on disk).
+    #[arg(long, default_value_t = 300)]
+    session_idle_secs: u64,
 }
 
 fn init_tracing() {
@@ -103,7 +121,27 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
     let ready = Arc::new(AtomicBool::new(false));
 
-    // HTTP first, so probes get an answer (503) while models load.
+    // Listeners and the coordinator first (it reaches the node lazily), so HTTP
+    // probes get an answer (503) while models load.
+    let grpc = tokio::net::TcpListener::bind(args.grpc).await.with_context(|| format!("binding gRPC {}", args.grpc))?;
+    let local = grpc.local_addr()?;
+    let nodes = NodeSet::connect_lazy(&[("local".into(), format!("http://{local}"))], MAX_MESSAGE_BYTES)?;
+    let catalog = Catalog::open(&args.data_dir).context("opening the collection catalog")?;
+    let mut prompts = PromptLibrary::with_defaults();
+    if let Some(dir) = &args.templates {
+        let added = prompts.load_dir(dir).with_context(|| format!("loading templates from {}", dir.display()))?;
+        info!(templates = ?added, "user prompt templates loaded");
+    }
+    let default_memory = MemoryKind::parse(&args.memory, args.memory_window, args.memory_tokens, &MemoryKind::Buffer)
+        .map_err(|e| anyhow::anyhow!("--memory: {e}"))?;
+    let config = CoordinatorConfig {
+        default_shards: args.default_shards,
+        max_top_k: args.max_top_k,
+        default_memory,
+        ..Default::default()
+    };
+    let coordinator = Coordinator::with_prompts(config, catalog, nodes, prompts);
+
     let http = tokio::net::TcpListener::bind(args.http).await.with_context(|| format!("binding HTTP {}", args.http))?;
     let ready_http = ready.clone();
     let health = move || {
@@ -116,7 +154,10 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             }
         }
     };
-    let app = axum::Router::new().route("/healthz", get(health.clone())).route("/readyz", get(health));
+    let app = axum::Router::new()
+        .route("/healthz", get(health.clone()))
+        .route("/readyz", get(health))
+        .merge(tessera_coordinator::openai::router(coordinator.clone()));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut http_stop = stop_rx.clone();
     let http_task = tokio::spawn(async move {
@@ -137,6 +178,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         max_batched_tokens: args.max_step_tokens.max(1),
         max_queued: args.max_queued.max(1),
     };
+    node_config.session_idle = std::time::Duration::from_secs(args.session_idle_secs.max(1));
     node_config.model_path = match &args.model {
         Some(path) => {
             anyhow::ensure!(path.exists(), "model file {} does not exist", path.display());
@@ -154,13 +196,6 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     };
     let node = Node::start(node_config).await.context("starting the node")?;
 
-    let grpc = tokio::net::TcpListener::bind(args.grpc).await.with_context(|| format!("binding gRPC {}", args.grpc))?;
-    let local = grpc.local_addr()?;
-    let nodes = NodeSet::connect_lazy(&[("local".into(), format!("http://{local}"))], MAX_MESSAGE_BYTES)?;
-    let catalog = Catalog::open(&args.data_dir).context("opening the collection catalog")?;
-    let config =
-        CoordinatorConfig { default_shards: args.default_shards, max_top_k: args.max_top_k, ..Default::default() };
-    let coordinator = Coordinator::new(config, catalog, nodes);
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<tessera_proto::v1::tessera_server::TesseraServer<Coordinator>>().await;

@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod chain;
 pub mod merge;
 pub mod nodes;
+pub mod openai;
 pub mod service;
 
 pub use catalog::{Catalog, CollectionMeta};

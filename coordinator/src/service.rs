@@ -156,6 +156,29 @@ impl Coordinator {
         Ok(info.into_inner().model)
     }
 
+    /// The embedding model's name ("" when no node embeds).
+    pub async fn embedder_name(&self) -> Result<Option<String>, Status> {
+        let node = self.work_node(0)?;
+        let info = node.client.clone().info(pb::NodeInfoRequest {}).await.map_err(|s| node_status(node, s))?;
+        let name = info.into_inner().embedder;
+        Ok((!name.is_empty()).then_some(name))
+    }
+
+    /// Validates a generation request and starts it on the model node.
+    pub async fn generate_checked(
+        &self,
+        req: pb::GenerateRequest,
+    ) -> Result<tonic::Streaming<pb::GenerateChunk>, Status> {
+        if req.prompt.is_empty() && req.messages.is_empty() {
+            return Err(Status::invalid_argument("give a prompt or chat messages"));
+        }
+        if req.prompt.len() + req.messages.iter().map(|m| m.content.len()).sum::<usize>() > self.config.max_prompt_bytes
+        {
+            return Err(Status::invalid_argument(format!("the prompt is over {} bytes", self.config.max_prompt_bytes)));
+        }
+        self.model_stream(req).await
+    }
+
     pub(crate) fn session_node(&self, session: &str) -> Result<&NodeRef, Status> {
         self.nodes.for_session(session).ok_or_else(|| Status::unavailable("no session node is available"))
     }
@@ -211,8 +234,13 @@ impl Coordinator {
     }
 
     /// A whole greedy generation (chains' internal steps).
-    pub(crate) async fn generate_text(&self, prompt: String, max_tokens: u32) -> Result<(String, String), Status> {
-        let req = pb::GenerateRequest { prompt, max_tokens, temperature: Some(0.0), ..Default::default() };
+    pub(crate) async fn generate_text(
+        &self,
+        prompt: String,
+        max_tokens: u32,
+        stop: Vec<String>,
+    ) -> Result<(String, String), Status> {
+        let req = pb::GenerateRequest { prompt, max_tokens, temperature: Some(0.0), stop, ..Default::default() };
         let mut stream = self.model_stream(req).await?;
         let mut text = String::new();
         while let Some(chunk) = stream.message().await? {
@@ -515,16 +543,7 @@ impl pb::tessera_server::Tessera for Coordinator {
 
     #[instrument(skip_all, name = "Tessera/Generate", fields(max_tokens = req.get_ref().max_tokens))]
     async fn generate(&self, req: Request<pb::GenerateRequest>) -> Result<Response<GenerateStream>, Status> {
-        let req = req.into_inner();
-        if req.prompt.is_empty() && req.messages.is_empty() {
-            return Err(Status::invalid_argument("give a prompt or chat messages"));
-        }
-        if req.prompt.len() + req.messages.iter().map(|m| m.content.len()).sum::<usize>() > self.config.max_prompt_bytes
-        {
-            return Err(Status::invalid_argument(format!("the prompt is over {} bytes", self.config.max_prompt_bytes)));
-        }
-        let node = self.work_node(0)?;
-        let mut upstream = node.client.clone().generate(req).await.map_err(|s| node_status(node, s))?.into_inner();
+        let mut upstream = self.generate_checked(req.into_inner()).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
             // When the client goes away `send` fails; dropping `upstream` then

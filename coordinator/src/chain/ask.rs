@@ -74,6 +74,24 @@ fn state_from_messages(messages: &[pb::ChatMessage]) -> SessionState {
     }
 }
 
+/// The model's rewrite of a follow-up, when it looks like one question; else
+/// the previous question joined with the follow-up, so that retrieval still
+/// sees what the conversation is about. Small models often answer instead of
+/// rewriting, or repeat the previous question; both are caught here.
+pub fn standalone_or_fallback(rewrite: &str, previous: &str, question: &str) -> String {
+    let line = rewrite.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("");
+    let line = line.trim_matches(|c| c == '"' || c == '\'' || c == '“' || c == '”').trim();
+    let limit = 2 * (previous.chars().count() + question.chars().count()) + 40;
+    let looks_like_a_question = (line.ends_with('?') || line.ends_with('？')) && line.chars().count() <= limit;
+    if looks_like_a_question && line != previous.trim() {
+        line.to_string()
+    } else if previous.is_empty() {
+        question.to_string()
+    } else {
+        format!("{} {}", previous.trim(), question.trim())
+    }
+}
+
 /// Messages of the newest turn at the end of `messages` (from its last user message).
 fn newest_turn_len(messages: &[ChatMessage]) -> usize {
     messages.iter().rposition(|m| m.role == "user").map(|i| messages.len() - i).unwrap_or(messages.len())
@@ -229,6 +247,7 @@ impl Coordinator {
             top_p: req.top_p,
             seed: req.seed,
             stop: req.stop.clone(),
+            repetition_penalty: req.repetition_penalty,
             ..Default::default()
         };
         let mut stream = self.model_stream(gen).await?;
@@ -330,14 +349,13 @@ impl Coordinator {
         ]
         .into();
         let prompt = self.prompts.render("condense", &vars).map_err(|e| Status::internal(e.to_string()))?;
-        let (text, _) = self.generate_text(prompt, 64).await?;
-        let line = text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("");
-        let line = line.trim_matches(|c| c == '"' || c == '\'' || c == '“' || c == '”').trim();
-        Ok(if line.is_empty() { question.to_string() } else { line.to_string() })
+        let (text, _) = self.generate_text(prompt, 64, vec!["\n".into()]).await?;
+        let previous = view.messages.iter().rev().find(|m| m.role == "user").map(|m| m.content.as_str()).unwrap_or("");
+        Ok(standalone_or_fallback(&text, previous, question))
     }
 
     /// One repair try for JSON output: the model is shown the error and its text.
-    async fn repair_json(
+    pub(crate) async fn repair_json(
         &self,
         parser: &OutputParser,
         raw: &str,
@@ -351,7 +369,7 @@ impl Coordinator {
         .into();
         let fail = |why: String| super::parser::OutputError { reason: why, raw: raw.to_string() };
         let prompt = self.prompts.render("fix_json", &vars).map_err(|e| fail(e.to_string()))?;
-        let (fixed, _) = self.generate_text(prompt, 256).await.map_err(|s| fail(format!("{reason}; repair failed: {}", s.message())))?;
+        let (fixed, _) = self.generate_text(prompt, 256, vec![]).await.map_err(|s| fail(format!("{reason}; repair failed: {}", s.message())))?;
         match parser.parse(&fixed) {
             Ok(v) => Ok((fixed, v)),
             Err(e) => Err(fail(format!("{reason}; after one repair try: {}", e.reason))),
@@ -367,7 +385,7 @@ impl Coordinator {
         ]
         .into();
         let prompt = self.prompts.render("summarize", &vars).map_err(|e| Status::internal(e.to_string()))?;
-        let (summary, _) = self.generate_text(prompt, self.config.summary_max_tokens).await?;
+        let (summary, _) = self.generate_text(prompt, self.config.summary_max_tokens, vec![]).await?;
         let summary = summary.trim();
         if summary.is_empty() {
             return Err(Status::internal("the model wrote an empty summary"));
@@ -382,5 +400,34 @@ impl Coordinator {
             })
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rewrite_is_used_only_when_it_looks_like_a_new_question() {
+        let prev = "What does the -r flag of cp do?";
+        let q = "And how do I keep permissions?";
+        assert_eq!(standalone_or_fallback(" \"How does cp keep permissions?\"\n", prev, q), "How does cp keep permissions?");
+        assert_eq!(standalone_or_fallback("cp 如何保留权限？", prev, q), "cp 如何保留权限？");
+        // An answer instead of a question, the previous question again, or nothing: fall back.
+        let joined = format!("{prev} {q}");
+        assert_eq!(standalone_or_fallback("The -r flag copies directories.", prev, q), joined);
+        assert_eq!(standalone_or_fallback(prev, prev, q), joined);
+        assert_eq!(standalone_or_fallback("", prev, q), joined);
+        assert_eq!(standalone_or_fallback(&format!("{}?", "x".repeat(500)), prev, q), joined);
+        assert_eq!(standalone_or_fallback("", "", q), q);
+    }
+
+    #[test]
+    fn the_newest_turn_starts_at_the_last_user_message() {
+        let m = |r: &str| ChatMessage { role: r.into(), content: String::new() };
+        assert_eq!(newest_turn_len(&[m("user"), m("assistant"), m("user"), m("assistant")]), 2);
+        assert_eq!(newest_turn_len(&[m("user"), m("assistant"), m("user")]), 1);
+        assert_eq!(newest_turn_len(&[m("assistant")]), 1);
+        assert_eq!(newest_turn_len(&[]), 0);
     }
 }

@@ -64,11 +64,17 @@ Question: {{ question }}
 
 /// The default template that rewrites a follow-up question.
 pub const CONDENSE: &str = "\
-Rewrite the follow-up question so that it can be understood without the conversation. Reply with the rewritten question only.
+Rewrite the follow-up question so that it can be understood without the conversation. Reply with the rewritten question only, on one line.
+
+Example:
+Conversation:
+User: How do I delete a file?
+Assistant: Use rm FILE.
+Follow-up question: And a folder?
+Rewritten question: How do I delete a folder?
 
 Conversation:
 {{ history }}
-
 Follow-up question: {{ question }}
 Rewritten question:";
 

@@ -1,0 +1,382 @@
+//! POST /v1/chat/completions and POST /v1/completions.
+//!
+//! Both turn into a stream of [`Piece`]s, from the model directly or, when the
+//! request names a `collection`, from the ask chain; the handler then either
+//! collects them into one response or sends them as server-sent events.
+use std::convert::Infallible;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures::stream::{self, Stream, StreamExt};
+use serde_json::{json, Value};
+use tessera_proto::v1 as pb;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+use super::wire::{ChatRequest, CompletionRequest, Content, Prompt, SourceOut, Usage};
+use super::{new_id, parse_body, unix_now, ApiError, ApiState};
+use crate::chain::OutputParser;
+
+/// A piece of an answer.
+enum Piece {
+    Text(String),
+    Done { finish: String, usage: Usage, sources: Option<Vec<SourceOut>>, parsed: Option<String> },
+}
+
+type Pieces = mpsc::Receiver<Result<Piece, Status>>;
+
+fn finish_reason(f: &str) -> &'static str {
+    match f {
+        "length" => "length",
+        _ => "stop",
+    }
+}
+
+fn text_of(content: Option<Content>, i: usize) -> Result<String, ApiError> {
+    match content {
+        None => Ok(String::new()),
+        Some(Content::Text(s)) => Ok(s),
+        Some(Content::Parts(parts)) => {
+            let mut out = String::new();
+            for p in parts {
+                if p.kind != "text" {
+                    return Err(ApiError::bad_param(
+                        "messages",
+                        format!("messages[{i}]: content parts of type '{}' are not supported (text only)", p.kind),
+                    ));
+                }
+                out.push_str(p.text.as_deref().unwrap_or(""));
+            }
+            Ok(out)
+        }
+    }
+}
+
+fn check_sampling(temperature: Option<f32>, top_p: Option<f32>, n: Option<u32>) -> Result<(), ApiError> {
+    if let Some(t) = temperature {
+        if !(0.0..=2.0).contains(&t) {
+            return Err(ApiError::bad_param("temperature", format!("temperature must be between 0 and 2, got {t}")));
+        }
+    }
+    if let Some(p) = top_p {
+        if !(p > 0.0 && p <= 1.0) {
+            return Err(ApiError::bad_param("top_p", format!("top_p must be in (0, 1], got {p}")));
+        }
+    }
+    if n.is_some_and(|n| n != 1) {
+        return Err(ApiError::bad_param("n", "only n=1 is supported"));
+    }
+    Ok(())
+}
+
+/// Forwards a model token stream as pieces.
+fn from_model(mut upstream: tonic::Streaming<pb::GenerateChunk>) -> Pieces {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let item = match upstream.message().await {
+                Ok(Some(c)) if !c.finish_reason.is_empty() => {
+                    let piece = Piece::Text(c.text);
+                    if tx.send(Ok(piece)).await.is_err() {
+                        return;
+                    }
+                    Ok(Piece::Done { finish: c.finish_reason, usage: Usage::from_pb(c.usage), sources: None, parsed: None })
+                }
+                Ok(Some(c)) => Ok(Piece::Text(c.text)),
+                Ok(None) => Err(Status::internal("the model stream ended early")),
+                Err(s) => Err(s),
+            };
+            let end = !matches!(item, Ok(Piece::Text(_)));
+            if tx.send(item).await.is_err() || end {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Forwards an ask stream as pieces.
+fn from_ask(mut upstream: crate::chain::AskReceiver) -> Pieces {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        while let Some(item) = upstream.recv().await {
+            let item = item.map(|chunk| match chunk.result {
+                Some(r) => Piece::Done {
+                    finish: r.finish_reason,
+                    usage: Usage::from_pb(r.usage),
+                    sources: Some(
+                        r.sources
+                            .into_iter()
+                            .map(|s| SourceOut { doc_id: s.doc_id, chunk_id: s.chunk_id, score: s.score })
+                            .collect(),
+                    ),
+                    parsed: (!r.parsed_json.is_empty()).then_some(r.parsed_json),
+                },
+                None => Piece::Text(chunk.text),
+            });
+            let end = !matches!(item, Ok(Piece::Text(_)));
+            if tx.send(item).await.is_err() || end {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Collects pieces into (text, finish, usage, sources, parsed).
+async fn collect(mut rx: Pieces) -> Result<(String, String, Usage, Option<Vec<SourceOut>>, Option<String>), ApiError> {
+    let mut text = String::new();
+    while let Some(item) = rx.recv().await {
+        match item? {
+            Piece::Text(t) => text.push_str(&t),
+            Piece::Done { finish, usage, sources, parsed } => return Ok((text, finish, usage, sources, parsed)),
+        }
+    }
+    Err(ApiError::from(Status::internal("the answer stream ended early")))
+}
+
+/// Server-sent events from pieces; `chunk` builds one event's JSON from (delta text, finish, sources).
+fn sse(
+    rx: Pieces,
+    include_usage: bool,
+    chunk: impl Fn(Option<&str>, Option<&str>, Option<&Vec<SourceOut>>) -> Value + Send + 'static,
+    usage_chunk: impl Fn(Usage) -> Value + Send + 'static,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let first = chunk(Some(""), None, None);
+    let events = ReceiverStream::new(rx).flat_map(move |item| {
+        let out: Vec<Value> = match item {
+            Ok(Piece::Text(t)) if t.is_empty() => vec![],
+            Ok(Piece::Text(t)) => vec![chunk(Some(&t), None, None)],
+            Ok(Piece::Done { finish, usage, sources, .. }) => {
+                let mut v = vec![chunk(None, Some(finish_reason(&finish)), sources.as_ref())];
+                if include_usage {
+                    v.push(usage_chunk(usage));
+                }
+                v
+            }
+            Err(s) => {
+                let e = ApiError::from(s);
+                vec![json!({"error": {"message": e.message, "type": e.kind, "param": null, "code": e.code}})]
+            }
+        };
+        stream::iter(out.into_iter().map(|v| Ok(Event::default().data(v.to_string()))))
+    });
+    let all = stream::once(async move { Ok(Event::default().data(first.to_string())) })
+        .chain(events)
+        .chain(stream::once(async { Ok(Event::default().data("[DONE]")) }));
+    Sse::new(all).keep_alive(KeepAlive::default())
+}
+
+#[tracing::instrument(skip_all, name = "POST /v1/chat/completions")]
+pub(crate) async fn chat_completions(State(state): State<ApiState>, body: Bytes) -> Result<Response, ApiError> {
+    let req: ChatRequest = parse_body(&body)?;
+    let model = state.chat_model(&req.model).await?;
+    check_sampling(req.temperature, req.top_p, req.n)?;
+    if req.messages.is_empty() {
+        return Err(ApiError::bad_param("messages", "messages must not be empty"));
+    }
+    let mut messages = Vec::with_capacity(req.messages.len());
+    for (i, m) in req.messages.into_iter().enumerate() {
+        let role = match m.role.as_str() {
+            "system" | "developer" => "system",
+            "user" => "user",
+            "assistant" => "assistant",
+            other => {
+                return Err(ApiError::bad_param(
+                    "messages",
+                    format!("messages[{i}]: role '{other}' is not supported (system, developer, user, assistant)"),
+                ))
+            }
+        };
+        messages.push(pb::ChatMessage { role: role.into(), content: text_of(m.content, i)? });
+    }
+    let max_tokens = req.max_completion_tokens.or(req.max_tokens);
+    let stop = req.stop.map(|s| s.into_vec()).unwrap_or_default();
+    let (json_kind, schema) = match &req.response_format {
+        None => (false, None),
+        Some(f) => match f.kind.as_str() {
+            "text" => (false, None),
+            "json_object" => (true, None),
+            "json_schema" => (true, f.json_schema.as_ref().and_then(|s| s.schema.clone())),
+            other => {
+                return Err(ApiError::bad_param(
+                    "response_format",
+                    format!("response_format type '{other}' is not supported (text, json_object, json_schema)"),
+                ))
+            }
+        },
+    };
+    let schema_json = schema.map(|s| s.to_string()).unwrap_or_default();
+    let parser = if json_kind {
+        Some(OutputParser::from_spec("json", &schema_json, "").map_err(|e| ApiError::bad_param("response_format", e.to_string()))?)
+    } else {
+        None
+    };
+    let c = &state.coordinator;
+
+    let pieces = if let Some(collection) = req.collection {
+        // Retrieval: the last user message is the question; earlier messages are the
+        // history unless the server keeps it under a session.
+        let last_user = messages
+            .iter()
+            .rposition(|m| m.role == "user")
+            .ok_or_else(|| ApiError::bad_param("messages", "with 'collection', messages need a user message (the question)"))?;
+        let question = messages[last_user].content.clone();
+        let history: Vec<pb::ChatMessage> = messages[..last_user].iter().filter(|m| m.role != "system").cloned().collect();
+        let mode = match req.mode.as_deref() {
+            None | Some("vector") => pb::SearchMode::Vector,
+            Some("bm25") => pb::SearchMode::Bm25,
+            Some("hybrid") => pb::SearchMode::Hybrid,
+            Some(other) => return Err(ApiError::bad_param("mode", format!("mode must be vector, bm25 or hybrid, not '{other}'"))),
+        };
+        let session = req.session.unwrap_or_default();
+        let ask = pb::AskRequest {
+            collection,
+            history: if session.is_empty() { history } else { vec![] },
+            session,
+            question,
+            top_k: req.top_k.unwrap_or(0),
+            mode: mode as i32,
+            template: req.template.unwrap_or_default(),
+            output: json_kind.then(|| pb::OutputSpec { kind: "json".into(), schema_json: schema_json.clone(), pattern: String::new() }),
+            max_tokens: max_tokens.unwrap_or(0),
+            temperature: req.temperature,
+            top_p: req.top_p,
+            seed: req.seed,
+            stop,
+            ..Default::default()
+        };
+        from_ask(c.ask(ask).await?)
+    } else {
+        if req.session.is_some() || req.top_k.is_some() || req.template.is_some() {
+            return Err(ApiError::bad_param("collection", "session, top_k and template need a 'collection' to retrieve from"));
+        }
+        if let Some(p) = &parser {
+            let instruction = p.format_instructions();
+            match messages.iter_mut().find(|m| m.role == "system") {
+                Some(sys) => sys.content = format!("{}\n{instruction}", sys.content),
+                None => messages.insert(0, pb::ChatMessage { role: "system".into(), content: instruction }),
+            }
+        }
+        let gen = pb::GenerateRequest {
+            messages,
+            max_tokens: max_tokens.unwrap_or(0),
+            temperature: req.temperature,
+            top_p: req.top_p,
+            seed: req.seed,
+            stop,
+            ..Default::default()
+        };
+        from_model(c.generate_checked(gen).await?)
+    };
+
+    let id = new_id("chatcmpl");
+    let created = unix_now();
+    if req.stream {
+        let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
+        let (id2, model2) = (id.clone(), model.clone());
+        let chunk = move |delta: Option<&str>, finish: Option<&str>, sources: Option<&Vec<SourceOut>>| {
+            let delta = match delta {
+                Some(t) if t.is_empty() => json!({"role": "assistant", "content": ""}),
+                Some(t) => json!({"content": t}),
+                None => json!({}),
+            };
+            let mut v = json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]});
+            if let Some(s) = sources {
+                v["sources"] = json!(s);
+            }
+            v
+        };
+        let usage_chunk = move |u: Usage| {
+            json!({"id": id2, "object": "chat.completion.chunk", "created": created, "model": model2, "choices": [], "usage": u})
+        };
+        return Ok(sse(pieces, include_usage, chunk, usage_chunk).into_response());
+    }
+
+    let (mut text, finish, usage, sources, parsed) = collect(pieces).await?;
+    if let Some(p) = &parser {
+        text = match parsed {
+            Some(v) => v, // the ask chain parsed (and repaired) it
+            None => match p.parse(&text) {
+                Ok(v) => v.map(|v| v.to_string()).unwrap_or(text),
+                Err(e) => match c.repair_json(p, &e.raw, &e.reason).await {
+                    Ok((_, v)) => v.map(|v| v.to_string()).unwrap_or_default(),
+                    Err(e) => {
+                        return Err(ApiError::from(Status::aborted(format!(
+                            "the model's output is not valid JSON: {}; raw output: {}",
+                            e.reason, e.raw
+                        ))))
+                    }
+                },
+            },
+        };
+    }
+    let mut body = json!({
+        "id": id, "object": "chat.completion", "created": created, "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": null,
+                     "finish_reason": finish_reason(&finish)}],
+        "usage": usage,
+    });
+    if let Some(s) = sources {
+        body["sources"] = json!(s);
+    }
+    Ok(Json(body).into_response())
+}
+
+#[tracing::instrument(skip_all, name = "POST /v1/completions")]
+pub(crate) async fn completions(State(state): State<ApiState>, body: Bytes) -> Result<Response, ApiError> {
+    let req: CompletionRequest = parse_body(&body)?;
+    let model = state.chat_model(&req.model).await?;
+    check_sampling(req.temperature, req.top_p, req.n)?;
+    if req.echo {
+        return Err(ApiError::bad_param("echo", "echo is not supported"));
+    }
+    let prompt = match req.prompt {
+        Prompt::One(s) => s,
+        Prompt::Many(items) => match items.as_slice() {
+            [Value::String(s)] => s.clone(),
+            [_] => return Err(ApiError::bad_param("prompt", "token-id prompts are not supported; send text")),
+            _ => return Err(ApiError::bad_param("prompt", "send one prompt per request")),
+        },
+    };
+    if prompt.is_empty() {
+        return Err(ApiError::bad_param("prompt", "prompt must not be empty"));
+    }
+    let gen = pb::GenerateRequest {
+        prompt,
+        raw: true,
+        max_tokens: req.max_tokens.unwrap_or(16),
+        temperature: req.temperature,
+        top_p: req.top_p,
+        seed: req.seed,
+        stop: req.stop.map(|s| s.into_vec()).unwrap_or_default(),
+        ..Default::default()
+    };
+    let pieces = from_model(state.coordinator.generate_checked(gen).await?);
+    let id = new_id("cmpl");
+    let created = unix_now();
+    if req.stream {
+        let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
+        let (id2, model2) = (id.clone(), model.clone());
+        let chunk = move |delta: Option<&str>, finish: Option<&str>, _: Option<&Vec<SourceOut>>| {
+            json!({"id": id, "object": "text_completion", "created": created, "model": model,
+                "choices": [{"index": 0, "text": delta.unwrap_or(""), "logprobs": null, "finish_reason": finish}]})
+        };
+        let usage_chunk = move |u: Usage| {
+            json!({"id": id2, "object": "text_completion", "created": created, "model": model2, "choices": [], "usage": u})
+        };
+        return Ok(sse(pieces, include_usage, chunk, usage_chunk).into_response());
+    }
+    let (text, finish, usage, _, _) = collect(pieces).await?;
+    Ok(Json(json!({
+        "id": id, "object": "text_completion", "created": created, "model": model,
+        "choices": [{"index": 0, "text": text, "logprobs": null, "finish_reason": finish_reason(&finish)}],
+        "usage": usage,
+    }))
+    .into_response())
+}
