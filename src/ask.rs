@@ -324,7 +324,9 @@ pub async fn sessions(cmd: SessionsCmd) -> anyhow::Result<()> {
                 let items: Vec<Value> = list
                     .sessions
                     .iter()
-                    .map(|s| json!({"session": s.session, "messages": s.messages, "updated_unix_ms": s.updated_unix_ms}))
+                    .map(
+                        |s| json!({"session": s.session, "messages": s.messages, "updated_unix_ms": s.updated_unix_ms}),
+                    )
                     .collect();
                 println!("{}", json!({ "sessions": items }));
             } else if list.sessions.is_empty() {

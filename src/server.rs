@@ -196,7 +196,6 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     };
     let node = Node::start(node_config).await.context("starting the node")?;
 
-
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<tessera_proto::v1::tessera_server::TesseraServer<Coordinator>>().await;
     health_reporter.set_serving::<tessera_proto::v1::node_server::NodeServer<NodeService>>().await;

@@ -89,7 +89,8 @@ mod tests {
 
     #[tokio::test]
     async fn sessions_spread_over_nodes_and_only_a_leaving_nodes_sessions_move() {
-        let urls = |ids: &[&str]| ids.iter().map(|i| (i.to_string(), format!("http://127.0.0.1:1/{i}"))).collect::<Vec<_>>();
+        let urls =
+            |ids: &[&str]| ids.iter().map(|i| (i.to_string(), format!("http://127.0.0.1:1/{i}"))).collect::<Vec<_>>();
         let three = NodeSet::connect_lazy(&urls(&["n1", "n2", "n3"]), 1024).unwrap();
         let two = NodeSet::connect_lazy(&urls(&["n1", "n3"]), 1024).unwrap();
         let mut per_node = std::collections::HashMap::new();

@@ -13,8 +13,8 @@ use tracing::{info, instrument};
 
 use tessera_node::memory::{validate_session_id, MemoryKind, SessionState, StoredMessage};
 
-use crate::chain::PromptLibrary;
 use crate::catalog::{shard_for, validate_name, Catalog, CatalogError, CollectionMeta};
+use crate::chain::PromptLibrary;
 use crate::merge::{merge_top_k, mmr, reciprocal_rank_fusion, Scored};
 use crate::nodes::{NodeRef, NodeSet};
 

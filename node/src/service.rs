@@ -400,7 +400,8 @@ impl pb::node_server::Node for NodeService {
         &self,
         req: Request<pb::CountTokensRequest>,
     ) -> Result<Response<pb::CountTokensResponse>, Status> {
-        let model = self.node.model.clone().ok_or_else(|| Status::failed_precondition("no model is loaded on this node"))?;
+        let model =
+            self.node.model.clone().ok_or_else(|| Status::failed_precondition("no model is loaded on this node"))?;
         let req = req.into_inner();
         let (texts, chat) = (req.texts, req.chat);
         let counts = tokio::task::spawn_blocking(move || {

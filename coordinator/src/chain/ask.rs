@@ -9,7 +9,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use serde_json::Value;
-use tessera_node::memory::{select, summary_due, validate_session_id, MemoryKind, MemoryView, SessionState, StoredMessage};
+use tessera_node::memory::{
+    select, summary_due, validate_session_id, MemoryKind, MemoryView, SessionState, StoredMessage,
+};
 use tessera_node::model::ChatMessage;
 use tessera_proto::v1 as pb;
 use tokio::sync::mpsc;
@@ -68,7 +70,12 @@ fn state_from_messages(messages: &[pb::ChatMessage]) -> SessionState {
         messages: messages
             .iter()
             .enumerate()
-            .map(|(i, m)| StoredMessage { seq: i as u64 + 1, role: m.role.clone(), content: m.content.clone(), unix_ms: 0 })
+            .map(|(i, m)| StoredMessage {
+                seq: i as u64 + 1,
+                role: m.role.clone(),
+                content: m.content.clone(),
+                unix_ms: 0,
+            })
             .collect(),
         ..Default::default()
     }
@@ -83,13 +90,30 @@ pub fn standalone_or_fallback(rewrite: &str, previous: &str, question: &str) -> 
     let line = line.trim_matches(|c| c == '"' || c == '\'' || c == '“' || c == '”').trim();
     let limit = 2 * (previous.chars().count() + question.chars().count()) + 40;
     let looks_like_a_question = (line.ends_with('?') || line.ends_with('？')) && line.chars().count() <= limit;
-    if looks_like_a_question && line != previous.trim() {
+    let asked = key_terms(question);
+    let on_topic = asked.is_empty() || !key_terms(line).is_disjoint(&asked);
+    if looks_like_a_question && on_topic && line != previous.trim() {
         line.to_string()
     } else if previous.is_empty() {
         question.to_string()
     } else {
         format!("{} {}", previous.trim(), question.trim())
     }
+}
+
+/// Lower-cased words of four or more letters, and pairs of neighbouring CJK
+/// characters: enough to tell whether a rewrite still talks about the follow-up.
+fn key_terms(text: &str) -> std::collections::HashSet<String> {
+    let mut out = std::collections::HashSet::new();
+    for word in text.split(|c: char| !c.is_alphanumeric()) {
+        let cjk: Vec<char> = word.chars().filter(|c| ('\u{3400}'..='\u{9fff}').contains(c)).collect();
+        if !cjk.is_empty() {
+            out.extend(cjk.windows(2).map(|w| w.iter().collect::<String>()));
+        } else if word.chars().count() >= 4 {
+            out.insert(word.to_lowercase());
+        }
+    }
+    out
 }
 
 /// Messages of the newest turn at the end of `messages` (from its last user message).
@@ -127,7 +151,8 @@ impl Coordinator {
         if max_tokens > cfg.max_answer_tokens {
             return Err(Status::invalid_argument(format!("max_tokens must be at most {}", cfg.max_answer_tokens)));
         }
-        pb::SearchMode::try_from(req.mode).map_err(|_| Status::invalid_argument(format!("unknown search mode {}", req.mode)))?;
+        pb::SearchMode::try_from(req.mode)
+            .map_err(|_| Status::invalid_argument(format!("unknown search mode {}", req.mode)))?;
         let template = if req.template.is_empty() { "qa".to_string() } else { req.template.clone() };
         if !self.prompts.contains(&template) {
             return Err(Status::invalid_argument(format!(
@@ -179,7 +204,8 @@ impl Coordinator {
 
         // A follow-up becomes a standalone question.
         let t0 = Instant::now();
-        let standalone = if view.messages.is_empty() { req.question.clone() } else { self.condense(&view, &req.question).await? };
+        let standalone =
+            if view.messages.is_empty() { req.question.clone() } else { self.condense(&view, &req.question).await? };
         timings.condense_ms = ms(t0);
 
         // Retrieve.
@@ -369,7 +395,10 @@ impl Coordinator {
         .into();
         let fail = |why: String| super::parser::OutputError { reason: why, raw: raw.to_string() };
         let prompt = self.prompts.render("fix_json", &vars).map_err(|e| fail(e.to_string()))?;
-        let (fixed, _) = self.generate_text(prompt, 256, vec![]).await.map_err(|s| fail(format!("{reason}; repair failed: {}", s.message())))?;
+        let (fixed, _) = self
+            .generate_text(prompt, 256, vec![])
+            .await
+            .map_err(|s| fail(format!("{reason}; repair failed: {}", s.message())))?;
         match parser.parse(&fixed) {
             Ok(v) => Ok((fixed, v)),
             Err(e) => Err(fail(format!("{reason}; after one repair try: {}", e.reason))),
@@ -411,8 +440,13 @@ mod tests {
     fn a_rewrite_is_used_only_when_it_looks_like_a_new_question() {
         let prev = "What does the -r flag of cp do?";
         let q = "And how do I keep permissions?";
-        assert_eq!(standalone_or_fallback(" \"How does cp keep permissions?\"\n", prev, q), "How does cp keep permissions?");
-        assert_eq!(standalone_or_fallback("cp 如何保留权限？", prev, q), "cp 如何保留权限？");
+        assert_eq!(
+            standalone_or_fallback(" \"How does cp keep permissions?\"\n", prev, q),
+            "How does cp keep permissions?"
+        );
+        assert_eq!(standalone_or_fallback("cp 如何保留权限？", prev, "那权限呢？"), "cp 如何保留权限？");
+        // A question about something else (e.g. a template's example) is not a rewrite.
+        assert_eq!(standalone_or_fallback("How do I delete a file?", prev, q), format!("{prev} {q}"));
         // An answer instead of a question, the previous question again, or nothing: fall back.
         let joined = format!("{prev} {q}");
         assert_eq!(standalone_or_fallback("The -r flag copies directories.", prev, q), joined);

@@ -64,10 +64,19 @@ mod tests {
     #[test]
     fn question_first_then_newest_turn_then_chunks_then_older_history() {
         // Everything fits.
-        assert_eq!(fit(100, 10, &[10, 10], &[5, 5, 5, 5], 2).unwrap(), Fitted { chunks: 2, history_from: 0, tokens: 50 });
+        assert_eq!(
+            fit(100, 10, &[10, 10], &[5, 5, 5, 5], 2).unwrap(),
+            Fitted { chunks: 2, history_from: 0, tokens: 50 }
+        );
         // Chunks win over older history; the newest turn wins over chunks.
-        assert_eq!(fit(40, 10, &[10, 10], &[5, 5, 5, 5], 2).unwrap(), Fitted { chunks: 2, history_from: 2, tokens: 40 });
-        assert_eq!(fit(30, 10, &[10, 10], &[5, 5, 5, 5], 2).unwrap(), Fitted { chunks: 1, history_from: 2, tokens: 30 });
+        assert_eq!(
+            fit(40, 10, &[10, 10], &[5, 5, 5, 5], 2).unwrap(),
+            Fitted { chunks: 2, history_from: 2, tokens: 40 }
+        );
+        assert_eq!(
+            fit(30, 10, &[10, 10], &[5, 5, 5, 5], 2).unwrap(),
+            Fitted { chunks: 1, history_from: 2, tokens: 30 }
+        );
         // Rank order is kept: a later small chunk does not jump a big one.
         assert_eq!(fit(25, 10, &[20, 1], &[], 0).unwrap(), Fitted { chunks: 0, history_from: 0, tokens: 10 });
         // No history.

@@ -128,7 +128,8 @@ impl OutputParser {
                 Ok(Some(Value::Array(items.into_iter().map(Value::String).collect())))
             }
             Self::Regex(re) => {
-                let caps = re.captures(text).ok_or_else(|| fail(format!("the output does not match /{}/", re.as_str())))?;
+                let caps =
+                    re.captures(text).ok_or_else(|| fail(format!("the output does not match /{}/", re.as_str())))?;
                 let names: Vec<&str> = re.capture_names().flatten().collect();
                 let value = if !names.is_empty() {
                     Value::Object(

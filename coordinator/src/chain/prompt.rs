@@ -66,13 +66,6 @@ Question: {{ question }}
 pub const CONDENSE: &str = "\
 Rewrite the follow-up question so that it can be understood without the conversation. Reply with the rewritten question only, on one line.
 
-Example:
-Conversation:
-User: How do I delete a file?
-Assistant: Use rm FILE.
-Follow-up question: And a folder?
-Rewritten question: How do I delete a folder?
-
 Conversation:
 {{ history }}
 Follow-up question: {{ question }}
@@ -182,7 +175,9 @@ impl PromptLibrary {
     }
 
     fn template(&self, name: &str) -> Result<minijinja::Template<'_, '_>, PromptError> {
-        self.env.get_template(name).map_err(|_| PromptError::Unknown { name: name.into(), known: self.names().join(", ") })
+        self.env
+            .get_template(name)
+            .map_err(|_| PromptError::Unknown { name: name.into(), known: self.names().join(", ") })
     }
 
     /// Renders `name` with `vars`; every variable the template uses must be given.
@@ -193,7 +188,8 @@ impl PromptLibrary {
         if let Some(missing) = used.into_iter().find(|v| !vars.contains_key(v)) {
             return Err(PromptError::MissingVariable { template: name.into(), variable: missing });
         }
-        t.render(minijinja::value::Serde(vars)).map_err(|e| PromptError::Invalid { template: name.into(), message: e.to_string() })
+        t.render(minijinja::value::Serde(vars))
+            .map_err(|e| PromptError::Invalid { template: name.into(), message: e.to_string() })
     }
 }
 
@@ -209,7 +205,10 @@ mod tests {
     fn defaults_render_with_their_variables() {
         let lib = PromptLibrary::with_defaults();
         assert_eq!(lib.names(), vec!["condense", "fix_json", "qa", "summarize"]);
-        assert_eq!(lib.variables("qa").unwrap(), vec!["context", "format_instructions", "history", "question", "summary"]);
+        assert_eq!(
+            lib.variables("qa").unwrap(),
+            vec!["context", "format_instructions", "history", "question", "summary"]
+        );
         let out = lib
             .render(
                 "qa",

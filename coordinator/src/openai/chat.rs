@@ -84,7 +84,12 @@ fn from_model(mut upstream: tonic::Streaming<pb::GenerateChunk>) -> Pieces {
                     if tx.send(Ok(piece)).await.is_err() {
                         return;
                     }
-                    Ok(Piece::Done { finish: c.finish_reason, usage: Usage::from_pb(c.usage), sources: None, parsed: None })
+                    Ok(Piece::Done {
+                        finish: c.finish_reason,
+                        usage: Usage::from_pb(c.usage),
+                        sources: None,
+                        parsed: None,
+                    })
                 }
                 Ok(Some(c)) => Ok(Piece::Text(c.text)),
                 Ok(None) => Err(Status::internal("the model stream ended early")),
@@ -212,7 +217,10 @@ pub(crate) async fn chat_completions(State(state): State<ApiState>, body: Bytes)
     };
     let schema_json = schema.map(|s| s.to_string()).unwrap_or_default();
     let parser = if json_kind {
-        Some(OutputParser::from_spec("json", &schema_json, "").map_err(|e| ApiError::bad_param("response_format", e.to_string()))?)
+        Some(
+            OutputParser::from_spec("json", &schema_json, "")
+                .map_err(|e| ApiError::bad_param("response_format", e.to_string()))?,
+        )
     } else {
         None
     };
@@ -221,17 +229,19 @@ pub(crate) async fn chat_completions(State(state): State<ApiState>, body: Bytes)
     let pieces = if let Some(collection) = req.collection {
         // Retrieval: the last user message is the question; earlier messages are the
         // history unless the server keeps it under a session.
-        let last_user = messages
-            .iter()
-            .rposition(|m| m.role == "user")
-            .ok_or_else(|| ApiError::bad_param("messages", "with 'collection', messages need a user message (the question)"))?;
+        let last_user = messages.iter().rposition(|m| m.role == "user").ok_or_else(|| {
+            ApiError::bad_param("messages", "with 'collection', messages need a user message (the question)")
+        })?;
         let question = messages[last_user].content.clone();
-        let history: Vec<pb::ChatMessage> = messages[..last_user].iter().filter(|m| m.role != "system").cloned().collect();
+        let history: Vec<pb::ChatMessage> =
+            messages[..last_user].iter().filter(|m| m.role != "system").cloned().collect();
         let mode = match req.mode.as_deref() {
             None | Some("vector") => pb::SearchMode::Vector,
             Some("bm25") => pb::SearchMode::Bm25,
             Some("hybrid") => pb::SearchMode::Hybrid,
-            Some(other) => return Err(ApiError::bad_param("mode", format!("mode must be vector, bm25 or hybrid, not '{other}'"))),
+            Some(other) => {
+                return Err(ApiError::bad_param("mode", format!("mode must be vector, bm25 or hybrid, not '{other}'")))
+            }
         };
         let session = req.session.unwrap_or_default();
         let ask = pb::AskRequest {
@@ -242,7 +252,11 @@ pub(crate) async fn chat_completions(State(state): State<ApiState>, body: Bytes)
             top_k: req.top_k.unwrap_or(0),
             mode: mode as i32,
             template: req.template.unwrap_or_default(),
-            output: json_kind.then(|| pb::OutputSpec { kind: "json".into(), schema_json: schema_json.clone(), pattern: String::new() }),
+            output: json_kind.then(|| pb::OutputSpec {
+                kind: "json".into(),
+                schema_json: schema_json.clone(),
+                pattern: String::new(),
+            }),
             max_tokens: max_tokens.unwrap_or(0),
             temperature: req.temperature,
             top_p: req.top_p,
@@ -253,7 +267,10 @@ pub(crate) async fn chat_completions(State(state): State<ApiState>, body: Bytes)
         from_ask(c.ask(ask).await?)
     } else {
         if req.session.is_some() || req.top_k.is_some() || req.template.is_some() {
-            return Err(ApiError::bad_param("collection", "session, top_k and template need a 'collection' to retrieve from"));
+            return Err(ApiError::bad_param(
+                "collection",
+                "session, top_k and template need a 'collection' to retrieve from",
+            ));
         }
         if let Some(p) = &parser {
             let instruction = p.format_instructions();
@@ -292,9 +309,7 @@ pub(crate) async fn chat_completions(State(state): State<ApiState>, body: Bytes)
             }
             v
         };
-        let usage_chunk = move |u: Usage| {
-            json!({"id": id2, "object": "chat.completion.chunk", "created": created, "model": model2, "choices": [], "usage": u})
-        };
+        let usage_chunk = move |u: Usage| json!({"id": id2, "object": "chat.completion.chunk", "created": created, "model": model2, "choices": [], "usage": u});
         return Ok(sse(pieces, include_usage, chunk, usage_chunk).into_response());
     }
 
@@ -367,9 +382,7 @@ pub(crate) async fn completions(State(state): State<ApiState>, body: Bytes) -> R
             json!({"id": id, "object": "text_completion", "created": created, "model": model,
                 "choices": [{"index": 0, "text": delta.unwrap_or(""), "logprobs": null, "finish_reason": finish}]})
         };
-        let usage_chunk = move |u: Usage| {
-            json!({"id": id2, "object": "text_completion", "created": created, "model": model2, "choices": [], "usage": u})
-        };
+        let usage_chunk = move |u: Usage| json!({"id": id2, "object": "text_completion", "created": created, "model": model2, "choices": [], "usage": u});
         return Ok(sse(pieces, include_usage, chunk, usage_chunk).into_response());
     }
     let (text, finish, usage, _, _) = collect(pieces).await?;

@@ -15,7 +15,8 @@ check_embedding_ctx_length=False)";
 pub(crate) async fn embeddings(State(state): State<ApiState>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let req: EmbeddingRequest = parse_body(&body)?;
     let ids = state.ids().await?;
-    let model = ids.embedding.clone().ok_or_else(|| ApiError::from(tonic::Status::unavailable("no embedder is loaded")))?;
+    let model =
+        ids.embedding.clone().ok_or_else(|| ApiError::from(tonic::Status::unavailable("no embedder is loaded")))?;
     if req.model != model && req.model != "default" && req.model != "tessera" {
         return Err(ApiError::model_not_found(format!(
             "the embedding model '{}' does not exist here; use '{model}', see GET /v1/models",
@@ -41,7 +42,10 @@ pub(crate) async fn embeddings(State(state): State<ApiState>, body: Bytes) -> Re
         None | Some("float") => false,
         Some("base64") => true,
         Some(other) => {
-            return Err(ApiError::bad_param("encoding_format", format!("encoding_format must be float or base64, not '{other}'")))
+            return Err(ApiError::bad_param(
+                "encoding_format",
+                format!("encoding_format must be float or base64, not '{other}'"),
+            ))
         }
     };
     let resp = tessera_proto::v1::tessera_server::Tessera::embed(
@@ -52,7 +56,10 @@ pub(crate) async fn embeddings(State(state): State<ApiState>, body: Bytes) -> Re
     .into_inner();
     if let Some(d) = req.dimensions {
         if d != resp.dimension {
-            return Err(ApiError::bad_param("dimensions", format!("{model} gives {} dimensions, not {d}", resp.dimension)));
+            return Err(ApiError::bad_param(
+                "dimensions",
+                format!("{model} gives {} dimensions, not {d}", resp.dimension),
+            ));
         }
     }
     let data: Vec<Value> = resp

@@ -22,7 +22,13 @@ pub struct ApiError {
 impl ApiError {
     /// 400 invalid_request_error.
     pub fn bad_request(message: impl Into<String>) -> Self {
-        Self { status: StatusCode::BAD_REQUEST, kind: "invalid_request_error", param: None, code: None, message: message.into() }
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            kind: "invalid_request_error",
+            param: None,
+            code: None,
+            message: message.into(),
+        }
     }
 
     /// 400 naming the field.
@@ -60,7 +66,8 @@ impl From<Status> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}});
+        let body =
+            json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}});
         (self.status, axum::Json(body)).into_response()
     }
 }

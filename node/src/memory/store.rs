@@ -156,8 +156,12 @@ impl SessionStore {
             let mut stored = Vec::with_capacity(new.len());
             for msg in new {
                 m.next_seq += 1;
-                let record =
-                    StoredMessage { seq: m.next_seq, role: msg.role.clone(), content: msg.content.clone(), unix_ms: now };
+                let record = StoredMessage {
+                    seq: m.next_seq,
+                    role: msg.role.clone(),
+                    content: msg.content.clone(),
+                    unix_ms: now,
+                };
                 let bytes = serde_json::to_vec(&record)
                     .map_err(|e| ConflictableTransactionError::Abort(MemoryError::Corrupt(e.to_string())))?;
                 messages.insert(message_key(session, record.seq), bytes)?;
@@ -256,7 +260,10 @@ mod tests {
         assert_eq!((s.summary.as_str(), s.summarized_upto), ("greetings", 2));
         assert_eq!(store.load("alice-2").unwrap().messages.len(), 1);
         let list = store.list().unwrap();
-        assert_eq!(list.iter().map(|i| (i.session.as_str(), i.messages)).collect::<Vec<_>>(), vec![("alice", 3), ("alice-2", 1)]);
+        assert_eq!(
+            list.iter().map(|i| (i.session.as_str(), i.messages)).collect::<Vec<_>>(),
+            vec![("alice", 3), ("alice-2", 1)]
+        );
         assert_eq!(store.clear("alice").await.unwrap(), 3);
         assert!(store.load("alice").unwrap().messages.is_empty());
         assert_eq!(store.load("alice-2").unwrap().messages.len(), 1);
