@@ -4,28 +4,10 @@
 //! summary memory writes a summary, and bad input gets clear errors.
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::Server;
 use serde_json::Value;
-
-const CP: &str = "# cp: copy files and directories\n\n`cp SOURCE DEST` copies a file. To copy a whole directory with everything \
-inside it, use the recursive flag: `cp -r src_dir dest_dir`. Without -r, cp refuses to copy a directory.\n\n\
-`cp -p` preserves the mode, ownership and timestamps (the file permissions) of the files it copies; `cp -a` combines -r and -p.\n";
-const TAR: &str = "# tar: archives\n\n`tar -czf out.tar.gz dir` packs a directory into a gzip-compressed archive; \
-`tar -xzf out.tar.gz` unpacks it again. Use -v to list the files while working.\n";
-const KILL: &str = "# kill: signals\n\n`kill PID` sends SIGTERM to a process so it can shut down cleanly; \
-`kill -9 PID` sends SIGKILL, which cannot be caught.\n";
-const ZH: &str =
-    "# 磁盘空间\n\n使用 `df -h` 查看每个文件系统的剩余空间，使用 `du -sh 目录` 查看一个目录占用了多少空间。\n";
-
-fn docs(dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    for (name, text) in [("cp.md", CP), ("tar.md", TAR), ("kill.md", KILL), ("disk-zh.md", ZH)] {
-        std::fs::write(dir.join(name), text).unwrap();
-    }
-}
 
 fn ask_json(server: &Server, args: &[&str]) -> Value {
     let mut all = vec!["ask", "--collection", "docs", "--top-k", "2", "--max-tokens", "24", "--json"];
@@ -55,7 +37,7 @@ fn fails_with(server: &Server, args: &[&str], needles: &[&str]) {
 fn answers_cite_sources_follow_ups_use_history_and_turns_survive_kill_9() {
     let Some(models) = common::models() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    docs(&tmp.path().join("docs"));
+    common::write_command_docs(&tmp.path().join("docs"));
     let mut server = Server::start(&tmp.path().join("data"), &models);
     server.cli_ok(&["ingest", "--collection", "docs", tmp.path().join("docs").to_str().unwrap()]);
 
@@ -114,7 +96,7 @@ fn answers_cite_sources_follow_ups_use_history_and_turns_survive_kill_9() {
 fn templates_parsers_summary_memory_and_bad_input() {
     let Some(models) = common::models() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    docs(&tmp.path().join("docs"));
+    common::write_command_docs(&tmp.path().join("docs"));
     let templates = tmp.path().join("templates");
     std::fs::create_dir_all(&templates).unwrap();
     std::fs::write(templates.join("terse.j2"), "Context: {{ context }}\nIn a {{ tone }} way, answer: {{ question }}")

@@ -186,5 +186,23 @@ pub fn doc_ids(result: &serde_json::Value) -> Vec<String> {
     result["hits"].as_array().unwrap().iter().map(|h| h["doc_id"].as_str().unwrap().to_string()).collect()
 }
 
+const CP: &str = "# cp: copy files and directories\n\n`cp SOURCE DEST` copies a file. To copy a whole directory with everything \
+inside it, use the recursive flag: `cp -r src_dir dest_dir`. Without -r, cp refuses to copy a directory.\n\n\
+`cp -p` preserves the mode, ownership and timestamps (the file permissions) of the files it copies; `cp -a` combines -r and -p.\n";
+const TAR: &str = "# tar: archives\n\n`tar -czf out.tar.gz dir` packs a directory into a gzip-compressed archive; \
+`tar -xzf out.tar.gz` unpacks it again. Use -v to list the files while working.\n";
+const KILL: &str = "# kill: signals\n\n`kill PID` sends SIGTERM to a process so it can shut down cleanly; \
+`kill -9 PID` sends SIGKILL, which cannot be caught.\n";
+const ZH: &str =
+    "# 磁盘空间\n\n使用 `df -h` 查看每个文件系统的剩余空间，使用 `du -sh 目录` 查看一个目录占用了多少空间。\n";
+
+/// A small folder of command docs (English and Chinese) whose answers tests know.
+pub fn write_command_docs(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (name, text) in [("cp.md", CP), ("tar.md", TAR), ("kill.md", KILL), ("disk-zh.md", ZH)] {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+}
+
 #[allow(unused_imports)]
 pub use tessera_node::load::testing::tiny_pdf;
