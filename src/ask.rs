@@ -223,7 +223,7 @@ async fn run_ask(
 fn result_json(r: &pb::AskResult) -> Value {
     let sources: Vec<Value> =
         r.sources.iter().map(|s| json!({"doc_id": s.doc_id, "chunk_id": s.chunk_id, "score": s.score})).collect();
-    let t = r.timings.clone().unwrap_or_default();
+    let t = r.timings.unwrap_or_default();
     let usage = r.usage.unwrap_or_default();
     let mut v = json!({
         "answer": r.answer,

@@ -298,7 +298,7 @@ pub(crate) async fn chat_completions(State(state): State<ApiState>, body: Bytes)
         let (id2, model2) = (id.clone(), model.clone());
         let chunk = move |delta: Option<&str>, finish: Option<&str>, sources: Option<&Vec<SourceOut>>| {
             let delta = match delta {
-                Some(t) if t.is_empty() => json!({"role": "assistant", "content": ""}),
+                Some("") => json!({"role": "assistant", "content": ""}),
                 Some(t) => json!({"content": t}),
                 None => json!({}),
             };
