@@ -158,6 +158,31 @@ fn templates_parsers_summary_memory_and_bad_input() {
         std::thread::sleep(Duration::from_millis(500));
     }
 
+    // Interactive chat: one question, the history command, exit.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["chat", "--collection", "docs", "--session", "tty", "--top-k", "1", "--max-tokens", "8"])
+        .env("TESSERA_SERVER", server.url())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all("How do I stop a process?\n/history\n/exit\n".as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("user: How do I stop a process?"), "{stdout}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("sources: kill.md#0"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(show(&server, "tty")["messages"].as_array().unwrap().len(), 2);
+
     // Bad input.
     fails_with(&server, &["sessions", "show", "nobody"], &["NotFound"]);
     fails_with(

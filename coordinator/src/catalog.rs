@@ -146,7 +146,18 @@ mod tests {
             let c = Catalog::open(dir.path()).unwrap();
             c.put(&meta).await.unwrap();
         }
-        let c = Catalog::open(dir.path()).unwrap();
+        // sled's flusher thread may still hold the file lock for a moment after drop.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let c = loop {
+            match Catalog::open(dir.path()) {
+                Ok(c) => break c,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
         assert_eq!(c.get("docs").unwrap(), Some(meta));
         assert_eq!(c.list().unwrap().len(), 1);
         assert!(c.remove("docs").await.unwrap());

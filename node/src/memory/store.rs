@@ -253,7 +253,18 @@ mod tests {
             store.append("alice", &[msg("user", "again")]).await.unwrap();
             store.set_summary("alice", "greetings", 2).await.unwrap();
         }
-        let store = SessionStore::open(&path).unwrap();
+        // sled's flusher thread may still hold the file lock for a moment after drop.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let store = loop {
+            match SessionStore::open(&path) {
+                Ok(s) => break s,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
         let s = store.load("alice").unwrap();
         let texts: Vec<_> = s.messages.iter().map(|m| (m.seq, m.content.as_str())).collect();
         assert_eq!(texts, vec![(1, "你好"), (2, "hi"), (3, "again")]);
