@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs the system packages Tessera's build and tests use, when missing:
-#   protobuf-compiler (protoc, for etcd-client's build), etcd-server (cluster tests).
+#   protobuf-compiler (protoc, for etcd-client's build), etcd-server (cluster tests),
+#   chromium (the status page test renders the page in a real headless browser).
 # Rust comes with the machine (rustup); Python 3 with pip is used to fetch models.
 set -euo pipefail
 
 need=()
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -2,6 +2,7 @@
 mod ask;
 mod client;
 mod server;
+mod telemetry;
 mod walk;
 
 use std::net::SocketAddr;

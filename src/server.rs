@@ -85,18 +85,6 @@ pub struct UpArgs {
     session_idle_secs: u64,
 }
 
-fn init_tracing() {
-    use tracing_subscriber::{fmt, EnvFilter};
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = std::env::var("TESSERA_LOG_FORMAT").is_ok_and(|v| v == "json");
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -117,7 +105,7 @@ async fn shutdown_signal() {
 
 /// Runs `tessera up` until SIGINT or SIGTERM.
 pub async fn up(args: UpArgs) -> anyhow::Result<()> {
-    init_tracing();
+    let telemetry = crate::telemetry::init("tessera")?;
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
     let ready = Arc::new(AtomicBool::new(false));
 
@@ -154,10 +142,14 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             }
         }
     };
+    let prometheus = telemetry.metrics.clone();
     let app = axum::Router::new()
         .route("/healthz", get(health.clone()))
         .route("/readyz", get(health))
-        .merge(tessera_coordinator::openai::router(coordinator.clone()));
+        .route("/metrics", get(move || std::future::ready(prometheus.render())))
+        .merge(tessera_coordinator::openai::router(coordinator.clone()))
+        .merge(tessera_coordinator::status::router(coordinator.clone()))
+        .layer(axum::middleware::from_fn(crate::telemetry::http_observe));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut http_stop = stop_rx.clone();
     let http_task = tokio::spawn(async move {
@@ -207,6 +199,8 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let mut grpc_stop = stop_rx.clone();
     let grpc_task = tokio::spawn(
         tonic::transport::Server::builder()
+            .trace_fn(crate::telemetry::grpc_span)
+            .layer(crate::telemetry::GrpcMetricsLayer)
             .add_service(health_service)
             .add_service(reflection)
             .add_service(coordinator.into_server(MAX_MESSAGE_BYTES))
@@ -230,5 +224,6 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let _ = http_task.await;
     node.shutdown().await;
     info!("stopped cleanly");
+    telemetry.shutdown();
     Ok(())
 }

@@ -11,6 +11,7 @@ pub mod merge;
 pub mod nodes;
 pub mod openai;
 pub mod service;
+pub mod status;
 
 pub use catalog::{Catalog, CollectionMeta};
 pub use nodes::NodeSet;

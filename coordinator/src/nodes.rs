@@ -3,8 +3,40 @@
 //! In `tessera up` there is one node (its own process, reached over loopback
 //! gRPC). Shard `s` of a collection lives on node `s mod n`; cluster mode
 //! replaces this with the placement map in etcd.
+use opentelemetry::propagation::Injector;
 use tessera_proto::v1::node_client::NodeClient;
+use tonic::metadata::{MetadataKey, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// A `Node` client whose calls carry the caller's W3C trace context.
+pub type NodeClientT = NodeClient<InterceptedService<Channel, TraceContextInjector>>;
+
+/// Puts the current span's trace context into each request's metadata
+/// (`traceparent`), so the node's spans join the coordinator's trace.
+#[derive(Clone, Copy, Default)]
+pub struct TraceContextInjector;
+
+struct MetadataInjector<'a>(&'a mut tonic::metadata::MetadataMap);
+
+impl Injector for MetadataInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(k), Ok(v)) = (MetadataKey::from_bytes(key.as_bytes()), MetadataValue::try_from(value.as_str())) {
+            self.0.insert(k, v);
+        }
+    }
+}
+
+impl tonic::service::Interceptor for TraceContextInjector {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let cx = tracing::Span::current().context();
+        opentelemetry::global::get_text_map_propagator(|p| {
+            p.inject_context(&cx, &mut MetadataInjector(req.metadata_mut()))
+        });
+        Ok(req)
+    }
+}
 
 /// A node as the coordinator sees it.
 #[derive(Clone)]
@@ -14,7 +46,7 @@ pub struct NodeRef {
     /// gRPC URL.
     pub url: String,
     /// Client over a shared, lazily connected channel.
-    pub client: NodeClient<Channel>,
+    pub client: NodeClientT,
 }
 
 /// See the module documentation.
@@ -32,7 +64,7 @@ impl NodeSet {
                 .connect_timeout(std::time::Duration::from_secs(5))
                 .tcp_nodelay(true)
                 .connect_lazy();
-            let client = NodeClient::new(channel)
+            let client = NodeClient::with_interceptor(channel, TraceContextInjector)
                 .max_decoding_message_size(max_message_bytes)
                 .max_encoding_message_size(max_message_bytes);
             out.push(NodeRef { id: id.clone(), url: url.clone(), client });

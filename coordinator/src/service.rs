@@ -139,6 +139,16 @@ impl Coordinator {
         Self { config, catalog, nodes, create_lock: Arc::default(), prompts: Arc::new(prompts) }
     }
 
+    /// The nodes this coordinator routes to.
+    pub fn nodes(&self) -> &NodeSet {
+        &self.nodes
+    }
+
+    /// The collection catalog.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
     /// Limits and defaults in force.
     pub fn config(&self) -> &CoordinatorConfig {
         &self.config

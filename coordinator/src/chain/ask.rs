@@ -335,6 +335,17 @@ impl Coordinator {
         })?;
 
         timings.total_ms = ms(started);
+        for (step, v) in [
+            ("condense", timings.condense_ms),
+            ("embed", timings.embed_ms),
+            ("search", timings.search_ms),
+            ("prompt", timings.prompt_ms),
+            ("first_token", timings.first_token_ms),
+            ("generate", timings.generate_ms),
+            ("total", timings.total_ms),
+        ] {
+            metrics::histogram!("tessera_ask_step_duration_seconds", "step" => step).record(v / 1000.0);
+        }
         let result = pb::AskResult {
             answer,
             sources: kept_hits

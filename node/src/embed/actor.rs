@@ -166,6 +166,10 @@ fn start_batch(myself: ActorRef<EmbedderMsg>, state: &mut EmbedderState) {
     state.busy = true;
     let model = state.model.clone();
     let span = info_span!("embedder.batch", size = batch.len(), padded_tokens = longest * batch.len());
+    metrics::histogram!("tessera_embedder_batch_size").record(batch.len() as f64);
+    metrics::histogram!("tessera_embedder_batch_padded_tokens_size").record((longest * batch.len()) as f64);
+    metrics::gauge!("tessera_embedder_queue_depth").set(state.queue.len() as f64);
+    let started = std::time::Instant::now();
     tokio::spawn(
         async move {
             let items: Vec<(u64, usize)> = batch.iter().map(|(id, i, _)| (*id, *i)).collect();
@@ -176,6 +180,8 @@ fn start_batch(myself: ActorRef<EmbedderMsg>, state: &mut EmbedderState) {
             .await
             .unwrap_or_else(|e| Err(format!("embedding task failed: {e}")));
             debug!("batch done");
+            metrics::histogram!("tessera_embedder_batch_duration_seconds").record(started.elapsed().as_secs_f64());
+            metrics::counter!("tessera_embedder_texts_total").increment(items.len() as u64);
             if let Err(e) = myself.cast(EmbedderMsg::BatchDone(items, result)) {
                 warn!("embedder gone before its batch finished: {e}");
             }

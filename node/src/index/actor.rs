@@ -23,21 +23,48 @@ pub enum ShardMsg {
 /// The actor type.
 pub struct ShardActor;
 
+/// A shard and the metric labels of its replica.
+pub struct ShardState {
+    shard: Shard,
+    collection: String,
+    number: String,
+}
+
+impl ShardState {
+    /// Size gauges: chunks, documents, applied sequence.
+    fn record_sizes(&self) {
+        let s = self.shard.stats();
+        let labels = [("collection", self.collection.clone()), ("shard", self.number.clone())];
+        metrics::gauge!("tessera_shard_chunks", &labels).set(s.chunks as f64);
+        metrics::gauge!("tessera_shard_documents", &labels).set(s.documents as f64);
+        metrics::gauge!("tessera_shard_sequence", &labels).set(s.sequence as f64);
+    }
+}
+
 impl Actor for ShardActor {
     type Msg = ShardMsg;
-    type State = Shard;
-    type Arguments = Shard;
+    type State = ShardState;
+    type Arguments = (Shard, String);
 
-    async fn pre_start(&self, _myself: ActorRef<Self::Msg>, shard: Shard) -> Result<Shard, ActorProcessingErr> {
-        Ok(shard)
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        (shard, name): (Shard, String),
+    ) -> Result<ShardState, ActorProcessingErr> {
+        let (collection, number) = name.rsplit_once('/').unwrap_or((name.as_str(), "0"));
+        let state = ShardState { shard, collection: collection.to_string(), number: number.to_string() };
+        state.record_sizes();
+        Ok(state)
     }
 
     async fn handle(
         &self,
         myself: ActorRef<Self::Msg>,
         message: Self::Msg,
-        shard: &mut Shard,
+        state: &mut ShardState,
     ) -> Result<(), ActorProcessingErr> {
+        let started = std::time::Instant::now();
+        let shard = &mut state.shard;
         match message {
             ShardMsg::Write(writes, reply) => {
                 let span = info_span!("shard.write", docs = writes.len());
@@ -47,10 +74,13 @@ impl Actor for ShardActor {
                     Err(e) => Err(e),
                 };
                 let _ = reply.send(result);
+                metrics::histogram!("tessera_shard_write_duration_seconds").record(started.elapsed().as_secs_f64());
+                state.record_sizes();
             }
             ShardMsg::Search(query, reply) => {
                 let _span = info_span!("shard.search", top_k = query.top_k).entered();
                 let _ = reply.send(shard.search(&query));
+                metrics::histogram!("tessera_shard_search_duration_seconds").record(started.elapsed().as_secs_f64());
             }
             ShardMsg::Stats(reply) => {
                 let _ = reply.send(shard.stats());
@@ -78,7 +108,8 @@ fn unavailable(name: &str, e: impl std::fmt::Display) -> ShardError {
 impl ShardHandle {
     /// Spawns an actor for an opened shard.
     pub async fn spawn(name: String, shard: Shard) -> Result<Self, ShardError> {
-        let (actor, _) = Actor::spawn(None, ShardActor, shard).await.map_err(|e| unavailable(&name, e))?;
+        let (actor, _) =
+            Actor::spawn(None, ShardActor, (shard, name.clone())).await.map_err(|e| unavailable(&name, e))?;
         Ok(Self { actor, name })
     }
 

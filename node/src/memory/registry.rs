@@ -59,6 +59,7 @@ impl SessionRegistry {
             .map_err(|e| MemoryError::Unavailable(e.to_string()))?;
         debug!(session, "session actor spawned");
         live.insert(session.to_string(), Live { actor: actor.clone(), last_used: Instant::now() });
+        metrics::gauge!("tessera_sessions_live").set(live.len() as f64);
         Ok(actor)
     }
 
@@ -87,7 +88,10 @@ impl SessionRegistry {
 
     /// Appends messages; returns once durable.
     pub async fn append(&self, session: &str, messages: Vec<ChatMessage>) -> Result<SessionState, MemoryError> {
-        self.call(session, |r| SessionMsg::Append(messages.clone(), r)).await?
+        let n = messages.len() as u64;
+        let state = self.call(session, |r| SessionMsg::Append(messages.clone(), r)).await??;
+        metrics::counter!("tessera_session_messages_appended_total").increment(n);
+        Ok(state)
     }
 
     /// Records a summary of messages up to `upto`.
@@ -124,6 +128,7 @@ async fn passivate(live: &Mutex<HashMap<String, Live>>, idle: Duration) {
         }
         keep
     });
+    metrics::gauge!("tessera_sessions_live").set(live.len() as f64);
 }
 
 #[cfg(test)]

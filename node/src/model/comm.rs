@@ -104,6 +104,7 @@ impl Communicator for LocalCommunicator {
     }
 
     fn all_reduce_sum(&self, data: &mut [f32]) -> Result<(), CommError> {
+        let _span = tracing::debug_span!("comm.all_reduce_sum", rank = self.rank, values = data.len()).entered();
         if self.world == 1 {
             return Ok(());
         }
@@ -123,6 +124,7 @@ impl Communicator for LocalCommunicator {
     }
 
     fn all_gather(&self, data: &[f32]) -> Result<Vec<f32>, CommError> {
+        let _span = tracing::debug_span!("comm.all_gather", rank = self.rank, values = data.len()).entered();
         *lock(&self.shared.floats[self.rank])? = data.to_vec();
         self.shared.barrier.wait();
         let mut out = Vec::new();
@@ -134,6 +136,7 @@ impl Communicator for LocalCommunicator {
     }
 
     fn broadcast(&self, data: &mut Vec<u8>, root: usize) -> Result<(), CommError> {
+        let _span = tracing::debug_span!("comm.broadcast", rank = self.rank, values = data.len()).entered();
         if self.world == 1 {
             return Ok(());
         }

@@ -93,6 +93,9 @@ struct Job {
     prompt: Vec<u32>,
     params: SamplingParams,
     events: UnboundedSender<Event>,
+    /// The submitting request's span: the sequence's spans are its children.
+    span: tracing::Span,
+    submitted: Instant,
 }
 
 /// What rank 0 broadcasts before each step.
@@ -132,6 +135,9 @@ struct Seq {
     params: SamplingParams,
     events: UnboundedSender<Event>,
     emitted: usize,
+    /// `model.generate`, open for the sequence's life.
+    span: tracing::Span,
+    submitted: Instant,
 }
 
 impl ModelGroup {
@@ -241,7 +247,13 @@ impl ModelGroup {
             )));
         }
         let (tx, rx) = unbounded_channel();
-        match self.jobs.try_send(Job { prompt, params, events: tx }) {
+        match self.jobs.try_send(Job {
+            prompt,
+            params,
+            events: tx,
+            span: tracing::Span::current(),
+            submitted: Instant::now(),
+        }) {
             Ok(()) => Ok(rx),
             Err(TrySendError::Full(_)) => Err(ModelError::Busy("the model queue is full; retry later".into())),
             Err(TrySendError::Disconnected(_)) => Err(ModelError::Io("the model group has stopped".into())),
@@ -330,7 +342,10 @@ impl Leader {
     fn admit(&mut self, job: Job) {
         let id = self.next_id;
         self.next_id += 1;
+        let span = info_span!(parent: &job.span, "model.generate", seq = id, prompt_tokens = job.prompt.len(), completion_tokens = tracing::field::Empty, finish = tracing::field::Empty);
         self.waiting.push_back(Seq {
+            span,
+            submitted: job.submitted,
             id,
             sampler: Sampler::new(job.params.clone()),
             params: job.params,
@@ -424,14 +439,38 @@ impl Leader {
         self.broadcast(&Command::Step { steps: steps.clone(), free })?;
         if steps.is_empty() {
             self.stats.cached_sequences.store(self.model.cached_sequences(), Ordering::Relaxed);
+            self.record_gauges();
             return Ok(());
         }
         let started = Instant::now();
         let logits = {
-            let _span = info_span!("model.step", rank = 0, seqs = steps.len(), prefill = prefilling).entered();
+            let step_span = info_span!(
+                "model.step",
+                rank = 0,
+                seqs = steps.len(),
+                decode = self.running.len(),
+                prefill = prefilling
+            );
+            // A step serves many requests: it links to each sequence's span instead of having one parent.
+            for s in self.running.iter().chain(self.waiting.iter().take(prefilling)) {
+                step_span.follows_from(&s.span);
+            }
+            // One prefill span per prompt chunk, as a child of its request.
+            let _prefill_spans: Vec<tracing::Span> = steps[self.running.len()..]
+                .iter()
+                .filter_map(|st| {
+                    let seq = self.waiting.iter().find(|s| s.id == st.seq)?;
+                    Some(info_span!(parent: &seq.span, "model.prefill", tokens = st.tokens.len(), start = st.start))
+                })
+                .collect();
+            let _entered = step_span.enter();
             self.model.forward(&steps, self.comm.as_ref())?
         };
         debug!(seqs = steps.len(), ms = started.elapsed().as_millis() as u64, "step");
+        let prompt_tokens: usize = steps[self.running.len()..].iter().map(|s| s.tokens.len()).sum();
+        metrics::histogram!("tessera_model_step_duration_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("tessera_model_step_sequences").record(steps.len() as f64);
+        metrics::counter!("tessera_model_prompt_tokens_total").increment(prompt_tokens as u64);
         self.stats.steps.fetch_add(1, Ordering::Relaxed);
         self.stats.max_batch_seen.fetch_max(steps.len(), Ordering::Relaxed);
 
@@ -454,7 +493,12 @@ impl Leader {
             }
             let history: Vec<u32> = seq.prompt.iter().chain(seq.generated.iter()).copied().collect();
             let token = seq.sampler.sample(&logits[i], &history);
+            if seq.generated.is_empty() {
+                metrics::histogram!("tessera_model_time_to_first_token_seconds")
+                    .record(seq.submitted.elapsed().as_secs_f64());
+            }
             seq.generated.push(token);
+            metrics::counter!("tessera_model_generated_tokens_total").increment(1);
             if let Some(reason) = advance(seq, token, &self.tokenizer) {
                 finished.push((seq.id, reason));
             }
@@ -472,6 +516,9 @@ impl Leader {
         for (id, reason) in finished {
             if let Some(pos) = self.running.iter().position(|s| s.id == id) {
                 let s = self.running.remove(pos);
+                s.span.record("completion_tokens", s.generated.len());
+                s.span.record("finish", reason.as_str());
+                metrics::counter!("tessera_model_requests_total", "finish" => reason.as_str()).increment(1);
                 let _ = s.events.send(Event::Done {
                     finish: reason,
                     prompt_tokens: s.prompt.len(),
@@ -481,7 +528,17 @@ impl Leader {
             }
         }
         self.stats.cached_sequences.store(self.model.cached_sequences(), Ordering::Relaxed);
+        self.record_gauges();
         Ok(())
+    }
+
+    /// Queue, batch and KV-cache gauges after a step.
+    fn record_gauges(&self) {
+        let cached_tokens: usize = self.running.iter().chain(self.waiting.iter()).map(|s| s.cached).sum();
+        metrics::gauge!("tessera_model_waiting_requests").set(self.waiting.len() as f64);
+        metrics::gauge!("tessera_model_running_requests").set(self.running.len() as f64);
+        metrics::gauge!("tessera_model_kv_cache_sequences").set(self.model.cached_sequences() as f64);
+        metrics::gauge!("tessera_model_kv_cache_tokens").set(cached_tokens as f64);
     }
 }
 

@@ -1,0 +1,188 @@
+//! What the cluster looks like now: nodes with their roles and health,
+//! collections with their shards and where they live, model groups. Served as
+//! JSON at `GET /status.json` and as a self-refreshing page at `GET /`.
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::response::Html;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+use tessera_proto::v1 as pb;
+
+use crate::service::Coordinator;
+
+/// How long one node may take to answer the status probe.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A node as the status page shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeStatus {
+    /// Node id.
+    pub id: String,
+    /// Where the coordinator reaches it.
+    pub address: String,
+    /// Roles it serves.
+    pub roles: Vec<String>,
+    /// It answered the probe.
+    pub healthy: bool,
+    /// Why not, when it did not.
+    pub error: Option<String>,
+    /// Embedding model, when it embeds.
+    pub embedder: Option<String>,
+    /// Shard replicas it hosts.
+    pub shards: usize,
+}
+
+/// A shard replica's place and counters.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShardStatus {
+    /// Shard number.
+    pub shard: u32,
+    /// Node hosting it.
+    pub node: String,
+    /// Chunks stored.
+    pub chunks: u64,
+    /// Documents stored.
+    pub documents: u64,
+    /// Writes applied (the shard's sequence number).
+    pub sequence: u64,
+}
+
+/// A collection with its shards.
+#[derive(Debug, Clone, Serialize)]
+pub struct CollectionStatus {
+    /// Name.
+    pub name: String,
+    /// Vector dimension.
+    pub dimension: u32,
+    /// Replicas per shard.
+    pub replication: u32,
+    /// Documents over all shards.
+    pub documents: u64,
+    /// Chunks over all shards.
+    pub chunks: u64,
+    /// Each shard.
+    pub shards: Vec<ShardStatus>,
+}
+
+/// A model group.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelStatus {
+    /// Node of rank 0.
+    pub node: String,
+    /// Model name.
+    pub name: String,
+    /// Ranks.
+    pub tensor_parallel: u32,
+    /// Context window, tokens.
+    pub context_length: u32,
+    /// Sequences holding KV cache now.
+    pub cached_sequences: u32,
+    /// Forward steps run.
+    pub steps: u64,
+}
+
+/// See the module documentation.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterStatus {
+    /// Binary version.
+    pub version: &'static str,
+    /// Every node the coordinator knows.
+    pub nodes: Vec<NodeStatus>,
+    /// Every collection.
+    pub collections: Vec<CollectionStatus>,
+    /// Model groups.
+    pub models: Vec<ModelStatus>,
+}
+
+impl Coordinator {
+    /// Probes every node (2 s each, in parallel) and reads the catalog.
+    pub async fn cluster_status(&self) -> ClusterStatus {
+        let probes = self.nodes().all().iter().map(|n| async move {
+            let mut client = n.client.clone();
+            let info = tokio::time::timeout(PROBE_TIMEOUT, client.info(pb::NodeInfoRequest {})).await;
+            let info = match info {
+                Ok(Ok(r)) => Ok(r.into_inner()),
+                Ok(Err(s)) => Err(s.message().to_string()),
+                Err(_) => Err("no answer within 2 s".to_string()),
+            };
+            (n.id.clone(), n.url.clone(), info)
+        });
+        let answers = futures::future::join_all(probes).await;
+        let mut nodes = Vec::new();
+        let mut models = Vec::new();
+        let mut replicas: Vec<(String, pb::ShardStats)> = Vec::new();
+        for (id, url, info) in answers {
+            match info {
+                Ok(info) => {
+                    if let Some(m) = &info.model {
+                        models.push(ModelStatus {
+                            node: id.clone(),
+                            name: m.name.clone(),
+                            tensor_parallel: m.tensor_parallel,
+                            context_length: m.context_length,
+                            cached_sequences: m.cached_sequences,
+                            steps: m.steps,
+                        });
+                    }
+                    nodes.push(NodeStatus {
+                        id: id.clone(),
+                        address: url,
+                        roles: info.roles.clone(),
+                        healthy: true,
+                        error: None,
+                        embedder: (!info.embedder.is_empty()).then(|| info.embedder.clone()),
+                        shards: info.shards.len(),
+                    });
+                    replicas.extend(info.shards.into_iter().map(|s| (id.clone(), s)));
+                }
+                Err(e) => nodes.push(NodeStatus {
+                    id,
+                    address: url,
+                    roles: vec![],
+                    healthy: false,
+                    error: Some(e),
+                    embedder: None,
+                    shards: 0,
+                }),
+            }
+        }
+        let mut collections = Vec::new();
+        for meta in self.catalog().list().unwrap_or_default() {
+            let mut shards: Vec<ShardStatus> = replicas
+                .iter()
+                .filter(|(_, s)| s.shard.as_ref().is_some_and(|r| r.collection == meta.name))
+                .map(|(node, s)| ShardStatus {
+                    shard: s.shard.as_ref().map(|r| r.shard).unwrap_or(0),
+                    node: node.clone(),
+                    chunks: s.chunks,
+                    documents: s.documents,
+                    sequence: s.sequence,
+                })
+                .collect();
+            shards.sort_by(|a, b| (a.shard, &a.node).cmp(&(b.shard, &b.node)));
+            collections.push(CollectionStatus {
+                documents: shards.iter().map(|s| s.documents).sum::<u64>() / u64::from(meta.replication.max(1)),
+                chunks: shards.iter().map(|s| s.chunks).sum::<u64>() / u64::from(meta.replication.max(1)),
+                name: meta.name,
+                dimension: meta.dimension,
+                replication: meta.replication,
+                shards,
+            });
+        }
+        ClusterStatus { version: env!("CARGO_PKG_VERSION"), nodes, collections, models }
+    }
+}
+
+/// `GET /` (the page) and `GET /status.json`.
+pub fn router(coordinator: Coordinator) -> Router {
+    Router::new()
+        .route("/", get(|| async { Html(include_str!("status.html")) }))
+        .route("/status.json", get(status_json))
+        .with_state(coordinator)
+}
+
+async fn status_json(State(c): State<Coordinator>) -> Json<ClusterStatus> {
+    Json(c.cluster_status().await)
+}
