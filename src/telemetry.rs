@@ -1,7 +1,8 @@
 //! Logs, traces and metrics of one `tessera` process.
 //!
 //! - Logs: `tracing` with `RUST_LOG` filtering; `TESSERA_LOG_FORMAT=json` gives JSON
-//!   lines that carry the fields of the current spans, among them `trace_id`.
+//!   lines that carry the fields of the current spans, among them the request's
+//!   `trace_id` (trace context is then kept even when nothing is exported).
 //! - Traces: with `OTEL_EXPORTER_OTLP_ENDPOINT` set, spans are exported over OTLP/gRPC.
 //!   W3C trace context comes in from gRPC metadata and HTTP `traceparent` headers
 //!   (see [`grpc_span`], [`http_observe`]) and goes out on calls to nodes (the
@@ -62,6 +63,8 @@ pub fn init(service: &str) -> anyhow::Result<Telemetry> {
     };
     let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok().filter(|e| !e.trim().is_empty());
     let provider = match endpoint {
+        // JSON logs without export still get real trace ids (and propagate them to nodes).
+        None if json => Some(SdkTracerProvider::builder().build()),
         Some(_) => {
             // The exporter reads OTEL_EXPORTER_OTLP_ENDPOINT (and the other OTEL_* variables) itself.
             let exporter = opentelemetry_otlp::SpanExporter::builder()

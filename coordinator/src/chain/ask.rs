@@ -335,6 +335,13 @@ impl Coordinator {
         })?;
 
         timings.total_ms = ms(started);
+        tracing::info!(
+            total_ms = timings.total_ms as u64,
+            first_token_ms = timings.first_token_ms as u64,
+            chunks = fitted.chunks,
+            history = lines.len() - fitted.history_from,
+            "ask answered"
+        );
         for (step, v) in [
             ("condense", timings.condense_ms),
             ("embed", timings.embed_ms),

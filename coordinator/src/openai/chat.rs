@@ -176,7 +176,7 @@ fn sse(
     Sse::new(all).keep_alive(KeepAlive::default())
 }
 
-#[tracing::instrument(skip_all, name = "POST /v1/chat/completions")]
+#[tracing::instrument(skip_all, name = "openai.chat_completions")]
 pub(crate) async fn chat_completions(State(state): State<ApiState>, body: Bytes) -> Result<Response, ApiError> {
     let req: ChatRequest = parse_body(&body)?;
     let model = state.chat_model(&req.model).await?;
@@ -343,7 +343,7 @@ pub(crate) async fn chat_completions(State(state): State<ApiState>, body: Bytes)
     Ok(Json(body).into_response())
 }
 
-#[tracing::instrument(skip_all, name = "POST /v1/completions")]
+#[tracing::instrument(skip_all, name = "openai.completions")]
 pub(crate) async fn completions(State(state): State<ApiState>, body: Bytes) -> Result<Response, ApiError> {
     let req: CompletionRequest = parse_body(&body)?;
     let model = state.chat_model(&req.model).await?;

@@ -11,7 +11,7 @@ use super::{parse_body, ApiError, ApiState};
 const TOKEN_INPUT: &str = "token-id input is not supported; send text (LangChain's OpenAIEmbeddings: pass \
 check_embedding_ctx_length=False)";
 
-#[tracing::instrument(skip_all, name = "POST /v1/embeddings")]
+#[tracing::instrument(skip_all, name = "openai.embeddings")]
 pub(crate) async fn embeddings(State(state): State<ApiState>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let req: EmbeddingRequest = parse_body(&body)?;
     let ids = state.ids().await?;

@@ -103,7 +103,7 @@ pub(crate) fn new_id(prefix: &str) -> String {
     format!("{prefix}-{:x}{n:06x}", unix_now())
 }
 
-#[tracing::instrument(skip_all, name = "GET /v1/models")]
+#[tracing::instrument(skip_all, name = "openai.models")]
 async fn models(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
     let ids = state.ids().await?;
     let data: Vec<Value> = [&ids.chat, &ids.embedding]
