@@ -1,8 +1,16 @@
 //! The collection catalog: which collections exist and how they are split.
 //!
-//! Kept in a sled tree in the coordinator's data dir; in cluster mode this moves
-//! to etcd, with the same [`CollectionMeta`] as the value.
+//! In `tessera up` it is a sled tree in the coordinator's data dir; in cluster
+//! mode it is etcd (`/tessera/collections/NAME`, shared by every coordinator,
+//! created with a compare-and-swap so two coordinators cannot both create a
+//! name). Either way reads come from an in-memory copy that the backend keeps
+//! current (etcd: a watch), so routing never waits on storage.
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use etcd_client::{Compare, CompareOp, EventType, GetOptions, Txn, TxnOp, WatchOptions};
+use tracing::{info, warn};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -22,6 +30,21 @@ pub struct CollectionMeta {
     pub replication: u32,
     /// Embedding model name.
     pub embedder: String,
+    /// Where each shard lives, by shard number (empty in catalogs written before
+    /// placement existed: shard `s` then lives on node `s mod n`).
+    #[serde(default)]
+    pub placement: Vec<ShardPlacement>,
+}
+
+/// The replicas of one shard.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardPlacement {
+    /// Node ids holding a replica, the primary first.
+    pub replicas: Vec<String>,
+    /// The node that orders writes.
+    pub primary: String,
+    /// Bumped by every placement change of this shard.
+    pub epoch: u64,
 }
 
 /// Catalog failures.
@@ -33,52 +56,169 @@ pub enum CatalogError {
     /// A record does not decode.
     #[error("catalog record for '{0}' is corrupt")]
     Corrupt(String),
+    /// etcd failed.
+    #[error("catalog in etcd: {0}")]
+    Etcd(#[from] etcd_client::Error),
+}
+
+const ETCD_PREFIX: &str = "/tessera/collections/";
+
+#[derive(Clone)]
+enum Backend {
+    Sled(sled::Tree),
+    Etcd(Box<etcd_client::Client>),
 }
 
 /// See the module documentation.
 #[derive(Clone)]
 pub struct Catalog {
-    tree: sled::Tree,
+    backend: Backend,
+    cache: Arc<RwLock<BTreeMap<String, CollectionMeta>>>,
+}
+
+fn decode(name: &str, bytes: &[u8]) -> Result<CollectionMeta, CatalogError> {
+    serde_json::from_slice(bytes).map_err(|_| CatalogError::Corrupt(name.to_string()))
 }
 
 impl Catalog {
-    /// Opens the catalog under `data_dir`.
+    /// Opens the sled catalog under `data_dir` (`tessera up`).
     pub fn open(data_dir: &Path) -> Result<Self, CatalogError> {
         let db = sled::open(data_dir.join("coordinator.sled"))?;
-        Ok(Self { tree: db.open_tree("collections")? })
+        let tree = db.open_tree("collections")?;
+        let mut cache = BTreeMap::new();
+        for item in tree.iter() {
+            let (k, v) = item?;
+            let name = String::from_utf8_lossy(&k).to_string();
+            cache.insert(name.clone(), decode(&name, &v)?);
+        }
+        Ok(Self { backend: Backend::Sled(tree), cache: Arc::new(RwLock::new(cache)) })
+    }
+
+    /// The etcd catalog (cluster mode): loads it and follows changes made by
+    /// other coordinators.
+    pub async fn open_etcd(client: etcd_client::Client) -> Result<Self, CatalogError> {
+        let me = Self { backend: Backend::Etcd(Box::new(client.clone())), cache: Arc::default() };
+        let revision = me.reload(client.clone()).await?;
+        let watcher = me.clone();
+        tokio::spawn(async move { watcher.follow(client, revision).await });
+        Ok(me)
+    }
+
+    async fn reload(&self, mut client: etcd_client::Client) -> Result<i64, CatalogError> {
+        let resp = client.get(ETCD_PREFIX, Some(GetOptions::new().with_prefix())).await?;
+        let mut fresh = BTreeMap::new();
+        for kv in resp.kvs() {
+            let name = kv.key_str().unwrap_or("").trim_start_matches(ETCD_PREFIX).to_string();
+            match decode(&name, kv.value()) {
+                Ok(meta) => {
+                    fresh.insert(name, meta);
+                }
+                Err(e) => warn!(error = %e, "skipping a catalog record"),
+            }
+        }
+        *self.cache.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
+    }
+
+    /// Applies catalog changes from etcd; on a broken watch, reloads and watches again.
+    async fn follow(self, client: etcd_client::Client, mut revision: i64) {
+        loop {
+            let opts = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
+            match client.clone().watch(ETCD_PREFIX, Some(opts)).await {
+                Ok(mut stream) => {
+                    while let Ok(Some(resp)) = stream.message().await {
+                        for ev in resp.events() {
+                            let Some(kv) = ev.kv() else { continue };
+                            revision = revision.max(kv.mod_revision());
+                            let name = kv.key_str().unwrap_or("").trim_start_matches(ETCD_PREFIX).to_string();
+                            let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
+                            match ev.event_type() {
+                                EventType::Put => match decode(&name, kv.value()) {
+                                    Ok(meta) => {
+                                        cache.insert(name, meta);
+                                    }
+                                    Err(e) => warn!(error = %e, "skipping a catalog record"),
+                                },
+                                EventType::Delete => {
+                                    cache.remove(&name);
+                                }
+                            }
+                        }
+                    }
+                }
+                Err(e) => warn!(error = %e, "catalog watch failed; retrying"),
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            match self.reload(client.clone()).await {
+                Ok(r) => revision = r,
+                Err(e) => warn!(error = %e, "catalog reload failed; retrying"),
+            }
+        }
     }
 
     /// The collection, if it exists.
     pub fn get(&self, name: &str) -> Result<Option<CollectionMeta>, CatalogError> {
-        self.tree
-            .get(name.as_bytes())?
-            .map(|v| serde_json::from_slice(&v).map_err(|_| CatalogError::Corrupt(name.to_string())))
-            .transpose()
+        Ok(self.cache.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned())
     }
 
     /// Every collection, by name.
     pub fn list(&self) -> Result<Vec<CollectionMeta>, CatalogError> {
-        self.tree
-            .iter()
-            .map(|item| {
-                let (k, v) = item?;
-                serde_json::from_slice(&v).map_err(|_| CatalogError::Corrupt(String::from_utf8_lossy(&k).into()))
-            })
-            .collect()
+        Ok(self.cache.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect())
     }
 
-    /// Stores a collection durably.
+    /// Stores a new collection durably; false (nothing written) when the name exists.
+    pub async fn create(&self, meta: &CollectionMeta) -> Result<bool, CatalogError> {
+        let json = serde_json::to_vec(meta).map_err(|_| CatalogError::Corrupt(meta.name.clone()))?;
+        let created = match &self.backend {
+            Backend::Sled(tree) => {
+                let done = tree.compare_and_swap(meta.name.as_bytes(), None as Option<&[u8]>, Some(json))?.is_ok();
+                tree.flush_async().await?;
+                done
+            }
+            Backend::Etcd(client) => {
+                let key = format!("{ETCD_PREFIX}{}", meta.name);
+                let txn = Txn::new()
+                    .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
+                    .and_then([TxnOp::put(key, json, None)]);
+                client.as_ref().clone().txn(txn).await?.succeeded()
+            }
+        };
+        if created {
+            self.cache.write().unwrap_or_else(|e| e.into_inner()).insert(meta.name.clone(), meta.clone());
+            info!(collection = %meta.name, "collection stored in the catalog");
+        }
+        Ok(created)
+    }
+
+    /// Replaces a collection's record durably.
     pub async fn put(&self, meta: &CollectionMeta) -> Result<(), CatalogError> {
         let json = serde_json::to_vec(meta).map_err(|_| CatalogError::Corrupt(meta.name.clone()))?;
-        self.tree.insert(meta.name.as_bytes(), json)?;
-        self.tree.flush_async().await?;
+        match &self.backend {
+            Backend::Sled(tree) => {
+                tree.insert(meta.name.as_bytes(), json)?;
+                tree.flush_async().await?;
+            }
+            Backend::Etcd(client) => {
+                client.as_ref().clone().put(format!("{ETCD_PREFIX}{}", meta.name), json, None).await?;
+            }
+        }
+        self.cache.write().unwrap_or_else(|e| e.into_inner()).insert(meta.name.clone(), meta.clone());
         Ok(())
     }
 
     /// Removes a collection durably; false when absent.
     pub async fn remove(&self, name: &str) -> Result<bool, CatalogError> {
-        let existed = self.tree.remove(name.as_bytes())?.is_some();
-        self.tree.flush_async().await?;
+        let existed = match &self.backend {
+            Backend::Sled(tree) => {
+                let existed = tree.remove(name.as_bytes())?.is_some();
+                tree.flush_async().await?;
+                existed
+            }
+            Backend::Etcd(client) => {
+                client.as_ref().clone().delete(format!("{ETCD_PREFIX}{name}"), None).await?.deleted() > 0
+            }
+        };
+        self.cache.write().unwrap_or_else(|e| e.into_inner()).remove(name);
         Ok(existed)
     }
 }
@@ -141,10 +281,12 @@ mod tests {
             shards: 3,
             replication: 1,
             embedder: "m".into(),
+            placement: vec![ShardPlacement { replicas: vec!["local".into()], primary: "local".into(), epoch: 1 }; 3],
         };
         {
             let c = Catalog::open(dir.path()).unwrap();
-            c.put(&meta).await.unwrap();
+            assert!(c.create(&meta).await.unwrap());
+            assert!(!c.create(&meta).await.unwrap(), "a second create of the same name changes nothing");
         }
         // sled's flusher thread may still hold the file lock for a moment after drop.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);

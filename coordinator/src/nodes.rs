@@ -1,8 +1,13 @@
 //! The nodes a coordinator routes to, and which node hosts which shard.
 //!
-//! In `tessera up` there is one node (its own process, reached over loopback
-//! gRPC). Shard `s` of a collection lives on node `s mod n`; cluster mode
-//! replaces this with the placement map in etcd.
+//! In `tessera up` there is one node with every role (its own process, reached
+//! over loopback gRPC). In cluster mode the set follows etcd membership. Which
+//! node holds a shard is the collection's placement (see the catalog); work
+//! without state (loading, embedding) is spread round robin over the nodes
+//! with that role; sessions go to session nodes by rendezvous hashing.
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
 use opentelemetry::propagation::Injector;
 use tessera_proto::v1::node_client::NodeClient;
 use tonic::metadata::{MetadataKey, MetadataValue};
@@ -45,59 +50,116 @@ pub struct NodeRef {
     pub id: String,
     /// gRPC URL.
     pub url: String,
+    /// Roles it serves (loader, embedder, shard, model, session).
+    pub roles: Vec<String>,
     /// Client over a shared, lazily connected channel.
     pub client: NodeClientT,
 }
 
-/// See the module documentation.
+impl NodeRef {
+    /// Whether the node serves `role`.
+    pub fn has(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+}
+
+/// Every role a node can have (the embedded node has them all).
+pub const ALL_ROLES: [&str; 5] = ["loader", "embedder", "shard", "model", "session"];
+
+/// See the module documentation. Cloning shares the set: membership updates
+/// (cluster mode) are seen by every clone.
 #[derive(Clone)]
 pub struct NodeSet {
-    nodes: Vec<NodeRef>,
+    nodes: Arc<RwLock<Vec<NodeRef>>>,
+    max_message_bytes: usize,
+    next: Arc<AtomicUsize>,
+}
+
+fn client(url: &str, max_message_bytes: usize) -> Result<NodeClientT, tonic::transport::Error> {
+    let channel = Endpoint::from_shared(url.to_string())?
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .connect_lazy();
+    Ok(NodeClient::with_interceptor(channel, TraceContextInjector)
+        .max_decoding_message_size(max_message_bytes)
+        .max_encoding_message_size(max_message_bytes))
 }
 
 impl NodeSet {
-    /// Clients for `(id, url)` pairs; connections are made on first use.
+    /// An empty set (cluster mode fills it from membership).
+    pub fn empty(max_message_bytes: usize) -> Self {
+        Self { nodes: Arc::default(), max_message_bytes, next: Arc::default() }
+    }
+
+    /// Clients for `(id, url)` pairs with every role; connections are made on first use.
     pub fn connect_lazy(nodes: &[(String, String)], max_message_bytes: usize) -> Result<Self, tonic::transport::Error> {
-        let mut out = Vec::new();
+        let set = Self::empty(max_message_bytes);
         for (id, url) in nodes {
-            let channel = Endpoint::from_shared(url.clone())?
-                .connect_timeout(std::time::Duration::from_secs(5))
-                .tcp_nodelay(true)
-                .connect_lazy();
-            let client = NodeClient::with_interceptor(channel, TraceContextInjector)
-                .max_decoding_message_size(max_message_bytes)
-                .max_encoding_message_size(max_message_bytes);
-            out.push(NodeRef { id: id.clone(), url: url.clone(), client });
+            set.upsert(id, url, ALL_ROLES.iter().map(|r| r.to_string()).collect())?;
         }
-        Ok(Self { nodes: out })
+        Ok(set)
     }
 
-    /// All nodes.
-    pub fn all(&self) -> &[NodeRef] {
-        &self.nodes
+    /// Adds a node, or updates its address and roles (a new client only when the address changed).
+    pub fn upsert(&self, id: &str, url: &str, roles: Vec<String>) -> Result<(), tonic::transport::Error> {
+        let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = nodes.iter_mut().find(|n| n.id == id) {
+            if n.url != url {
+                n.client = client(url, self.max_message_bytes)?;
+                n.url = url.to_string();
+            }
+            n.roles = roles;
+            return Ok(());
+        }
+        nodes.push(NodeRef {
+            id: id.to_string(),
+            url: url.to_string(),
+            roles,
+            client: client(url, self.max_message_bytes)?,
+        });
+        nodes.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(())
     }
 
-    /// The node hosting `shard` (every collection is spread the same way).
-    pub fn for_shard(&self, shard: u32) -> Option<&NodeRef> {
-        if self.nodes.is_empty() {
+    /// Forgets a node; true when it was known.
+    pub fn remove(&self, id: &str) -> bool {
+        let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
+        let before = nodes.len();
+        nodes.retain(|n| n.id != id);
+        nodes.len() != before
+    }
+
+    /// All nodes now, by id.
+    pub fn all(&self) -> Vec<NodeRef> {
+        self.nodes.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The node with this id, if it is alive.
+    pub fn get(&self, id: &str) -> Option<NodeRef> {
+        self.nodes.read().unwrap_or_else(|e| e.into_inner()).iter().find(|n| n.id == id).cloned()
+    }
+
+    /// Nodes serving `role`, by id.
+    pub fn with_role(&self, role: &str) -> Vec<NodeRef> {
+        self.nodes.read().unwrap_or_else(|e| e.into_inner()).iter().filter(|n| n.has(role)).cloned().collect()
+    }
+
+    /// A node serving `role`, round robin over calls (load balancing).
+    pub fn pick(&self, role: &str) -> Option<NodeRef> {
+        let nodes = self.with_role(role);
+        if nodes.is_empty() {
             return None;
         }
-        self.nodes.get(shard as usize % self.nodes.len())
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        nodes.get(n % nodes.len()).cloned()
     }
 
-    /// The node that owns a session: rendezvous (highest random weight) hashing of
-    /// the session id over node ids, so a session keeps its node while that node
-    /// exists, and only the sessions of a node that leaves move.
-    pub fn for_session(&self, session: &str) -> Option<&NodeRef> {
-        self.nodes.iter().max_by_key(|n| rendezvous_weight(&n.id, session))
-    }
-
-    /// A node for loading and embedding work, spread by a caller-chosen number.
-    pub fn for_work(&self, n: usize) -> Option<&NodeRef> {
-        if self.nodes.is_empty() {
-            return None;
-        }
-        self.nodes.get(n % self.nodes.len())
+    /// The session node that owns a session: rendezvous (highest random weight)
+    /// hashing of the session id over the ids of `session` nodes, so a session
+    /// keeps its node while that node exists, and only the sessions of a node
+    /// that leaves move.
+    pub fn for_session(&self, session: &str) -> Option<NodeRef> {
+        self.with_role("session").into_iter().max_by_key(|n| rendezvous_weight(&n.id, session))
     }
 }
 
@@ -136,5 +198,29 @@ mod tests {
             *per_node.entry(before).or_insert(0) += 1;
         }
         assert!(per_node.values().all(|&n| n > 60), "{per_node:?}");
+    }
+}
+
+#[cfg(test)]
+mod membership_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn membership_updates_are_seen_by_clones_and_roles_pick_nodes() {
+        let set = NodeSet::empty(1024);
+        let view = set.clone();
+        set.upsert("n2", "http://127.0.0.1:2", vec!["shard".into()]).unwrap();
+        set.upsert("n1", "http://127.0.0.1:1", vec!["embedder".into(), "shard".into()]).unwrap();
+        assert_eq!(view.all().iter().map(|n| n.id.as_str()).collect::<Vec<_>>(), vec!["n1", "n2"]);
+        assert_eq!(view.with_role("shard").len(), 2);
+        assert_eq!(view.pick("embedder").unwrap().id, "n1");
+        assert!(view.pick("model").is_none());
+        assert!(view.for_session("s").is_none(), "no session role, no session node");
+        set.upsert("n2", "http://127.0.0.1:3", vec!["session".into()]).unwrap();
+        assert_eq!(view.get("n2").unwrap().url, "http://127.0.0.1:3");
+        assert_eq!(view.for_session("s").unwrap().id, "n2");
+        assert!(set.remove("n2"));
+        assert!(!set.remove("n2"));
+        assert!(view.get("n2").is_none());
     }
 }

@@ -13,7 +13,7 @@ use tracing::{info, instrument};
 
 use tessera_node::memory::{validate_session_id, MemoryKind, SessionState, StoredMessage};
 
-use crate::catalog::{shard_for, validate_name, Catalog, CatalogError, CollectionMeta};
+use crate::catalog::{shard_for, validate_name, Catalog, CatalogError, CollectionMeta, ShardPlacement};
 use crate::chain::PromptLibrary;
 use crate::merge::{merge_top_k, mmr, reciprocal_rank_fusion, Scored};
 use crate::nodes::{NodeRef, NodeSet};
@@ -90,6 +90,21 @@ fn node_status(node: &NodeRef, s: Status) -> Status {
     Status::new(s.code(), format!("node {}: {}", node.id, s.message()))
 }
 
+/// Spreads a new collection's shards over the shard nodes: shard `s` on the node
+/// `(h + s + k) mod n` for replica `k`, where `h` is the name's hash, so that
+/// collections with few shards do not all start on the same node.
+fn place(name: &str, shards: u32, replication: u32, nodes: &[NodeRef]) -> Vec<ShardPlacement> {
+    let n = nodes.len().max(1);
+    let start = shard_for(name, n as u32) as usize;
+    (0..shards as usize)
+        .map(|s| {
+            let replicas: Vec<String> =
+                (0..replication as usize).map(|k| nodes[(start + s + k) % n].id.clone()).collect();
+            ShardPlacement { primary: replicas[0].clone(), replicas, epoch: 1 }
+        })
+        .collect()
+}
+
 fn session_from_pb(s: pb::SessionState) -> SessionState {
     SessionState {
         session: s.session,
@@ -161,15 +176,15 @@ impl Coordinator {
 
     /// Information on the node that serves the model (name, context length).
     pub async fn model_info(&self) -> Result<Option<pb::ModelInfo>, Status> {
-        let node = self.work_node(0)?;
-        let info = node.client.clone().info(pb::NodeInfoRequest {}).await.map_err(|s| node_status(node, s))?;
+        let node = self.role_node("model")?;
+        let info = node.client.clone().info(pb::NodeInfoRequest {}).await.map_err(|s| node_status(&node, s))?;
         Ok(info.into_inner().model)
     }
 
     /// The embedding model's name ("" when no node embeds).
     pub async fn embedder_name(&self) -> Result<Option<String>, Status> {
-        let node = self.work_node(0)?;
-        let info = node.client.clone().info(pb::NodeInfoRequest {}).await.map_err(|s| node_status(node, s))?;
+        let node = self.role_node("embedder")?;
+        let info = node.client.clone().info(pb::NodeInfoRequest {}).await.map_err(|s| node_status(&node, s))?;
         let name = info.into_inner().embedder;
         Ok((!name.is_empty()).then_some(name))
     }
@@ -189,7 +204,7 @@ impl Coordinator {
         self.model_stream(req).await
     }
 
-    pub(crate) fn session_node(&self, session: &str) -> Result<&NodeRef, Status> {
+    pub(crate) fn session_node(&self, session: &str) -> Result<NodeRef, Status> {
         self.nodes.for_session(session).ok_or_else(|| Status::unavailable("no session node is available"))
     }
 
@@ -200,7 +215,7 @@ impl Coordinator {
             .clone()
             .session_load(pb::GetSessionRequest { session: session.to_string() })
             .await
-            .map_err(|s| node_status(node, s))?
+            .map_err(|s| node_status(&node, s))?
             .into_inner();
         Ok(session_from_pb(s))
     }
@@ -216,7 +231,7 @@ impl Coordinator {
             .clone()
             .session_append(pb::SessionAppendRequest { session: session.to_string(), messages })
             .await
-            .map_err(|s| node_status(node, s))?
+            .map_err(|s| node_status(&node, s))?
             .into_inner();
         Ok(session_from_pb(s))
     }
@@ -226,21 +241,21 @@ impl Coordinator {
         if texts.is_empty() && !chat {
             return Ok((Vec::new(), Vec::new()));
         }
-        let node = self.work_node(0)?;
+        let node = self.role_node("model")?;
         let r = node
             .client
             .clone()
             .count_tokens(pb::CountTokensRequest { texts, chat })
             .await
-            .map_err(|s| node_status(node, s))?
+            .map_err(|s| node_status(&node, s))?
             .into_inner();
         Ok((r.counts.into_iter().map(|c| c as usize).collect(), vec![r.context_length]))
     }
 
     /// The model node's token stream for a generation request.
     pub async fn model_stream(&self, req: pb::GenerateRequest) -> Result<tonic::Streaming<pb::GenerateChunk>, Status> {
-        let node = self.work_node(0)?;
-        Ok(node.client.clone().generate(req).await.map_err(|s| node_status(node, s))?.into_inner())
+        let node = self.role_node("model")?;
+        Ok(node.client.clone().generate(req).await.map_err(|s| node_status(&node, s))?.into_inner())
     }
 
     /// A whole greedy generation (chains' internal steps).
@@ -269,12 +284,29 @@ impl Coordinator {
             .max_encoding_message_size(max_message_bytes)
     }
 
-    fn node_for_shard(&self, shard: u32) -> Result<&NodeRef, Status> {
-        self.nodes.for_shard(shard).ok_or_else(|| Status::unavailable("no shard node is available"))
+    /// The node that serves a shard: its placement's primary (catalogs from before
+    /// placement existed: shard `s` on shard node `s mod n`).
+    fn node_for_shard(&self, meta: &CollectionMeta, shard: u32) -> Result<NodeRef, Status> {
+        match meta.placement.get(shard as usize) {
+            Some(p) => self.nodes.get(&p.primary).ok_or_else(|| {
+                Status::unavailable(format!(
+                    "shard {shard} of '{}' is on node '{}', which is not alive",
+                    meta.name, p.primary
+                ))
+            }),
+            None => {
+                let nodes = self.nodes.with_role("shard");
+                if nodes.is_empty() {
+                    return Err(Status::unavailable("no shard node is available"));
+                }
+                Ok(nodes[shard as usize % nodes.len()].clone())
+            }
+        }
     }
 
-    fn work_node(&self, n: usize) -> Result<&NodeRef, Status> {
-        self.nodes.for_work(n).ok_or_else(|| Status::unavailable("no node is available"))
+    /// A node serving `role`, round robin.
+    fn role_node(&self, role: &str) -> Result<NodeRef, Status> {
+        self.nodes.pick(role).ok_or_else(|| Status::unavailable(format!("no node with the '{role}' role is available")))
     }
 
     pub(crate) fn collection(&self, name: &str) -> Result<CollectionMeta, Status> {
@@ -300,11 +332,17 @@ impl Coordinator {
             return Err(Status::invalid_argument(format!("shards must be at most {}", self.config.max_shards)));
         }
         let replication = replication.max(1);
-        let shard_nodes = self.nodes.all().len() as u32;
-        if replication > shard_nodes {
+        let shard_nodes = self.nodes.with_role("shard");
+        if replication as usize > shard_nodes.len() {
             return Err(Status::failed_precondition(format!(
-                "replication {replication} needs at least {replication} shard nodes; this deployment has {shard_nodes}"
+                "replication {replication} needs at least {replication} shard nodes; this deployment has {}",
+                shard_nodes.len()
             )));
+        }
+        if replication > 1 {
+            return Err(Status::failed_precondition(
+                "replication above 1 is not available yet: writes are not replicated between nodes",
+            ));
         }
         let _guard = self.create_lock.lock().await;
         if let Some(existing) = self.catalog.get(name).map_err(catalog_status)? {
@@ -314,9 +352,9 @@ impl Coordinator {
                 Err(Status::already_exists(format!("collection '{name}' already exists")))
             };
         }
-        let node = self.work_node(0)?;
+        let node = self.role_node("embedder")?;
         let info =
-            node.client.clone().info(pb::NodeInfoRequest {}).await.map_err(|s| node_status(node, s))?.into_inner();
+            node.client.clone().info(pb::NodeInfoRequest {}).await.map_err(|s| node_status(&node, s))?.into_inner();
         if info.dimension == 0 {
             return Err(Status::failed_precondition("no embedder is available to fix the collection's dimension"));
         }
@@ -327,9 +365,10 @@ impl Coordinator {
             shards,
             replication,
             embedder: info.embedder,
+            placement: place(name, shards, replication, &shard_nodes),
         };
         for shard in 0..shards {
-            let node = self.node_for_shard(shard)?;
+            let node = self.node_for_shard(&meta, shard)?;
             node.client
                 .clone()
                 .open_shard(pb::OpenShardRequest {
@@ -337,9 +376,17 @@ impl Coordinator {
                     dimension: meta.dimension,
                 })
                 .await
-                .map_err(|s| node_status(node, s))?;
+                .map_err(|s| node_status(&node, s))?;
         }
-        self.catalog.put(&meta).await.map_err(catalog_status)?;
+        if !self.catalog.create(&meta).await.map_err(catalog_status)? {
+            // Another coordinator created it meanwhile (the catalog create is a compare-and-swap).
+            let existing = self.collection(name)?;
+            return if if_missing {
+                Ok(existing)
+            } else {
+                Err(Status::already_exists(format!("collection '{name}' already exists")))
+            };
+        }
         info!(collection = name, shards, "collection created");
         Ok(meta)
     }
@@ -348,7 +395,7 @@ impl Coordinator {
         let mut chunks = 0;
         let mut documents = 0;
         for shard in 0..meta.shards {
-            let Ok(node) = self.node_for_shard(shard) else {
+            let Ok(node) = self.node_for_shard(meta, shard) else {
                 continue;
             };
             let req = pb::ShardStatsRequest { shard: Some(pb::ShardRef { collection: meta.name.clone(), shard }) };
@@ -365,18 +412,19 @@ impl Coordinator {
     /// shard has made its writes durable.
     async fn write_shards(
         &self,
-        collection: &str,
+        meta: &CollectionMeta,
         per_shard: BTreeMap<u32, Vec<pb::DocumentWrite>>,
     ) -> Result<Vec<pb::ShardWriteResponse>, Status> {
+        let collection = meta.name.as_str();
         let writes = per_shard.into_iter().map(|(shard, writes)| async move {
-            let node = self.node_for_shard(shard)?;
+            let node = self.node_for_shard(meta, shard)?;
             let shard_ref = pb::ShardRef { collection: collection.to_string(), shard };
             let resp = node
                 .client
                 .clone()
                 .shard_write(pb::ShardWriteRequest { shard: Some(shard_ref), writes })
                 .await
-                .map_err(|s| node_status(node, s))?;
+                .map_err(|s| node_status(&node, s))?;
             Ok::<_, Status>(resp.into_inner())
         });
         try_join_all(writes).await
@@ -423,8 +471,8 @@ impl Coordinator {
                 with_vectors: req.mmr,
             };
             async move {
-                let node = self.node_for_shard(shard)?;
-                let resp = node.client.clone().shard_search(request).await.map_err(|s| node_status(node, s))?;
+                let node = self.node_for_shard(meta, shard)?;
+                let resp = node.client.clone().shard_search(request).await.map_err(|s| node_status(&node, s))?;
                 Ok::<_, Status>(resp.into_inner())
             }
         });
@@ -459,20 +507,19 @@ impl Coordinator {
     /// also carries the embedder's dimension and model name.
     pub(crate) async fn embed_texts(&self, texts: Vec<String>) -> Result<pb::EmbedResponse, Status> {
         let batches: Vec<Vec<String>> = texts.chunks(self.config.embed_batch.max(1)).map(|c| c.to_vec()).collect();
-        let results: Vec<pb::EmbedResponse> =
-            stream::iter(batches.into_iter().enumerate().map(|(i, batch)| async move {
-                let node = self.work_node(i)?;
-                let resp = node
-                    .client
-                    .clone()
-                    .embed_batch(pb::EmbedRequest { texts: batch })
-                    .await
-                    .map_err(|s| node_status(node, s))?;
-                Ok::<_, Status>(resp.into_inner())
-            }))
-            .buffered(self.config.embed_parallelism.max(1))
-            .try_collect()
-            .await?;
+        let results: Vec<pb::EmbedResponse> = stream::iter(batches.into_iter().map(|batch| async move {
+            let node = self.role_node("embedder")?;
+            let resp = node
+                .client
+                .clone()
+                .embed_batch(pb::EmbedRequest { texts: batch })
+                .await
+                .map_err(|s| node_status(&node, s))?;
+            Ok::<_, Status>(resp.into_inner())
+        }))
+        .buffered(self.config.embed_parallelism.max(1))
+        .try_collect()
+        .await?;
         let mut all = pb::EmbedResponse::default();
         for r in results {
             all.dimension = r.dimension;
@@ -509,7 +556,7 @@ impl pb::tessera_server::Tessera for Coordinator {
             match node.client.clone().session_list(pb::ListSessionsRequest {}).await {
                 Ok(r) => sessions.extend(r.into_inner().sessions),
                 Err(s) if s.code() == tonic::Code::FailedPrecondition => {} // no session role
-                Err(s) => return Err(node_status(node, s)),
+                Err(s) => return Err(node_status(&node, s)),
             }
         }
         sessions.sort_by(|a, b| a.session.cmp(&b.session));
@@ -526,7 +573,7 @@ impl pb::tessera_server::Tessera for Coordinator {
             .clone()
             .session_load(pb::GetSessionRequest { session: session.clone() })
             .await
-            .map_err(|s| node_status(node, s))?
+            .map_err(|s| node_status(&node, s))?
             .into_inner();
         if state.messages.is_empty() {
             return Err(Status::not_found(format!("session '{session}' does not exist")));
@@ -547,7 +594,7 @@ impl pb::tessera_server::Tessera for Coordinator {
             .clone()
             .session_clear(pb::ClearSessionRequest { session })
             .await
-            .map_err(|s| node_status(node, s))?;
+            .map_err(|s| node_status(&node, s))?;
         Ok(Response::new(r.into_inner()))
     }
 
@@ -604,12 +651,12 @@ impl pb::tessera_server::Tessera for Coordinator {
         let meta = self.collection(&req.into_inner().name)?;
         let _guard = self.create_lock.lock().await;
         for shard in 0..meta.shards {
-            let node = self.node_for_shard(shard)?;
+            let node = self.node_for_shard(&meta, shard)?;
             node.client
                 .clone()
                 .drop_shard(pb::DropShardRequest { shard: Some(pb::ShardRef { collection: meta.name.clone(), shard }) })
                 .await
-                .map_err(|s| node_status(node, s))?;
+                .map_err(|s| node_status(&node, s))?;
         }
         let dropped = self.catalog.remove(&meta.name).await.map_err(catalog_status)?;
         Ok(Response::new(pb::DropCollectionResponse { dropped }))
@@ -633,7 +680,7 @@ impl pb::tessera_server::Tessera for Coordinator {
         }
         let meta = self.create(&req.collection, 0, 0, true).await?;
 
-        let loader = self.work_node(0)?;
+        let loader = self.role_node("loader")?;
         let loaded = loader
             .client
             .clone()
@@ -645,7 +692,7 @@ impl pb::tessera_server::Tessera for Coordinator {
                 splitter: req.splitter,
             })
             .await
-            .map_err(|s| node_status(loader, s))?
+            .map_err(|s| node_status(&loader, s))?
             .into_inner();
         let errors = loaded.errors;
         let texts: Vec<String> =
@@ -665,7 +712,7 @@ impl pb::tessera_server::Tessera for Coordinator {
                 chunks,
             });
         }
-        let outcomes = self.write_shards(&meta.name, per_shard).await?;
+        let outcomes = self.write_shards(&meta, per_shard).await?;
         let documents = outcomes.iter().map(|o| o.documents).sum();
         let chunks = outcomes.iter().map(|o| o.chunks).sum();
         info!(documents, chunks, errors = errors.len(), "ingested");
@@ -687,7 +734,7 @@ impl pb::tessera_server::Tessera for Coordinator {
                 chunks: vec![],
             });
         }
-        let outcomes = self.write_shards(&meta.name, per_shard).await?;
+        let outcomes = self.write_shards(&meta, per_shard).await?;
         Ok(Response::new(pb::DeleteResponse {
             documents: outcomes.iter().map(|o| o.documents).sum(),
             chunks: outcomes.iter().map(|o| o.chunks).sum(),

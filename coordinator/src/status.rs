@@ -99,7 +99,8 @@ pub struct ClusterStatus {
 impl Coordinator {
     /// Probes every node (2 s each, in parallel) and reads the catalog.
     pub async fn cluster_status(&self) -> ClusterStatus {
-        let probes = self.nodes().all().iter().map(|n| async move {
+        let all = self.nodes().all();
+        let probes = all.iter().map(|n| async move {
             let mut client = n.client.clone();
             let info = tokio::time::timeout(PROBE_TIMEOUT, client.info(pb::NodeInfoRequest {})).await;
             let info = match info {
