@@ -1,6 +1,7 @@
 //! `tessera`: one binary for the server roles and the command-line client.
 mod ask;
 mod client;
+mod cluster;
 mod server;
 mod telemetry;
 mod walk;
@@ -22,6 +23,12 @@ struct Cli {
 enum Command {
     /// Coordinator and one node in one process, no etcd (data in ./tessera-data).
     Up(server::UpArgs),
+    /// Cluster mode: a node with some roles, registered in etcd.
+    Node(cluster::NodeArgs),
+    /// Cluster mode: the public API over the nodes registered in etcd (several may run).
+    Coordinator(cluster::CoordinatorArgs),
+    /// Nodes and where every shard lives.
+    Status(cluster::StatusArgs),
     /// Create, list and drop collections.
     #[command(subcommand)]
     Collections(CollectionsCmd),
@@ -201,6 +208,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Up(args) => server::up(args).await,
+            Command::Node(args) => cluster::node(args).await,
+            Command::Coordinator(args) => cluster::coordinator(args).await,
+            Command::Status(args) => cluster::status(args).await,
             Command::Collections(cmd) => client::collections(cmd).await,
             Command::Ingest(args) => client::ingest(args).await,
             Command::Delete(args) => client::delete(args).await,

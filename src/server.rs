@@ -1,11 +1,13 @@
-//! `tessera up`: a coordinator and one node in one process.
+//! The server roles: `tessera up` here; `tessera node` and `tessera coordinator`
+//! in [`crate::cluster`]. They share the pieces below: option groups, the node
+//! and coordinator builders, the HTTP app (health, metrics, OpenAI API, status
+//! page) and the gRPC server (tracing, metrics, health, reflection).
 //!
-//! The coordinator reaches the node through the internal `Node` gRPC service on
-//! the same listener (loopback), so this mode crosses the same boundary as a
-//! cluster. HTTP serves `/healthz`, `/readyz` and the OpenAI-compatible
-//! API under `/v1`.
+//! `tessera up` is a coordinator and one node in one process. The coordinator
+//! reaches the node through the internal `Node` gRPC service on the same
+//! listener (loopback), so this mode crosses the same boundary as a cluster.
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -24,29 +26,37 @@ use tracing::info;
 use crate::parse_addr;
 
 /// Largest gRPC message (ingest batches of files).
-const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
-/// Arguments of `tessera up`.
-#[derive(Args, Debug)]
-pub struct UpArgs {
-    /// Where sled data and saved indexes live.
-    #[arg(long, env = "TESSERA_DATA_DIR", default_value = "./tessera-data")]
-    data_dir: PathBuf,
-    /// Folder with the models (see scripts/fetch-models.sh).
-    #[arg(long, env = "TESSERA_MODELS", default_value = "./models")]
-    models: PathBuf,
-    /// gRPC listen address (public Tessera service, internal Node service, health, reflection).
-    #[arg(long, env = "TESSERA_GRPC", default_value = "127.0.0.1:50051", value_parser = parse_addr)]
-    grpc: SocketAddr,
-    /// HTTP listen address (/healthz, /readyz).
-    #[arg(long, env = "TESSERA_HTTP", default_value = "127.0.0.1:8080", value_parser = parse_addr)]
-    http: SocketAddr,
+/// Options of the coordinator role (`up`, `coordinator`).
+#[derive(Args, Debug, Clone)]
+pub struct CoordinatorOpts {
     /// Shards of collections created implicitly by ingest.
     #[arg(long, default_value_t = 2)]
     default_shards: u32,
     /// Largest top_k a search may ask for.
     #[arg(long, default_value_t = 1000)]
     max_top_k: u32,
+    /// Folder of prompt templates (NAME.j2, NAME.jinja or NAME.txt) added to the defaults (qa, condense, summarize, fix_json).
+    #[arg(long, env = "TESSERA_TEMPLATES")]
+    templates: Option<PathBuf>,
+    /// Session memory kind when a request does not say: buffer, window, tokens or summary.
+    #[arg(long, default_value = "window")]
+    memory: String,
+    /// Turns kept by window memory (and verbatim by summary memory).
+    #[arg(long, default_value_t = 4)]
+    memory_window: u32,
+    /// History token budget of tokens memory.
+    #[arg(long, default_value_t = 1024)]
+    memory_tokens: u32,
+}
+
+/// Options of the node role (`up`, `node`).
+#[derive(Args, Debug, Clone)]
+pub struct NodeOpts {
+    /// Folder with the models (see scripts/fetch-models.sh).
+    #[arg(long, env = "TESSERA_MODELS", default_value = "./models")]
+    pub models: PathBuf,
     /// Embedder: texts per forward pass.
     #[arg(long, default_value_t = 32)]
     max_batch_size: usize,
@@ -68,24 +78,161 @@ pub struct UpArgs {
     /// Model: requests waiting before new ones get RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = 64)]
     max_queued: usize,
-    /// Folder of prompt templates (NAME.j2, NAME.jinja or NAME.txt) added to the defaults (qa, condense, summarize, fix_json).
-    #[arg(long, env = "TESSERA_TEMPLATES")]
-    templates: Option<PathBuf>,
-    /// Session memory kind when a request does not say: buffer, window, tokens or summary.
-    #[arg(long, default_value = "window")]
-    memory: String,
-    /// Turns kept by window memory (and verbatim by summary memory); token budget of tokens memory is --memory-tokens.
-    #[arg(long, default_value_t = 4)]
-    memory_window: u32,
-    /// History token budget of tokens memory.
-    #[arg(long, default_value_t = 1024)]
-    memory_tokens: u32,
     /// Seconds a session actor may stay idle before it is passivated (its history stays on disk).
     #[arg(long, default_value_t = 300)]
     session_idle_secs: u64,
 }
 
-async fn shutdown_signal() {
+/// Arguments of `tessera up`.
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// Where sled data and saved indexes live.
+    #[arg(long, env = "TESSERA_DATA_DIR", default_value = "./tessera-data")]
+    data_dir: PathBuf,
+    /// gRPC listen address (public Tessera service, internal Node service, health, reflection).
+    #[arg(long, env = "TESSERA_GRPC", default_value = "127.0.0.1:50051", value_parser = parse_addr)]
+    grpc: SocketAddr,
+    /// HTTP listen address (/healthz, /readyz, /metrics, the status page, the OpenAI API under /v1).
+    #[arg(long, env = "TESSERA_HTTP", default_value = "127.0.0.1:8080", value_parser = parse_addr)]
+    http: SocketAddr,
+    #[command(flatten)]
+    coordinator: CoordinatorOpts,
+    #[command(flatten)]
+    node: NodeOpts,
+}
+
+/// The coordinator over `nodes` and `catalog`, with the templates and defaults of `opts`.
+pub fn build_coordinator(opts: &CoordinatorOpts, catalog: Catalog, nodes: NodeSet) -> anyhow::Result<Coordinator> {
+    let mut prompts = PromptLibrary::with_defaults();
+    if let Some(dir) = &opts.templates {
+        let added = prompts.load_dir(dir).with_context(|| format!("loading templates from {}", dir.display()))?;
+        info!(templates = ?added, "user prompt templates loaded");
+    }
+    let default_memory = MemoryKind::parse(&opts.memory, opts.memory_window, opts.memory_tokens, &MemoryKind::Buffer)
+        .map_err(|e| anyhow::anyhow!("--memory: {e}"))?;
+    let config = CoordinatorConfig {
+        default_shards: opts.default_shards,
+        max_top_k: opts.max_top_k,
+        default_memory,
+        ..Default::default()
+    };
+    Ok(Coordinator::with_prompts(config, catalog, nodes, prompts))
+}
+
+/// A node configuration from `opts`, for `roles`, with data under `data_dir`.
+pub fn build_node_config(opts: &NodeOpts, data_dir: &Path, id: &str, roles: Vec<String>) -> anyhow::Result<NodeConfig> {
+    let mut config = NodeConfig::embedded(data_dir.to_path_buf(), opts.models.clone());
+    config.id = id.to_string();
+    config.roles = roles;
+    config.batch.max_batch_size = opts.max_batch_size;
+    config.batch.max_batch_tokens = opts.max_batch_tokens;
+    anyhow::ensure!(opts.tp >= 1, "--tp must be at least 1");
+    config.tp = opts.tp;
+    config.engine = tessera_node::model::EngineLimits {
+        max_batch_size: opts.max_running.max(1),
+        max_batched_tokens: opts.max_step_tokens.max(1),
+        max_queued: opts.max_queued.max(1),
+    };
+    config.session_idle = std::time::Duration::from_secs(opts.session_idle_secs.max(1));
+    config.model_path = match &opts.model {
+        Some(path) => {
+            anyhow::ensure!(path.exists(), "model file {} does not exist", path.display());
+            Some(path.clone())
+        }
+        None => {
+            let default = opts.models.join(tessera_node::node::DEFAULT_MODEL);
+            if default.exists() {
+                Some(default)
+            } else {
+                if config.roles.iter().any(|r| r == "model") {
+                    tracing::warn!(path = %default.display(), "no chat model found; Generate is unavailable (run scripts/fetch-models.sh)");
+                }
+                None
+            }
+        }
+    };
+    Ok(config)
+}
+
+/// `/healthz` and `/readyz` (503 until `ready`), `/metrics`, and request metrics/traces on every route.
+pub fn base_http_app(ready: Arc<AtomicBool>, metrics: metrics_exporter_prometheus::PrometheusHandle) -> axum::Router {
+    let health = move || {
+        let ready = ready.clone();
+        async move {
+            if ready.load(Ordering::SeqCst) {
+                (StatusCode::OK, "ok\n")
+            } else {
+                (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+            }
+        }
+    };
+    axum::Router::new()
+        .route("/healthz", get(health.clone()))
+        .route("/readyz", get(health))
+        .route("/metrics", get(move || std::future::ready(metrics.render())))
+}
+
+/// Adds the coordinator's routes (OpenAI API, status page) to an app.
+pub fn with_coordinator_routes(app: axum::Router, coordinator: &Coordinator) -> axum::Router {
+    app.merge(tessera_coordinator::openai::router(coordinator.clone()))
+        .merge(tessera_coordinator::status::router(coordinator.clone()))
+}
+
+/// Serves an HTTP app until `stop` changes.
+pub async fn spawn_http(
+    addr: SocketAddr,
+    app: axum::Router,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding HTTP {addr}"))?;
+    let app = app.layer(axum::middleware::from_fn(crate::telemetry::http_observe));
+    Ok(tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.changed().await;
+            })
+            .await
+    }))
+}
+
+/// Serves gRPC on `listener` with health, reflection, tracing and metrics until `stop` changes.
+pub async fn spawn_grpc(
+    listener: tokio::net::TcpListener,
+    coordinator: Option<Coordinator>,
+    node: Option<Arc<Node>>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    if coordinator.is_some() {
+        health_reporter.set_serving::<tessera_proto::v1::tessera_server::TesseraServer<Coordinator>>().await;
+    }
+    if node.is_some() {
+        health_reporter.set_serving::<tessera_proto::v1::node_server::NodeServer<NodeService>>().await;
+    }
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tessera_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let router = tonic::transport::Server::builder()
+        .trace_fn(crate::telemetry::grpc_span)
+        .layer(crate::telemetry::GrpcMetricsLayer)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_optional_service(coordinator.map(|c| c.into_server(MAX_MESSAGE_BYTES)))
+        .add_optional_service(node.map(|n| NodeService::new(n).into_server(MAX_MESSAGE_BYTES)));
+    Ok(tokio::spawn(
+        // No Nagle: small RPC answers would otherwise wait for the peer's delayed ACK (~40 ms a hop).
+        router.serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            async move {
+                let _ = stop.changed().await;
+            },
+        ),
+    ))
+}
+
+/// Waits for SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -115,104 +262,20 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let local = grpc.local_addr()?;
     let nodes = NodeSet::connect_lazy(&[("local".into(), format!("http://{local}"))], MAX_MESSAGE_BYTES)?;
     let catalog = Catalog::open(&args.data_dir).context("opening the collection catalog")?;
-    let mut prompts = PromptLibrary::with_defaults();
-    if let Some(dir) = &args.templates {
-        let added = prompts.load_dir(dir).with_context(|| format!("loading templates from {}", dir.display()))?;
-        info!(templates = ?added, "user prompt templates loaded");
-    }
-    let default_memory = MemoryKind::parse(&args.memory, args.memory_window, args.memory_tokens, &MemoryKind::Buffer)
-        .map_err(|e| anyhow::anyhow!("--memory: {e}"))?;
-    let config = CoordinatorConfig {
-        default_shards: args.default_shards,
-        max_top_k: args.max_top_k,
-        default_memory,
-        ..Default::default()
-    };
-    let coordinator = Coordinator::with_prompts(config, catalog, nodes, prompts);
+    let coordinator = build_coordinator(&args.coordinator, catalog, nodes)?;
 
-    let http = tokio::net::TcpListener::bind(args.http).await.with_context(|| format!("binding HTTP {}", args.http))?;
-    let ready_http = ready.clone();
-    let health = move || {
-        let ready = ready_http.clone();
-        async move {
-            if ready.load(Ordering::SeqCst) {
-                (StatusCode::OK, "ok\n")
-            } else {
-                (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
-            }
-        }
-    };
-    let prometheus = telemetry.metrics.clone();
-    let app = axum::Router::new()
-        .route("/healthz", get(health.clone()))
-        .route("/readyz", get(health))
-        .route("/metrics", get(move || std::future::ready(prometheus.render())))
-        .merge(tessera_coordinator::openai::router(coordinator.clone()))
-        .merge(tessera_coordinator::status::router(coordinator.clone()))
-        .layer(axum::middleware::from_fn(crate::telemetry::http_observe));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut http_stop = stop_rx.clone();
-    let http_task = tokio::spawn(async move {
-        axum::serve(http, app)
-            .with_graceful_shutdown(async move {
-                let _ = http_stop.changed().await;
-            })
-            .await
-    });
+    let app = with_coordinator_routes(base_http_app(ready.clone(), telemetry.metrics.clone()), &coordinator);
+    let http_task = spawn_http(args.http, app, stop_rx.clone()).await?;
 
-    let mut node_config = NodeConfig::embedded(args.data_dir.join("node"), args.models.clone());
-    node_config.batch.max_batch_size = args.max_batch_size;
-    node_config.batch.max_batch_tokens = args.max_batch_tokens;
-    anyhow::ensure!(args.tp >= 1, "--tp must be at least 1");
-    node_config.tp = args.tp;
-    node_config.engine = tessera_node::model::EngineLimits {
-        max_batch_size: args.max_running.max(1),
-        max_batched_tokens: args.max_step_tokens.max(1),
-        max_queued: args.max_queued.max(1),
-    };
-    node_config.session_idle = std::time::Duration::from_secs(args.session_idle_secs.max(1));
-    node_config.model_path = match &args.model {
-        Some(path) => {
-            anyhow::ensure!(path.exists(), "model file {} does not exist", path.display());
-            Some(path.clone())
-        }
-        None => {
-            let default = args.models.join(tessera_node::node::DEFAULT_MODEL);
-            if default.exists() {
-                Some(default)
-            } else {
-                tracing::warn!(path = %default.display(), "no chat model found; Generate is unavailable (run scripts/fetch-models.sh)");
-                None
-            }
-        }
-    };
-    let node = Node::start(node_config).await.context("starting the node")?;
-
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<tessera_proto::v1::tessera_server::TesseraServer<Coordinator>>().await;
-    health_reporter.set_serving::<tessera_proto::v1::node_server::NodeServer<NodeService>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(tessera_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-
-    let mut grpc_stop = stop_rx.clone();
-    let grpc_task = tokio::spawn(
-        tonic::transport::Server::builder()
-            .trace_fn(crate::telemetry::grpc_span)
-            .layer(crate::telemetry::GrpcMetricsLayer)
-            .add_service(health_service)
-            .add_service(reflection)
-            .add_service(coordinator.into_server(MAX_MESSAGE_BYTES))
-            .add_service(NodeService::new(node.clone()).into_server(MAX_MESSAGE_BYTES))
-            // No Nagle: small RPC answers would otherwise wait for the peer's delayed ACK (~40 ms a hop).
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
-                async move {
-                    let _ = grpc_stop.changed().await;
-                },
-            ),
-    );
+    let config = build_node_config(
+        &args.node,
+        &args.data_dir.join("node"),
+        "local",
+        tessera_coordinator::nodes::ALL_ROLES.iter().map(|r| r.to_string()).collect(),
+    )?;
+    let node = Node::start(config).await.context("starting the node")?;
+    let grpc_task = spawn_grpc(grpc, Some(coordinator), Some(node.clone()), stop_rx.clone()).await?;
     ready.store(true, Ordering::SeqCst);
     info!(grpc = %local, http = %args.http, data_dir = %args.data_dir.display(), "tessera up: serving");
 

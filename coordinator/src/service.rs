@@ -546,6 +546,14 @@ impl pb::tessera_server::Tessera for Coordinator {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    #[instrument(skip_all, name = "Tessera/ClusterStatus")]
+    async fn cluster_status(
+        &self,
+        _req: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        Ok(Response::new(Coordinator::cluster_status(self).await.to_pb()))
+    }
+
     #[instrument(skip_all, name = "Tessera/ListSessions")]
     async fn list_sessions(
         &self,

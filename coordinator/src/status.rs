@@ -34,6 +34,21 @@ pub struct NodeStatus {
     pub shards: usize,
 }
 
+/// A shard's placement (from the catalog) and its primary's applied sequence.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlacementStatus {
+    /// Shard number.
+    pub shard: u32,
+    /// Node ids holding replicas, the primary first.
+    pub replicas: Vec<String>,
+    /// The node ordering writes.
+    pub primary: String,
+    /// Placement epoch.
+    pub epoch: u64,
+    /// Writes the primary has applied (None when it did not answer).
+    pub applied_sequence: Option<u64>,
+}
+
 /// A shard replica's place and counters.
 #[derive(Debug, Clone, Serialize)]
 pub struct ShardStatus {
@@ -62,8 +77,10 @@ pub struct CollectionStatus {
     pub documents: u64,
     /// Chunks over all shards.
     pub chunks: u64,
-    /// Each shard.
+    /// Each shard replica found on a live node.
     pub shards: Vec<ShardStatus>,
+    /// Where each shard is meant to live.
+    pub placement: Vec<PlacementStatus>,
 }
 
 /// A model group.
@@ -149,6 +166,25 @@ impl Coordinator {
                 }),
             }
         }
+        // Nodes that hold placed shards but are not registered (crashed, cut off) are shown as down.
+        for meta in self.catalog().list().unwrap_or_default() {
+            for p in &meta.placement {
+                for id in &p.replicas {
+                    if !nodes.iter().any(|n| &n.id == id) {
+                        nodes.push(NodeStatus {
+                            id: id.clone(),
+                            address: String::new(),
+                            roles: vec![],
+                            healthy: false,
+                            error: Some("not registered in the cluster (no live membership lease)".into()),
+                            embedder: None,
+                            shards: 0,
+                        });
+                    }
+                }
+            }
+        }
+        nodes.sort_by(|a, b| a.id.cmp(&b.id));
         let mut collections = Vec::new();
         for meta in self.catalog().list().unwrap_or_default() {
             let mut shards: Vec<ShardStatus> = replicas
@@ -163,6 +199,27 @@ impl Coordinator {
                 })
                 .collect();
             shards.sort_by(|a, b| (a.shard, &a.node).cmp(&(b.shard, &b.node)));
+            let placement = (0..meta.shards)
+                .map(|shard| {
+                    let (replicas, primary, epoch) = match meta.placement.get(shard as usize) {
+                        Some(p) => (p.replicas.clone(), p.primary.clone(), p.epoch),
+                        // Catalogs from before placement: shard s on shard node s mod n.
+                        None => {
+                            let ids: Vec<String> = nodes
+                                .iter()
+                                .filter(|n| n.roles.iter().any(|r| r == "shard"))
+                                .map(|n| n.id.clone())
+                                .collect();
+                            let id =
+                                if ids.is_empty() { String::new() } else { ids[shard as usize % ids.len()].clone() };
+                            (vec![id.clone()], id, 0)
+                        }
+                    };
+                    let applied_sequence =
+                        shards.iter().find(|s| s.shard == shard && s.node == primary).map(|s| s.sequence);
+                    PlacementStatus { shard, replicas, primary, epoch, applied_sequence }
+                })
+                .collect();
             collections.push(CollectionStatus {
                 documents: shards.iter().map(|s| s.documents).sum::<u64>() / u64::from(meta.replication.max(1)),
                 chunks: shards.iter().map(|s| s.chunks).sum::<u64>() / u64::from(meta.replication.max(1)),
@@ -170,6 +227,7 @@ impl Coordinator {
                 dimension: meta.dimension,
                 replication: meta.replication,
                 shards,
+                placement,
             });
         }
         ClusterStatus { version: env!("CARGO_PKG_VERSION"), nodes, collections, models }
@@ -186,4 +244,42 @@ pub fn router(coordinator: Coordinator) -> Router {
 
 async fn status_json(State(c): State<Coordinator>) -> Json<ClusterStatus> {
     Json(c.cluster_status().await)
+}
+
+impl ClusterStatus {
+    /// The gRPC form (`tessera status`).
+    pub fn to_pb(&self) -> pb::ClusterStatusResponse {
+        pb::ClusterStatusResponse {
+            nodes: self
+                .nodes
+                .iter()
+                .map(|n| pb::NodeState {
+                    id: n.id.clone(),
+                    address: n.address.clone(),
+                    roles: n.roles.clone(),
+                    alive: n.healthy,
+                    error: n.error.clone().unwrap_or_default(),
+                })
+                .collect(),
+            collections: self
+                .collections
+                .iter()
+                .map(|c| pb::CollectionPlacement {
+                    name: c.name.clone(),
+                    replication: c.replication,
+                    shards: c
+                        .placement
+                        .iter()
+                        .map(|p| pb::ShardState {
+                            shard: p.shard,
+                            replicas: p.replicas.clone(),
+                            primary: p.primary.clone(),
+                            epoch: p.epoch,
+                            applied_sequence: p.applied_sequence.unwrap_or(0),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
 }

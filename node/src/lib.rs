@@ -9,6 +9,7 @@
 pub mod embed;
 pub mod index;
 pub mod load;
+pub mod membership;
 pub mod memory;
 pub mod model;
 pub mod node;

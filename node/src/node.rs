@@ -98,6 +98,8 @@ pub struct Node {
     pub model: Option<Arc<ModelServing>>,
     /// Session memory, when the node has the session role.
     pub sessions: Option<SessionRegistry>,
+    /// Whether shard writes are allowed (cluster mode: while the membership lease is certain).
+    pub write_fence: crate::membership::WriteFence,
 }
 
 impl Node {
@@ -136,7 +138,7 @@ impl Node {
         } else {
             None
         };
-        Ok(Arc::new(Self { config, embedder, shards, loader, model, sessions }))
+        Ok(Arc::new(Self { config, embedder, shards, loader, model, sessions, write_fence: Default::default() }))
     }
 
     /// Flushes shards and saves their indexes; stops the actors.

@@ -363,6 +363,12 @@ impl pb::node_server::Node for NodeService {
             }
             writes.push(DocWrite { doc_id: w.doc_id, delete: w.delete, chunks });
         }
+        if !self.node.write_fence.allows_writes() {
+            return Err(Status::unavailable(format!(
+                "node '{}' cannot prove its cluster membership (etcd lease lost); not accepting writes",
+                self.node.config.id
+            )));
+        }
         let shard = self.shards()?.require(&r.collection, r.shard).await.map_err(shard_status)?;
         let out = shard.write(writes).await.map_err(shard_status)?;
         Ok(Response::new(pb::ShardWriteResponse {

@@ -1,0 +1,223 @@
+//! Cluster mode: `tessera node` (actors of some roles, registered in etcd) and
+//! `tessera coordinator` (the public API over the nodes etcd lists), plus the
+//! `tessera status` client command.
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use serde_json::json;
+use tessera_coordinator::nodes::ALL_ROLES;
+use tessera_coordinator::{Catalog, NodeSet};
+use tessera_node::membership::{self, NodeRecord};
+use tessera_node::Node;
+use tessera_proto::v1 as pb;
+use tokio::sync::watch;
+use tracing::info;
+
+use crate::client::{connect, rpc};
+use crate::server::{
+    base_http_app, build_coordinator, build_node_config, shutdown_signal, spawn_grpc, spawn_http,
+    with_coordinator_routes, CoordinatorOpts, NodeOpts, MAX_MESSAGE_BYTES,
+};
+use crate::{parse_addr, ServerArg};
+
+/// Arguments of `tessera node`.
+#[derive(Args, Debug)]
+pub struct NodeArgs {
+    /// etcd endpoints, comma-separated (http://host:2379,...).
+    #[arg(long, env = "TESSERA_ETCD", value_delimiter = ',', required = true)]
+    etcd: Vec<String>,
+    /// Node id, unique in the cluster (e.g. the pod name).
+    #[arg(long, env = "TESSERA_NODE_ID")]
+    id: String,
+    /// Roles, comma-separated: loader, embedder, shard, model, session.
+    #[arg(long, value_delimiter = ',', default_value = "loader,embedder,shard,model,session")]
+    roles: Vec<String>,
+    /// gRPC listen address of the internal Node service.
+    #[arg(long, env = "TESSERA_GRPC", value_parser = parse_addr)]
+    grpc: SocketAddr,
+    /// Address coordinators use to reach this node (host:port); default: --grpc.
+    #[arg(long, env = "TESSERA_ADVERTISE")]
+    advertise: Option<String>,
+    /// HTTP listen address for /healthz, /readyz and /metrics (off when absent).
+    #[arg(long, env = "TESSERA_HTTP", value_parser = parse_addr)]
+    http: Option<SocketAddr>,
+    /// Where this node's shards, sessions and saved indexes live.
+    #[arg(long, env = "TESSERA_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Membership lease TTL in seconds: a node that stops renewing it is removed after this long.
+    #[arg(long, default_value_t = 5)]
+    lease_ttl: u64,
+    #[command(flatten)]
+    node: NodeOpts,
+}
+
+/// Arguments of `tessera coordinator`.
+#[derive(Args, Debug)]
+pub struct CoordinatorArgs {
+    /// etcd endpoints, comma-separated.
+    #[arg(long, env = "TESSERA_ETCD", value_delimiter = ',', required = true)]
+    etcd: Vec<String>,
+    /// gRPC listen address of the public Tessera service.
+    #[arg(long, env = "TESSERA_GRPC", value_parser = parse_addr)]
+    grpc: SocketAddr,
+    /// HTTP listen address (/healthz, /readyz, /metrics, the status page, the OpenAI API under /v1).
+    #[arg(long, env = "TESSERA_HTTP", value_parser = parse_addr)]
+    http: SocketAddr,
+    #[command(flatten)]
+    coordinator: CoordinatorOpts,
+}
+
+/// Arguments of `tessera status`.
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// Print JSON: {"nodes":[{"id","address","roles","alive"}],"collections":[{"name","replication","shards":[{"shard","replicas","primary","epoch","applied_sequence"}]}]}.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    server: ServerArg,
+}
+
+async fn etcd(endpoints: &[String]) -> anyhow::Result<etcd_client::Client> {
+    let opts = etcd_client::ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(3))
+        .with_timeout(Duration::from_secs(5))
+        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+    let mut client = etcd_client::Client::connect(endpoints, Some(opts))
+        .await
+        .with_context(|| format!("connecting to etcd at {}", endpoints.join(",")))?;
+    // `connect` succeeds without a server; one call proves it is there.
+    client.status().await.with_context(|| format!("etcd at {} does not answer", endpoints.join(",")))?;
+    Ok(client)
+}
+
+/// Runs `tessera node` until SIGINT or SIGTERM.
+pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
+    let telemetry = crate::telemetry::init(&format!("tessera-node-{}", args.id))?;
+    for r in &args.roles {
+        if !ALL_ROLES.contains(&r.as_str()) {
+            bail!("unknown role '{r}' (use {})", ALL_ROLES.join(", "));
+        }
+    }
+    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let client = etcd(&args.etcd).await?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let http_task = match args.http {
+        Some(addr) => {
+            Some(spawn_http(addr, base_http_app(ready.clone(), telemetry.metrics.clone()), stop_rx.clone()).await?)
+        }
+        None => None,
+    };
+    let grpc = tokio::net::TcpListener::bind(args.grpc).await.with_context(|| format!("binding gRPC {}", args.grpc))?;
+    let local = grpc.local_addr()?;
+    let config = build_node_config(&args.node, &args.data_dir, &args.id, args.roles.clone())?;
+    let node = Node::start(config).await.context("starting the node")?;
+    let grpc_task = spawn_grpc(grpc, None, Some(node.clone()), stop_rx.clone()).await?;
+
+    let advertise = args.advertise.clone().unwrap_or_else(|| local.to_string());
+    let address = if advertise.starts_with("http") { advertise } else { format!("http://{advertise}") };
+    let record = NodeRecord { id: args.id.clone(), address: address.clone(), roles: args.roles.clone() };
+    membership::join(client.clone(), record, Duration::from_secs(args.lease_ttl), node.write_fence.clone())
+        .await
+        .context("joining the cluster")?;
+    ready.store(true, Ordering::SeqCst);
+    info!(id = %args.id, grpc = %local, advertise = %address, roles = ?args.roles, "tessera node: serving");
+
+    shutdown_signal().await;
+    info!("shutting down");
+    ready.store(false, Ordering::SeqCst);
+    membership::leave(client, &args.id).await;
+    let _ = stop_tx.send(true);
+    let _ = grpc_task.await;
+    if let Some(t) = http_task {
+        let _ = t.await;
+    }
+    node.shutdown().await;
+    info!("stopped cleanly");
+    telemetry.shutdown();
+    Ok(())
+}
+
+/// Runs `tessera coordinator` until SIGINT or SIGTERM.
+pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
+    let telemetry = crate::telemetry::init("tessera-coordinator")?;
+    let client = etcd(&args.etcd).await?;
+    let nodes = NodeSet::empty(MAX_MESSAGE_BYTES);
+    let revision = tessera_coordinator::membership::load_nodes(&client, &nodes).await.context("reading membership")?;
+    tokio::spawn(tessera_coordinator::membership::follow_nodes(client.clone(), nodes.clone(), revision));
+    let catalog = Catalog::open_etcd(client.clone()).await.context("reading the catalog")?;
+    let coordinator = build_coordinator(&args.coordinator, catalog, nodes.clone())?;
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let app = with_coordinator_routes(base_http_app(ready.clone(), telemetry.metrics.clone()), &coordinator);
+    let http_task = spawn_http(args.http, app, stop_rx.clone()).await?;
+    let grpc = tokio::net::TcpListener::bind(args.grpc).await.with_context(|| format!("binding gRPC {}", args.grpc))?;
+    let local = grpc.local_addr()?;
+    let grpc_task = spawn_grpc(grpc, Some(coordinator), None, stop_rx.clone()).await?;
+    ready.store(true, Ordering::SeqCst);
+    info!(grpc = %local, http = %args.http, nodes = nodes.all().len(), "tessera coordinator: serving");
+
+    shutdown_signal().await;
+    info!("shutting down");
+    ready.store(false, Ordering::SeqCst);
+    let _ = stop_tx.send(true);
+    let _ = grpc_task.await;
+    let _ = http_task.await;
+    info!("stopped cleanly");
+    telemetry.shutdown();
+    Ok(())
+}
+
+/// `tessera status`.
+pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let mut c = connect(&args.server.server).await?;
+    let s = rpc(c.cluster_status(pb::ClusterStatusRequest {}).await)?;
+    if args.json {
+        let nodes: Vec<_> = s
+            .nodes
+            .iter()
+            .map(|n| json!({"id": n.id, "address": n.address, "roles": n.roles, "alive": n.alive, "error": n.error}))
+            .collect();
+        let collections: Vec<_> = s
+            .collections
+            .iter()
+            .map(|c| {
+                let shards: Vec<_> = c
+                    .shards
+                    .iter()
+                    .map(|p| {
+                        json!({"shard": p.shard, "replicas": p.replicas, "primary": p.primary, "epoch": p.epoch,
+                                    "applied_sequence": p.applied_sequence})
+                    })
+                    .collect();
+                json!({"name": c.name, "replication": c.replication, "shards": shards})
+            })
+            .collect();
+        println!("{}", json!({"nodes": nodes, "collections": collections}));
+        return Ok(());
+    }
+    println!("{:<16} {:<28} {:<6} ROLES", "NODE", "ADDRESS", "ALIVE");
+    for n in &s.nodes {
+        println!("{:<16} {:<28} {:<6} {}", n.id, n.address, if n.alive { "yes" } else { "no" }, n.roles.join(","));
+    }
+    for c in &s.collections {
+        println!("\ncollection {} (replication {})", c.name, c.replication);
+        for p in &c.shards {
+            println!(
+                "  shard {:<3} primary {:<12} replicas {:<24} epoch {:<4} applied {}",
+                p.shard,
+                p.primary,
+                p.replicas.join(","),
+                p.epoch,
+                p.applied_sequence
+            );
+        }
+    }
+    Ok(())
+}
