@@ -29,6 +29,13 @@ enum Command {
     Coordinator(cluster::CoordinatorArgs),
     /// Nodes and where every shard lives.
     Status(cluster::StatusArgs),
+    /// Checks that ARGS parse as a tessera command line and runs nothing (validates deployment manifests).
+    #[command(hide = true)]
+    CheckArgs {
+        /// The arguments after `tessera`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Create, list and drop collections.
     #[command(subcommand)]
     Collections(CollectionsCmd),
@@ -204,6 +211,14 @@ fn main() {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::CheckArgs { args } = &cli.command {
+        Cli::try_parse_from(std::iter::once("tessera".to_string()).chain(args.iter().cloned())).map_err(|e| {
+            let text = e.to_string();
+            anyhow::anyhow!("{}", text.trim_start_matches("error: ").trim_end())
+        })?;
+        println!("ok");
+        return Ok(());
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         match cli.command {
@@ -211,6 +226,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Node(args) => cluster::node(args).await,
             Command::Coordinator(args) => cluster::coordinator(args).await,
             Command::Status(args) => cluster::status(args).await,
+            Command::CheckArgs { .. } => Ok(()),
             Command::Collections(cmd) => client::collections(cmd).await,
             Command::Ingest(args) => client::ingest(args).await,
             Command::Delete(args) => client::delete(args).await,
