@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Command;
 
 use common::{http_get, http_post, Server};
 
@@ -117,48 +116,15 @@ fn metrics_after_traffic_dashboard_names_and_status_page() {
     assert!(unknown.is_empty(), "the dashboard queries metrics that are not exported: {unknown:?}");
 
     // Status page in a real browser.
-    let chromium = ["chromium", "chromium-browser", "google-chrome"]
-        .into_iter()
-        .find(|b| Command::new(b).arg("--version").output().is_ok_and(|o| o.status.success()));
-    let Some(chromium) = chromium else {
-        assert!(!common::in_ci(), "chromium missing under CI (scripts/setup.sh installs it)");
-        eprintln!("skipping the browser part: no chromium (run scripts/setup.sh)");
-        return;
-    };
+    let Some(browser) = common::browser::chromium() else { return };
     let url = format!("http://{}/", server.http);
     let profile = tmp.path().join("chromium-profile");
-    let headless = |extra: &[&str]| {
-        let out = Command::new(chromium)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--virtual-time-budget=4000",
-            ])
-            .arg(format!("--user-data-dir={}", profile.display()))
-            .args(extra)
-            .arg(&url)
-            .output()
-            .expect("run chromium");
-        assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
-        out
-    };
-    let dom = String::from_utf8(headless(&["--dump-dom"]).stdout).unwrap();
-    let nodes: Vec<&str> =
-        dom.match_indices("data-node-id=\"").map(|(i, m)| dom[i + m.len()..].split('"').next().unwrap()).collect();
-    assert_eq!(nodes, vec!["local"], "node list read from the rendered page:\n{dom}");
+    let dom = common::browser::rendered_dom(browser, &profile, &url);
+    assert_eq!(common::browser::node_ids(&dom), vec!["local"], "node list read from the rendered page:\n{dom}");
     assert!(dom.contains(r#"data-healthy="true""#), "{dom}");
     assert!(dom.contains(r#"data-collection="docs""#), "{dom}");
     assert!(dom.contains("SmolLM2-135M-Instruct.Q4_1"), "{dom}");
     assert!(dom.contains("/tessera.v1.Tessera/Ingest"), "request table rendered from /metrics: {dom}");
-
-    let artifacts = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("artifacts");
-    std::fs::create_dir_all(&artifacts).unwrap();
-    let shot = artifacts.join("status-page.png");
-    let _ = std::fs::remove_file(&shot);
-    headless(&["--window-size=1280,1000", &format!("--screenshot={}", shot.display())]);
-    let png = std::fs::read(&shot).expect("screenshot written");
+    let png = common::browser::screenshot(browser, &profile, &url, "status-page.png");
     assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "screenshot of {} bytes", png.len());
-    eprintln!("status page screenshot: {}", shot.display());
 }

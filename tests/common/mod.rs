@@ -1,5 +1,8 @@
 //! Starting a real `tessera up` process on free ports with a temp data dir.
 #![allow(dead_code)]
+pub mod browser;
+pub mod cluster;
+pub mod otlp;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

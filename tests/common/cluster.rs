@@ -1,0 +1,112 @@
+//! Cluster processes for tests: etcd from Debian's etcd-server on free loopback
+//! ports, `tessera node` and `tessera coordinator` processes, CLI helpers.
+#![allow(dead_code)]
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A child process killed on drop, its stderr in a log file.
+pub struct Proc {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(cmd: &mut Command, log: PathBuf) -> Proc {
+        let file = std::fs::File::create(&log).unwrap();
+        let child = cmd.stdout(Stdio::null()).stderr(file).spawn().expect("spawn");
+        Proc { child: Some(child), log }
+    }
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn etcd(dir: &Path) -> Option<(Proc, String)> {
+    if Command::new("etcd").arg("--version").output().is_err() {
+        assert!(!super::in_ci(), "etcd missing under CI (scripts/setup.sh installs etcd-server)");
+        eprintln!("skipping: no etcd binary (run scripts/setup.sh)");
+        return None;
+    }
+    let (client, peer) = (free_port(), free_port());
+    let url = format!("http://127.0.0.1:{client}");
+    let p = Proc::spawn(
+        Command::new("etcd")
+            .arg("--data-dir")
+            .arg(dir.join("etcd"))
+            .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args(["--initial-cluster", &format!("default=http://127.0.0.1:{peer}")]),
+        dir.join("etcd.log"),
+    );
+    Some((p, url))
+}
+
+pub fn tessera() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tessera"));
+    c.env("RUST_LOG", "info");
+    c
+}
+
+pub fn node(dir: &Path, etcd: &str, id: &str, roles: &str, grpc: &str, models: &Path) -> Proc {
+    Proc::spawn(
+        tessera()
+            .args(["node", "--etcd", etcd, "--id", id, "--roles", roles, "--grpc", grpc, "--lease-ttl", "2"])
+            .arg("--data-dir")
+            .arg(dir.join(id))
+            .arg("--models")
+            .arg(models),
+        dir.join(format!("{id}-{}.log", free_port())),
+    )
+}
+
+pub fn cli(server: &str, args: &[&str]) -> Output {
+    tessera().args(args).env("TESSERA_SERVER", format!("http://{server}")).output().unwrap()
+}
+
+pub fn cli_ok(server: &str, args: &[&str]) -> String {
+    let out = cli(server, args);
+    assert!(out.status.success(), "tessera {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+pub fn status(server: &str) -> Value {
+    serde_json::from_str(&cli_ok(server, &["status", "--json"])).unwrap()
+}
+
+pub fn alive(status: &Value) -> Vec<(String, bool)> {
+    status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["id"].as_str().unwrap().to_string(), n["alive"].as_bool().unwrap()))
+        .collect()
+}
+
+pub fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
