@@ -6,18 +6,12 @@
 //! Run: cargo test --bench ask -- [--docs 1000] [--turns 3] [--max-tokens 32]
 mod common;
 
-use std::net::TcpListener;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{arg, models_dir, passage, percentile_ms, Rng};
+use common::{arg, passage, percentile_ms, Rng};
 use tessera_proto::v1 as pb;
 use tessera_proto::v1::tessera_client::TesseraClient;
 use tonic::transport::Channel;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 const QUESTIONS: [&str; 4] = [
     "How do I copy a whole directory with cp?",
@@ -48,27 +42,7 @@ async fn main() {
     let docs_n: usize = arg("--docs", 1000);
     let turns: usize = arg("--turns", 3);
     let max_tokens: u32 = arg("--max-tokens", 32);
-    let dir = tempfile::tempdir().unwrap();
-    let (grpc, http) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(["up", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .arg("--models")
-        .arg(models_dir())
-        .args(["--grpc", &grpc, "--http", &http])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let url = format!("http://{grpc}");
-    let mut client = loop {
-        if let Ok(c) = TesseraClient::connect(url.clone()).await {
-            if c.clone().list_collections(pb::ListCollectionsRequest {}).await.is_ok() {
-                break c;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let (server, mut client) = common::start_up().await;
     let mut rng = Rng::new(11);
     let mut docs: Vec<pb::DocumentInput> = (0..docs_n)
         .map(|i| pb::DocumentInput { id: format!("doc-{i}"), text: passage(&mut rng, 400), ..Default::default() })
@@ -144,6 +118,5 @@ async fn main() {
             all.len() as f64 / secs,
         );
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(server);
 }

@@ -5,44 +5,17 @@
 //! Run: cargo test --bench e2e -- [--docs 10000] [--chars 400] [--queries 300]
 mod common;
 
-use std::net::TcpListener;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use common::{arg, models_dir, passage, percentile_ms, sentence, Rng};
+use common::{arg, passage, percentile_ms, sentence, Rng};
 use tessera_proto::v1 as pb;
-use tessera_proto::v1::tessera_client::TesseraClient;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let docs_n: usize = arg("--docs", 10_000);
     let chars: usize = arg("--chars", 400);
     let queries_n: usize = arg("--queries", 300);
-    let dir = tempfile::tempdir().unwrap();
-    let (grpc, http) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(["up", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .arg("--models")
-        .arg(models_dir())
-        .args(["--grpc", &grpc, "--http", &http])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let url = format!("http://{grpc}");
-    let mut client = loop {
-        if let Ok(c) = TesseraClient::connect(url.clone()).await {
-            if c.clone().list_collections(pb::ListCollectionsRequest {}).await.is_ok() {
-                break c;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let (server, mut client) = common::start_up().await;
 
     let mut rng = Rng::new(3);
     let docs: Vec<pb::DocumentInput> = (0..docs_n)
@@ -116,6 +89,5 @@ async fn main() {
             );
         }
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(server);
 }

@@ -7,7 +7,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::cluster::{etcd, free_port, node, tessera, wait_for, Proc};
 use common::otlp::{Receiver, SpanRecord};
@@ -62,17 +62,7 @@ fn one_ask_is_one_trace_across_coordinator_and_node_processes_and_the_status_pag
     );
     assert_eq!(code, 200, "{body}");
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let spans: Vec<SpanRecord> = loop {
-        let got: Vec<SpanRecord> =
-            receiver.spans.lock().unwrap().iter().filter(|s| s.trace == trace_id).cloned().collect();
-        if got.iter().any(|s| s.name == "model.generate") && got.iter().any(|s| s.name == "ask.chain") {
-            std::thread::sleep(Duration::from_millis(600));
-            break receiver.spans.lock().unwrap().iter().filter(|s| s.trace == trace_id).cloned().collect();
-        }
-        assert!(Instant::now() < deadline, "spans did not arrive: {got:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let spans = receiver.wait_for_trace(trace_id, &["model.generate", "ask.chain"], Duration::from_secs(30));
     let by_id: HashMap<&str, &SpanRecord> = spans.iter().map(|s| (s.id.as_str(), s)).collect();
     let services: std::collections::BTreeSet<&str> = spans.iter().map(|s| s.service.as_str()).collect();
     assert_eq!(services.into_iter().collect::<Vec<_>>(), vec!["tessera-coordinator", "tessera-node-n1"]);

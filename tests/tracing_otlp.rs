@@ -9,7 +9,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::net::TcpListener;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::otlp::{Receiver, SpanRecord};
 use common::{http_post_with_headers, Server};
@@ -44,22 +44,7 @@ fn one_ask_is_one_trace_across_http_coordinator_node_and_model() {
     );
     assert_eq!(code, 200, "{body}");
 
-    // Wait until the model's spans of this trace have arrived.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let spans = loop {
-        let spans: Vec<SpanRecord> =
-            receiver.spans.lock().unwrap().iter().filter(|s| s.trace == trace_id).cloned().collect();
-        if spans.iter().any(|s| s.name == "model.generate") && spans.iter().any(|s| s.name == "ask.chain") {
-            std::thread::sleep(Duration::from_millis(500)); // let the rest of the batch land
-            break receiver.spans.lock().unwrap().iter().filter(|s| s.trace == trace_id).cloned().collect::<Vec<_>>();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "spans of the trace did not arrive; got {spans:?}\nlog:\n{}",
-            server.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let spans = receiver.wait_for_trace(trace_id, &["model.generate", "ask.chain"], Duration::from_secs(30));
     let by_id: HashMap<&str, &SpanRecord> = spans.iter().map(|s| (s.id.as_str(), s)).collect();
     let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
 

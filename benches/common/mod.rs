@@ -210,3 +210,47 @@ pub fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
     let args: Vec<String> = std::env::args().collect();
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
 }
+
+/// A `tessera up` process on free loopback ports with a temporary data dir; killed on drop.
+pub struct UpProcess {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for UpProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Starts `tessera up` (the bench's own binary) and waits until its gRPC API answers.
+pub async fn start_up() -> (UpProcess, tessera_proto::v1::tessera_client::TesseraClient<tonic::transport::Channel>) {
+    use tessera_proto::v1 as pb;
+    let dir = tempfile::tempdir().unwrap();
+    let (grpc, http) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["up", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--models")
+        .arg(models_dir())
+        .args(["--grpc", &grpc, "--http", &http])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://{grpc}");
+    let client = loop {
+        if let Ok(c) = pb::tessera_client::TesseraClient::connect(url.clone()).await {
+            if c.clone().list_collections(pb::ListCollectionsRequest {}).await.is_ok() {
+                break c;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    (UpProcess { child, _dir: dir }, client)
+}

@@ -59,3 +59,21 @@ impl TraceService for Receiver {
         Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
     }
 }
+
+impl Receiver {
+    /// The spans of `trace`, once spans with every name in `names` have arrived
+    /// (plus a moment for the rest of the export batch); panics after `timeout`.
+    pub fn wait_for_trace(&self, trace: &str, names: &[&str], timeout: std::time::Duration) -> Vec<SpanRecord> {
+        let of_trace = || self.spans.lock().unwrap().iter().filter(|s| s.trace == trace).cloned().collect::<Vec<_>>();
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let got = of_trace();
+            if names.iter().all(|n| got.iter().any(|s| s.name == *n)) {
+                std::thread::sleep(std::time::Duration::from_millis(600));
+                return of_trace();
+            }
+            assert!(std::time::Instant::now() < deadline, "spans {names:?} of trace {trace} did not arrive: {got:?}");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+}
