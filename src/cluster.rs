@@ -75,7 +75,7 @@ pub struct CoordinatorArgs {
 /// Arguments of `tessera status`.
 #[derive(Args, Debug)]
 pub struct StatusArgs {
-    /// Print JSON: {"nodes":[{"id","address","roles","alive"}],"collections":[{"name","replication","shards":[{"shard","replicas","primary","epoch","applied_sequence"}]}]}.
+    /// Print JSON: {"nodes":[{"id","address","roles","alive"}],"collections":[{"name","replication","shards":[{"shard","replicas","primary","epoch","applied_sequence","replica_sequences"}]}]}.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -149,9 +149,16 @@ pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     let client = etcd(&args.etcd).await?;
     let nodes = NodeSet::empty(MAX_MESSAGE_BYTES);
     let revision = tessera_coordinator::membership::load_nodes(&client, &nodes).await.context("reading membership")?;
-    tokio::spawn(tessera_coordinator::membership::follow_nodes(client.clone(), nodes.clone(), revision));
+    let (left_tx, mut left_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(tessera_coordinator::membership::follow_nodes(client.clone(), nodes.clone(), revision, left_tx));
     let catalog = Catalog::open_etcd(client.clone()).await.context("reading the catalog")?;
     let coordinator = build_coordinator(&args.coordinator, catalog, nodes.clone())?;
+    let failover = coordinator.clone();
+    tokio::spawn(async move {
+        while let Some(id) = left_rx.recv().await {
+            failover.fail_over(&id).await;
+        }
+    });
 
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -193,7 +200,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
                     .iter()
                     .map(|p| {
                         json!({"shard": p.shard, "replicas": p.replicas, "primary": p.primary, "epoch": p.epoch,
-                                    "applied_sequence": p.applied_sequence})
+                                    "applied_sequence": p.applied_sequence, "replica_sequences": p.replica_sequences})
                     })
                     .collect();
                 json!({"name": c.name, "replication": c.replication, "shards": shards})

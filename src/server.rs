@@ -49,6 +49,9 @@ pub struct CoordinatorOpts {
     /// History token budget of tokens memory.
     #[arg(long, default_value_t = 1024)]
     memory_tokens: u32,
+    /// Replicas of a shard that must hold a write before it is acknowledged: majority, all or one.
+    #[arg(long, default_value = "majority")]
+    write_acks: String,
 }
 
 /// Options of the node role (`up`, `node`).
@@ -114,6 +117,8 @@ pub fn build_coordinator(opts: &CoordinatorOpts, catalog: Catalog, nodes: NodeSe
         default_shards: opts.default_shards,
         max_top_k: opts.max_top_k,
         default_memory,
+        write_acks: tessera_coordinator::service::WriteAcks::parse(&opts.write_acks)
+            .map_err(|e| anyhow::anyhow!("--write-acks: {e}"))?,
         ..Default::default()
     };
     Ok(Coordinator::with_prompts(config, catalog, nodes, prompts))

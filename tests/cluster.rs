@@ -3,8 +3,8 @@
 //! `tessera coordinator` processes. Collections, documents, sessions and
 //! generation work through either coordinator; placement and membership show in
 //! `tessera status`; a node killed with -9 leaves the membership after its lease
-//! TTL, searches that need its shards then fail with a clear UNAVAILABLE (there
-//! is no replication yet), and the restarted node rejoins with its data.
+//! TTL, searches that need its shards then fail with a clear UNAVAILABLE (this
+//! collection has one replica per shard), and the restarted node rejoins with its data.
 mod common;
 
 use std::time::{Duration, Instant};
@@ -60,7 +60,7 @@ fn two_nodes_two_coordinators_membership_placement_and_node_loss() {
         "{}",
         String::from_utf8_lossy(&again.stderr)
     );
-    let repl = cli(&c2, &["collections", "create", "other", "--replication", "2"]);
+    let repl = cli(&c2, &["collections", "create", "other", "--replication", "3"]);
     assert!(
         String::from_utf8_lossy(&repl.stderr).contains("FailedPrecondition"),
         "{}",
@@ -124,7 +124,7 @@ fn two_nodes_two_coordinators_membership_placement_and_node_loss() {
     assert_eq!(alive(&status(&c2)), vec![("n1".into(), true), ("n2".into(), false)]);
     let out = cli(&c1, &["search", "--collection", "docs", "--top-k", "4", "how do I copy a folder"]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("Unavailable") && err.contains("'n2', which is not alive"), "{err}");
+    assert!(!out.status.success() && err.contains("Unavailable") && err.contains("is alive (replicas: n2)"), "{err}");
 
     // Restarted, n2 rejoins with its data and the results are whole again.
     let _n2 = node(tmp.path(), &etcd_url, "n2", "embedder,shard,model", &g2, &models);

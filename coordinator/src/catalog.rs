@@ -206,6 +206,30 @@ impl Catalog {
         Ok(())
     }
 
+    /// Replaces `old` with `new` only if the stored record still equals `old`.
+    pub async fn compare_and_put(&self, old: &CollectionMeta, new: &CollectionMeta) -> Result<bool, CatalogError> {
+        let old_json = serde_json::to_vec(old).map_err(|_| CatalogError::Corrupt(old.name.clone()))?;
+        let new_json = serde_json::to_vec(new).map_err(|_| CatalogError::Corrupt(new.name.clone()))?;
+        let done = match &self.backend {
+            Backend::Sled(tree) => {
+                let done = tree.compare_and_swap(new.name.as_bytes(), Some(old_json), Some(new_json))?.is_ok();
+                tree.flush_async().await?;
+                done
+            }
+            Backend::Etcd(client) => {
+                let key = format!("{ETCD_PREFIX}{}", new.name);
+                let txn = Txn::new()
+                    .when([Compare::value(key.clone(), CompareOp::Equal, old_json)])
+                    .and_then([TxnOp::put(key, new_json, None)]);
+                client.as_ref().clone().txn(txn).await?.succeeded()
+            }
+        };
+        if done {
+            self.cache.write().unwrap_or_else(|e| e.into_inner()).insert(new.name.clone(), new.clone());
+        }
+        Ok(done)
+    }
+
     /// Removes a collection durably; false when absent.
     pub async fn remove(&self, name: &str) -> Result<bool, CatalogError> {
         let existed = match &self.backend {

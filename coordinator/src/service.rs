@@ -49,6 +49,41 @@ pub struct CoordinatorConfig {
     pub condense_history_messages: usize,
     /// Length of a session summary, in tokens.
     pub summary_max_tokens: u32,
+    /// Replicas that must hold a write before it is acknowledged.
+    pub write_acks: WriteAcks,
+}
+
+/// How many replicas of a shard must hold a write before the client is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WriteAcks {
+    /// More than half of the shard's replicas (the default).
+    #[default]
+    Majority,
+    /// Every replica.
+    All,
+    /// The primary alone.
+    One,
+}
+
+impl WriteAcks {
+    /// Parses "majority", "all" or "one".
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "majority" => Ok(Self::Majority),
+            "all" => Ok(Self::All),
+            "one" => Ok(Self::One),
+            other => Err(format!("write acks must be majority, all or one, not '{other}'")),
+        }
+    }
+
+    /// Acknowledgements needed with `replicas` replicas.
+    pub fn needed(self, replicas: usize) -> usize {
+        match self {
+            Self::Majority => replicas / 2 + 1,
+            Self::All => replicas.max(1),
+            Self::One => 1,
+        }
+    }
 }
 
 impl Default for CoordinatorConfig {
@@ -68,6 +103,7 @@ impl Default for CoordinatorConfig {
             default_memory: MemoryKind::Window { turns: 4 },
             condense_history_messages: 4,
             summary_max_tokens: 160,
+            write_acks: WriteAcks::Majority,
         }
     }
 }
@@ -304,6 +340,101 @@ impl Coordinator {
         }
     }
 
+    /// The shard's replicas that are alive, primary first (reads try them in order).
+    fn read_nodes(&self, meta: &CollectionMeta, shard: u32) -> Result<Vec<NodeRef>, Status> {
+        match meta.placement.get(shard as usize) {
+            Some(p) => {
+                let mut order = vec![p.primary.clone()];
+                order.extend(p.replicas.iter().filter(|r| **r != p.primary).cloned());
+                let alive: Vec<NodeRef> = order.iter().filter_map(|id| self.nodes.get(id)).collect();
+                if alive.is_empty() {
+                    return Err(Status::unavailable(format!(
+                        "no replica of shard {shard} of '{}' is alive (replicas: {})",
+                        meta.name,
+                        p.replicas.join(", ")
+                    )));
+                }
+                Ok(alive)
+            }
+            None => Ok(vec![self.node_for_shard(meta, shard)?]),
+        }
+    }
+
+    /// After a node left membership: every shard it was primary of gets a new
+    /// primary, the alive replica that has applied the most writes, with the
+    /// placement epoch bumped. The change is a compare-and-swap on the catalog
+    /// record, so when several coordinators react to the same loss one wins and
+    /// the others see its result. The lost node stays a replica: when it comes
+    /// back it catches up from the new primary's log on the next write.
+    pub async fn fail_over(&self, lost: &str) {
+        for meta in self.catalog.list().unwrap_or_default() {
+            let mut updated = meta.clone();
+            let mut changed = false;
+            for (shard, p) in updated.placement.iter_mut().enumerate() {
+                if p.primary != lost {
+                    continue;
+                }
+                let req = pb::ShardStatsRequest {
+                    shard: Some(pb::ShardRef { collection: meta.name.clone(), shard: shard as u32 }),
+                };
+                let mut best: Option<(u64, String)> = None;
+                for id in p.replicas.iter().filter(|r| r.as_str() != lost) {
+                    let Some(node) = self.nodes.get(id) else { continue };
+                    if let Ok(Ok(s)) = tokio::time::timeout(
+                        std::time::Duration::from_secs(2),
+                        node.client.clone().get_shard_stats(req.clone()),
+                    )
+                    .await
+                    {
+                        let seq = s.into_inner().sequence;
+                        if best.as_ref().is_none_or(|(b, _)| seq > *b) {
+                            best = Some((seq, id.clone()));
+                        }
+                    }
+                }
+                match best {
+                    Some((seq, id)) => {
+                        info!(collection = %meta.name, shard, from = lost, to = %id, sequence = seq, epoch = p.epoch + 1, "shard primary failed over");
+                        metrics::counter!("tessera_shard_failovers_total").increment(1);
+                        p.primary = id;
+                        p.epoch += 1;
+                        changed = true;
+                    }
+                    None => tracing::warn!(collection = %meta.name, shard, "primary lost and no other replica answers"),
+                }
+            }
+            if changed {
+                match self.catalog.compare_and_put(&meta, &updated).await {
+                    Ok(true) => {}
+                    Ok(false) => info!(collection = %meta.name, "placement changed meanwhile by another coordinator"),
+                    Err(e) => tracing::warn!(collection = %meta.name, error = %e, "storing the new placement failed"),
+                }
+            }
+        }
+    }
+
+    /// Calls a node serving `role` (round robin); when it is unreachable or gone
+    /// (`UNAVAILABLE`, e.g. a node that died and has not left membership yet), the
+    /// call is retried on the next node with that role. Other errors are returned.
+    async fn on_role<T, F, Fut>(&self, role: &str, call: F) -> Result<T, Status>
+    where
+        F: Fn(crate::nodes::NodeClientT) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let first = self.role_node(role)?;
+        let mut order = vec![first.clone()];
+        order.extend(self.nodes.with_role(role).into_iter().filter(|n| n.id != first.id));
+        let mut last = None;
+        for node in order {
+            match call(node.client.clone()).await {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(s) if s.code() == tonic::Code::Unavailable => last = Some(node_status(&node, s)),
+                Err(s) => return Err(node_status(&node, s)),
+            }
+        }
+        Err(last.unwrap_or_else(|| Status::unavailable(format!("no node with the '{role}' role answered"))))
+    }
+
     /// A node serving `role`, round robin.
     fn role_node(&self, role: &str) -> Result<NodeRef, Status> {
         self.nodes.pick(role).ok_or_else(|| Status::unavailable(format!("no node with the '{role}' role is available")))
@@ -339,11 +470,6 @@ impl Coordinator {
                 shard_nodes.len()
             )));
         }
-        if replication > 1 {
-            return Err(Status::failed_precondition(
-                "replication above 1 is not available yet: writes are not replicated between nodes",
-            ));
-        }
         let _guard = self.create_lock.lock().await;
         if let Some(existing) = self.catalog.get(name).map_err(catalog_status)? {
             return if if_missing {
@@ -367,16 +493,18 @@ impl Coordinator {
             embedder: info.embedder,
             placement: place(name, shards, replication, &shard_nodes),
         };
-        for shard in 0..shards {
-            let node = self.node_for_shard(&meta, shard)?;
-            node.client
-                .clone()
-                .open_shard(pb::OpenShardRequest {
-                    shard: Some(pb::ShardRef { collection: name.into(), shard }),
-                    dimension: meta.dimension,
-                })
-                .await
-                .map_err(|s| node_status(&node, s))?;
+        for (shard, p) in meta.placement.iter().enumerate() {
+            for id in &p.replicas {
+                let node = self.nodes.get(id).ok_or_else(|| Status::unavailable(format!("node '{id}' left")))?;
+                node.client
+                    .clone()
+                    .open_shard(pb::OpenShardRequest {
+                        shard: Some(pb::ShardRef { collection: name.into(), shard: shard as u32 }),
+                        dimension: meta.dimension,
+                    })
+                    .await
+                    .map_err(|s| node_status(&node, s))?;
+            }
         }
         if !self.catalog.create(&meta).await.map_err(catalog_status)? {
             // Another coordinator created it meanwhile (the catalog create is a compare-and-swap).
@@ -395,14 +523,14 @@ impl Coordinator {
         let mut chunks = 0;
         let mut documents = 0;
         for shard in 0..meta.shards {
-            let Ok(node) = self.node_for_shard(meta, shard) else {
-                continue;
-            };
             let req = pb::ShardStatsRequest { shard: Some(pb::ShardRef { collection: meta.name.clone(), shard }) };
-            if let Ok(s) = node.client.clone().get_shard_stats(req).await {
-                let s = s.into_inner();
-                chunks += s.chunks;
-                documents += s.documents;
+            for node in self.read_nodes(meta, shard).unwrap_or_default() {
+                if let Ok(s) = node.client.clone().get_shard_stats(req.clone()).await {
+                    let s = s.into_inner();
+                    chunks += s.chunks;
+                    documents += s.documents;
+                    break;
+                }
             }
         }
         (chunks, documents)
@@ -419,10 +547,35 @@ impl Coordinator {
         let writes = per_shard.into_iter().map(|(shard, writes)| async move {
             let node = self.node_for_shard(meta, shard)?;
             let shard_ref = pb::ShardRef { collection: collection.to_string(), shard };
+            let (followers, replicas, epoch) = match meta.placement.get(shard as usize) {
+                Some(p) => (
+                    p.replicas
+                        .iter()
+                        .filter(|r| **r != p.primary)
+                        .filter_map(|r| self.nodes.get(r).map(|n| n.url))
+                        .collect::<Vec<_>>(),
+                    p.replicas.len(),
+                    p.epoch,
+                ),
+                None => (vec![], 1, 0),
+            };
+            let min_acks = self.config.write_acks.needed(replicas) as u32;
+            if min_acks as usize > followers.len() + 1 {
+                return Err(Status::unavailable(format!(
+                    "shard {shard} of '{collection}' has {} of {replicas} replicas alive; a write needs {min_acks}",
+                    followers.len() + 1
+                )));
+            }
             let resp = node
                 .client
                 .clone()
-                .shard_write(pb::ShardWriteRequest { shard: Some(shard_ref), writes })
+                .shard_write(pb::ShardWriteRequest {
+                    shard: Some(shard_ref),
+                    writes,
+                    follower_urls: followers,
+                    min_acks,
+                    epoch,
+                })
                 .await
                 .map_err(|s| node_status(&node, s))?;
             Ok::<_, Status>(resp.into_inner())
@@ -471,9 +624,15 @@ impl Coordinator {
                 with_vectors: req.mmr,
             };
             async move {
-                let node = self.node_for_shard(meta, shard)?;
-                let resp = node.client.clone().shard_search(request).await.map_err(|s| node_status(&node, s))?;
-                Ok::<_, Status>(resp.into_inner())
+                // Primary first; a failed replica is retried on the next one.
+                let mut last = None;
+                for node in self.read_nodes(meta, shard)? {
+                    match node.client.clone().shard_search(request.clone()).await {
+                        Ok(resp) => return Ok::<_, Status>(resp.into_inner()),
+                        Err(s) => last = Some(node_status(&node, s)),
+                    }
+                }
+                Err(last.unwrap_or_else(|| Status::unavailable(format!("shard {shard} has no replica"))))
             }
         });
         let per_shard = try_join_all(searches).await?;
@@ -508,14 +667,11 @@ impl Coordinator {
     pub(crate) async fn embed_texts(&self, texts: Vec<String>) -> Result<pb::EmbedResponse, Status> {
         let batches: Vec<Vec<String>> = texts.chunks(self.config.embed_batch.max(1)).map(|c| c.to_vec()).collect();
         let results: Vec<pb::EmbedResponse> = stream::iter(batches.into_iter().map(|batch| async move {
-            let node = self.role_node("embedder")?;
-            let resp = node
-                .client
-                .clone()
-                .embed_batch(pb::EmbedRequest { texts: batch })
-                .await
-                .map_err(|s| node_status(&node, s))?;
-            Ok::<_, Status>(resp.into_inner())
+            self.on_role("embedder", |mut client| {
+                let texts = batch.clone();
+                async move { client.embed_batch(pb::EmbedRequest { texts }).await }
+            })
+            .await
         }))
         .buffered(self.config.embed_parallelism.max(1))
         .try_collect()
@@ -688,20 +844,19 @@ impl pb::tessera_server::Tessera for Coordinator {
         }
         let meta = self.create(&req.collection, 0, 0, true).await?;
 
-        let loader = self.role_node("loader")?;
-        let loaded = loader
-            .client
-            .clone()
-            .load_and_split(pb::LoadAndSplitRequest {
-                files: req.files,
-                documents: req.documents,
-                chunk_size,
-                chunk_overlap,
-                splitter: req.splitter,
+        let load = pb::LoadAndSplitRequest {
+            files: req.files,
+            documents: req.documents,
+            chunk_size,
+            chunk_overlap,
+            splitter: req.splitter,
+        };
+        let loaded = self
+            .on_role("loader", |mut client| {
+                let load = load.clone();
+                async move { client.load_and_split(load).await }
             })
-            .await
-            .map_err(|s| node_status(&loader, s))?
-            .into_inner();
+            .await?;
         let errors = loaded.errors;
         let texts: Vec<String> =
             loaded.documents.iter().flat_map(|d| d.chunks.iter().map(|c| c.text.clone())).collect();

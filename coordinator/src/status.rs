@@ -47,6 +47,8 @@ pub struct PlacementStatus {
     pub epoch: u64,
     /// Writes the primary has applied (None when it did not answer).
     pub applied_sequence: Option<u64>,
+    /// Applied sequence of each replica that answered.
+    pub replica_sequences: std::collections::BTreeMap<String, u64>,
 }
 
 /// A shard replica's place and counters.
@@ -199,7 +201,7 @@ impl Coordinator {
                 })
                 .collect();
             shards.sort_by(|a, b| (a.shard, &a.node).cmp(&(b.shard, &b.node)));
-            let placement = (0..meta.shards)
+            let placement: Vec<PlacementStatus> = (0..meta.shards)
                 .map(|shard| {
                     let (replicas, primary, epoch) = match meta.placement.get(shard as usize) {
                         Some(p) => (p.replicas.clone(), p.primary.clone(), p.epoch),
@@ -217,12 +219,25 @@ impl Coordinator {
                     };
                     let applied_sequence =
                         shards.iter().find(|s| s.shard == shard && s.node == primary).map(|s| s.sequence);
-                    PlacementStatus { shard, replicas, primary, epoch, applied_sequence }
+                    let replica_sequences = shards
+                        .iter()
+                        .filter(|s| s.shard == shard && replicas.contains(&s.node))
+                        .map(|s| (s.node.clone(), s.sequence))
+                        .collect();
+                    PlacementStatus { shard, replicas, primary, epoch, applied_sequence, replica_sequences }
                 })
                 .collect();
             collections.push(CollectionStatus {
-                documents: shards.iter().map(|s| s.documents).sum::<u64>() / u64::from(meta.replication.max(1)),
-                chunks: shards.iter().map(|s| s.chunks).sum::<u64>() / u64::from(meta.replication.max(1)),
+                documents: placement
+                    .iter()
+                    .filter_map(|p: &PlacementStatus| shards.iter().find(|s| s.shard == p.shard && s.node == p.primary))
+                    .map(|s| s.documents)
+                    .sum(),
+                chunks: placement
+                    .iter()
+                    .filter_map(|p: &PlacementStatus| shards.iter().find(|s| s.shard == p.shard && s.node == p.primary))
+                    .map(|s| s.chunks)
+                    .sum(),
                 name: meta.name,
                 dimension: meta.dimension,
                 replication: meta.replication,
@@ -276,6 +291,7 @@ impl ClusterStatus {
                             primary: p.primary.clone(),
                             epoch: p.epoch,
                             applied_sequence: p.applied_sequence.unwrap_or(0),
+                            replica_sequences: p.replica_sequences.clone().into_iter().collect(),
                         })
                         .collect(),
                 })

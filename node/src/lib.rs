@@ -13,6 +13,7 @@ pub mod membership;
 pub mod memory;
 pub mod model;
 pub mod node;
+pub mod replication;
 pub mod service;
 pub mod split;
 

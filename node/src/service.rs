@@ -8,7 +8,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
-use crate::index::ChunkRecord;
 use crate::memory::{MemoryError, SessionRegistry, SessionState};
 use crate::model::{ChatMessage, Event, ModelError, SamplingParams};
 
@@ -40,7 +39,7 @@ pub fn sampling_from_pb(req: &pb::GenerateRequest) -> SamplingParams {
         stop: req.stop.clone(),
     }
 }
-use crate::index::{Condition, DocWrite, Filter, SearchMode, ShardError, ShardHit, ShardQuery, ShardStats};
+use crate::index::{Condition, Filter, SearchMode, ShardError, ShardHit, ShardQuery, ShardStats};
 use crate::load::{Document, FileJob, Metadata, SplitSpec};
 use crate::node::Node;
 
@@ -48,12 +47,13 @@ use crate::node::Node;
 #[derive(Clone)]
 pub struct NodeService {
     node: Arc<Node>,
+    replication: crate::replication::Replication,
 }
 
 impl NodeService {
     /// Wraps a started node.
     pub fn new(node: Arc<Node>) -> Self {
-        Self { node }
+        Self { node, replication: Default::default() }
     }
 
     /// The tonic server for this service, with message limits raised for ingest.
@@ -77,6 +77,7 @@ pub fn shard_status(e: ShardError) -> Status {
     match e {
         ShardError::Invalid(_) | ShardError::Dimension { .. } => Status::invalid_argument(e.to_string()),
         ShardError::NotFound(_) => Status::not_found(e.to_string()),
+        ShardError::OutOfOrder { .. } => Status::failed_precondition(e.to_string()),
         ShardError::Unavailable(_) => Status::unavailable(e.to_string()),
         ShardError::Storage(_) | ShardError::Corrupt(_) | ShardError::Ann(_) => Status::internal(e.to_string()),
     }
@@ -350,19 +351,16 @@ impl pb::node_server::Node for NodeService {
     ) -> Result<Response<pb::ShardWriteResponse>, Status> {
         let req = req.into_inner();
         let r = shard_ref(req.shard)?;
-        let mut writes = Vec::with_capacity(req.writes.len());
-        for w in req.writes {
-            let mut chunks = Vec::with_capacity(w.chunks.len());
-            for c in w.chunks {
-                let chunk = c.chunk.ok_or_else(|| Status::invalid_argument("chunk missing"))?;
-                let metadata = parse_metadata(&chunk.metadata_json)?;
-                chunks.push((
-                    ChunkRecord { chunk_id: chunk.chunk_id, doc_id: chunk.doc_id, text: chunk.text, metadata },
-                    c.vector,
-                ));
-            }
-            writes.push(DocWrite { doc_id: w.doc_id, delete: w.delete, chunks });
+        let followers = req.follower_urls;
+        let min_acks = req.min_acks.max(1) as usize;
+        if min_acks > followers.len() + 1 {
+            return Err(Status::invalid_argument(format!(
+                "min_acks {min_acks} is more than the {} replicas given",
+                followers.len() + 1
+            )));
         }
+        let wire = if followers.is_empty() { Vec::new() } else { req.writes.clone() };
+        let writes = crate::replication::writes_from_pb(req.writes)?;
         if !self.node.write_fence.allows_writes() {
             return Err(Status::unavailable(format!(
                 "node '{}' cannot prove its cluster membership (etcd lease lost); not accepting writes",
@@ -370,12 +368,52 @@ impl pb::node_server::Node for NodeService {
             )));
         }
         let shard = self.shards()?.require(&r.collection, r.shard).await.map_err(shard_status)?;
+        self.replication.admit_epoch(&r.collection, r.shard, req.epoch);
         let out = shard.write(writes).await.map_err(shard_status)?;
+        let acks = 1 + if followers.is_empty() {
+            0
+        } else {
+            self.replication.fan_out(&shard, &r, &followers, out.sequence, wire, req.epoch).await
+        };
+        if acks < min_acks {
+            return Err(Status::unavailable(format!(
+                "write {} of {}/{} is durable on {acks} of {} replicas, fewer than the {min_acks} required",
+                out.sequence,
+                r.collection,
+                r.shard,
+                followers.len() + 1
+            )));
+        }
         Ok(Response::new(pb::ShardWriteResponse {
             sequence: out.sequence,
             documents: out.documents,
             chunks: out.chunks,
+            acks: acks as u32,
         }))
+    }
+
+    #[instrument(skip_all, name = "Node/ShardReplicate", fields(sequence = req.get_ref().sequence))]
+    async fn shard_replicate(
+        &self,
+        req: Request<pb::ShardReplicateRequest>,
+    ) -> Result<Response<pb::ShardReplicateResponse>, Status> {
+        let req = req.into_inner();
+        let r = shard_ref(req.shard)?;
+        if !self.replication.admit_epoch(&r.collection, r.shard, req.epoch) {
+            return Err(Status::failed_precondition(format!(
+                "write from placement epoch {} refused: a newer primary exists for {}/{}",
+                req.epoch, r.collection, r.shard
+            )));
+        }
+        let writes = crate::replication::writes_from_pb(req.writes)?;
+        let shard = self.shards()?.require(&r.collection, r.shard).await.map_err(shard_status)?;
+        match shard.replicate(writes, req.sequence).await {
+            Ok(out) => Ok(Response::new(pb::ShardReplicateResponse { applied: true, sequence: out.sequence })),
+            Err(ShardError::OutOfOrder { have, .. }) => {
+                Ok(Response::new(pb::ShardReplicateResponse { applied: false, sequence: have }))
+            }
+            Err(e) => Err(shard_status(e)),
+        }
     }
 
     #[instrument(skip_all, name = "Node/ShardSearch")]

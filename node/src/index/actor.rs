@@ -8,10 +8,17 @@ use tracing::info_span;
 
 use super::{DocWrite, Shard, ShardError, ShardQuery, ShardResults, ShardStats, WriteOutcome};
 
+/// Logged writes with their sequence numbers, oldest first.
+pub type LogEntries = Vec<(u64, Vec<DocWrite>)>;
+
 /// Messages a shard actor understands.
 pub enum ShardMsg {
     /// Apply writes; answered once durable.
     Write(Vec<DocWrite>, RpcReplyPort<Result<WriteOutcome, ShardError>>),
+    /// Apply a write the primary applied at a sequence; answered once durable.
+    Replicate(Vec<DocWrite>, u64, RpcReplyPort<Result<WriteOutcome, ShardError>>),
+    /// Logged writes after a sequence (for a replica catching up).
+    LogSince(u64, RpcReplyPort<Result<LogEntries, ShardError>>),
     /// Search.
     Search(Box<ShardQuery>, RpcReplyPort<Result<ShardResults, ShardError>>),
     /// Counters.
@@ -77,6 +84,19 @@ impl Actor for ShardActor {
                 metrics::histogram!("tessera_shard_write_duration_seconds").record(started.elapsed().as_secs_f64());
                 state.record_sizes();
             }
+            ShardMsg::Replicate(writes, sequence, reply) => {
+                let span = info_span!("shard.replicate", docs = writes.len(), sequence);
+                let result = span.in_scope(|| shard.apply_replicated(writes, sequence));
+                let result = match result {
+                    Ok(outcome) => shard.store().flush().await.map(|_| outcome),
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(result);
+                state.record_sizes();
+            }
+            ShardMsg::LogSince(after, reply) => {
+                let _ = reply.send(shard.log_since(after));
+            }
             ShardMsg::Search(query, reply) => {
                 let _span = info_span!("shard.search", top_k = query.top_k).entered();
                 let _ = reply.send(shard.search(&query));
@@ -124,6 +144,16 @@ impl ShardHandle {
     /// Applies writes; returns once they are durable.
     pub async fn write(&self, writes: Vec<DocWrite>) -> Result<WriteOutcome, ShardError> {
         self.call(|r| ShardMsg::Write(writes, r)).await?
+    }
+
+    /// Applies a replicated write at `sequence` (the next one only); returns once durable.
+    pub async fn replicate(&self, writes: Vec<DocWrite>, sequence: u64) -> Result<WriteOutcome, ShardError> {
+        self.call(|r| ShardMsg::Replicate(writes, sequence, r)).await?
+    }
+
+    /// The logged writes after `after`.
+    pub async fn log_since(&self, after: u64) -> Result<LogEntries, ShardError> {
+        self.call(|r| ShardMsg::LogSince(after, r)).await?
     }
 
     /// Searches.

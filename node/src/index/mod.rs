@@ -47,6 +47,14 @@ pub enum ShardError {
     /// Bad caller input.
     #[error("{0}")]
     Invalid(String),
+    /// A replicated write that is not the next one in sequence.
+    #[error("out of order: this replica has applied up to {have}, got write {got}")]
+    OutOfOrder {
+        /// Last applied sequence.
+        have: u64,
+        /// The sequence offered.
+        got: u64,
+    },
     /// The shard is not hosted here.
     #[error("shard {0} is not hosted on this node")]
     NotFound(String),

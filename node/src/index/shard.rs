@@ -25,7 +25,7 @@ pub enum SearchMode {
 }
 
 /// Replace a document's chunks, or delete the document.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct DocWrite {
     /// The document.
     pub doc_id: String,
@@ -171,6 +171,30 @@ impl Shard {
     /// Applies writes atomically in sled and then to the indexes. Not durable
     /// until [`Shard::flush`] returns; callers acknowledge only after that.
     pub fn apply(&mut self, writes: Vec<DocWrite>) -> Result<WriteOutcome, ShardError> {
+        self.apply_at(writes, self.sequence + 1)
+    }
+
+    /// Applies a replicated write that the primary applied at `sequence`; only the
+    /// next sequence is accepted, so a replica applies writes in the primary's order.
+    pub fn apply_replicated(&mut self, writes: Vec<DocWrite>, sequence: u64) -> Result<WriteOutcome, ShardError> {
+        if sequence != self.sequence + 1 {
+            return Err(ShardError::OutOfOrder { have: self.sequence, got: sequence });
+        }
+        self.apply_at(writes, sequence)
+    }
+
+    /// The logged writes after `after` up to the current sequence.
+    pub fn log_since(&self, after: u64) -> Result<Vec<(u64, Vec<DocWrite>)>, ShardError> {
+        self.store
+            .log_range(after + 1, self.sequence)?
+            .into_iter()
+            .map(|(seq, bytes)| {
+                serde_json::from_slice(&bytes).map(|w| (seq, w)).map_err(|e| ShardError::Corrupt(e.to_string()))
+            })
+            .collect()
+    }
+
+    fn apply_at(&mut self, writes: Vec<DocWrite>, sequence: u64) -> Result<WriteOutcome, ShardError> {
         // Validate everything first: a bad write must not leave a half-applied batch.
         for w in &writes {
             if w.doc_id.is_empty() {
@@ -231,8 +255,8 @@ impl Shard {
             }
             removed.extend(old);
         }
-        let sequence = self.sequence + 1;
-        self.store.apply(batch, sequence, next_key)?;
+        let log = serde_json::to_vec(&writes).map_err(|e| ShardError::Corrupt(e.to_string()))?;
+        self.store.apply(batch, sequence, next_key, log)?;
         self.sequence = sequence;
         self.next_key = next_key;
         outcome.sequence = sequence;
@@ -379,6 +403,39 @@ mod tests {
 
     fn query(v: Vec<f32>, text: &str, mode: SearchMode, filter: Filter) -> ShardQuery {
         ShardQuery { vector: v, text: text.into(), top_k: 10, filter, mode, with_vectors: false }
+    }
+
+    #[test]
+    fn a_replica_applies_only_the_next_sequence_and_catches_up_from_the_log() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let mut primary = Shard::open(db.open_tree("p").unwrap(), 8, None).unwrap();
+        let mut replica = Shard::open(db.open_tree("r").unwrap(), 8, None).unwrap();
+        primary.apply(vec![write("a", &[("one 一", "en")], 1)]).unwrap();
+        primary.apply(vec![write("b", &[("two", "en")], 2), write("a", &[("one again", "en")], 3)]).unwrap();
+        let deleted = DocWrite { doc_id: "b".into(), delete: true, chunks: vec![] };
+        primary.apply(vec![deleted]).unwrap();
+        // The newest write alone is refused: the replica has nothing yet.
+        let newest = primary.log_since(2).unwrap();
+        assert_eq!(newest.len(), 1);
+        let err = replica.apply_replicated(newest[0].1.clone(), 3).unwrap_err();
+        assert!(matches!(err, ShardError::OutOfOrder { have: 0, got: 3 }), "{err}");
+        // Catch-up from the log, in order, gives the same content and sequence.
+        for (seq, w) in primary.log_since(replica.stats().sequence).unwrap() {
+            replica.apply_replicated(w, seq).unwrap();
+        }
+        assert_eq!(replica.stats(), primary.stats());
+        let hits = |s: &Shard| {
+            let r = s.search(&query(vec_for(3), "one", SearchMode::Hybrid, Filter::default())).unwrap();
+            r.vector.iter().map(|h| h.record.chunk_id.clone()).collect::<Vec<_>>()
+        };
+        assert_eq!(hits(&replica), hits(&primary));
+        // A repeated write is refused, not applied twice.
+        let again = primary.log_since(0).unwrap();
+        assert!(matches!(
+            replica.apply_replicated(again[0].1.clone(), 1),
+            Err(ShardError::OutOfOrder { have: 3, got: 1 })
+        ));
+        assert_eq!(replica.stats().sequence, 3);
     }
 
     #[test]

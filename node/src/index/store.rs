@@ -5,6 +5,8 @@
 //! - `v{key}` → vector (little-endian f32s)
 //! - `d{doc_id}` → the document's chunk keys (JSON array)
 //! - `m:seq`, `m:next`, `m:dim` → applied write sequence, next chunk key, dimension
+//! - `l{seq}` → the write applied at that sequence (JSON), so that a replica that
+//!   missed writes can catch up from the primary's log
 //!
 //! A write is one atomic sled batch followed by a flush, so a write that was
 //! acknowledged survives a crash and a write that was not is either whole or absent.
@@ -45,6 +47,12 @@ pub(crate) fn chunk_key(key: u64) -> [u8; 9] {
 pub(crate) fn vector_key(key: u64) -> [u8; 9] {
     let mut k = [b'v'; 9];
     k[1..].copy_from_slice(&key.to_be_bytes());
+    k
+}
+
+pub(crate) fn log_key(seq: u64) -> [u8; 9] {
+    let mut k = [b'l'; 9];
+    k[1..].copy_from_slice(&seq.to_be_bytes());
     k
 }
 
@@ -133,8 +141,20 @@ impl ShardStore {
         self.tree.get(vector_key(key))?.map(|v| decode_vector(&v)).transpose()
     }
 
-    /// Applies a prepared batch atomically, with the new sequence and key counter.
-    pub fn apply(&self, mut batch: Batch, sequence: u64, next_key: u64) -> Result<(), ShardError> {
+    /// The logged writes with sequence `from..=to`, in order (fewer when the log
+    /// does not reach back that far).
+    pub fn log_range(&self, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>, ShardError> {
+        let mut out = Vec::new();
+        for item in self.tree.range(log_key(from)..=log_key(to)) {
+            let (k, v) = item?;
+            out.push((u64_of(&k[1..])?, v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Applies a prepared batch atomically, with the new sequence, key counter and log entry.
+    pub fn apply(&self, mut batch: Batch, sequence: u64, next_key: u64, log: Vec<u8>) -> Result<(), ShardError> {
+        batch.insert(&log_key(sequence), log);
         batch.insert(SEQ, &sequence.to_be_bytes());
         batch.insert(NEXT, &next_key.to_be_bytes());
         self.tree.apply_batch(batch)?;

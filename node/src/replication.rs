@@ -1,0 +1,166 @@
+//! Shard replication between nodes, primary side and follower side.
+//!
+//! The primary orders writes: it applies a write at its next sequence (through
+//! its shard actor, so writes are serialised), then sends it with that sequence
+//! to every follower in parallel and counts acknowledgements. A follower applies
+//! only its next sequence; when it is behind (it was down, or a message overtook
+//! another) it says which sequence it has, and the primary first sends the
+//! missing writes from its log. A follower remembers the highest placement epoch
+//! it has seen per shard and refuses writes from an older one, so a deposed
+//! primary cannot overwrite a newer primary's order.
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::join_all;
+use tessera_proto::v1 as pb;
+use tessera_proto::v1::node_client::NodeClient;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Status;
+use tracing::{info_span, warn, Instrument};
+
+use crate::index::{ChunkRecord, DocWrite, ShardHandle};
+
+/// How long the primary waits for one follower (including its catch-up).
+const FOLLOWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Clients to followers (by URL) and the epochs seen per shard.
+#[derive(Clone, Default)]
+pub struct Replication {
+    clients: Arc<Mutex<HashMap<String, NodeClient<Channel>>>>,
+    epochs: Arc<Mutex<HashMap<(String, u32), u64>>>,
+}
+
+/// The wire form of writes (also used for log catch-up).
+pub fn writes_to_pb(writes: &[DocWrite]) -> Vec<pb::DocumentWrite> {
+    writes
+        .iter()
+        .map(|w| pb::DocumentWrite {
+            doc_id: w.doc_id.clone(),
+            delete: w.delete,
+            chunks: w
+                .chunks
+                .iter()
+                .map(|(r, v)| pb::ChunkWithVector {
+                    chunk: Some(pb::Chunk {
+                        chunk_id: r.chunk_id.clone(),
+                        doc_id: r.doc_id.clone(),
+                        text: r.text.clone(),
+                        metadata_json: serde_json::Value::Object(r.metadata.clone()).to_string(),
+                    }),
+                    vector: v.clone(),
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// Writes from the wire form.
+pub fn writes_from_pb(writes: Vec<pb::DocumentWrite>) -> Result<Vec<DocWrite>, Status> {
+    let mut out = Vec::with_capacity(writes.len());
+    for w in writes {
+        let mut chunks = Vec::with_capacity(w.chunks.len());
+        for c in w.chunks {
+            let chunk = c.chunk.ok_or_else(|| Status::invalid_argument("chunk missing"))?;
+            let metadata = crate::service::parse_metadata(&chunk.metadata_json)?;
+            chunks.push((
+                ChunkRecord { chunk_id: chunk.chunk_id, doc_id: chunk.doc_id, text: chunk.text, metadata },
+                c.vector,
+            ));
+        }
+        out.push(DocWrite { doc_id: w.doc_id, delete: w.delete, chunks });
+    }
+    Ok(out)
+}
+
+impl Replication {
+    fn client(&self, url: &str) -> Result<NodeClient<Channel>, Status> {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = clients.get(url) {
+            return Ok(c.clone());
+        }
+        let channel = Endpoint::from_shared(url.to_string())
+            .map_err(|e| Status::invalid_argument(format!("follower URL '{url}': {e}")))?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        let client = NodeClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
+        clients.insert(url.to_string(), client.clone());
+        Ok(client)
+    }
+
+    /// Follower side: whether a write from `epoch` may be applied (and remembers the newest epoch).
+    pub fn admit_epoch(&self, collection: &str, shard: u32, epoch: u64) -> bool {
+        let mut epochs = self.epochs.lock().unwrap_or_else(|e| e.into_inner());
+        let seen = epochs.entry((collection.to_string(), shard)).or_insert(0);
+        if epoch < *seen {
+            return false;
+        }
+        *seen = epoch;
+        true
+    }
+
+    /// Primary side: sends the write applied at `sequence` to every follower;
+    /// returns how many followers hold it durably.
+    pub async fn fan_out(
+        &self,
+        shard: &ShardHandle,
+        shard_ref: &pb::ShardRef,
+        followers: &[String],
+        sequence: u64,
+        writes: Vec<pb::DocumentWrite>,
+        epoch: u64,
+    ) -> usize {
+        let sends = followers.iter().map(|url| {
+            let writes = writes.clone();
+            let span = info_span!("shard.replicate_to", follower = %url, sequence);
+            async move {
+                let result = tokio::time::timeout(
+                    FOLLOWER_TIMEOUT,
+                    self.send_with_catch_up(shard, shard_ref, url, sequence, writes, epoch),
+                )
+                .await
+                .unwrap_or_else(|_| Err(Status::deadline_exceeded("follower did not answer in time")));
+                if let Err(e) = &result {
+                    warn!(follower = %url, sequence, error = %e.message(), "replication to a follower failed");
+                }
+                result.is_ok()
+            }
+            .instrument(span)
+        });
+        join_all(sends).await.into_iter().filter(|ok| *ok).count()
+    }
+
+    async fn send_with_catch_up(
+        &self,
+        shard: &ShardHandle,
+        shard_ref: &pb::ShardRef,
+        url: &str,
+        sequence: u64,
+        writes: Vec<pb::DocumentWrite>,
+        epoch: u64,
+    ) -> Result<(), Status> {
+        let mut client = self.client(url)?;
+        let request =
+            |sequence, writes| pb::ShardReplicateRequest { shard: Some(shard_ref.clone()), sequence, writes, epoch };
+        let r = client.shard_replicate(request(sequence, writes)).await?.into_inner();
+        if r.applied || r.sequence >= sequence {
+            return Ok(());
+        }
+        // The follower is behind: send what it misses from the log, in order.
+        let missing = shard.log_since(r.sequence).await.map_err(|e| Status::internal(e.to_string()))?;
+        if missing.first().is_none_or(|(s, _)| *s != r.sequence + 1) {
+            return Err(Status::failed_precondition(format!(
+                "follower {url} is at sequence {} and the log does not reach back that far",
+                r.sequence
+            )));
+        }
+        for (seq, w) in missing.into_iter().take_while(|(s, _)| *s <= sequence) {
+            let r = client.shard_replicate(request(seq, writes_to_pb(&w))).await?.into_inner();
+            if !r.applied && r.sequence < seq {
+                return Err(Status::unavailable(format!("follower {url} stopped at sequence {}", r.sequence)));
+            }
+        }
+        Ok(())
+    }
+}
