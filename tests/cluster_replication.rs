@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::cluster::{alive, cli_ok, etcd, free_port, node, status, tessera, wait_for, Proc};
+use common::cluster::{alive, cli_ok, etcd, free_port, node_with, status, tessera, wait_for, Proc};
 use serde_json::Value;
 use tessera_proto::v1 as pb;
 use tessera_proto::v1::tessera_client::TesseraClient;
@@ -38,9 +38,11 @@ fn primary_loss_under_load_loses_no_acknowledged_write_and_the_node_catches_up()
     });
     let grpc: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_port())).collect();
     let roles = ["loader,embedder,shard,session", "loader,embedder,shard", "loader,embedder,shard"];
-    let mut nodes: Vec<Option<Proc>> = (0..3)
-        .map(|i| Some(node(tmp.path(), &etcd_url, &format!("n{}", i + 1), roles[i], &grpc[i], &models)))
-        .collect();
+    let http: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+    let start = |i: usize| {
+        node_with(tmp.path(), &etcd_url, &format!("n{}", i + 1), roles[i], &grpc[i], &models, &["--http", &http[i]])
+    };
+    let mut nodes: Vec<Option<Proc>> = (0..3).map(|i| Some(start(i))).collect();
     let (c1, c2) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
     let _coordinators: Vec<Proc> = [(&c1, "c1"), (&c2, "c2")]
         .iter()
@@ -182,7 +184,7 @@ fn primary_loss_under_load_loses_no_acknowledged_write_and_the_node_catches_up()
     });
 
     // The killed node restarts, rejoins as a follower and catches up on the next writes.
-    nodes[victim_idx] = Some(node(tmp.path(), &etcd_url, &victim, roles[victim_idx], &grpc[victim_idx], &models));
+    nodes[victim_idx] = Some(start(victim_idx));
     wait_for("the node to rejoin", Duration::from_secs(60), || alive(&status(&c1)) == all_up);
     rt.block_on(async {
         let mut c = TesseraClient::connect(format!("http://{c1}")).await.unwrap();
@@ -196,4 +198,22 @@ fn primary_loss_under_load_loses_no_acknowledged_write_and_the_node_catches_up()
             seqs.len() == 3 && seqs.values().all(|v| v == &p["applied_sequence"])
         })
     });
+    // The primaries export replica lag per follower; after the catch-up it is 0 everywhere.
+    let lags: Vec<(String, f64)> = http
+        .iter()
+        .filter_map(|h| common::http_get(h, "/metrics"))
+        .flat_map(|(_, text)| {
+            text.lines()
+                .filter(|l| l.starts_with("tessera_shard_replica_lag{"))
+                .map(|l| {
+                    let (series, v) = l.rsplit_once(' ').unwrap();
+                    (series.to_string(), v.parse::<f64>().unwrap())
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(!lags.is_empty(), "no replica lag exported");
+    let victim_url = format!("http://{}", grpc[victim_idx]);
+    assert!(lags.iter().any(|(s, _)| s.contains(&victim_url)), "lag of the restarted follower: {lags:?}");
+    assert!(lags.iter().all(|(_, v)| *v == 0.0), "{lags:?}");
 }

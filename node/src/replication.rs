@@ -29,6 +29,8 @@ const FOLLOWER_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Replication {
     clients: Arc<Mutex<HashMap<String, NodeClient<Channel>>>>,
     epochs: Arc<Mutex<HashMap<(String, u32), u64>>>,
+    /// Last sequence each follower acknowledged, per (collection, shard, follower URL).
+    acked: Arc<Mutex<HashMap<(String, u32, String), u64>>>,
 }
 
 /// The wire form of writes (also used for log catch-up).
@@ -128,7 +130,24 @@ impl Replication {
             }
             .instrument(span)
         });
-        join_all(sends).await.into_iter().filter(|ok| *ok).count()
+        let results = join_all(sends).await;
+        // Replica lag: how many writes each follower is behind this primary.
+        let mut acked = self.acked.lock().unwrap_or_else(|e| e.into_inner());
+        for (url, ok) in followers.iter().zip(&results) {
+            let key = (shard_ref.collection.clone(), shard_ref.shard, url.clone());
+            let last = acked.entry(key).or_insert(0);
+            if *ok {
+                *last = sequence;
+            }
+            metrics::gauge!(
+                "tessera_shard_replica_lag",
+                "collection" => shard_ref.collection.clone(),
+                "shard" => shard_ref.shard.to_string(),
+                "follower" => url.clone()
+            )
+            .set(sequence.saturating_sub(*last) as f64);
+        }
+        results.into_iter().filter(|ok| *ok).count()
     }
 
     async fn send_with_catch_up(

@@ -69,13 +69,19 @@ pub fn tessera() -> Command {
 }
 
 pub fn node(dir: &Path, etcd: &str, id: &str, roles: &str, grpc: &str, models: &Path) -> Proc {
+    node_with(dir, etcd, id, roles, grpc, models, &[])
+}
+
+/// Like [`node`], with extra `tessera node` arguments.
+pub fn node_with(dir: &Path, etcd: &str, id: &str, roles: &str, grpc: &str, models: &Path, extra: &[&str]) -> Proc {
     Proc::spawn(
         tessera()
             .args(["node", "--etcd", etcd, "--id", id, "--roles", roles, "--grpc", grpc, "--lease-ttl", "2"])
             .arg("--data-dir")
             .arg(dir.join(id))
             .arg("--models")
-            .arg(models),
+            .arg(models)
+            .args(extra),
         dir.join(format!("{id}-{}.log", free_port())),
     )
 }
