@@ -24,13 +24,16 @@ use crate::index::{ChunkRecord, DocWrite, ShardHandle};
 /// How long the primary waits for one follower (including its catch-up).
 const FOLLOWER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// (collection, shard, follower URL).
+type FollowerKey = (String, u32, String);
+
 /// Clients to followers (by URL) and the epochs seen per shard.
 #[derive(Clone, Default)]
 pub struct Replication {
     clients: Arc<Mutex<HashMap<String, NodeClient<Channel>>>>,
     epochs: Arc<Mutex<HashMap<(String, u32), u64>>>,
     /// Last sequence each follower acknowledged, per (collection, shard, follower URL).
-    acked: Arc<Mutex<HashMap<(String, u32, String), u64>>>,
+    acked: Arc<Mutex<HashMap<FollowerKey, u64>>>,
 }
 
 /// The wire form of writes (also used for log catch-up).
