@@ -153,10 +153,26 @@ pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     tokio::spawn(tessera_coordinator::membership::follow_nodes(client.clone(), nodes.clone(), revision, left_tx));
     let catalog = Catalog::open_etcd(client.clone()).await.context("reading the catalog")?;
     let coordinator = build_coordinator(&args.coordinator, catalog, nodes.clone())?;
+    // Placement changes (failover, replica rebuild) are made by one coordinator: the elected leader.
+    let me = format!("coordinator-{}-{}", args.grpc, std::process::id());
+    let leadership = tessera_coordinator::leader::campaign(client.clone(), me, Duration::from_secs(5));
     let failover = coordinator.clone();
     tokio::spawn(async move {
-        while let Some(id) = left_rx.recv().await {
-            failover.fail_over(&id).await;
+        let mut tick = tokio::time::interval(Duration::from_secs(3));
+        loop {
+            tokio::select! {
+                left = left_rx.recv() => {
+                    let Some(id) = left else { break };
+                    if leadership.is_leader() {
+                        failover.fail_over(&id).await;
+                    }
+                }
+                _ = tick.tick() => {
+                    if leadership.is_leader() {
+                        failover.reconcile().await;
+                    }
+                }
+            }
         }
     });
 

@@ -7,6 +7,7 @@
 
 pub mod catalog;
 pub mod chain;
+pub mod leader;
 pub mod membership;
 pub mod merge;
 pub mod nodes;

@@ -361,11 +361,13 @@ impl Coordinator {
     }
 
     /// After a node left membership: every shard it was primary of gets a new
-    /// primary, the alive replica that has applied the most writes, with the
-    /// placement epoch bumped. The change is a compare-and-swap on the catalog
-    /// record, so when several coordinators react to the same loss one wins and
-    /// the others see its result. The lost node stays a replica: when it comes
-    /// back it catches up from the new primary's log on the next write.
+    /// primary, the alive replica that has applied the most writes, and every
+    /// replica it held is rebuilt on a spare shard node (the one holding the
+    /// fewest replicas) by a snapshot transfer, each change bumping the placement
+    /// epoch. The change is a compare-and-swap on the catalog record, so when
+    /// several coordinators react to the same loss one wins and the others see
+    /// its result. Without a spare, the lost node stays a replica and catches up
+    /// from the new primary's log when it returns.
     pub async fn fail_over(&self, lost: &str) {
         for meta in self.catalog.list().unwrap_or_default() {
             let mut updated = meta.clone();
@@ -403,6 +405,44 @@ impl Coordinator {
                     None => tracing::warn!(collection = %meta.name, shard, "primary lost and no other replica answers"),
                 }
             }
+            // Rebuild the lost replica on a spare shard node: snapshot from the
+            // primary, then the spare replaces the lost node in the placement. It
+            // gets later writes by replication (log catch-up on the next write).
+            for (shard, p) in updated.placement.iter_mut().enumerate() {
+                if !p.replicas.iter().any(|r| r == lost) {
+                    continue;
+                }
+                let Some(source) = self.nodes.get(&p.primary) else { continue };
+                let Some(spare) = self
+                    .nodes
+                    .with_role("shard")
+                    .into_iter()
+                    .filter(|n| !p.replicas.contains(&n.id))
+                    .min_by_key(|n| self.hosted_replicas(&n.id))
+                else {
+                    continue;
+                };
+                let req = pb::ShardTransferRequest {
+                    shard: Some(pb::ShardRef { collection: meta.name.clone(), shard: shard as u32 }),
+                    source_url: source.url.clone(),
+                };
+                match spare.client.clone().shard_transfer(req).await {
+                    Ok(stats) => {
+                        info!(collection = %meta.name, shard, lost, spare = %spare.id, sequence = stats.get_ref().sequence, "replica rebuilt on a spare node");
+                        metrics::counter!("tessera_shard_transfers_total").increment(1);
+                        for r in p.replicas.iter_mut() {
+                            if r == lost {
+                                *r = spare.id.clone();
+                            }
+                        }
+                        p.epoch += 1;
+                        changed = true;
+                    }
+                    Err(e) => {
+                        tracing::warn!(collection = %meta.name, shard, spare = %spare.id, error = %e.message(), "shard transfer failed; the replica stays missing")
+                    }
+                }
+            }
             if changed {
                 match self.catalog.compare_and_put(&meta, &updated).await {
                     Ok(true) => {}
@@ -433,6 +473,36 @@ impl Coordinator {
             }
         }
         Err(last.unwrap_or_else(|| Status::unavailable(format!("no node with the '{role}' role answered"))))
+    }
+
+    /// Fails over every node that holds placed replicas but is not in membership
+    /// (idempotent; the placement leader runs it on every leave and periodically,
+    /// so a leave missed while there was no leader is still handled).
+    pub async fn reconcile(&self) {
+        let mut lost: Vec<String> = self
+            .catalog
+            .list()
+            .unwrap_or_default()
+            .iter()
+            .flat_map(|m| m.placement.iter().flat_map(|p| p.replicas.iter().cloned()))
+            .filter(|id| self.nodes.get(id).is_none())
+            .collect();
+        lost.sort();
+        lost.dedup();
+        for id in lost {
+            self.fail_over(&id).await;
+        }
+    }
+
+    /// Shard replicas placed on a node, over all collections.
+    fn hosted_replicas(&self, node: &str) -> usize {
+        self.catalog
+            .list()
+            .unwrap_or_default()
+            .iter()
+            .flat_map(|m| m.placement.iter())
+            .filter(|p| p.replicas.iter().any(|r| r == node))
+            .count()
     }
 
     /// A node serving `role`, round robin.

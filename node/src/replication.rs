@@ -79,7 +79,8 @@ pub fn writes_from_pb(writes: Vec<pb::DocumentWrite>) -> Result<Vec<DocWrite>, S
 }
 
 impl Replication {
-    fn client(&self, url: &str) -> Result<NodeClient<Channel>, Status> {
+    /// A client to another node (cached by URL).
+    pub fn client(&self, url: &str) -> Result<NodeClient<Channel>, Status> {
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = clients.get(url) {
             return Ok(c.clone());

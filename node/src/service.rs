@@ -392,6 +392,44 @@ impl pb::node_server::Node for NodeService {
         }))
     }
 
+    #[instrument(skip_all, name = "Node/ShardSnapshot")]
+    async fn shard_snapshot(
+        &self,
+        req: Request<pb::ShardStatsRequest>,
+    ) -> Result<Response<pb::ShardSnapshotResponse>, Status> {
+        let r = shard_ref(req.into_inner().shard)?;
+        let shard = self.shards()?.require(&r.collection, r.shard).await.map_err(shard_status)?;
+        let dimension = shard.stats().await.map_err(shard_status)?.dimension;
+        let (sequence, writes) = shard.snapshot().await.map_err(shard_status)?;
+        Ok(Response::new(pb::ShardSnapshotResponse {
+            sequence,
+            writes: crate::replication::writes_to_pb(&writes),
+            dimension,
+        }))
+    }
+
+    #[instrument(skip_all, name = "Node/ShardTransfer")]
+    async fn shard_transfer(&self, req: Request<pb::ShardTransferRequest>) -> Result<Response<pb::ShardStats>, Status> {
+        let req = req.into_inner();
+        let r = shard_ref(req.shard)?;
+        let mut source = self.replication.client(&req.source_url)?;
+        let snap = source
+            .shard_snapshot(pb::ShardStatsRequest { shard: Some(r.clone()) })
+            .await
+            .map_err(|s| Status::new(s.code(), format!("snapshot from {}: {}", req.source_url, s.message())))?
+            .into_inner();
+        let registry = self.shards()?;
+        // A stale local copy (this node held the shard before) is replaced, not merged.
+        registry.drop_shard(&r.collection, r.shard).await.map_err(shard_status)?;
+        registry.open_shard(&r.collection, r.shard, snap.dimension as usize).await.map_err(shard_status)?;
+        let shard = registry.require(&r.collection, r.shard).await.map_err(shard_status)?;
+        let writes = crate::replication::writes_from_pb(snap.writes)?;
+        shard.install(writes, snap.sequence).await.map_err(shard_status)?;
+        let stats = shard.stats().await.map_err(shard_status)?;
+        tracing::info!(collection = %r.collection, shard = r.shard, sequence = stats.sequence, documents = stats.documents, "shard replica installed from a snapshot");
+        Ok(Response::new(stats_pb(&r.collection, r.shard, stats)))
+    }
+
     #[instrument(skip_all, name = "Node/ShardReplicate", fields(sequence = req.get_ref().sequence))]
     async fn shard_replicate(
         &self,

@@ -17,6 +17,10 @@ pub enum ShardMsg {
     Write(Vec<DocWrite>, RpcReplyPort<Result<WriteOutcome, ShardError>>),
     /// Apply a write the primary applied at a sequence; answered once durable.
     Replicate(Vec<DocWrite>, u64, RpcReplyPort<Result<WriteOutcome, ShardError>>),
+    /// All documents and the sequence they reflect (shard transfer source).
+    Snapshot(RpcReplyPort<Result<(u64, Vec<DocWrite>), ShardError>>),
+    /// Install a snapshot into an empty replica (shard transfer target); answered once durable.
+    Install(Vec<DocWrite>, u64, RpcReplyPort<Result<WriteOutcome, ShardError>>),
     /// Logged writes after a sequence (for a replica catching up).
     LogSince(u64, RpcReplyPort<Result<LogEntries, ShardError>>),
     /// Search.
@@ -94,6 +98,20 @@ impl Actor for ShardActor {
                 let _ = reply.send(result);
                 state.record_sizes();
             }
+            ShardMsg::Snapshot(reply) => {
+                let _span = info_span!("shard.snapshot").entered();
+                let _ = reply.send(shard.snapshot());
+            }
+            ShardMsg::Install(writes, sequence, reply) => {
+                let span = info_span!("shard.install", docs = writes.len(), sequence);
+                let result = span.in_scope(|| shard.install(writes, sequence));
+                let result = match result {
+                    Ok(outcome) => shard.store().flush().await.map(|_| outcome),
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(result);
+                state.record_sizes();
+            }
             ShardMsg::LogSince(after, reply) => {
                 let _ = reply.send(shard.log_since(after));
             }
@@ -149,6 +167,16 @@ impl ShardHandle {
     /// Applies a replicated write at `sequence` (the next one only); returns once durable.
     pub async fn replicate(&self, writes: Vec<DocWrite>, sequence: u64) -> Result<WriteOutcome, ShardError> {
         self.call(|r| ShardMsg::Replicate(writes, sequence, r)).await?
+    }
+
+    /// All documents and their sequence.
+    pub async fn snapshot(&self) -> Result<(u64, Vec<DocWrite>), ShardError> {
+        self.call(ShardMsg::Snapshot).await?
+    }
+
+    /// Installs a snapshot into this empty replica.
+    pub async fn install(&self, writes: Vec<DocWrite>, sequence: u64) -> Result<WriteOutcome, ShardError> {
+        self.call(|r| ShardMsg::Install(writes, sequence, r)).await?
     }
 
     /// The logged writes after `after`.

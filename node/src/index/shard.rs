@@ -183,6 +183,37 @@ impl Shard {
         self.apply_at(writes, sequence)
     }
 
+    /// Every document with its chunks and vectors, and the sequence they reflect
+    /// (a snapshot for shard transfer).
+    pub fn snapshot(&self) -> Result<(u64, Vec<DocWrite>), ShardError> {
+        let mut writes = Vec::with_capacity(self.docs.len());
+        let mut ids: Vec<&String> = self.docs.keys().collect();
+        ids.sort();
+        for doc_id in ids {
+            let mut chunks = Vec::new();
+            for &key in &self.docs[doc_id] {
+                let record =
+                    self.store.chunk(key)?.ok_or_else(|| ShardError::Corrupt(format!("chunk {key} missing")))?;
+                let vector =
+                    self.store.vector(key)?.ok_or_else(|| ShardError::Corrupt(format!("vector {key} missing")))?;
+                chunks.push((record, vector));
+            }
+            writes.push(DocWrite { doc_id: doc_id.clone(), delete: false, chunks });
+        }
+        Ok((self.sequence, writes))
+    }
+
+    /// Installs a snapshot taken at `sequence` into this empty replica.
+    pub fn install(&mut self, writes: Vec<DocWrite>, sequence: u64) -> Result<WriteOutcome, ShardError> {
+        if self.sequence != 0 || !self.docs.is_empty() {
+            return Err(ShardError::Invalid("a snapshot is installed only into an empty replica".into()));
+        }
+        if sequence == 0 {
+            return Ok(WriteOutcome::default());
+        }
+        self.apply_at(writes, sequence)
+    }
+
     /// The logged writes after `after` up to the current sequence.
     pub fn log_since(&self, after: u64) -> Result<Vec<(u64, Vec<DocWrite>)>, ShardError> {
         self.store

@@ -1,0 +1,155 @@
+//! Replica rebuild with real processes: etcd, four `tessera node`s, two
+//! coordinators (one elected placement leader), a collection with 2 shards × 2
+//! replicas. When a node holding replicas is killed, the leader promotes a
+//! follower where needed and rebuilds every lost replica on a spare node by a
+//! snapshot transfer; later writes reach the new replica by replication. After
+//! both original holders of shard 0 are gone, every document is still found —
+//! from replicas that were built by transfer.
+mod common;
+
+use std::time::Duration;
+
+use common::cluster::{cli_ok, etcd, free_port, node, status, tessera, wait_for, Proc};
+use serde_json::Value;
+use tessera_proto::v1 as pb;
+use tessera_proto::v1::tessera_client::TesseraClient;
+
+fn docs(range: std::ops::Range<usize>) -> Vec<pb::DocumentInput> {
+    range
+        .map(|i| pb::DocumentInput {
+            id: format!("doc-{i}"),
+            text: format!("Entry {i} has the unique word wq{i}z among common words."),
+            ..Default::default()
+        })
+        .collect()
+}
+
+fn shard_replicas(s: &Value, shard: usize) -> Vec<String> {
+    s["collections"][0]["shards"][shard]["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_string())
+        .collect()
+}
+
+fn alive_ids(s: &Value) -> Vec<String> {
+    s["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["alive"] == true)
+        .map(|n| n["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Every shard has two replicas, all alive, none of them in `gone`, all at the primary's sequence.
+fn healed(s: &Value, gone: &[String]) -> bool {
+    let alive = alive_ids(s);
+    s["collections"][0]["shards"].as_array().unwrap().iter().all(|p| {
+        let replicas: Vec<&str> = p["replicas"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
+        let seqs = p["replica_sequences"].as_object().unwrap();
+        replicas.len() == 2
+            && replicas.iter().all(|r| alive.iter().any(|a| a == r) && !gone.iter().any(|g| g == r))
+            && seqs.len() == 2
+            && seqs.values().all(|v| v == &p["applied_sequence"])
+    })
+}
+
+#[test]
+fn lost_replicas_are_rebuilt_on_spare_nodes_by_transfer() {
+    let Some(models) = common::models() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let Some((_etcd, etcd_url)) = etcd(tmp.path()) else { return };
+    let etcd_addr = etcd_url.trim_start_matches("http://").to_string();
+    wait_for("etcd", Duration::from_secs(20), || {
+        common::http_get(&etcd_addr, "/health").is_some_and(|(code, body)| code == 200 && body.contains("true"))
+    });
+    let mut nodes: Vec<Option<Proc>> = (1..=4)
+        .map(|i| {
+            let grpc = format!("127.0.0.1:{}", free_port());
+            Some(node(tmp.path(), &etcd_url, &format!("n{i}"), "loader,embedder,shard", &grpc, &models))
+        })
+        .collect();
+    let (c1, c2) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
+    let _coordinators: Vec<Proc> = [(&c1, "c1"), (&c2, "c2")]
+        .iter()
+        .map(|(g, name)| {
+            Proc::spawn(
+                tessera().args([
+                    "coordinator",
+                    "--etcd",
+                    &etcd_url,
+                    "--grpc",
+                    g,
+                    "--http",
+                    &format!("127.0.0.1:{}", free_port()),
+                ]),
+                tmp.path().join(format!("{name}.log")),
+            )
+        })
+        .collect();
+    wait_for("four nodes", Duration::from_secs(90), || {
+        let out = common::cluster::cli(&c1, &["status", "--json"]);
+        out.status.success() && serde_json::from_slice::<Value>(&out.stdout).is_ok_and(|s| alive_ids(&s).len() == 4)
+    });
+    cli_ok(&c1, &["collections", "create", "docs", "--shards", "2", "--replication", "2"]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ingest = |range: std::ops::Range<usize>| {
+        rt.block_on(async {
+            let mut c = TesseraClient::connect(format!("http://{c1}")).await.unwrap();
+            let r = c
+                .ingest(pb::IngestRequest { collection: "docs".into(), documents: docs(range), ..Default::default() })
+                .await;
+            r.map(|r| r.into_inner()).map_err(|e| e.message().to_string())
+        })
+    };
+    assert_eq!(ingest(0..20).unwrap().documents, 20);
+
+    // Kill a node that holds shard 0's primary.
+    let first = status(&c1)["collections"][0]["shards"][0]["primary"].as_str().unwrap().to_string();
+    let partner: String = shard_replicas(&status(&c1), 0).into_iter().find(|r| *r != first).unwrap();
+    nodes[first[1..].parse::<usize>().unwrap() - 1].as_mut().unwrap().kill9();
+    let mut gone = vec![first.clone()];
+    // The leader moves the primary and rebuilds the lost replicas; the next writes reach them.
+    wait_for("replicas rebuilt after the first loss", Duration::from_secs(30), || {
+        let s = status(&c2);
+        let rebuilt = s["collections"][0]["shards"].as_array().unwrap().iter().all(|p| {
+            let r: Vec<&str> = p["replicas"].as_array().unwrap().iter().map(|x| x.as_str().unwrap()).collect();
+            r.len() == 2 && !r.contains(&first.as_str())
+        });
+        rebuilt
+    });
+    wait_for("writes accepted again", Duration::from_secs(20), || ingest(20..30).is_ok());
+    wait_for("every replica caught up", Duration::from_secs(20), || healed(&status(&c2), &gone));
+    let s = status(&c2);
+    assert!(s["collections"][0]["shards"][0]["epoch"].as_u64().unwrap() >= 2, "{s}");
+
+    // Now kill the other original holder of shard 0: its data survives only on the rebuilt replica.
+    nodes[partner[1..].parse::<usize>().unwrap() - 1].as_mut().unwrap().kill9();
+    gone.push(partner.clone());
+    wait_for("replicas rebuilt after the second loss", Duration::from_secs(30), || {
+        let s = status(&c1);
+        (0..2).all(|shard| {
+            let r = shard_replicas(&s, shard);
+            r.len() == 2 && !r.iter().any(|x| gone.contains(x))
+        })
+    });
+    wait_for("writes accepted again", Duration::from_secs(20), || ingest(30..31).is_ok());
+    wait_for("every replica caught up", Duration::from_secs(20), || healed(&status(&c1), &gone));
+
+    rt.block_on(async {
+        let mut c = TesseraClient::connect(format!("http://{c2}")).await.unwrap();
+        for i in 0..31 {
+            let req = pb::SearchRequest {
+                collection: "docs".into(),
+                query: format!("wq{i}z"),
+                top_k: 1,
+                mode: pb::SearchMode::Bm25 as i32,
+                ..Default::default()
+            };
+            let hits = c.search(req).await.unwrap().into_inner().hits;
+            assert_eq!(hits.first().map(|h| h.doc_id.clone()), Some(format!("doc-{i}")), "doc-{i} lost");
+        }
+    });
+}
