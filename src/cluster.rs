@@ -170,6 +170,8 @@ pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
                 _ = tick.tick() => {
                     if leadership.is_leader() {
                         failover.reconcile().await;
+                        // Scale-out: spread replicas onto new nodes, one move at a time.
+                        failover.rebalance_step().await;
                     }
                 }
             }

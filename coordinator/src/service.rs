@@ -494,6 +494,98 @@ impl Coordinator {
         }
     }
 
+    /// Scale-out: moves one shard replica from the shard node holding the most
+    /// replicas to the one holding the fewest (when they differ by two or more).
+    /// The move adds before it removes: the target gets a snapshot transfer and
+    /// joins the placement as an extra replica (new epoch), the move waits until
+    /// it has applied as many writes as the primary, then the source leaves the
+    /// placement (new epoch; it hands over the primary role if it had it) and its
+    /// copy is dropped. Reads keep working throughout. Returns whether it moved one.
+    pub async fn rebalance_step(&self) -> bool {
+        let alive: Vec<NodeRef> = self.nodes.with_role("shard");
+        if alive.len() < 2 {
+            return false;
+        }
+        let mut load: Vec<(usize, String)> =
+            alive.iter().map(|n| (self.hosted_replicas(&n.id), n.id.clone())).collect();
+        load.sort();
+        let (low, high) = (load[0].clone(), load[load.len() - 1].clone());
+        if high.0 < low.0 + 2 {
+            return false;
+        }
+        let (from, to) = (high.1, low.1);
+        for meta in self.catalog.list().unwrap_or_default() {
+            for (shard, p) in meta.placement.iter().enumerate() {
+                if p.replicas.contains(&from) && !p.replicas.contains(&to) {
+                    match self.move_replica(&meta, shard as u32, &from, &to).await {
+                        Ok(()) => return true,
+                        Err(e) => {
+                            tracing::warn!(collection = %meta.name, shard, from = %from, to = %to, error = %e.message(), "replica move failed");
+                            return false;
+                        }
+                    }
+                }
+            }
+        }
+        false
+    }
+
+    async fn move_replica(&self, meta: &CollectionMeta, shard: u32, from: &str, to: &str) -> Result<(), Status> {
+        let shard_ref = pb::ShardRef { collection: meta.name.clone(), shard };
+        let p = meta.placement.get(shard as usize).ok_or_else(|| Status::internal("no placement"))?.clone();
+        let primary = self.nodes.get(&p.primary).ok_or_else(|| Status::unavailable("the primary is not alive"))?;
+        let target = self.nodes.get(to).ok_or_else(|| Status::unavailable("the target left"))?;
+        target
+            .client
+            .clone()
+            .shard_transfer(pb::ShardTransferRequest {
+                shard: Some(shard_ref.clone()),
+                source_url: primary.url.clone(),
+            })
+            .await?;
+        // 1. The target joins as an extra replica: it gets every later write.
+        let mut grown = meta.clone();
+        grown.placement[shard as usize].replicas.push(to.to_string());
+        grown.placement[shard as usize].epoch += 1;
+        if !self.catalog.compare_and_put(meta, &grown).await.map_err(catalog_status)? {
+            return Err(Status::aborted("placement changed meanwhile"));
+        }
+        // 2. Wait until it has applied as many writes as the primary.
+        let stats = pb::ShardStatsRequest { shard: Some(shard_ref.clone()) };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let a = primary.client.clone().get_shard_stats(stats.clone()).await?.into_inner().sequence;
+            let b = target.client.clone().get_shard_stats(stats.clone()).await?.into_inner().sequence;
+            if b >= a {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(Status::deadline_exceeded(format!(
+                    "{to} did not catch up ({b} of {a}); it stays an extra replica"
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        // 3. The source leaves the placement.
+        let mut moved = grown.clone();
+        let pl = &mut moved.placement[shard as usize];
+        pl.replicas.retain(|r| r != from);
+        if pl.primary == from {
+            pl.primary = to.to_string();
+        }
+        pl.epoch += 1;
+        let epoch = pl.epoch;
+        if !self.catalog.compare_and_put(&grown, &moved).await.map_err(catalog_status)? {
+            return Err(Status::aborted("placement changed meanwhile"));
+        }
+        info!(collection = %meta.name, shard, from, to, epoch, "shard replica moved");
+        metrics::counter!("tessera_shard_moves_total").increment(1);
+        if let Some(old) = self.nodes.get(from) {
+            let _ = old.client.clone().drop_shard(pb::DropShardRequest { shard: Some(shard_ref) }).await;
+        }
+        Ok(())
+    }
+
     /// Shard replicas placed on a node, over all collections.
     fn hosted_replicas(&self, node: &str) -> usize {
         self.catalog
