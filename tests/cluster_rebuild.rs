@@ -1,6 +1,6 @@
 //! Replica rebuild with real processes: etcd, four `tessera node`s, two
-//! coordinators (one elected placement leader), a collection with 2 shards × 2
-//! replicas. When a node holding replicas is killed, the leader promotes a
+//! coordinators (one elected placement leader, which is killed half-way so the
+//! other takes over), a collection with 2 shards × 2 replicas. When a node holding replicas is killed, the leader promotes a
 //! follower where needed and rebuilds every lost replica on a spare node by a
 //! snapshot transfer; later writes reach the new replica by replication. After
 //! both original holders of shard 0 are gone, every document is still found —
@@ -72,23 +72,24 @@ fn lost_replicas_are_rebuilt_on_spare_nodes_by_transfer() {
         })
         .collect();
     let (c1, c2) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
-    let _coordinators: Vec<Proc> = [(&c1, "c1"), (&c2, "c2")]
-        .iter()
-        .map(|(g, name)| {
-            Proc::spawn(
-                tessera().args([
-                    "coordinator",
-                    "--etcd",
-                    &etcd_url,
-                    "--grpc",
-                    g,
-                    "--http",
-                    &format!("127.0.0.1:{}", free_port()),
-                ]),
-                tmp.path().join(format!("{name}.log")),
-            )
-        })
-        .collect();
+    let coordinator = |g: &str, name: &str| {
+        Proc::spawn(
+            tessera().args([
+                "coordinator",
+                "--etcd",
+                &etcd_url,
+                "--grpc",
+                g,
+                "--http",
+                &format!("127.0.0.1:{}", free_port()),
+            ]),
+            tmp.path().join(format!("{name}.log")),
+        )
+    };
+    // c1 starts first and becomes the placement leader; c2 campaigns behind it.
+    let mut leader = coordinator(&c1, "c1");
+    wait_for("c1 to lead", Duration::from_secs(30), || leader.log().contains("became the placement leader"));
+    let follower = coordinator(&c2, "c2");
     wait_for("four nodes", Duration::from_secs(90), || {
         let out = common::cluster::cli(&c1, &["status", "--json"]);
         out.status.success() && serde_json::from_slice::<Value>(&out.stdout).is_ok_and(|s| alive_ids(&s).len() == 4)
@@ -125,18 +126,30 @@ fn lost_replicas_are_rebuilt_on_spare_nodes_by_transfer() {
     let s = status(&c2);
     assert!(s["collections"][0]["shards"][0]["epoch"].as_u64().unwrap() >= 2, "{s}");
 
-    // Now kill the other original holder of shard 0: its data survives only on the rebuilt replica.
+    // Lose the placement leader, then the other original holder of shard 0 (its data now
+    // survives only on the rebuilt replica): c2 takes over leadership and rebuilds.
+    leader.kill9();
     nodes[partner[1..].parse::<usize>().unwrap() - 1].as_mut().unwrap().kill9();
     gone.push(partner.clone());
-    wait_for("replicas rebuilt after the second loss", Duration::from_secs(30), || {
-        let s = status(&c1);
+    wait_for("replicas rebuilt after the second loss, by the new leader", Duration::from_secs(40), || {
+        let s = status(&c2);
         (0..2).all(|shard| {
             let r = shard_replicas(&s, shard);
             r.len() == 2 && !r.iter().any(|x| gone.contains(x))
         })
     });
-    wait_for("writes accepted again", Duration::from_secs(20), || ingest(30..31).is_ok());
-    wait_for("every replica caught up", Duration::from_secs(20), || healed(&status(&c1), &gone));
+    assert!(follower.log().contains("became the placement leader"), "c2 took over leadership");
+    let ingest2 = |range: std::ops::Range<usize>| {
+        rt.block_on(async {
+            let mut c = TesseraClient::connect(format!("http://{c2}")).await.unwrap();
+            let r = c
+                .ingest(pb::IngestRequest { collection: "docs".into(), documents: docs(range), ..Default::default() })
+                .await;
+            r.map(|r| r.into_inner()).map_err(|e| e.message().to_string())
+        })
+    };
+    wait_for("writes accepted again", Duration::from_secs(20), || ingest2(30..31).is_ok());
+    wait_for("every replica caught up", Duration::from_secs(20), || healed(&status(&c2), &gone));
 
     rt.block_on(async {
         let mut c = TesseraClient::connect(format!("http://{c2}")).await.unwrap();
