@@ -52,6 +52,15 @@ pub struct NodeArgs {
     /// Membership lease TTL in seconds: a node that stops renewing it is removed after this long.
     #[arg(long, default_value_t = 5)]
     lease_ttl: u64,
+    /// Tensor-parallel ranks of a model group spread over node processes (1: all ranks in this process, see --tp).
+    #[arg(long, default_value_t = 1)]
+    model_world: usize,
+    /// This process's rank in that group: 0 serves the model (role `model`), others only compute.
+    #[arg(long, default_value_t = 0)]
+    model_rank: usize,
+    /// Where rank 0 listens for the other ranks (host:port), with --model-world above 1.
+    #[arg(long, value_parser = parse_addr)]
+    model_group: Option<SocketAddr>,
     #[command(flatten)]
     node: NodeOpts,
 }
@@ -115,13 +124,23 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
     };
     let grpc = tokio::net::TcpListener::bind(args.grpc).await.with_context(|| format!("binding gRPC {}", args.grpc))?;
     let local = grpc.local_addr()?;
-    let config = build_node_config(&args.node, &args.data_dir, &args.id, args.roles.clone())?;
+    let mut config = build_node_config(&args.node, &args.data_dir, &args.id, args.roles.clone())?;
+    if args.model_world > 1 {
+        let addr = args.model_group.context("--model-world above 1 needs --model-group ADDR")?;
+        anyhow::ensure!(args.model_rank < args.model_world, "--model-rank must be below --model-world");
+        anyhow::ensure!(config.tp == 1, "--tp and --model-world cannot be combined");
+        anyhow::ensure!(args.roles.iter().any(|r| r == "model"), "a model group rank needs the 'model' role");
+        config.model_group = Some((args.model_rank, args.model_world, addr));
+    }
     let node = Node::start(config).await.context("starting the node")?;
     let grpc_task = spawn_grpc(grpc, None, Some(node.clone()), stop_rx.clone()).await?;
 
     let advertise = args.advertise.clone().unwrap_or_else(|| local.to_string());
     let address = if advertise.starts_with("http") { advertise } else { format!("http://{advertise}") };
-    let record = NodeRecord { id: args.id.clone(), address: address.clone(), roles: args.roles.clone() };
+    // A model rank other than 0 computes for its group but serves no model requests itself.
+    let served: Vec<String> =
+        args.roles.iter().filter(|r| !(args.model_rank > 0 && r.as_str() == "model")).cloned().collect();
+    let record = NodeRecord { id: args.id.clone(), address: address.clone(), roles: served };
     membership::join(client.clone(), record, Duration::from_secs(args.lease_ttl), node.write_fence.clone())
         .await
         .context("joining the cluster")?;

@@ -39,6 +39,9 @@ pub struct NodeConfig {
     pub engine: EngineLimits,
     /// Session role: how long a session actor may stay idle before it is stopped.
     pub session_idle: std::time::Duration,
+    /// A model group spanning processes: (this process's rank, world size, the
+    /// address rank 0 listens on for the other ranks). None: all ranks in this process.
+    pub model_group: Option<(usize, usize, std::net::SocketAddr)>,
 }
 
 impl NodeConfig {
@@ -56,6 +59,7 @@ impl NodeConfig {
             tp: 1,
             engine: EngineLimits::default(),
             session_idle: std::time::Duration::from_secs(300),
+            model_group: None,
         }
     }
 
@@ -121,8 +125,54 @@ impl Node {
         });
         let shards = if config.has("shard") { Some(ShardRegistry::open(&config.data_dir).await?) } else { None };
         let embedder = if config.has("embedder") { embedder } else { None };
-        let model = match (&config.model_path, config.has("model")) {
-            (Some(path), true) => {
+        let model = match (&config.model_path, config.has("model"), config.model_group) {
+            // Rank 0 of a group over processes: wait for the other ranks, then lead.
+            (Some(path), true, Some((0, world, addr))) => {
+                let (path, limits) = (path.clone(), config.engine);
+                let serving = tokio::task::spawn_blocking(move || {
+                    let listener = std::net::TcpListener::bind(addr)
+                        .map_err(|e| ModelError::Io(format!("model group address {addr}: {e}")))?;
+                    info!(%addr, world, "waiting for the other ranks of the model group");
+                    let comm = crate::model::tcp::TcpCommunicator::leader(
+                        listener,
+                        world,
+                        std::time::Duration::from_secs(300),
+                    )
+                    .map_err(|e| ModelError::Io(e.to_string()))?;
+                    let group = crate::model::ModelGroup::start(&path, vec![Box::new(comm)], limits)?;
+                    ModelServing::from_group(&path, group)
+                })
+                .await
+                .map_err(|e| NodeError::Actor(e.to_string()))??;
+                info!(model = serving.name(), world, "model group over processes started (rank 0)");
+                Some(Arc::new(serving))
+            }
+            // Another rank: runs on its own thread until rank 0 shuts the group down.
+            (Some(path), true, Some((rank, world, addr))) => {
+                let path = path.clone();
+                std::thread::Builder::new()
+                    .name(format!("model-rank-{rank}"))
+                    .spawn(move || {
+                        let comm = match crate::model::tcp::TcpCommunicator::follower(
+                            addr,
+                            rank,
+                            world,
+                            std::time::Duration::from_secs(300),
+                        ) {
+                            Ok(c) => c,
+                            Err(e) => {
+                                return tracing::error!(rank, %addr, error = %e, "model rank could not join its group")
+                            }
+                        };
+                        info!(rank, world, %addr, "model rank joined its group");
+                        if let Err(e) = crate::model::engine::run_follower(&path, Box::new(comm)) {
+                            tracing::error!(rank, error = %e, "model rank stopped");
+                        }
+                    })
+                    .map_err(|e| NodeError::Actor(e.to_string()))?;
+                None
+            }
+            (Some(path), true, None) => {
                 let (path, tp, limits) = (path.clone(), config.tp, config.engine);
                 let serving = tokio::task::spawn_blocking(move || ModelServing::load(&path, tp, limits))
                     .await

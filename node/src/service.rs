@@ -243,7 +243,15 @@ impl pb::node_server::Node for NodeService {
         });
         Ok(Response::new(pb::NodeInfo {
             id: self.node.config.id.clone(),
-            roles: self.node.config.roles.clone(),
+            // Roles actually served: `model` only with a model loaded (not on a rank > 0 of a group).
+            roles: self
+                .node
+                .config
+                .roles
+                .iter()
+                .filter(|r| r.as_str() != "model" || self.node.model.is_some())
+                .cloned()
+                .collect(),
             embedder,
             dimension,
             shards,

@@ -26,6 +26,14 @@ impl ModelServing {
         Ok(Self { group, template, name })
     }
 
+    /// Serves an already started group (e.g. rank 0 of a group whose other ranks
+    /// are in other processes).
+    pub fn from_group(path: &Path, group: ModelGroup) -> Result<Self, ModelError> {
+        let template = chat_template(path, group.tokenizer())?;
+        let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("model").to_string();
+        Ok(Self { group, template, name })
+    }
+
     /// Model name (file stem).
     pub fn name(&self) -> &str {
         &self.name
