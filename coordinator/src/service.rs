@@ -51,6 +51,17 @@ pub struct CoordinatorConfig {
     pub summary_max_tokens: u32,
     /// Replicas that must hold a write before it is acknowledged.
     pub write_acks: WriteAcks,
+    /// Deadline of one shard search or stats call to a node (then the next replica is tried).
+    pub read_deadline: std::time::Duration,
+    /// Deadline of one shard write (replication to followers included).
+    pub write_deadline: std::time::Duration,
+}
+
+/// A request that the node must answer within `deadline` (gRPC `grpc-timeout`).
+fn with_deadline<T>(message: T, deadline: std::time::Duration) -> Request<T> {
+    let mut r = Request::new(message);
+    r.set_timeout(deadline);
+    r
 }
 
 /// How many replicas of a shard must hold a write before the client is answered.
@@ -104,6 +115,8 @@ impl Default for CoordinatorConfig {
             condense_history_messages: 4,
             summary_max_tokens: 160,
             write_acks: WriteAcks::Majority,
+            read_deadline: std::time::Duration::from_secs(10),
+            write_deadline: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -687,7 +700,9 @@ impl Coordinator {
         for shard in 0..meta.shards {
             let req = pb::ShardStatsRequest { shard: Some(pb::ShardRef { collection: meta.name.clone(), shard }) };
             for node in self.read_nodes(meta, shard).unwrap_or_default() {
-                if let Ok(s) = node.client.clone().get_shard_stats(req.clone()).await {
+                if let Ok(s) =
+                    node.client.clone().get_shard_stats(with_deadline(req.clone(), self.config.read_deadline)).await
+                {
                     let s = s.into_inner();
                     chunks += s.chunks;
                     documents += s.documents;
@@ -731,13 +746,10 @@ impl Coordinator {
             let resp = node
                 .client
                 .clone()
-                .shard_write(pb::ShardWriteRequest {
-                    shard: Some(shard_ref),
-                    writes,
-                    follower_urls: followers,
-                    min_acks,
-                    epoch,
-                })
+                .shard_write(with_deadline(
+                    pb::ShardWriteRequest { shard: Some(shard_ref), writes, follower_urls: followers, min_acks, epoch },
+                    self.config.write_deadline,
+                ))
                 .await
                 .map_err(|s| node_status(&node, s))?;
             Ok::<_, Status>(resp.into_inner())
@@ -789,7 +801,12 @@ impl Coordinator {
                 // Primary first; a failed replica is retried on the next one.
                 let mut last = None;
                 for node in self.read_nodes(meta, shard)? {
-                    match node.client.clone().shard_search(request.clone()).await {
+                    match node
+                        .client
+                        .clone()
+                        .shard_search(with_deadline(request.clone(), self.config.read_deadline))
+                        .await
+                    {
                         Ok(resp) => return Ok::<_, Status>(resp.into_inner()),
                         Err(s) => last = Some(node_status(&node, s)),
                     }
