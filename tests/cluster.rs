@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::cluster::{alive, cli, cli_ok, etcd, free_port, node, status, tessera, wait_for, Proc};
+use common::cluster::{alive, cli, cli_ok, coordinator, etcd, free_port, node, status, wait_for};
 use serde_json::Value;
 
 #[test]
@@ -18,29 +18,11 @@ fn two_nodes_two_coordinators_membership_placement_and_node_loss() {
     let tmp = tempfile::tempdir().unwrap();
     let Some((_etcd, etcd_url)) = etcd(tmp.path()) else { return };
     common::write_command_docs(&tmp.path().join("docs"));
-    // Nodes and coordinators check etcd once at start: wait until it answers.
-    let etcd_addr = etcd_url.trim_start_matches("http://").to_string();
-    wait_for("etcd", Duration::from_secs(20), || {
-        common::http_get(&etcd_addr, "/health").is_some_and(|(code, body)| code == 200 && body.contains("true"))
-    });
     let (g1, g2) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
     let _n1 = node(tmp.path(), &etcd_url, "n1", "loader,embedder,shard,session", &g1, &models);
     let mut n2 = node(tmp.path(), &etcd_url, "n2", "embedder,shard,model", &g2, &models);
     let (c1, c2) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
-    let coordinator = |grpc: &str, name: &str| {
-        Proc::spawn(
-            tessera().args([
-                "coordinator",
-                "--etcd",
-                &etcd_url,
-                "--grpc",
-                grpc,
-                "--http",
-                &format!("127.0.0.1:{}", free_port()),
-            ]),
-            tmp.path().join(format!("{name}.log")),
-        )
-    };
+    let coordinator = |grpc: &str, name: &str| coordinator(tmp.path(), &etcd_url, grpc, name);
     let _c1 = coordinator(&c1, "c1");
     let _c2 = coordinator(&c2, "c2");
     wait_for("both nodes in both coordinators", Duration::from_secs(60), || {

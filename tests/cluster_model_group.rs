@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::cluster::{etcd, free_port, node_with, tessera, wait_for, Proc};
+use common::cluster::{coordinator, etcd, free_port, node_with, wait_for};
 
 /// llama.cpp's first greedy tokens for "What is the capital of France?" with the
 /// default system prompt (see tests/generate.rs).
@@ -17,10 +17,6 @@ fn a_model_group_over_two_node_processes_generates_like_one_rank() {
     let Some(models) = common::models() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let Some((_etcd, etcd_url)) = etcd(tmp.path()) else { return };
-    let etcd_addr = etcd_url.trim_start_matches("http://").to_string();
-    wait_for("etcd", Duration::from_secs(20), || {
-        common::http_get(&etcd_addr, "/health").is_some_and(|(code, body)| code == 200 && body.contains("true"))
-    });
     let group = format!("127.0.0.1:{}", free_port());
     let world = ["--model-world", "2", "--model-group", group.as_str()];
     let rank0: Vec<&str> = world.iter().copied().chain(["--model-rank", "0"]).collect();
@@ -29,18 +25,7 @@ fn a_model_group_over_two_node_processes_generates_like_one_rank() {
     let n1 = node_with(tmp.path(), &etcd_url, "n1", "loader,embedder,shard,model", &grpc(()), &models, &rank0);
     let n2 = node_with(tmp.path(), &etcd_url, "n2", "model", &grpc(()), &models, &rank1);
     let c1 = format!("127.0.0.1:{}", free_port());
-    let _c = Proc::spawn(
-        tessera().args([
-            "coordinator",
-            "--etcd",
-            &etcd_url,
-            "--grpc",
-            &c1,
-            "--http",
-            &format!("127.0.0.1:{}", free_port()),
-        ]),
-        tmp.path().join("c1.log"),
-    );
+    let _c = coordinator(tmp.path(), &etcd_url, &c1, "c1");
     wait_for("the group's rank 0 serving", Duration::from_secs(120), || n1.log().contains("tessera node: serving"));
     assert!(n2.log().contains("model rank joined its group"), "{}", n2.log());
     assert!(n1.log().contains("model group over processes started (rank 0)"), "{}", n1.log());

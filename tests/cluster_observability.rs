@@ -28,10 +28,6 @@ fn one_ask_is_one_trace_across_coordinator_and_node_processes_and_the_status_pag
     std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{otlp_port}"));
     std::env::set_var("OTEL_BSP_SCHEDULE_DELAY", "200");
 
-    let etcd_addr = etcd_url.trim_start_matches("http://").to_string();
-    wait_for("etcd", Duration::from_secs(20), || {
-        common::http_get(&etcd_addr, "/health").is_some_and(|(code, body)| code == 200 && body.contains("true"))
-    });
     common::write_command_docs(&tmp.path().join("docs"));
     let g1 = format!("127.0.0.1:{}", free_port());
     let _n1 = node(tmp.path(), &etcd_url, "n1", "loader,embedder,shard,model,session", &g1, &models);

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::cluster::{alive, etcd, free_port, node, status, tessera, wait_for, Proc};
+use common::cluster::{alive, coordinator, etcd, free_port, node, status, wait_for};
 use tessera_proto::v1 as pb;
 use tessera_proto::v1::node_client::NodeClient;
 use tokio::net::{TcpListener, TcpStream};
@@ -53,29 +53,14 @@ fn a_node_cut_off_from_etcd_is_removed_fences_writes_and_rejoins() {
     let Some(models) = common::models() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let Some((_etcd, etcd_url)) = etcd(tmp.path()) else { return };
-    let etcd_addr = etcd_url.trim_start_matches("http://").to_string();
-    wait_for("etcd", Duration::from_secs(20), || {
-        common::http_get(&etcd_addr, "/health").is_some_and(|(code, body)| code == 200 && body.contains("true"))
-    });
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (proxy_addr, cut) = proxy(&rt, etcd_addr.clone());
+    let (proxy_addr, cut) = proxy(&rt, etcd_url.trim_start_matches("http://").to_string());
     let g1 = format!("127.0.0.1:{}", free_port());
     let _n1 = node(tmp.path(), &format!("http://{proxy_addr}"), "n1", "shard", &g1, &models);
     let _n2 =
         node(tmp.path(), &etcd_url, "n2", "loader,embedder,shard", &format!("127.0.0.1:{}", free_port()), &models);
     let c1 = format!("127.0.0.1:{}", free_port());
-    let _c = Proc::spawn(
-        tessera().args([
-            "coordinator",
-            "--etcd",
-            &etcd_url,
-            "--grpc",
-            &c1,
-            "--http",
-            &format!("127.0.0.1:{}", free_port()),
-        ]),
-        tmp.path().join("c1.log"),
-    );
+    let _c = coordinator(tmp.path(), &etcd_url, &c1, "c1");
     let both = vec![("n1".to_string(), true), ("n2".to_string(), true)];
     wait_for("both nodes", Duration::from_secs(90), || {
         let out = common::cluster::cli(&c1, &["status", "--json"]);

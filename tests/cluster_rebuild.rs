@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::cluster::{cli_ok, etcd, free_port, node, status, tessera, wait_for, Proc};
+use common::cluster::{cli_ok, coordinator, etcd, free_port, node, status, wait_for, Proc};
 use serde_json::Value;
 use tessera_proto::v1 as pb;
 use tessera_proto::v1::tessera_client::TesseraClient;
@@ -61,10 +61,6 @@ fn lost_replicas_are_rebuilt_on_spare_nodes_by_transfer() {
     let Some(models) = common::models() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let Some((_etcd, etcd_url)) = etcd(tmp.path()) else { return };
-    let etcd_addr = etcd_url.trim_start_matches("http://").to_string();
-    wait_for("etcd", Duration::from_secs(20), || {
-        common::http_get(&etcd_addr, "/health").is_some_and(|(code, body)| code == 200 && body.contains("true"))
-    });
     let mut nodes: Vec<Option<Proc>> = (1..=4)
         .map(|i| {
             let grpc = format!("127.0.0.1:{}", free_port());
@@ -72,20 +68,7 @@ fn lost_replicas_are_rebuilt_on_spare_nodes_by_transfer() {
         })
         .collect();
     let (c1, c2) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
-    let coordinator = |g: &str, name: &str| {
-        Proc::spawn(
-            tessera().args([
-                "coordinator",
-                "--etcd",
-                &etcd_url,
-                "--grpc",
-                g,
-                "--http",
-                &format!("127.0.0.1:{}", free_port()),
-            ]),
-            tmp.path().join(format!("{name}.log")),
-        )
-    };
+    let coordinator = |g: &str, name: &str| coordinator(tmp.path(), &etcd_url, g, name);
     // c1 starts first and becomes the placement leader; c2 campaigns behind it.
     let mut leader = coordinator(&c1, "c1");
     wait_for("c1 to lead", Duration::from_secs(30), || leader.log().contains("became the placement leader"));

@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::cluster::{alive, cli_ok, etcd, free_port, node_with, status, tessera, wait_for, Proc};
+use common::cluster::{alive, cli_ok, coordinator, etcd, free_port, node_with, status, wait_for, Proc};
 use serde_json::Value;
 use tessera_proto::v1 as pb;
 use tessera_proto::v1::tessera_client::TesseraClient;
@@ -32,10 +32,6 @@ fn primary_loss_under_load_loses_no_acknowledged_write_and_the_node_catches_up()
     let Some(models) = common::models() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let Some((_etcd, etcd_url)) = etcd(tmp.path()) else { return };
-    let etcd_addr = etcd_url.trim_start_matches("http://").to_string();
-    wait_for("etcd", Duration::from_secs(20), || {
-        common::http_get(&etcd_addr, "/health").is_some_and(|(code, body)| code == 200 && body.contains("true"))
-    });
     let grpc: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_port())).collect();
     let roles = ["loader,embedder,shard,session", "loader,embedder,shard", "loader,embedder,shard"];
     let http: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_port())).collect();
@@ -44,23 +40,8 @@ fn primary_loss_under_load_loses_no_acknowledged_write_and_the_node_catches_up()
     };
     let mut nodes: Vec<Option<Proc>> = (0..3).map(|i| Some(start(i))).collect();
     let (c1, c2) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
-    let _coordinators: Vec<Proc> = [(&c1, "c1"), (&c2, "c2")]
-        .iter()
-        .map(|(g, name)| {
-            Proc::spawn(
-                tessera().args([
-                    "coordinator",
-                    "--etcd",
-                    &etcd_url,
-                    "--grpc",
-                    g,
-                    "--http",
-                    &format!("127.0.0.1:{}", free_port()),
-                ]),
-                tmp.path().join(format!("{name}.log")),
-            )
-        })
-        .collect();
+    let _coordinators: Vec<Proc> =
+        [(&c1, "c1"), (&c2, "c2")].iter().map(|(g, name)| coordinator(tmp.path(), &etcd_url, g, name)).collect();
     let all_up = vec![("n1".to_string(), true), ("n2".to_string(), true), ("n3".to_string(), true)];
     wait_for("three nodes", Duration::from_secs(90), || {
         [&c1, &c2].iter().all(|c| {

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::cluster::{cli_ok, etcd, free_port, node, status, tessera, wait_for, Proc};
+use common::cluster::{cli_ok, coordinator, etcd, free_port, node, status, wait_for};
 use serde_json::Value;
 use tessera_proto::v1 as pb;
 use tessera_proto::v1::tessera_client::TesseraClient;
@@ -39,10 +39,6 @@ fn new_nodes_take_replicas_while_searches_keep_working() {
     let Some(models) = common::models() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let Some((_etcd, etcd_url)) = etcd(tmp.path()) else { return };
-    let etcd_addr = etcd_url.trim_start_matches("http://").to_string();
-    wait_for("etcd", Duration::from_secs(20), || {
-        common::http_get(&etcd_addr, "/health").is_some_and(|(code, body)| code == 200 && body.contains("true"))
-    });
     let start = |i: usize| {
         node(
             tmp.path(),
@@ -55,18 +51,7 @@ fn new_nodes_take_replicas_while_searches_keep_working() {
     };
     let mut nodes = vec![start(1), start(2)];
     let c1 = format!("127.0.0.1:{}", free_port());
-    let _c = Proc::spawn(
-        tessera().args([
-            "coordinator",
-            "--etcd",
-            &etcd_url,
-            "--grpc",
-            &c1,
-            "--http",
-            &format!("127.0.0.1:{}", free_port()),
-        ]),
-        tmp.path().join("c1.log"),
-    );
+    let _c = coordinator(tmp.path(), &etcd_url, &c1, "c1");
     wait_for("two nodes", Duration::from_secs(90), || {
         let out = common::cluster::cli(&c1, &["status", "--json"]);
         out.status.success()

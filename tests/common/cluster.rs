@@ -59,7 +59,21 @@ pub fn etcd(dir: &Path) -> Option<(Proc, String)> {
             .args(["--initial-cluster", &format!("default=http://127.0.0.1:{peer}")]),
         dir.join("etcd.log"),
     );
+    // Nodes and coordinators check etcd once at start: answer only when it is serving.
+    let addr = url.trim_start_matches("http://").to_string();
+    wait_for("etcd", Duration::from_secs(20), || {
+        super::http_get(&addr, "/health").is_some_and(|(code, body)| code == 200 && body.contains("true"))
+    });
     Some((p, url))
+}
+
+/// A `tessera coordinator` on `grpc` (HTTP on a free port), its log under `dir`.
+pub fn coordinator(dir: &Path, etcd: &str, grpc: &str, name: &str) -> Proc {
+    let http = format!("127.0.0.1:{}", free_port());
+    Proc::spawn(
+        tessera().args(["coordinator", "--etcd", etcd, "--grpc", grpc, "--http", &http]),
+        dir.join(format!("{name}.log")),
+    )
 }
 
 pub fn tessera() -> Command {
