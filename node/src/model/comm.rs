@@ -41,6 +41,31 @@ pub trait Communicator: Send + Sync {
     fn broadcast(&self, data: &mut Vec<u8>, root: usize) -> Result<(), CommError>;
 }
 
+/// Any communicator with a `debug` span around each collective (`comm.all_reduce_sum`,
+/// `comm.all_gather`, `comm.broadcast`), so every backend is traced the same way.
+pub struct Traced(pub Box<dyn Communicator>);
+
+impl Communicator for Traced {
+    fn rank(&self) -> usize {
+        self.0.rank()
+    }
+    fn world_size(&self) -> usize {
+        self.0.world_size()
+    }
+    fn all_reduce_sum(&self, data: &mut [f32]) -> Result<(), CommError> {
+        let _span = tracing::debug_span!("comm.all_reduce_sum", rank = self.rank(), values = data.len()).entered();
+        self.0.all_reduce_sum(data)
+    }
+    fn all_gather(&self, data: &[f32]) -> Result<Vec<f32>, CommError> {
+        let _span = tracing::debug_span!("comm.all_gather", rank = self.rank(), values = data.len()).entered();
+        self.0.all_gather(data)
+    }
+    fn broadcast(&self, data: &mut Vec<u8>, root: usize) -> Result<(), CommError> {
+        let _span = tracing::debug_span!("comm.broadcast", rank = self.rank(), root).entered();
+        self.0.broadcast(data, root)
+    }
+}
+
 /// The trivial group of one rank.
 pub struct SingleRank;
 
@@ -104,7 +129,6 @@ impl Communicator for LocalCommunicator {
     }
 
     fn all_reduce_sum(&self, data: &mut [f32]) -> Result<(), CommError> {
-        let _span = tracing::debug_span!("comm.all_reduce_sum", rank = self.rank, values = data.len()).entered();
         if self.world == 1 {
             return Ok(());
         }
@@ -124,7 +148,6 @@ impl Communicator for LocalCommunicator {
     }
 
     fn all_gather(&self, data: &[f32]) -> Result<Vec<f32>, CommError> {
-        let _span = tracing::debug_span!("comm.all_gather", rank = self.rank, values = data.len()).entered();
         *lock(&self.shared.floats[self.rank])? = data.to_vec();
         self.shared.barrier.wait();
         let mut out = Vec::new();
@@ -136,7 +159,6 @@ impl Communicator for LocalCommunicator {
     }
 
     fn broadcast(&self, data: &mut Vec<u8>, root: usize) -> Result<(), CommError> {
-        let _span = tracing::debug_span!("comm.broadcast", rank = self.rank, values = data.len()).entered();
         if self.world == 1 {
             return Ok(());
         }

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tracing::{debug, info_span, warn};
 
-use super::comm::{Communicator, LocalGroup};
+use super::comm::{Communicator, LocalGroup, Traced};
 use super::llama::{RankModel, SeqStep};
 use super::sampler::{Sampler, SamplingParams};
 use super::tokenizer::GgufTokenizer;
@@ -150,7 +150,9 @@ impl ModelGroup {
 
     /// Starts rank 0 with `comms[0]` and, in this process, the ranks of `comms[1..]`
     /// (empty when they run elsewhere, e.g. TCP followers in other processes).
-    pub fn start(path: &Path, mut comms: Vec<Box<dyn Communicator>>, limits: EngineLimits) -> Result<Self, ModelError> {
+    pub fn start(path: &Path, comms: Vec<Box<dyn Communicator>>, limits: EngineLimits) -> Result<Self, ModelError> {
+        let mut comms: Vec<Box<dyn Communicator>> =
+            comms.into_iter().map(|c| Box::new(Traced(c)) as Box<dyn Communicator>).collect();
         if comms.is_empty() {
             return Err(ModelError::Config("a model group needs at least one rank".into()));
         }
@@ -300,6 +302,7 @@ fn run_follower_reporting(
 
 /// Runs a non-leading rank (in this process or another) until the leader shuts down.
 pub fn run_follower(path: &Path, comm: Box<dyn Communicator>) -> Result<(), ModelError> {
+    let comm: Box<dyn Communicator> = Box::new(Traced(comm));
     let model = RankModel::load(path, comm.rank(), comm.world_size())?;
     follow(model, comm.as_ref())
 }

@@ -77,7 +77,6 @@ impl Communicator for NcclCommunicator {
     }
 
     fn all_reduce_sum(&self, data: &mut [f32]) -> Result<(), CommError> {
-        let _span = tracing::debug_span!("comm.all_reduce_sum", rank = self.rank, values = data.len()).entered();
         let mut buf = self.stream.clone_htod(data).map_err(err)?;
         self.comm.all_reduce_in_place(&mut buf, &ReduceOp::Sum).map_err(err)?;
         let out = self.stream.clone_dtoh(&buf).map_err(err)?;
@@ -86,7 +85,6 @@ impl Communicator for NcclCommunicator {
     }
 
     fn all_gather(&self, data: &[f32]) -> Result<Vec<f32>, CommError> {
-        let _span = tracing::debug_span!("comm.all_gather", rank = self.rank, values = data.len()).entered();
         // NCCL gathers equal-sized buffers; ranks may hold different widths, so
         // sizes are agreed first and buffers padded to the largest.
         let mut len = self.stream.clone_htod(&[data.len() as f32]).map_err(err)?;
@@ -105,7 +103,6 @@ impl Communicator for NcclCommunicator {
     }
 
     fn broadcast(&self, data: &mut Vec<u8>, root: usize) -> Result<(), CommError> {
-        let _span = tracing::debug_span!("comm.broadcast", rank = self.rank, values = data.len()).entered();
         // Length first, then the bytes.
         let mut len = self.stream.clone_htod(&[data.len() as u64]).map_err(err)?;
         self.comm.broadcast_in_place(&mut len, root as i32).map_err(err)?;

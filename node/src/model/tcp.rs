@@ -125,7 +125,6 @@ impl Communicator for TcpCommunicator {
     }
 
     fn all_reduce_sum(&self, data: &mut [f32]) -> Result<(), CommError> {
-        let _span = tracing::debug_span!("comm.all_reduce_sum", rank = self.rank, values = data.len()).entered();
         if self.world == 1 {
             return Ok(());
         }
@@ -153,7 +152,6 @@ impl Communicator for TcpCommunicator {
     }
 
     fn all_gather(&self, data: &[f32]) -> Result<Vec<f32>, CommError> {
-        let _span = tracing::debug_span!("comm.all_gather", rank = self.rank, values = data.len()).entered();
         if self.rank == 0 {
             let mut out = data.to_vec();
             for frame in self.gather_frames()? {
@@ -169,7 +167,6 @@ impl Communicator for TcpCommunicator {
     }
 
     fn broadcast(&self, data: &mut Vec<u8>, root: usize) -> Result<(), CommError> {
-        let _span = tracing::debug_span!("comm.broadcast", rank = self.rank, values = data.len()).entered();
         if self.world == 1 {
             return Ok(());
         }
