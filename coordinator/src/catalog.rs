@@ -190,22 +190,6 @@ impl Catalog {
         Ok(created)
     }
 
-    /// Replaces a collection's record durably.
-    pub async fn put(&self, meta: &CollectionMeta) -> Result<(), CatalogError> {
-        let json = serde_json::to_vec(meta).map_err(|_| CatalogError::Corrupt(meta.name.clone()))?;
-        match &self.backend {
-            Backend::Sled(tree) => {
-                tree.insert(meta.name.as_bytes(), json)?;
-                tree.flush_async().await?;
-            }
-            Backend::Etcd(client) => {
-                client.as_ref().clone().put(format!("{ETCD_PREFIX}{}", meta.name), json, None).await?;
-            }
-        }
-        self.cache.write().unwrap_or_else(|e| e.into_inner()).insert(meta.name.clone(), meta.clone());
-        Ok(())
-    }
-
     /// Replaces `old` with `new` only if the stored record still equals `old`.
     pub async fn compare_and_put(&self, old: &CollectionMeta, new: &CollectionMeta) -> Result<bool, CatalogError> {
         let old_json = serde_json::to_vec(old).map_err(|_| CatalogError::Corrupt(old.name.clone()))?;

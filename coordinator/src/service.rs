@@ -285,10 +285,11 @@ impl Coordinator {
         Ok(session_from_pb(s))
     }
 
-    /// Token counts of texts (as chat prompts with `chat`) and the model's context length.
-    pub(crate) async fn count_tokens(&self, texts: Vec<String>, chat: bool) -> Result<(Vec<usize>, Vec<u32>), Status> {
-        if texts.is_empty() && !chat {
-            return Ok((Vec::new(), Vec::new()));
+    /// Token counts of texts (as chat prompts with `chat`) and the model's context
+    /// length (0 when there was nothing to count, so no call was made).
+    pub(crate) async fn count_tokens(&self, texts: Vec<String>, chat: bool) -> Result<(Vec<usize>, usize), Status> {
+        if texts.is_empty() {
+            return Ok((Vec::new(), 0));
         }
         let node = self.role_node("model")?;
         let r = node
@@ -298,7 +299,7 @@ impl Coordinator {
             .await
             .map_err(|s| node_status(&node, s))?
             .into_inner();
-        Ok((r.counts.into_iter().map(|c| c as usize).collect(), vec![r.context_length]))
+        Ok((r.counts.into_iter().map(|c| c as usize).collect(), r.context_length as usize))
     }
 
     /// The model node's token stream for a generation request.
@@ -421,6 +422,7 @@ impl Coordinator {
             // Rebuild the lost replica on a spare shard node: snapshot from the
             // primary, then the spare replaces the lost node in the placement. It
             // gets later writes by replication (log catch-up on the next write).
+            let load = self.replica_counts();
             for (shard, p) in updated.placement.iter_mut().enumerate() {
                 if !p.replicas.iter().any(|r| r == lost) {
                     continue;
@@ -431,7 +433,7 @@ impl Coordinator {
                     .with_role("shard")
                     .into_iter()
                     .filter(|n| !p.replicas.contains(&n.id))
-                    .min_by_key(|n| self.hosted_replicas(&n.id))
+                    .min_by_key(|n| load.get(&n.id).copied().unwrap_or(0))
                 else {
                     continue;
                 };
@@ -519,8 +521,9 @@ impl Coordinator {
         if alive.len() < 2 {
             return false;
         }
+        let counts = self.replica_counts();
         let mut load: Vec<(usize, String)> =
-            alive.iter().map(|n| (self.hosted_replicas(&n.id), n.id.clone())).collect();
+            alive.iter().map(|n| (counts.get(&n.id).copied().unwrap_or(0), n.id.clone())).collect();
         load.sort();
         let (low, high) = (load[0].clone(), load[load.len() - 1].clone());
         if high.0 < low.0 + 2 {
@@ -599,15 +602,15 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Shard replicas placed on a node, over all collections.
-    fn hosted_replicas(&self, node: &str) -> usize {
-        self.catalog
-            .list()
-            .unwrap_or_default()
-            .iter()
-            .flat_map(|m| m.placement.iter())
-            .filter(|p| p.replicas.iter().any(|r| r == node))
-            .count()
+    /// Shard replicas placed on each node, over all collections.
+    fn replica_counts(&self) -> std::collections::HashMap<String, usize> {
+        let mut counts = std::collections::HashMap::new();
+        for meta in self.catalog.list().unwrap_or_default() {
+            for id in meta.placement.iter().flat_map(|p| p.replicas.iter()) {
+                *counts.entry(id.clone()).or_insert(0) += 1;
+            }
+        }
+        counts
     }
 
     /// A node serving `role`, round robin.

@@ -255,7 +255,7 @@ impl Coordinator {
         // "\n\n" / "\n" joiners cost about a token each.
         let chunk_counts: Vec<usize> = chunk_counts.iter().map(|c| c + 1).collect();
         let line_counts: Vec<usize> = line_counts.iter().map(|c| c + 1).collect();
-        let available = (context_length[0] as usize).saturating_sub(max_tokens as usize + SAFETY_TOKENS);
+        let available = context_length.saturating_sub(max_tokens as usize + SAFETY_TOKENS);
         let fitted = fit(available, skeleton_count[0], &chunk_counts, &line_counts, newest_turn_len(&view.messages))
             .map_err(Status::invalid_argument)?;
         let kept_hits = &hits[..fitted.chunks];
@@ -297,15 +297,11 @@ impl Coordinator {
         timings.generate_ms = ms(t0);
 
         // Parse; a JSON answer gets one repair try.
-        let parsed = match parser.parse(&answer) {
-            Ok(v) => Ok(v),
-            Err(first) if parser.kind() == "json" => match self.repair_json(&parser, &first.raw, &first.reason).await {
-                Ok((fixed, v)) => {
-                    answer = fixed;
-                    Ok(v)
-                }
-                Err(e) => Err(e),
-            },
+        let parsed = match self.parse_output(&parser, answer.clone()).await {
+            Ok((text, v)) => {
+                answer = text;
+                Ok(v)
+            }
             Err(e) => Err(e),
         };
 
@@ -398,8 +394,22 @@ impl Coordinator {
         Ok(standalone_or_fallback(&text, previous, question))
     }
 
+    /// Parses model output; JSON that does not parse gets one repair try by the
+    /// model. Returns the (possibly repaired) text and the parsed value.
+    pub(crate) async fn parse_output(
+        &self,
+        parser: &OutputParser,
+        text: String,
+    ) -> Result<(String, Option<Value>), super::parser::OutputError> {
+        match parser.parse(&text) {
+            Ok(v) => Ok((text, v)),
+            Err(e) if parser.kind() == "json" => self.repair_json(parser, &e.raw, &e.reason).await,
+            Err(e) => Err(e),
+        }
+    }
+
     /// One repair try for JSON output: the model is shown the error and its text.
-    pub(crate) async fn repair_json(
+    async fn repair_json(
         &self,
         parser: &OutputParser,
         raw: &str,

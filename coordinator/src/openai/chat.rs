@@ -317,17 +317,14 @@ pub(crate) async fn chat_completions(State(state): State<ApiState>, body: Bytes)
     if let Some(p) = &parser {
         text = match parsed {
             Some(v) => v, // the ask chain parsed (and repaired) it
-            None => match p.parse(&text) {
-                Ok(v) => v.map(|v| v.to_string()).unwrap_or(text),
-                Err(e) => match c.repair_json(p, &e.raw, &e.reason).await {
-                    Ok((_, v)) => v.map(|v| v.to_string()).unwrap_or_default(),
-                    Err(e) => {
-                        return Err(ApiError::from(Status::aborted(format!(
-                            "the model's output is not valid JSON: {}; raw output: {}",
-                            e.reason, e.raw
-                        ))))
-                    }
-                },
+            None => match c.parse_output(p, text).await {
+                Ok((text, v)) => v.map(|v| v.to_string()).unwrap_or(text),
+                Err(e) => {
+                    return Err(ApiError::from(Status::aborted(format!(
+                        "the model's output is not valid JSON: {}; raw output: {}",
+                        e.reason, e.raw
+                    ))))
+                }
             },
         };
     }
