@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{arg, models_dir, passage, percentile_ms, sentence, Rng};
+use common::{arg, models_dir, passage, search_load, sentence, Rng};
 use tessera_proto::v1 as pb;
 use tessera_proto::v1::node_client::NodeClient;
 use tessera_proto::v1::tessera_client::TesseraClient;
@@ -99,47 +99,6 @@ async fn ingest(c: &mut TesseraClient<tonic::transport::Channel>, collection: &s
     }
 }
 
-async fn qps(
-    c: &TesseraClient<tonic::transport::Channel>,
-    collection: &str,
-    queries: &[String],
-    mode: pb::SearchMode,
-) -> (f64, f64, f64) {
-    let clients = 4;
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..clients)
-        .map(|k| {
-            let mut c = c.clone();
-            let qs: Vec<String> = queries.iter().skip(k).step_by(clients).cloned().collect();
-            let collection = collection.to_string();
-            tokio::spawn(async move {
-                let mut lat = Vec::new();
-                for q in qs {
-                    let t = Instant::now();
-                    c.search(pb::SearchRequest {
-                        collection: collection.clone(),
-                        query: q,
-                        top_k: 10,
-                        mode: mode as i32,
-                        ..Default::default()
-                    })
-                    .await
-                    .unwrap();
-                    lat.push(t.elapsed());
-                }
-                lat
-            })
-        })
-        .collect();
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.unwrap());
-    }
-    let secs = start.elapsed().as_secs_f64();
-    all.sort();
-    (all.len() as f64 / secs, percentile_ms(&all, 50.0), percentile_ms(&all, 99.0))
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let docs_n: usize = arg("--docs", 2000);
@@ -189,7 +148,7 @@ async fn main() {
             .unwrap();
         ingest(&mut c, &name, &docs).await;
         for (label, mode) in [("vector", pb::SearchMode::Vector), ("bm25", pb::SearchMode::Bm25)] {
-            let (q, p50, p99) = qps(&c, &name, &queries, mode).await;
+            let (q, p50, p99) = search_load(&c, &name, &queries, mode, 4).await;
             println!("| {n} | {label} | {q:.0} | {p50:.1} | {p99:.1} |");
         }
         c.drop_collection(pb::DropCollectionRequest { name }).await.unwrap();

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Instant;
 
-use common::{arg, passage, percentile_ms, sentence, Rng};
+use common::{arg, passage, search_load, sentence, Rng};
 use tessera_proto::v1 as pb;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -50,43 +50,8 @@ async fn main() {
         [("vector", pb::SearchMode::Vector), ("bm25", pb::SearchMode::Bm25), ("hybrid", pb::SearchMode::Hybrid)]
     {
         for clients in [1usize, 4] {
-            let start = Instant::now();
-            let tasks: Vec<_> = (0..clients)
-                .map(|c| {
-                    let mut client = client.clone();
-                    let queries = queries.clone();
-                    tokio::spawn(async move {
-                        let mut lat = Vec::new();
-                        for i in (c..queries.len()).step_by(clients) {
-                            let t = Instant::now();
-                            client
-                                .search(pb::SearchRequest {
-                                    collection: "bench".into(),
-                                    query: queries[i].clone(),
-                                    top_k: 10,
-                                    mode: mode as i32,
-                                    ..Default::default()
-                                })
-                                .await
-                                .unwrap();
-                            lat.push(t.elapsed());
-                        }
-                        lat
-                    })
-                })
-                .collect();
-            let mut lat = Vec::new();
-            for t in tasks {
-                lat.extend(t.await.unwrap());
-            }
-            let secs = start.elapsed().as_secs_f64();
-            lat.sort();
-            println!(
-                "| {name} | {clients} | {:.2} | {:.2} | {:.1} |",
-                percentile_ms(&lat, 50.0),
-                percentile_ms(&lat, 99.0),
-                lat.len() as f64 / secs
-            );
+            let (qps, p50, p99) = search_load(&client, "bench", &queries, mode, clients).await;
+            println!("| {name} | {clients} | {p50:.2} | {p99:.2} | {qps:.1} |");
         }
     }
     drop(server);

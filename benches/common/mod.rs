@@ -254,3 +254,46 @@ pub async fn start_up() -> (UpProcess, tessera_proto::v1::tessera_client::Tesser
     };
     (UpProcess { child, _dir: dir }, client)
 }
+
+/// Searches `queries` over `clients` concurrent gRPC clients (queries dealt round
+/// robin); returns (QPS, p50 ms, p99 ms).
+pub async fn search_load(
+    client: &tessera_proto::v1::tessera_client::TesseraClient<tonic::transport::Channel>,
+    collection: &str,
+    queries: &[String],
+    mode: tessera_proto::v1::SearchMode,
+    clients: usize,
+) -> (f64, f64, f64) {
+    use tessera_proto::v1 as pb;
+    let start = std::time::Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|k| {
+            let mut c = client.clone();
+            let qs: Vec<String> = queries.iter().skip(k).step_by(clients).cloned().collect();
+            let collection = collection.to_string();
+            tokio::spawn(async move {
+                let mut lat = Vec::new();
+                for query in qs {
+                    let t = std::time::Instant::now();
+                    let req = pb::SearchRequest {
+                        collection: collection.clone(),
+                        query,
+                        top_k: 10,
+                        mode: mode as i32,
+                        ..Default::default()
+                    };
+                    c.search(req).await.unwrap();
+                    lat.push(t.elapsed());
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let secs = start.elapsed().as_secs_f64();
+    all.sort();
+    (all.len() as f64 / secs, percentile_ms(&all, 50.0), percentile_ms(&all, 99.0))
+}
