@@ -137,15 +137,8 @@ fn lost_replicas_are_rebuilt_on_spare_nodes_by_transfer() {
     rt.block_on(async {
         let mut c = TesseraClient::connect(format!("http://{c2}")).await.unwrap();
         for i in 0..31 {
-            let req = pb::SearchRequest {
-                collection: "docs".into(),
-                query: format!("wq{i}z"),
-                top_k: 1,
-                mode: pb::SearchMode::Bm25 as i32,
-                ..Default::default()
-            };
-            let hits = c.search(req).await.unwrap().into_inner().hits;
-            assert_eq!(hits.first().map(|h| h.doc_id.clone()), Some(format!("doc-{i}")), "doc-{i} lost");
+            let top = common::cluster::bm25_top(&mut c, &format!("wq{i}z")).await;
+            assert_eq!(top, Some(format!("doc-{i}")), "doc-{i} lost");
         }
     });
 }

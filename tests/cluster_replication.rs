@@ -147,19 +147,8 @@ fn primary_loss_under_load_loses_no_acknowledged_write_and_the_node_catches_up()
         for c in [&c1, &c2] {
             let mut client = TesseraClient::connect(format!("http://{c}")).await.unwrap();
             for i in &acked {
-                let req = pb::SearchRequest {
-                    collection: "docs".into(),
-                    query: format!("qz{i}x"),
-                    top_k: 1,
-                    mode: pb::SearchMode::Bm25 as i32,
-                    ..Default::default()
-                };
-                let hits = client.search(req).await.unwrap().into_inner().hits;
-                assert_eq!(
-                    hits.first().map(|h| h.doc_id.as_str()),
-                    Some(format!("doc-{i}").as_str()),
-                    "acknowledged doc-{i} lost"
-                );
+                let top = common::cluster::bm25_top(&mut client, &format!("qz{i}x")).await;
+                assert_eq!(top.as_deref(), Some(format!("doc-{i}").as_str()), "acknowledged doc-{i} lost");
             }
         }
     });

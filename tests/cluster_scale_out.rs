@@ -138,15 +138,8 @@ fn new_nodes_take_replicas_while_searches_keep_working() {
     rt.block_on(async {
         let mut c = TesseraClient::connect(url).await.unwrap();
         for i in acked.iter().copied().chain([100_000]) {
-            let req = pb::SearchRequest {
-                collection: "docs".into(),
-                query: format!("vk{i}j"),
-                top_k: 1,
-                mode: pb::SearchMode::Bm25 as i32,
-                ..Default::default()
-            };
-            let hits = c.search(req).await.unwrap().into_inner().hits;
-            assert_eq!(hits.first().map(|h| h.doc_id.clone()), Some(format!("doc-{i}")), "acknowledged doc-{i} lost");
+            let top = common::cluster::bm25_top(&mut c, &format!("vk{i}j")).await;
+            assert_eq!(top, Some(format!("doc-{i}")), "acknowledged doc-{i} lost");
         }
     });
 }

@@ -130,3 +130,19 @@ pub fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// The id of the best BM25 hit for `query` in collection `docs`, through a coordinator client.
+pub async fn bm25_top(
+    client: &mut tessera_proto::v1::tessera_client::TesseraClient<tonic::transport::Channel>,
+    query: &str,
+) -> Option<String> {
+    use tessera_proto::v1 as pb;
+    let req = pb::SearchRequest {
+        collection: "docs".into(),
+        query: query.to_string(),
+        top_k: 1,
+        mode: pb::SearchMode::Bm25 as i32,
+        ..Default::default()
+    };
+    client.search(req).await.unwrap().into_inner().hits.into_iter().next().map(|h| h.doc_id)
+}
