@@ -5,12 +5,13 @@ use anyhow::{bail, Context};
 use serde_json::{json, Value};
 use tessera_proto::v1 as pb;
 use tessera_proto::v1::tessera_client::TesseraClient;
+use tessera_types::limits::MAX_MESSAGE_BYTES;
 use tonic::transport::Channel;
 
 use crate::walk::expand;
 use crate::{CollectionsCmd, DeleteArgs, GenerateArgs, IngestArgs, Mode, SearchArgs};
 
-/// Files per ingest request, and bytes per request (below the server's 64 MiB cap).
+/// Files per ingest request, and bytes per request (below the server's `MAX_MESSAGE_BYTES`).
 const FILES_PER_REQUEST: usize = 32;
 const BYTES_PER_REQUEST: usize = 16 * 1024 * 1024;
 
@@ -18,7 +19,7 @@ pub(crate) async fn connect(url: &str) -> anyhow::Result<TesseraClient<Channel>>
     let client = TesseraClient::connect(url.to_string()).await.with_context(|| {
         format!("cannot reach the Tessera server at {url} (is `tessera up` running? set --server or TESSERA_SERVER)")
     })?;
-    Ok(client.max_decoding_message_size(64 * 1024 * 1024).max_encoding_message_size(64 * 1024 * 1024))
+    Ok(client.max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES))
 }
 
 /// Turns a gRPC status into a one-line error.

@@ -7,20 +7,23 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Args;
 use serde_json::json;
-use tessera_coordinator::nodes::ALL_ROLES;
-use tessera_coordinator::{Catalog, NodeSet};
-use tessera_node::membership::{self, NodeRecord};
+use tessera_coordinator::placement::leader;
+use tessera_coordinator::{node_watch, Catalog, NodeSet};
+use tessera_node::membership;
 use tessera_node::Node;
+use tessera_proto::shutdown::Shutdown;
 use tessera_proto::v1 as pb;
+use tessera_types::NodeRecord;
+use tessera_types::NodeRole;
 use tokio::sync::watch;
 use tracing::info;
 
 use crate::client::{connect, rpc};
 use crate::server::{
-    base_http_app, build_coordinator, build_node_config, shutdown_signal, spawn_grpc, spawn_http,
+    base_http_app, build_coordinator, build_node_config, shutdown_signal, spawn_grpc, spawn_http, stop_background,
     with_coordinator_routes, CoordinatorOpts, NodeOpts, MAX_MESSAGE_BYTES,
 };
 use crate::{parse_addr, ServerArg};
@@ -107,11 +110,7 @@ async fn etcd(endpoints: &[String]) -> anyhow::Result<etcd_client::Client> {
 /// Runs `tessera node` until SIGINT or SIGTERM.
 pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
     let telemetry = crate::telemetry::init(&format!("tessera-node-{}", args.id))?;
-    for r in &args.roles {
-        if !ALL_ROLES.contains(&r.as_str()) {
-            bail!("unknown role '{r}' (use {})", ALL_ROLES.join(", "));
-        }
-    }
+    let roles = NodeRole::parse_list(&args.roles)?;
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
     let client = etcd(&args.etcd).await?;
     let ready = Arc::new(AtomicBool::new(false));
@@ -124,24 +123,25 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
     };
     let grpc = tokio::net::TcpListener::bind(args.grpc).await.with_context(|| format!("binding gRPC {}", args.grpc))?;
     let local = grpc.local_addr()?;
-    let mut config = build_node_config(&args.node, &args.data_dir, &args.id, args.roles.clone())?;
+    let mut config = build_node_config(&args.node, &args.data_dir, &args.id, roles.clone())?;
     if args.model_world > 1 {
         let addr = args.model_group.context("--model-world above 1 needs --model-group ADDR")?;
         anyhow::ensure!(args.model_rank < args.model_world, "--model-rank must be below --model-world");
         anyhow::ensure!(config.tp == 1, "--tp and --model-world cannot be combined");
-        anyhow::ensure!(args.roles.iter().any(|r| r == "model"), "a model group rank needs the 'model' role");
+        anyhow::ensure!(roles.contains(&NodeRole::Model), "a model group rank needs the 'model' role");
         config.model_group = Some((args.model_rank, args.model_world, addr));
     }
-    let node = Node::start(config).await.context("starting the node")?;
+    let shutdown = Shutdown::new();
+    let node = Node::start(config, &shutdown).await.context("starting the node")?;
     let grpc_task = spawn_grpc(grpc, None, Some(node.clone()), stop_rx.clone()).await?;
 
     let advertise = args.advertise.clone().unwrap_or_else(|| local.to_string());
     let address = if advertise.starts_with("http") { advertise } else { format!("http://{advertise}") };
     // A model rank other than 0 computes for its group but serves no model requests itself.
-    let served: Vec<String> =
-        args.roles.iter().filter(|r| !(args.model_rank > 0 && r.as_str() == "model")).cloned().collect();
+    let served: Vec<NodeRole> =
+        roles.iter().filter(|r| !(args.model_rank > 0 && **r == NodeRole::Model)).copied().collect();
     let record = NodeRecord { id: args.id.clone(), address: address.clone(), roles: served };
-    membership::join(client.clone(), record, Duration::from_secs(args.lease_ttl), node.write_fence.clone())
+    membership::join(client.clone(), record, Duration::from_secs(args.lease_ttl), node.write_fence.clone(), &shutdown)
         .await
         .context("joining the cluster")?;
     ready.store(true, Ordering::SeqCst);
@@ -156,6 +156,7 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
     if let Some(t) = http_task {
         let _ = t.await;
     }
+    stop_background(&shutdown).await;
     node.shutdown().await;
     info!("stopped cleanly");
     telemetry.shutdown();
@@ -167,16 +168,17 @@ pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     let telemetry = crate::telemetry::init("tessera-coordinator")?;
     let client = etcd(&args.etcd).await?;
     let nodes = NodeSet::empty(MAX_MESSAGE_BYTES);
-    let revision = tessera_coordinator::membership::load_nodes(&client, &nodes).await.context("reading membership")?;
+    let shutdown = Shutdown::new();
+    let revision = node_watch::load_nodes(&client, &nodes).await.context("reading membership")?;
     let (left_tx, mut left_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    tokio::spawn(tessera_coordinator::membership::follow_nodes(client.clone(), nodes.clone(), revision, left_tx));
-    let catalog = Catalog::open_etcd(client.clone()).await.context("reading the catalog")?;
-    let coordinator = build_coordinator(&args.coordinator, catalog, nodes.clone())?;
+    shutdown.spawn(node_watch::follow_nodes(client.clone(), nodes.clone(), revision, left_tx));
+    let catalog = Catalog::open_etcd(client.clone(), &shutdown).await.context("reading the catalog")?;
+    let coordinator = build_coordinator(&args.coordinator, catalog, nodes.clone(), &shutdown)?;
     // Placement changes (failover, replica rebuild) are made by one coordinator: the elected leader.
     let me = format!("coordinator-{}-{}", args.grpc, std::process::id());
-    let leadership = tessera_coordinator::leader::campaign(client.clone(), me, Duration::from_secs(5));
+    let leadership = leader::campaign(client.clone(), me, Duration::from_secs(5), &shutdown);
     let failover = coordinator.clone();
-    tokio::spawn(async move {
+    shutdown.spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(3));
         loop {
             tokio::select! {
@@ -213,6 +215,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = grpc_task.await;
     let _ = http_task.await;
+    stop_background(&shutdown).await;
     info!("stopped cleanly");
     telemetry.shutdown();
     Ok(())

@@ -17,16 +17,16 @@ use axum::routing::get;
 use clap::Args;
 use tessera_coordinator::chain::PromptLibrary;
 use tessera_coordinator::{Catalog, Coordinator, CoordinatorConfig, NodeSet};
-use tessera_node::memory::MemoryKind;
 use tessera_node::service::NodeService;
 use tessera_node::{Node, NodeConfig};
+use tessera_proto::shutdown::Shutdown;
+use tessera_types::{MemoryKind, NodeRole};
 use tokio::sync::watch;
 use tracing::info;
 
 use crate::parse_addr;
 
-/// Largest gRPC message (ingest batches of files).
-pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+pub use tessera_types::limits::MAX_MESSAGE_BYTES;
 
 /// Options of the coordinator role (`up`, `coordinator`).
 #[derive(Args, Debug, Clone)]
@@ -105,7 +105,12 @@ pub struct UpArgs {
 }
 
 /// The coordinator over `nodes` and `catalog`, with the templates and defaults of `opts`.
-pub fn build_coordinator(opts: &CoordinatorOpts, catalog: Catalog, nodes: NodeSet) -> anyhow::Result<Coordinator> {
+pub fn build_coordinator(
+    opts: &CoordinatorOpts,
+    catalog: Catalog,
+    nodes: NodeSet,
+    shutdown: &Shutdown,
+) -> anyhow::Result<Coordinator> {
     let mut prompts = PromptLibrary::with_defaults();
     if let Some(dir) = &opts.templates {
         let added = prompts.load_dir(dir).with_context(|| format!("loading templates from {}", dir.display()))?;
@@ -117,15 +122,20 @@ pub fn build_coordinator(opts: &CoordinatorOpts, catalog: Catalog, nodes: NodeSe
         default_shards: opts.default_shards,
         max_top_k: opts.max_top_k,
         default_memory,
-        write_acks: tessera_coordinator::service::WriteAcks::parse(&opts.write_acks)
+        write_acks: tessera_coordinator::WriteAcks::parse(&opts.write_acks)
             .map_err(|e| anyhow::anyhow!("--write-acks: {e}"))?,
         ..Default::default()
     };
-    Ok(Coordinator::with_prompts(config, catalog, nodes, prompts))
+    Ok(Coordinator::with_prompts(config, catalog, nodes, prompts).with_shutdown(shutdown.clone()))
 }
 
 /// A node configuration from `opts`, for `roles`, with data under `data_dir`.
-pub fn build_node_config(opts: &NodeOpts, data_dir: &Path, id: &str, roles: Vec<String>) -> anyhow::Result<NodeConfig> {
+pub fn build_node_config(
+    opts: &NodeOpts,
+    data_dir: &Path,
+    id: &str,
+    roles: Vec<NodeRole>,
+) -> anyhow::Result<NodeConfig> {
     let mut config = NodeConfig::embedded(data_dir.to_path_buf(), opts.models.clone());
     config.id = id.to_string();
     config.roles = roles;
@@ -149,7 +159,7 @@ pub fn build_node_config(opts: &NodeOpts, data_dir: &Path, id: &str, roles: Vec<
             if default.exists() {
                 Some(default)
             } else {
-                if config.roles.iter().any(|r| r == "model") {
+                if config.has(NodeRole::Model) {
                     tracing::warn!(path = %default.display(), "no chat model found; Generate is unavailable (run scripts/fetch-models.sh)");
                 }
                 None
@@ -236,6 +246,16 @@ pub async fn spawn_grpc(
     ))
 }
 
+/// How long background tasks get to return once the stop signal is given.
+const BACKGROUND_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Signals every background task to stop and waits for them (bounded).
+pub async fn stop_background(shutdown: &Shutdown) {
+    if !shutdown.stop(BACKGROUND_GRACE).await {
+        tracing::warn!("background tasks still running after {BACKGROUND_GRACE:?}; stopping anyway");
+    }
+}
+
 /// Waits for SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = async {
@@ -267,19 +287,15 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let local = grpc.local_addr()?;
     let nodes = NodeSet::connect_lazy(&[("local".into(), format!("http://{local}"))], MAX_MESSAGE_BYTES)?;
     let catalog = Catalog::open(&args.data_dir).context("opening the collection catalog")?;
-    let coordinator = build_coordinator(&args.coordinator, catalog, nodes)?;
+    let shutdown = Shutdown::new();
+    let coordinator = build_coordinator(&args.coordinator, catalog, nodes, &shutdown)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let app = with_coordinator_routes(base_http_app(ready.clone(), telemetry.metrics.clone()), &coordinator);
     let http_task = spawn_http(args.http, app, stop_rx.clone()).await?;
 
-    let config = build_node_config(
-        &args.node,
-        &args.data_dir.join("node"),
-        "local",
-        tessera_coordinator::nodes::ALL_ROLES.iter().map(|r| r.to_string()).collect(),
-    )?;
-    let node = Node::start(config).await.context("starting the node")?;
+    let config = build_node_config(&args.node, &args.data_dir.join("node"), "local", NodeRole::ALL.to_vec())?;
+    let node = Node::start(config, &shutdown).await.context("starting the node")?;
     let grpc_task = spawn_grpc(grpc, Some(coordinator), Some(node.clone()), stop_rx.clone()).await?;
     ready.store(true, Ordering::SeqCst);
     info!(grpc = %local, http = %args.http, data_dir = %args.data_dir.display(), "tessera up: serving");
@@ -290,6 +306,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = grpc_task.await;
     let _ = http_task.await;
+    stop_background(&shutdown).await;
     node.shutdown().await;
     info!("stopped cleanly");
     telemetry.shutdown();

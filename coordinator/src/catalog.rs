@@ -13,6 +13,7 @@ use etcd_client::{Compare, CompareOp, EventType, GetOptions, Txn, TxnOp, WatchOp
 use tracing::{info, warn};
 
 use serde::{Deserialize, Serialize};
+use tessera_proto::shutdown::Shutdown;
 use thiserror::Error;
 
 /// A collection's fixed settings.
@@ -95,12 +96,12 @@ impl Catalog {
     }
 
     /// The etcd catalog (cluster mode): loads it and follows changes made by
-    /// other coordinators.
-    pub async fn open_etcd(client: etcd_client::Client) -> Result<Self, CatalogError> {
+    /// other coordinators until `shutdown`.
+    pub async fn open_etcd(client: etcd_client::Client, shutdown: &Shutdown) -> Result<Self, CatalogError> {
         let me = Self { backend: Backend::Etcd(Box::new(client.clone())), cache: Arc::default() };
         let revision = me.reload(client.clone()).await?;
         let watcher = me.clone();
-        tokio::spawn(async move { watcher.follow(client, revision).await });
+        shutdown.spawn(async move { watcher.follow(client, revision).await });
         Ok(me)
     }
 

@@ -1,20 +1,35 @@
-//! The Tessera coordinator: the public `Tessera` gRPC service.
+//! The Tessera coordinator: the public `Tessera` gRPC service and the
+//! OpenAI-compatible HTTP API.
 //!
-//! It is a stateless router apart from its collection catalog: it validates
-//! requests, sends loading, embedding and shard work to nodes over the internal
-//! `Node` service, and merges what comes back (top-k merge, reciprocal rank
-//! fusion, MMR). In `tessera up` the nodes it talks to is its own process.
+//! It validates requests, sends loading, embedding, shard, model and session
+//! work to nodes over the internal `Node` service, merges what comes back (top-k
+//! merge, reciprocal rank fusion, MMR) and runs the RAG chains. Its own state is
+//! the collection catalog (sled in `tessera up`, etcd in a cluster) and, on the
+//! elected placement leader, the decisions where shard replicas live. It never
+//! links the node crate: what both sides share is plain data in `tessera-types`.
+//! In `tessera up` the nodes it talks to are its own process, over loopback gRPC.
 
 pub mod catalog;
 pub mod chain;
-pub mod leader;
-pub mod membership;
+mod collections;
+pub mod config;
+mod convert;
+pub mod coordinator;
+pub mod error;
+mod generate;
+pub mod grpc;
+mod ingest;
 pub mod merge;
+pub mod node_watch;
 pub mod nodes;
 pub mod openai;
-pub mod service;
+pub mod placement;
+mod search;
+mod sessions;
 pub mod status;
 
 pub use catalog::{Catalog, CollectionMeta};
+pub use config::{CoordinatorConfig, WriteAcks};
+pub use coordinator::Coordinator;
+pub use error::CoordinatorError;
 pub use nodes::NodeSet;
-pub use service::{Coordinator, CoordinatorConfig};

@@ -3,24 +3,8 @@
 //! Pure functions over hit lists, so they are tested without any server.
 use std::collections::HashMap;
 
-use tessera_node::index::cosine;
-
-/// A hit as the coordinator merges it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Scored {
-    /// Chunk id (unique within a collection).
-    pub chunk_id: String,
-    /// Document id.
-    pub doc_id: String,
-    /// Score in the list's own scale.
-    pub score: f32,
-    /// Chunk text.
-    pub text: String,
-    /// Metadata (JSON object text).
-    pub metadata_json: String,
-    /// Vector (only when MMR needs it).
-    pub vector: Vec<f32>,
-}
+use tessera_types::cosine;
+pub use tessera_types::Scored;
 
 fn order(a: &Scored, b: &Scored) -> std::cmp::Ordering {
     b.score.total_cmp(&a.score).then_with(|| a.chunk_id.cmp(&b.chunk_id))

@@ -8,40 +8,8 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
-use opentelemetry::propagation::Injector;
-use tessera_proto::v1::node_client::NodeClient;
-use tonic::metadata::{MetadataKey, MetadataValue};
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
-use tracing_opentelemetry::OpenTelemetrySpanExt;
-
-/// A `Node` client whose calls carry the caller's W3C trace context.
-pub type NodeClientT = NodeClient<InterceptedService<Channel, TraceContextInjector>>;
-
-/// Puts the current span's trace context into each request's metadata
-/// (`traceparent`), so the node's spans join the coordinator's trace.
-#[derive(Clone, Copy, Default)]
-pub struct TraceContextInjector;
-
-struct MetadataInjector<'a>(&'a mut tonic::metadata::MetadataMap);
-
-impl Injector for MetadataInjector<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        if let (Ok(k), Ok(v)) = (MetadataKey::from_bytes(key.as_bytes()), MetadataValue::try_from(value.as_str())) {
-            self.0.insert(k, v);
-        }
-    }
-}
-
-impl tonic::service::Interceptor for TraceContextInjector {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        let cx = tracing::Span::current().context();
-        opentelemetry::global::get_text_map_propagator(|p| {
-            p.inject_context(&cx, &mut MetadataInjector(req.metadata_mut()))
-        });
-        Ok(req)
-    }
-}
+use tessera_proto::client::{node_client, ClientOptions, NodeClient};
+use tessera_types::NodeRole;
 
 /// A node as the coordinator sees it.
 #[derive(Clone)]
@@ -50,21 +18,18 @@ pub struct NodeRef {
     pub id: String,
     /// gRPC URL.
     pub url: String,
-    /// Roles it serves (loader, embedder, shard, model, session).
-    pub roles: Vec<String>,
+    /// Roles it serves.
+    pub roles: Vec<NodeRole>,
     /// Client over a shared, lazily connected channel.
-    pub client: NodeClientT,
+    pub client: NodeClient,
 }
 
 impl NodeRef {
     /// Whether the node serves `role`.
-    pub fn has(&self, role: &str) -> bool {
-        self.roles.iter().any(|r| r == role)
+    pub fn has(&self, role: NodeRole) -> bool {
+        self.roles.contains(&role)
     }
 }
-
-/// Every role a node can have (the embedded node has them all).
-pub const ALL_ROLES: [&str; 5] = ["loader", "embedder", "shard", "model", "session"];
 
 /// See the module documentation. Cloning shares the set: membership updates
 /// (cluster mode) are seen by every clone.
@@ -75,14 +40,8 @@ pub struct NodeSet {
     next: Arc<AtomicUsize>,
 }
 
-fn client(url: &str, max_message_bytes: usize) -> Result<NodeClientT, tonic::transport::Error> {
-    let channel = Endpoint::from_shared(url.to_string())?
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .connect_lazy();
-    Ok(NodeClient::with_interceptor(channel, TraceContextInjector)
-        .max_decoding_message_size(max_message_bytes)
-        .max_encoding_message_size(max_message_bytes))
+fn client(url: &str, max_message_bytes: usize) -> Result<NodeClient, tonic::transport::Error> {
+    node_client(url, ClientOptions { max_message_bytes, ..ClientOptions::default() })
 }
 
 impl NodeSet {
@@ -95,13 +54,13 @@ impl NodeSet {
     pub fn connect_lazy(nodes: &[(String, String)], max_message_bytes: usize) -> Result<Self, tonic::transport::Error> {
         let set = Self::empty(max_message_bytes);
         for (id, url) in nodes {
-            set.upsert(id, url, ALL_ROLES.iter().map(|r| r.to_string()).collect())?;
+            set.upsert(id, url, NodeRole::ALL.to_vec())?;
         }
         Ok(set)
     }
 
     /// Adds a node, or updates its address and roles (a new client only when the address changed).
-    pub fn upsert(&self, id: &str, url: &str, roles: Vec<String>) -> Result<(), tonic::transport::Error> {
+    pub fn upsert(&self, id: &str, url: &str, roles: Vec<NodeRole>) -> Result<(), tonic::transport::Error> {
         let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = nodes.iter_mut().find(|n| n.id == id) {
             if n.url != url {
@@ -140,12 +99,12 @@ impl NodeSet {
     }
 
     /// Nodes serving `role`, by id.
-    pub fn with_role(&self, role: &str) -> Vec<NodeRef> {
+    pub fn with_role(&self, role: NodeRole) -> Vec<NodeRef> {
         self.nodes.read().unwrap_or_else(|e| e.into_inner()).iter().filter(|n| n.has(role)).cloned().collect()
     }
 
     /// A node serving `role`, round robin over calls (load balancing).
-    pub fn pick(&self, role: &str) -> Option<NodeRef> {
+    pub fn pick(&self, role: NodeRole) -> Option<NodeRef> {
         let nodes = self.with_role(role);
         if nodes.is_empty() {
             return None;
@@ -159,7 +118,7 @@ impl NodeSet {
     /// keeps its node while that node exists, and only the sessions of a node
     /// that leaves move.
     pub fn for_session(&self, session: &str) -> Option<NodeRef> {
-        self.with_role("session").into_iter().max_by_key(|n| rendezvous_weight(&n.id, session))
+        self.with_role(NodeRole::Session).into_iter().max_by_key(|n| rendezvous_weight(&n.id, session))
     }
 }
 
@@ -209,14 +168,14 @@ mod membership_tests {
     async fn membership_updates_are_seen_by_clones_and_roles_pick_nodes() {
         let set = NodeSet::empty(1024);
         let view = set.clone();
-        set.upsert("n2", "http://127.0.0.1:2", vec!["shard".into()]).unwrap();
-        set.upsert("n1", "http://127.0.0.1:1", vec!["embedder".into(), "shard".into()]).unwrap();
+        set.upsert("n2", "http://127.0.0.1:2", vec![NodeRole::Shard]).unwrap();
+        set.upsert("n1", "http://127.0.0.1:1", vec![NodeRole::Embedder, NodeRole::Shard]).unwrap();
         assert_eq!(view.all().iter().map(|n| n.id.as_str()).collect::<Vec<_>>(), vec!["n1", "n2"]);
-        assert_eq!(view.with_role("shard").len(), 2);
-        assert_eq!(view.pick("embedder").unwrap().id, "n1");
-        assert!(view.pick("model").is_none());
+        assert_eq!(view.with_role(NodeRole::Shard).len(), 2);
+        assert_eq!(view.pick(NodeRole::Embedder).unwrap().id, "n1");
+        assert!(view.pick(NodeRole::Model).is_none());
         assert!(view.for_session("s").is_none(), "no session role, no session node");
-        set.upsert("n2", "http://127.0.0.1:3", vec!["session".into()]).unwrap();
+        set.upsert("n2", "http://127.0.0.1:3", vec![NodeRole::Session]).unwrap();
         assert_eq!(view.get("n2").unwrap().url, "http://127.0.0.1:3");
         assert_eq!(view.for_session("s").unwrap().id, "n2");
         assert!(set.remove("n2"));

@@ -9,8 +9,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 use tessera_proto::v1 as pb;
+use tessera_types::NodeRole;
 
-use crate::service::Coordinator;
+use crate::coordinator::Coordinator;
 
 /// How long one node may take to answer the status probe.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -209,7 +210,7 @@ impl Coordinator {
                         None => {
                             let ids: Vec<String> = nodes
                                 .iter()
-                                .filter(|n| n.roles.iter().any(|r| r == "shard"))
+                                .filter(|n| n.roles.iter().any(|r| r == NodeRole::Shard.as_str()))
                                 .map(|n| n.id.clone())
                                 .collect();
                             let id =

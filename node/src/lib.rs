@@ -6,6 +6,7 @@
 //! coordinator reaches all of them only through the internal `Node` gRPC service
 //! in [`service`], also when both run in one process (`tessera up`).
 
+pub mod convert;
 pub mod embed;
 pub mod index;
 pub mod load;

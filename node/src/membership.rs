@@ -12,23 +12,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use etcd_client::{Client, PutOptions};
-use serde::{Deserialize, Serialize};
+use tessera_proto::shutdown::Shutdown;
 use thiserror::Error;
 use tracing::{info, warn};
 
-/// Where node records live in etcd.
-pub const NODES_PREFIX: &str = "/tessera/nodes/";
-
-/// What a node publishes about itself.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct NodeRecord {
-    /// Node id (unique in the cluster).
-    pub id: String,
-    /// The gRPC URL coordinators use (`http://host:port`).
-    pub address: String,
-    /// Roles served.
-    pub roles: Vec<String>,
-}
+pub use tessera_types::{NodeRecord, NODES_PREFIX};
 
 /// Why joining failed.
 #[derive(Debug, Error)]
@@ -71,7 +59,13 @@ impl WriteFence {
 /// record under it, keeps it alive, and after losing it (etcd unreachable,
 /// lease expired) joins again. The first join is awaited, so startup fails
 /// clearly when etcd is wrong; later losses are retried forever.
-pub async fn join(client: Client, record: NodeRecord, ttl: Duration, fence: WriteFence) -> Result<(), MembershipError> {
+pub async fn join(
+    client: Client,
+    record: NodeRecord,
+    ttl: Duration,
+    fence: WriteFence,
+    shutdown: &Shutdown,
+) -> Result<(), MembershipError> {
     if record.id.is_empty() || record.id.contains('/') {
         return Err(MembershipError::Invalid(format!("invalid node id '{}'", record.id)));
     }
@@ -80,7 +74,9 @@ pub async fn join(client: Client, record: NodeRecord, ttl: Duration, fence: Writ
     let lease = register(&client, &record, ttl_s).await?;
     fence.hold_until(now_ms() + (ttl_s as u64) * 1000);
     info!(node = %record.id, lease, ttl_s, "joined the cluster");
-    tokio::spawn(async move {
+    // Keep-alives and rejoins until the process stops; then the record is
+    // deleted by `leave` (or expires with the lease).
+    shutdown.spawn(async move {
         let mut lease = Some(lease);
         loop {
             if let Some(id) = lease.take() {

@@ -2,6 +2,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use tessera_proto::shutdown::Shutdown;
+use tessera_types::NodeRole;
 use thiserror::Error;
 use tracing::info;
 
@@ -19,8 +21,8 @@ pub const DEFAULT_MODEL: &str = "SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_
 pub struct NodeConfig {
     /// Node id (shown in status, used in cluster mode).
     pub id: String,
-    /// Roles: any of loader, embedder, shard, model, session.
-    pub roles: Vec<String>,
+    /// Roles this node serves.
+    pub roles: Vec<NodeRole>,
     /// Directory for sled data and saved indexes.
     pub data_dir: PathBuf,
     /// The sentence-transformers folder of the embedding model.
@@ -49,7 +51,7 @@ impl NodeConfig {
     pub fn embedded(data_dir: PathBuf, models_dir: PathBuf) -> Self {
         Self {
             id: "local".into(),
-            roles: ["loader", "embedder", "shard", "model", "session"].map(String::from).to_vec(),
+            roles: NodeRole::ALL.to_vec(),
             data_dir,
             embedder_dir: models_dir.join("all-MiniLM-L6-v2"),
             batch: BatchLimits::default(),
@@ -63,8 +65,9 @@ impl NodeConfig {
         }
     }
 
-    fn has(&self, role: &str) -> bool {
-        self.roles.iter().any(|r| r == role)
+    /// Whether this node serves `role`.
+    pub fn has(&self, role: NodeRole) -> bool {
+        self.roles.contains(&role)
     }
 }
 
@@ -107,9 +110,10 @@ pub struct Node {
 }
 
 impl Node {
-    /// Loads the model and opens the shards the configuration asks for.
-    pub async fn start(config: NodeConfig) -> Result<Arc<Self>, NodeError> {
-        let embedder = if config.has("embedder") || config.has("loader") {
+    /// Loads the model and opens the shards the configuration asks for; the
+    /// node's background tasks run under `shutdown`.
+    pub async fn start(config: NodeConfig, shutdown: &Shutdown) -> Result<Arc<Self>, NodeError> {
+        let embedder = if config.has(NodeRole::Embedder) || config.has(NodeRole::Loader) {
             let dir = config.embedder_dir.clone();
             let model = tokio::task::spawn_blocking(move || BertEmbedder::load(&dir))
                 .await
@@ -119,13 +123,14 @@ impl Node {
         } else {
             None
         };
-        let loader = config.has("loader").then(|| {
+        let loader = config.has(NodeRole::Loader).then(|| {
             let tokenizer = embedder.as_ref().map(|e| e.model().tokenizer().clone());
             LoaderPool::new(config.loader_workers, tokenizer, config.max_document_bytes)
         });
-        let shards = if config.has("shard") { Some(ShardRegistry::open(&config.data_dir).await?) } else { None };
-        let embedder = if config.has("embedder") { embedder } else { None };
-        let model = match (&config.model_path, config.has("model"), config.model_group) {
+        let shards =
+            if config.has(NodeRole::Shard) { Some(ShardRegistry::open(&config.data_dir).await?) } else { None };
+        let embedder = if config.has(NodeRole::Embedder) { embedder } else { None };
+        let model = match (&config.model_path, config.has(NodeRole::Model), config.model_group) {
             // Rank 0 of a group over processes: wait for the other ranks, then lead.
             (Some(path), true, Some((0, world, addr))) => {
                 let (path, limits) = (path.clone(), config.engine);
@@ -182,9 +187,9 @@ impl Node {
             }
             _ => None,
         };
-        let sessions = if config.has("session") {
+        let sessions = if config.has(NodeRole::Session) {
             std::fs::create_dir_all(&config.data_dir).map_err(|e| NodeError::Actor(e.to_string()))?;
-            Some(SessionRegistry::open(&config.data_dir.join("sessions.sled"), config.session_idle)?)
+            Some(SessionRegistry::open(&config.data_dir.join("sessions.sled"), config.session_idle, shutdown)?)
         } else {
             None
         };

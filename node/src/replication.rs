@@ -13,13 +13,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::join_all;
+use tessera_proto::client::{node_client, ClientOptions, NodeClient};
 use tessera_proto::v1 as pb;
-use tessera_proto::v1::node_client::NodeClient;
-use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 use tracing::{info_span, warn, Instrument};
 
-use crate::index::{ChunkRecord, DocWrite, ShardHandle};
+use crate::convert::writes_to_pb;
+use crate::index::ShardHandle;
 
 /// How long the primary waits for one follower (including its catch-up).
 const FOLLOWER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -30,67 +30,22 @@ type FollowerKey = (String, u32, String);
 /// Clients to followers (by URL) and the epochs seen per shard.
 #[derive(Clone, Default)]
 pub struct Replication {
-    clients: Arc<Mutex<HashMap<String, NodeClient<Channel>>>>,
+    clients: Arc<Mutex<HashMap<String, NodeClient>>>,
     epochs: Arc<Mutex<HashMap<(String, u32), u64>>>,
     /// Last sequence each follower acknowledged, per (collection, shard, follower URL).
     acked: Arc<Mutex<HashMap<FollowerKey, u64>>>,
 }
 
-/// The wire form of writes (also used for log catch-up).
-pub fn writes_to_pb(writes: &[DocWrite]) -> Vec<pb::DocumentWrite> {
-    writes
-        .iter()
-        .map(|w| pb::DocumentWrite {
-            doc_id: w.doc_id.clone(),
-            delete: w.delete,
-            chunks: w
-                .chunks
-                .iter()
-                .map(|(r, v)| pb::ChunkWithVector {
-                    chunk: Some(pb::Chunk {
-                        chunk_id: r.chunk_id.clone(),
-                        doc_id: r.doc_id.clone(),
-                        text: r.text.clone(),
-                        metadata_json: serde_json::Value::Object(r.metadata.clone()).to_string(),
-                    }),
-                    vector: v.clone(),
-                })
-                .collect(),
-        })
-        .collect()
-}
-
-/// Writes from the wire form.
-pub fn writes_from_pb(writes: Vec<pb::DocumentWrite>) -> Result<Vec<DocWrite>, Status> {
-    let mut out = Vec::with_capacity(writes.len());
-    for w in writes {
-        let mut chunks = Vec::with_capacity(w.chunks.len());
-        for c in w.chunks {
-            let chunk = c.chunk.ok_or_else(|| Status::invalid_argument("chunk missing"))?;
-            let metadata = crate::service::parse_metadata(&chunk.metadata_json)?;
-            chunks.push((
-                ChunkRecord { chunk_id: chunk.chunk_id, doc_id: chunk.doc_id, text: chunk.text, metadata },
-                c.vector,
-            ));
-        }
-        out.push(DocWrite { doc_id: w.doc_id, delete: w.delete, chunks });
-    }
-    Ok(out)
-}
-
 impl Replication {
     /// A client to another node (cached by URL).
-    pub fn client(&self, url: &str) -> Result<NodeClient<Channel>, Status> {
+    pub fn client(&self, url: &str) -> Result<NodeClient, Status> {
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = clients.get(url) {
             return Ok(c.clone());
         }
-        let channel = Endpoint::from_shared(url.to_string())
-            .map_err(|e| Status::invalid_argument(format!("follower URL '{url}': {e}")))?
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .connect_lazy();
-        let client = NodeClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
+        let options = ClientOptions { connect_timeout: Duration::from_secs(2), ..ClientOptions::default() };
+        let client =
+            node_client(url, options).map_err(|e| Status::invalid_argument(format!("follower URL '{url}': {e}")))?;
         clients.insert(url.to_string(), client.clone());
         Ok(client)
     }

@@ -3,13 +3,15 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
+use tessera_proto::convert;
 use tessera_proto::v1 as pb;
+use tessera_types::NodeRole;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
-use crate::memory::{MemoryError, SessionRegistry, SessionState};
-use crate::model::{ChatMessage, Event, ModelError, SamplingParams};
+use crate::memory::{MemoryError, SessionRegistry};
+use crate::model::{ChatMessage, Event, ModelError};
 
 /// The stream type of Generate.
 pub type GenerateStream = Pin<Box<dyn Stream<Item = Result<pb::GenerateChunk, Status>> + Send>>;
@@ -24,23 +26,11 @@ pub fn model_status(e: ModelError) -> Status {
     }
 }
 
-/// Sampling settings of a request, with the documented defaults.
-pub fn sampling_from_pb(req: &pb::GenerateRequest) -> SamplingParams {
-    let d = SamplingParams::default();
-    SamplingParams {
-        temperature: req.temperature.unwrap_or(d.temperature),
-        top_p: req.top_p.unwrap_or(d.top_p),
-        top_k: req.top_k.map(|k| k as usize).unwrap_or(d.top_k),
-        repetition_penalty: req.repetition_penalty.unwrap_or(d.repetition_penalty),
-        seed: req.seed.unwrap_or_else(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|t| t.as_nanos() as u64).unwrap_or(0)
-        }),
-        max_tokens: if req.max_tokens == 0 { d.max_tokens } else { req.max_tokens as usize },
-        stop: req.stop.clone(),
-    }
-}
-use crate::index::{Condition, Filter, SearchMode, ShardError, ShardHit, ShardQuery, ShardStats};
-use crate::load::{Document, FileJob, Metadata, SplitSpec};
+use crate::convert::{
+    filter_from_pb, hit_pb, parse_metadata, sampling_from_pb, shard_ref, stats_pb, writes_from_pb, writes_to_pb,
+};
+use crate::index::{ShardError, ShardQuery};
+use crate::load::{Document, FileJob, SplitSpec};
 use crate::node::Node;
 
 /// Serves [`pb::node_server::Node`] over a [`Node`].
@@ -87,89 +77,9 @@ pub fn shard_status(e: ShardError) -> Status {
 pub fn memory_status(e: MemoryError) -> Status {
     match e {
         MemoryError::Invalid(m) => Status::invalid_argument(m),
+        MemoryError::SessionId(e) => Status::invalid_argument(e.to_string()),
         MemoryError::Unavailable(m) => Status::unavailable(m),
         other => Status::internal(other.to_string()),
-    }
-}
-
-/// The wire form of a session's state.
-pub fn session_pb(s: SessionState) -> pb::SessionState {
-    pb::SessionState {
-        session: s.session,
-        messages: s
-            .messages
-            .into_iter()
-            .map(|m| pb::SessionMessage { role: m.role, content: m.content, seq: m.seq, unix_ms: m.unix_ms })
-            .collect(),
-        summary: s.summary,
-        summarized_upto: s.summarized_upto,
-    }
-}
-
-/// Parses a JSON object, treating "" as empty.
-pub fn parse_metadata(json: &str) -> Result<Metadata, Status> {
-    if json.trim().is_empty() {
-        return Ok(Metadata::new());
-    }
-    match serde_json::from_str::<serde_json::Value>(json) {
-        Ok(serde_json::Value::Object(m)) => Ok(m),
-        Ok(_) => Err(Status::invalid_argument("metadata must be a JSON object")),
-        Err(e) => Err(Status::invalid_argument(format!("metadata is not valid JSON: {e}"))),
-    }
-}
-
-/// Converts the wire filter; values that are not JSON are taken as strings.
-pub fn filter_from_pb(f: Option<pb::Filter>) -> Filter {
-    Filter {
-        must: f
-            .map(|f| f.must)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|c| Condition {
-                key: c.key,
-                values: c
-                    .values_json
-                    .into_iter()
-                    .map(|v| serde_json::from_str(&v).unwrap_or(serde_json::Value::String(v)))
-                    .collect(),
-            })
-            .collect(),
-    }
-}
-
-/// Converts the wire mode (unspecified = vector).
-pub fn mode_from_pb(mode: i32) -> SearchMode {
-    match pb::SearchMode::try_from(mode).unwrap_or(pb::SearchMode::Vector) {
-        pb::SearchMode::Bm25 => SearchMode::Bm25,
-        pb::SearchMode::Hybrid => SearchMode::Hybrid,
-        _ => SearchMode::Vector,
-    }
-}
-
-fn stats_pb(collection: &str, shard: u32, s: ShardStats) -> pb::ShardStats {
-    pb::ShardStats {
-        shard: Some(pb::ShardRef { collection: collection.to_string(), shard }),
-        chunks: s.chunks,
-        documents: s.documents,
-        sequence: s.sequence,
-        dimension: s.dimension,
-    }
-}
-
-fn shard_ref(r: Option<pb::ShardRef>) -> Result<pb::ShardRef, Status> {
-    r.ok_or_else(|| Status::invalid_argument("shard reference missing"))
-}
-
-fn hit_pb(h: ShardHit) -> pb::ShardHit {
-    pb::ShardHit {
-        hit: Some(pb::Hit {
-            doc_id: h.record.doc_id,
-            chunk_id: h.record.chunk_id,
-            score: h.score,
-            text: h.record.text,
-            metadata_json: serde_json::Value::Object(h.record.metadata).to_string(),
-        }),
-        vector: h.vector,
     }
 }
 
@@ -186,7 +96,7 @@ impl pb::node_server::Node for NodeService {
         })?;
         let req = req.into_inner();
         let messages: Vec<ChatMessage> =
-            req.messages.iter().map(|m| ChatMessage { role: m.role.clone(), content: m.content.clone() }).collect();
+            convert::chat_messages(&req.messages).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let ids = model.prompt_ids(&req.prompt, &messages, req.raw).map_err(model_status)?;
         let mut events = model.generate(ids, sampling_from_pb(&req)).map_err(model_status)?;
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::GenerateChunk, Status>>(64);
@@ -249,8 +159,8 @@ impl pb::node_server::Node for NodeService {
                 .config
                 .roles
                 .iter()
-                .filter(|r| r.as_str() != "model" || self.node.model.is_some())
-                .cloned()
+                .filter(|r| **r != NodeRole::Model || self.node.model.is_some())
+                .map(|r| r.as_str().to_string())
                 .collect(),
             embedder,
             dimension,
@@ -368,7 +278,7 @@ impl pb::node_server::Node for NodeService {
             )));
         }
         let wire = if followers.is_empty() { Vec::new() } else { req.writes.clone() };
-        let writes = crate::replication::writes_from_pb(req.writes)?;
+        let writes = writes_from_pb(req.writes)?;
         if !self.node.write_fence.allows_writes() {
             return Err(Status::unavailable(format!(
                 "node '{}' cannot prove its cluster membership (etcd lease lost); not accepting writes",
@@ -409,11 +319,7 @@ impl pb::node_server::Node for NodeService {
         let shard = self.shards()?.require(&r.collection, r.shard).await.map_err(shard_status)?;
         let dimension = shard.stats().await.map_err(shard_status)?.dimension;
         let (sequence, writes) = shard.snapshot().await.map_err(shard_status)?;
-        Ok(Response::new(pb::ShardSnapshotResponse {
-            sequence,
-            writes: crate::replication::writes_to_pb(&writes),
-            dimension,
-        }))
+        Ok(Response::new(pb::ShardSnapshotResponse { sequence, writes: writes_to_pb(&writes), dimension }))
     }
 
     #[instrument(skip_all, name = "Node/ShardTransfer")]
@@ -431,7 +337,7 @@ impl pb::node_server::Node for NodeService {
         registry.drop_shard(&r.collection, r.shard).await.map_err(shard_status)?;
         registry.open_shard(&r.collection, r.shard, snap.dimension as usize).await.map_err(shard_status)?;
         let shard = registry.require(&r.collection, r.shard).await.map_err(shard_status)?;
-        let writes = crate::replication::writes_from_pb(snap.writes)?;
+        let writes = writes_from_pb(snap.writes)?;
         shard.install(writes, snap.sequence).await.map_err(shard_status)?;
         let stats = shard.stats().await.map_err(shard_status)?;
         tracing::info!(collection = %r.collection, shard = r.shard, sequence = stats.sequence, documents = stats.documents, "shard replica installed from a snapshot");
@@ -451,7 +357,7 @@ impl pb::node_server::Node for NodeService {
                 req.epoch, r.collection, r.shard
             )));
         }
-        let writes = crate::replication::writes_from_pb(req.writes)?;
+        let writes = writes_from_pb(req.writes)?;
         let shard = self.shards()?.require(&r.collection, r.shard).await.map_err(shard_status)?;
         match shard.replicate(writes, req.sequence).await {
             Ok(out) => Ok(Response::new(pb::ShardReplicateResponse { applied: true, sequence: out.sequence })),
@@ -474,7 +380,7 @@ impl pb::node_server::Node for NodeService {
             text: req.query,
             top_k: req.top_k as usize,
             filter: filter_from_pb(req.filter),
-            mode: mode_from_pb(req.mode),
+            mode: convert::search_mode(req.mode).map_err(|e| Status::invalid_argument(e.to_string()))?,
             with_vectors: req.with_vectors,
         };
         let shard = self.shards()?.require(&r.collection, r.shard).await.map_err(shard_status)?;
@@ -513,7 +419,7 @@ impl pb::node_server::Node for NodeService {
     #[instrument(skip_all, name = "Node/SessionLoad")]
     async fn session_load(&self, req: Request<pb::GetSessionRequest>) -> Result<Response<pb::SessionState>, Status> {
         let state = self.sessions()?.load(&req.into_inner().session).await.map_err(memory_status)?;
-        Ok(Response::new(session_pb(state)))
+        Ok(Response::new(state.into()))
     }
 
     #[instrument(skip_all, name = "Node/SessionAppend", fields(messages = req.get_ref().messages.len()))]
@@ -522,9 +428,9 @@ impl pb::node_server::Node for NodeService {
         req: Request<pb::SessionAppendRequest>,
     ) -> Result<Response<pb::SessionState>, Status> {
         let req = req.into_inner();
-        let messages = req.messages.into_iter().map(|m| ChatMessage { role: m.role, content: m.content }).collect();
+        let messages = convert::chat_messages(&req.messages).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let state = self.sessions()?.append(&req.session, messages).await.map_err(memory_status)?;
-        Ok(Response::new(session_pb(state)))
+        Ok(Response::new(state.into()))
     }
 
     #[instrument(skip_all, name = "Node/SessionSummarize")]
@@ -535,7 +441,7 @@ impl pb::node_server::Node for NodeService {
         let req = req.into_inner();
         let state =
             self.sessions()?.summarize(&req.session, req.summary, req.summarized_upto).await.map_err(memory_status)?;
-        Ok(Response::new(session_pb(state)))
+        Ok(Response::new(state.into()))
     }
 
     #[instrument(skip_all, name = "Node/SessionList")]
@@ -543,13 +449,7 @@ impl pb::node_server::Node for NodeService {
         &self,
         _req: Request<pb::ListSessionsRequest>,
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
-        let sessions = self
-            .sessions()?
-            .list()
-            .map_err(memory_status)?
-            .into_iter()
-            .map(|i| pb::SessionInfo { session: i.session, messages: i.messages, updated_unix_ms: i.updated_unix_ms })
-            .collect();
+        let sessions = self.sessions()?.list().map_err(memory_status)?.into_iter().map(pb::SessionInfo::from).collect();
         Ok(Response::new(pb::ListSessionsResponse { sessions }))
     }
 

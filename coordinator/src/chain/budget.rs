@@ -17,6 +17,16 @@ pub struct Fitted {
     pub tokens: usize,
 }
 
+/// The fixed part of a prompt alone is larger than the context leaves.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the question and prompt template need {fixed} tokens, more than the {available} the model's context leaves")]
+pub struct DoesNotFit {
+    /// Tokens of the template with the question.
+    pub fixed: usize,
+    /// Tokens the context window leaves after the answer.
+    pub available: usize,
+}
+
 /// Fits parts into `available` tokens; `history` holds per-message counts,
 /// oldest first, and `last_turn` how many of the newest messages form the
 /// newest turn.
@@ -26,11 +36,9 @@ pub fn fit(
     chunks: &[usize],
     history: &[usize],
     last_turn: usize,
-) -> Result<Fitted, String> {
+) -> Result<Fitted, DoesNotFit> {
     if fixed > available {
-        return Err(format!(
-            "the question and prompt template need {fixed} tokens, more than the {available} the model's context leaves"
-        ));
+        return Err(DoesNotFit { fixed, available });
     }
     let mut used = fixed;
     let mut history_from = history.len();
@@ -83,6 +91,6 @@ mod tests {
         assert_eq!(fit(25, 10, &[5, 5], &[], 0).unwrap(), Fitted { chunks: 2, history_from: 0, tokens: 20 });
         // A newest turn that does not fit is dropped with all older history.
         assert_eq!(fit(20, 10, &[5], &[1, 50], 1).unwrap(), Fitted { chunks: 1, history_from: 2, tokens: 15 });
-        assert!(fit(9, 10, &[], &[], 0).unwrap_err().contains("need 10 tokens"));
+        assert!(fit(9, 10, &[], &[], 0).unwrap_err().to_string().contains("need 10 tokens"));
     }
 }

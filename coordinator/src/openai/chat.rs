@@ -13,13 +13,14 @@ use axum::Json;
 use futures::stream::{self, Stream, StreamExt};
 use serde_json::{json, Value};
 use tessera_proto::v1 as pb;
+use tessera_types::{ChatMessage, Role, SearchMode};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::Status;
 
 use super::wire::{ChatRequest, CompletionRequest, Content, Prompt, SourceOut, Usage};
 use super::{new_id, parse_body, unix_now, ApiError, ApiState};
 use crate::chain::OutputParser;
+use crate::error::CoordinatorError;
 
 /// A piece of an answer.
 enum Piece {
@@ -27,7 +28,7 @@ enum Piece {
     Done { finish: String, usage: Usage, sources: Option<Vec<SourceOut>>, parsed: Option<String> },
 }
 
-type Pieces = mpsc::Receiver<Result<Piece, Status>>;
+type Pieces = mpsc::Receiver<Result<Piece, CoordinatorError>>;
 
 fn finish_reason(f: &str) -> &'static str {
     match f {
@@ -92,8 +93,8 @@ fn from_model(mut upstream: tonic::Streaming<pb::GenerateChunk>) -> Pieces {
                     })
                 }
                 Ok(Some(c)) => Ok(Piece::Text(c.text)),
-                Ok(None) => Err(Status::internal("the model stream ended early")),
-                Err(s) => Err(s),
+                Ok(None) => Err(CoordinatorError::internal("the model stream ended early")),
+                Err(s) => Err(CoordinatorError::Upstream(s)),
             };
             let end = !matches!(item, Ok(Piece::Text(_)));
             if tx.send(item).await.is_err() || end {
@@ -141,7 +142,7 @@ async fn collect(mut rx: Pieces) -> Result<(String, String, Usage, Option<Vec<So
             Piece::Done { finish, usage, sources, parsed } => return Ok((text, finish, usage, sources, parsed)),
         }
     }
-    Err(ApiError::from(Status::internal("the answer stream ended early")))
+    Err(ApiError::from(CoordinatorError::internal("the answer stream ended early")))
 }
 
 /// Server-sent events from pieces; `chunk` builds one event's JSON from (delta text, finish, sources).
@@ -176,151 +177,153 @@ fn sse(
     Sse::new(all).keep_alive(KeepAlive::default())
 }
 
+/// Chat messages in Tessera's roles (OpenAI's `developer` is a system message).
+fn chat_messages(messages: Vec<super::wire::Message>) -> Result<Vec<ChatMessage>, ApiError> {
+    if messages.is_empty() {
+        return Err(ApiError::bad_param("messages", "messages must not be empty"));
+    }
+    messages
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let role = match m.role.as_str() {
+                "system" | "developer" => Role::System,
+                "user" => Role::User,
+                "assistant" => Role::Assistant,
+                other => {
+                    return Err(ApiError::bad_param(
+                        "messages",
+                        format!("messages[{i}]: role '{other}' is not supported (system, developer, user, assistant)"),
+                    ))
+                }
+            };
+            Ok(ChatMessage::new(role, text_of(m.content, i)?))
+        })
+        .collect()
+}
+
+/// JSON output asked for by `response_format`: its parser and schema text.
+fn json_output(format: Option<&super::wire::ResponseFormat>) -> Result<Option<(OutputParser, String)>, ApiError> {
+    let schema = match format.map(|f| (f.kind.as_str(), f)) {
+        None | Some(("text", _)) => return Ok(None),
+        Some(("json_object", _)) => None,
+        Some(("json_schema", f)) => f.json_schema.as_ref().and_then(|s| s.schema.clone()),
+        Some((other, _)) => {
+            return Err(ApiError::bad_param(
+                "response_format",
+                format!("response_format type '{other}' is not supported (text, json_object, json_schema)"),
+            ))
+        }
+    };
+    let schema_json = schema.map(|s| s.to_string()).unwrap_or_default();
+    let parser = OutputParser::from_spec("json", &schema_json, "")
+        .map_err(|e| ApiError::bad_param("response_format", e.to_string()))?;
+    Ok(Some((parser, schema_json)))
+}
+
+/// The ask chain's request for a chat with `collection`: the last user message is
+/// the question; earlier messages are the history unless the server keeps it
+/// under a session.
+fn ask_request(
+    req: &ChatRequest,
+    collection: String,
+    messages: &[ChatMessage],
+    json_schema: Option<&str>,
+) -> Result<pb::AskRequest, ApiError> {
+    let last_user = messages.iter().rposition(|m| m.role == Role::User).ok_or_else(|| {
+        ApiError::bad_param("messages", "with 'collection', messages need a user message (the question)")
+    })?;
+    let history: Vec<pb::ChatMessage> =
+        messages[..last_user].iter().filter(|m| m.role != Role::System).cloned().map(pb::ChatMessage::from).collect();
+    let mode: SearchMode = match req.mode.as_deref() {
+        None => SearchMode::Vector,
+        Some(name) => name
+            .parse()
+            .map_err(|e: tessera_types::UnknownSearchModeName| ApiError::bad_param("mode", e.to_string()))?,
+    };
+    let session = req.session.clone().unwrap_or_default();
+    Ok(pb::AskRequest {
+        collection,
+        history: if session.is_empty() { history } else { vec![] },
+        session,
+        question: messages[last_user].content.clone(),
+        top_k: req.top_k.unwrap_or(0),
+        mode: pb::SearchMode::from(mode) as i32,
+        template: req.template.clone().unwrap_or_default(),
+        output: json_schema.map(|schema| pb::OutputSpec {
+            kind: "json".into(),
+            schema_json: schema.to_string(),
+            pattern: String::new(),
+        }),
+        max_tokens: req.max_completion_tokens.or(req.max_tokens).unwrap_or(0),
+        temperature: req.temperature,
+        top_p: req.top_p,
+        seed: req.seed,
+        stop: req.stop.clone().map(|s| s.into_vec()).unwrap_or_default(),
+        ..Default::default()
+    })
+}
+
+/// The model's request for a chat without retrieval; JSON output puts the
+/// parser's instructions into the system message.
+fn model_request(
+    req: &ChatRequest,
+    mut messages: Vec<ChatMessage>,
+    parser: Option<&OutputParser>,
+) -> Result<pb::GenerateRequest, ApiError> {
+    if req.session.is_some() || req.top_k.is_some() || req.template.is_some() {
+        return Err(ApiError::bad_param(
+            "collection",
+            "session, top_k and template need a 'collection' to retrieve from",
+        ));
+    }
+    if let Some(p) = parser {
+        let instruction = p.format_instructions();
+        match messages.iter_mut().find(|m| m.role == Role::System) {
+            Some(sys) => sys.content = format!("{}\n{instruction}", sys.content),
+            None => messages.insert(0, ChatMessage::new(Role::System, instruction)),
+        }
+    }
+    Ok(pb::GenerateRequest {
+        messages: messages.into_iter().map(pb::ChatMessage::from).collect(),
+        max_tokens: req.max_completion_tokens.or(req.max_tokens).unwrap_or(0),
+        temperature: req.temperature,
+        top_p: req.top_p,
+        seed: req.seed,
+        stop: req.stop.clone().map(|s| s.into_vec()).unwrap_or_default(),
+        ..Default::default()
+    })
+}
+
 #[tracing::instrument(skip_all, name = "openai.chat_completions")]
 pub(crate) async fn chat_completions(State(state): State<ApiState>, body: Bytes) -> Result<Response, ApiError> {
     let req: ChatRequest = parse_body(&body)?;
     let model = state.chat_model(&req.model).await?;
     check_sampling(req.temperature, req.top_p, req.n)?;
-    if req.messages.is_empty() {
-        return Err(ApiError::bad_param("messages", "messages must not be empty"));
-    }
-    let mut messages = Vec::with_capacity(req.messages.len());
-    for (i, m) in req.messages.into_iter().enumerate() {
-        let role = match m.role.as_str() {
-            "system" | "developer" => "system",
-            "user" => "user",
-            "assistant" => "assistant",
-            other => {
-                return Err(ApiError::bad_param(
-                    "messages",
-                    format!("messages[{i}]: role '{other}' is not supported (system, developer, user, assistant)"),
-                ))
-            }
-        };
-        messages.push(pb::ChatMessage { role: role.into(), content: text_of(m.content, i)? });
-    }
-    let max_tokens = req.max_completion_tokens.or(req.max_tokens);
-    let stop = req.stop.map(|s| s.into_vec()).unwrap_or_default();
-    let (json_kind, schema) = match &req.response_format {
-        None => (false, None),
-        Some(f) => match f.kind.as_str() {
-            "text" => (false, None),
-            "json_object" => (true, None),
-            "json_schema" => (true, f.json_schema.as_ref().and_then(|s| s.schema.clone())),
-            other => {
-                return Err(ApiError::bad_param(
-                    "response_format",
-                    format!("response_format type '{other}' is not supported (text, json_object, json_schema)"),
-                ))
-            }
-        },
-    };
-    let schema_json = schema.map(|s| s.to_string()).unwrap_or_default();
-    let parser = if json_kind {
-        Some(
-            OutputParser::from_spec("json", &schema_json, "")
-                .map_err(|e| ApiError::bad_param("response_format", e.to_string()))?,
-        )
-    } else {
-        None
-    };
+    let messages = chat_messages(req.messages.clone())?;
+    let json = json_output(req.response_format.as_ref())?;
     let c = &state.coordinator;
-
-    let pieces = if let Some(collection) = req.collection {
-        // Retrieval: the last user message is the question; earlier messages are the
-        // history unless the server keeps it under a session.
-        let last_user = messages.iter().rposition(|m| m.role == "user").ok_or_else(|| {
-            ApiError::bad_param("messages", "with 'collection', messages need a user message (the question)")
-        })?;
-        let question = messages[last_user].content.clone();
-        let history: Vec<pb::ChatMessage> =
-            messages[..last_user].iter().filter(|m| m.role != "system").cloned().collect();
-        let mode = match req.mode.as_deref() {
-            None | Some("vector") => pb::SearchMode::Vector,
-            Some("bm25") => pb::SearchMode::Bm25,
-            Some("hybrid") => pb::SearchMode::Hybrid,
-            Some(other) => {
-                return Err(ApiError::bad_param("mode", format!("mode must be vector, bm25 or hybrid, not '{other}'")))
-            }
-        };
-        let session = req.session.unwrap_or_default();
-        let ask = pb::AskRequest {
-            collection,
-            history: if session.is_empty() { history } else { vec![] },
-            session,
-            question,
-            top_k: req.top_k.unwrap_or(0),
-            mode: mode as i32,
-            template: req.template.unwrap_or_default(),
-            output: json_kind.then(|| pb::OutputSpec {
-                kind: "json".into(),
-                schema_json: schema_json.clone(),
-                pattern: String::new(),
-            }),
-            max_tokens: max_tokens.unwrap_or(0),
-            temperature: req.temperature,
-            top_p: req.top_p,
-            seed: req.seed,
-            stop,
-            ..Default::default()
-        };
-        from_ask(c.ask(ask).await?)
-    } else {
-        if req.session.is_some() || req.top_k.is_some() || req.template.is_some() {
-            return Err(ApiError::bad_param(
-                "collection",
-                "session, top_k and template need a 'collection' to retrieve from",
-            ));
+    let pieces = match req.collection.clone() {
+        Some(collection) => {
+            let ask = ask_request(&req, collection, &messages, json.as_ref().map(|(_, s)| s.as_str()))?;
+            from_ask(c.ask(ask).await?)
         }
-        if let Some(p) = &parser {
-            let instruction = p.format_instructions();
-            match messages.iter_mut().find(|m| m.role == "system") {
-                Some(sys) => sys.content = format!("{}\n{instruction}", sys.content),
-                None => messages.insert(0, pb::ChatMessage { role: "system".into(), content: instruction }),
-            }
-        }
-        let gen = pb::GenerateRequest {
-            messages,
-            max_tokens: max_tokens.unwrap_or(0),
-            temperature: req.temperature,
-            top_p: req.top_p,
-            seed: req.seed,
-            stop,
-            ..Default::default()
-        };
-        from_model(c.generate_checked(gen).await?)
+        None => from_model(c.generate_checked(model_request(&req, messages, json.as_ref().map(|(p, _)| p))?).await?),
     };
-
     let id = new_id("chatcmpl");
     let created = unix_now();
     if req.stream {
         let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
-        let (id2, model2) = (id.clone(), model.clone());
-        let chunk = move |delta: Option<&str>, finish: Option<&str>, sources: Option<&Vec<SourceOut>>| {
-            let delta = match delta {
-                Some("") => json!({"role": "assistant", "content": ""}),
-                Some(t) => json!({"content": t}),
-                None => json!({}),
-            };
-            let mut v = json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-                "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]});
-            if let Some(s) = sources {
-                v["sources"] = json!(s);
-            }
-            v
-        };
-        let usage_chunk = move |u: Usage| json!({"id": id2, "object": "chat.completion.chunk", "created": created, "model": model2, "choices": [], "usage": u});
-        return Ok(sse(pieces, include_usage, chunk, usage_chunk).into_response());
+        return Ok(chat_events(pieces, include_usage, id, created, model).into_response());
     }
-
     let (mut text, finish, usage, sources, parsed) = collect(pieces).await?;
-    if let Some(p) = &parser {
+    if let Some((p, _)) = &json {
         text = match parsed {
             Some(v) => v, // the ask chain parsed (and repaired) it
             None => match c.parse_output(p, text).await {
                 Ok((text, v)) => v.map(|v| v.to_string()).unwrap_or(text),
                 Err(e) => {
-                    return Err(ApiError::from(Status::aborted(format!(
+                    return Err(ApiError::from(CoordinatorError::OutputParse(format!(
                         "the model's output is not valid JSON: {}; raw output: {}",
                         e.reason, e.raw
                     ))))
@@ -338,6 +341,26 @@ pub(crate) async fn chat_completions(State(state): State<ApiState>, body: Bytes)
         body["sources"] = json!(s);
     }
     Ok(Json(body).into_response())
+}
+
+/// A streamed chat answer as `chat.completion.chunk` events.
+fn chat_events(pieces: Pieces, include_usage: bool, id: String, created: u64, model: String) -> impl IntoResponse {
+    let (id2, model2) = (id.clone(), model.clone());
+    let chunk = move |delta: Option<&str>, finish: Option<&str>, sources: Option<&Vec<SourceOut>>| {
+        let delta = match delta {
+            Some("") => json!({"role": "assistant", "content": ""}),
+            Some(t) => json!({"content": t}),
+            None => json!({}),
+        };
+        let mut v = json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]});
+        if let Some(s) = sources {
+            v["sources"] = json!(s);
+        }
+        v
+    };
+    let usage_chunk = move |u: Usage| json!({"id": id2, "object": "chat.completion.chunk", "created": created, "model": model2, "choices": [], "usage": u});
+    sse(pieces, include_usage, chunk, usage_chunk)
 }
 
 #[tracing::instrument(skip_all, name = "openai.completions")]

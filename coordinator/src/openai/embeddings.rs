@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 
 use super::wire::{EmbeddingInput, EmbeddingRequest};
 use super::{parse_body, ApiError, ApiState};
+use crate::error::CoordinatorError;
 
 const TOKEN_INPUT: &str = "token-id input is not supported; send text (LangChain's OpenAIEmbeddings: pass \
 check_embedding_ctx_length=False)";
@@ -16,7 +17,7 @@ pub(crate) async fn embeddings(State(state): State<ApiState>, body: Bytes) -> Re
     let req: EmbeddingRequest = parse_body(&body)?;
     let ids = state.ids().await?;
     let model =
-        ids.embedding.clone().ok_or_else(|| ApiError::from(tonic::Status::unavailable("no embedder is loaded")))?;
+        ids.embedding.clone().ok_or_else(|| ApiError::from(CoordinatorError::unavailable("no embedder is loaded")))?;
     if req.model != model && req.model != "default" && req.model != "tessera" {
         return Err(ApiError::model_not_found(format!(
             "the embedding model '{}' does not exist here; use '{model}', see GET /v1/models",
@@ -48,12 +49,7 @@ pub(crate) async fn embeddings(State(state): State<ApiState>, body: Bytes) -> Re
             ))
         }
     };
-    let resp = tessera_proto::v1::tessera_server::Tessera::embed(
-        &state.coordinator,
-        tonic::Request::new(tessera_proto::v1::EmbedRequest { texts }),
-    )
-    .await?
-    .into_inner();
+    let resp = state.coordinator.embed(texts).await?;
     if let Some(d) = req.dimensions {
         if d != resp.dimension {
             return Err(ApiError::bad_param(

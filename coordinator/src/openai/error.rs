@@ -1,8 +1,12 @@
 //! Errors in OpenAI's JSON shape: `{"error": {"message", "type", "param", "code"}}`.
+//!
+//! The one mapping of [`CoordinatorError`] to HTTP (the gRPC one is in `crate::error`).
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
-use tonic::{Code, Status};
+use tonic::Code;
+
+use crate::error::CoordinatorError;
 
 /// An HTTP error as OpenAI clients expect it.
 #[derive(Debug)]
@@ -48,19 +52,33 @@ impl ApiError {
     }
 }
 
-impl From<Status> for ApiError {
-    fn from(s: Status) -> Self {
-        let (status, kind, code) = match s.code() {
-            Code::InvalidArgument | Code::OutOfRange => (StatusCode::BAD_REQUEST, "invalid_request_error", None),
-            Code::NotFound => (StatusCode::NOT_FOUND, "invalid_request_error", Some("not_found")),
-            Code::AlreadyExists => (StatusCode::CONFLICT, "invalid_request_error", None),
-            Code::ResourceExhausted => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", Some("overloaded")),
-            Code::Aborted => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_response_error", Some("output_parse_error")),
-            Code::FailedPrecondition | Code::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "server_error", None),
-            Code::DeadlineExceeded => (StatusCode::GATEWAY_TIMEOUT, "server_error", None),
-            _ => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", None),
+/// HTTP status, OpenAI error type and code for a gRPC code (errors nodes sent).
+fn by_code(code: Code) -> (StatusCode, &'static str, Option<&'static str>) {
+    match code {
+        Code::InvalidArgument | Code::OutOfRange => (StatusCode::BAD_REQUEST, "invalid_request_error", None),
+        Code::NotFound => (StatusCode::NOT_FOUND, "invalid_request_error", Some("not_found")),
+        Code::AlreadyExists => (StatusCode::CONFLICT, "invalid_request_error", None),
+        Code::ResourceExhausted => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", Some("overloaded")),
+        Code::Aborted => (StatusCode::CONFLICT, "server_error", None),
+        Code::FailedPrecondition | Code::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "server_error", None),
+        Code::DeadlineExceeded => (StatusCode::GATEWAY_TIMEOUT, "server_error", None),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", None),
+    }
+}
+
+impl From<CoordinatorError> for ApiError {
+    fn from(e: CoordinatorError) -> Self {
+        let (status, kind, code) = match &e {
+            CoordinatorError::OutputParse(_) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "invalid_response_error", Some("output_parse_error"))
+            }
+            other => by_code(other.code()),
         };
-        Self { status, kind, param: None, code, message: s.message().to_string() }
+        let message = match e {
+            CoordinatorError::Upstream(s) => s.message().to_string(),
+            other => other.to_string(),
+        };
+        Self { status, kind, param: None, code, message }
     }
 }
 

@@ -25,7 +25,8 @@ use tokio::sync::OnceCell;
 
 pub use error::ApiError;
 
-use crate::service::Coordinator;
+use crate::coordinator::Coordinator;
+use crate::error::CoordinatorError;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -59,7 +60,7 @@ impl ApiState {
     pub(crate) async fn chat_model(&self, asked: &str) -> Result<String, ApiError> {
         let ids = self.ids().await?;
         let Some(id) = &ids.chat else {
-            return Err(ApiError::from(tonic::Status::unavailable(
+            return Err(ApiError::from(CoordinatorError::unavailable(
                 "no chat model is loaded (run scripts/fetch-models.sh and restart)",
             )));
         };

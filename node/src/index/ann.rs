@@ -135,20 +135,7 @@ impl AnnIndex {
     }
 }
 
-/// Cosine similarity of two vectors.
-pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let (mut dot, mut na, mut nb) = (0f32, 0f32, 0f32);
-    for (x, y) in a.iter().zip(b) {
-        dot += x * y;
-        na += x * x;
-        nb += y * y;
-    }
-    if na == 0.0 || nb == 0.0 {
-        0.0
-    } else {
-        dot / (na.sqrt() * nb.sqrt())
-    }
-}
+pub use tessera_types::cosine;
 
 #[cfg(test)]
 mod tests {

@@ -13,16 +13,8 @@ use crate::load::Metadata;
 /// instead of graph traversal, which can miss results when few nodes qualify.
 const EXACT_FILTER_LIMIT: usize = 4096;
 
-/// Which index answers a query.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SearchMode {
-    /// Cosine similarity over the ANN index.
-    Vector,
-    /// BM25 over the inverted index.
-    Bm25,
-    /// Both lists (fused later, over all shards, by the coordinator).
-    Hybrid,
-}
+/// Which index answers a query (Hybrid: both lists, fused later over all shards by the coordinator).
+pub use tessera_types::SearchMode;
 
 /// Replace a document's chunks, or delete the document.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]

@@ -7,7 +7,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{info_span, Instrument};
 
 use super::{MemoryError, SessionState, SessionStore};
-use crate::model::ChatMessage;
+use tessera_types::ChatMessage;
 
 /// Messages a session actor understands.
 pub enum SessionMsg {

@@ -4,18 +4,18 @@
 //! live, by one [`SessionActor`], so appends to one session are applied in
 //! order and every turn is durable before the caller is answered. A
 //! [`SessionRegistry`] spawns actors on demand and passivates idle ones.
-//! Which part of a history goes into a prompt is a [`MemoryKind`] (buffer,
-//! window, token budget, summary), a pure policy the RAG chain applies.
+//! Which part of a history goes into a prompt is a `MemoryKind` (buffer,
+//! window, token budget, summary) in `tessera-types`, a pure policy the RAG
+//! chain applies in the coordinator.
 
 mod actor;
-mod policy;
 mod registry;
 mod store;
 
 pub use actor::{SessionActor, SessionMsg};
-pub use policy::{select, summary_due, MemoryKind, MemoryView, SummaryWork};
 pub use registry::SessionRegistry;
-pub use store::{validate_session_id, SessionInfo, SessionState, SessionStore, StoredMessage};
+pub use store::SessionStore;
+pub use tessera_types::{validate_session_id, SessionInfo, SessionState, StoredMessage};
 
 use thiserror::Error;
 
@@ -25,6 +25,9 @@ pub enum MemoryError {
     /// Bad session id, role or content.
     #[error("{0}")]
     Invalid(String),
+    /// A session id that is empty, too long or holds control characters.
+    #[error(transparent)]
+    SessionId(#[from] tessera_types::SessionIdError),
     /// sled failed.
     #[error("session storage: {0}")]
     Storage(#[from] sled::Error),

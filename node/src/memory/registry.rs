@@ -7,11 +7,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorRef, RpcReplyPort};
+use tessera_proto::shutdown::Shutdown;
 use tokio::sync::Mutex;
 use tracing::debug;
 
 use super::{validate_session_id, MemoryError, SessionActor, SessionInfo, SessionMsg, SessionState, SessionStore};
-use crate::model::ChatMessage;
+use tessera_types::ChatMessage;
 
 struct Live {
     actor: ActorRef<SessionMsg>,
@@ -26,12 +27,13 @@ pub struct SessionRegistry {
 }
 
 impl SessionRegistry {
-    /// Opens the session database at `path`; actors idle for `idle` are stopped.
-    pub fn open(path: &Path, idle: Duration) -> Result<Self, MemoryError> {
+    /// Opens the session database at `path`; actors idle for `idle` are stopped
+    /// by a sweeper that runs until `shutdown` (or until the registry is dropped).
+    pub fn open(path: &Path, idle: Duration, shutdown: &Shutdown) -> Result<Self, MemoryError> {
         let me = Self { store: SessionStore::open(path)?, live: Arc::default() };
         let weak = Arc::downgrade(&me.live);
         let period = (idle / 4).max(Duration::from_millis(50));
-        tokio::spawn(async move {
+        shutdown.spawn(async move {
             let mut tick = tokio::time::interval(period);
             loop {
                 tick.tick().await;
@@ -138,8 +140,9 @@ mod tests {
     #[tokio::test]
     async fn actors_are_spawned_on_demand_passivated_when_idle_and_reload_from_disk() {
         let dir = tempfile::tempdir().unwrap();
-        let reg = SessionRegistry::open(&dir.path().join("s.sled"), Duration::from_millis(200)).unwrap();
-        let m = |c: &str| ChatMessage { role: "user".into(), content: c.into() };
+        let reg =
+            SessionRegistry::open(&dir.path().join("s.sled"), Duration::from_millis(200), &Shutdown::new()).unwrap();
+        let m = |c: &str| ChatMessage { role: tessera_types::Role::User, content: c.into() };
         reg.append("a", vec![m("one")]).await.unwrap();
         reg.append("b", vec![m("two")]).await.unwrap();
         assert_eq!(reg.live_count().await, 2);
@@ -156,12 +159,13 @@ mod tests {
     #[tokio::test]
     async fn concurrent_appends_to_one_session_all_land_in_one_order() {
         let dir = tempfile::tempdir().unwrap();
-        let reg = SessionRegistry::open(&dir.path().join("s.sled"), Duration::from_secs(60)).unwrap();
+        let reg = SessionRegistry::open(&dir.path().join("s.sled"), Duration::from_secs(60), &Shutdown::new()).unwrap();
         let tasks: Vec<_> = (0..16)
             .map(|i| {
                 let reg = reg.clone();
                 tokio::spawn(async move {
-                    reg.append("s", vec![ChatMessage { role: "user".into(), content: format!("m{i}") }]).await
+                    reg.append("s", vec![ChatMessage { role: tessera_types::Role::User, content: format!("m{i}") }])
+                        .await
                 })
             })
             .collect();

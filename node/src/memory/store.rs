@@ -12,50 +12,10 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
 use super::MemoryError;
-use crate::model::ChatMessage;
+use tessera_types::{validate_session_id, ChatMessage, SessionInfo, SessionState, StoredMessage};
 
 const MESSAGES: &str = "session.messages";
 const META: &str = "session.meta";
-/// Longest session id, in bytes.
-pub const MAX_SESSION_ID_BYTES: usize = 256;
-
-/// One stored message.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StoredMessage {
-    /// Position in the session, from 1.
-    pub seq: u64,
-    /// "system", "user" or "assistant".
-    pub role: String,
-    /// The text.
-    pub content: String,
-    /// When it was stored.
-    pub unix_ms: i64,
-}
-
-/// A session's stored state.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct SessionState {
-    /// Session id.
-    pub session: String,
-    /// All messages, oldest first.
-    pub messages: Vec<StoredMessage>,
-    /// Model-written summary of the messages with `seq <= summarized_upto`.
-    pub summary: String,
-    /// See `summary`; 0 when nothing is summarised.
-    pub summarized_upto: u64,
-}
-
-/// A line of the session list.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SessionInfo {
-    /// Session id.
-    pub session: String,
-    /// Stored messages.
-    pub messages: u64,
-    /// Last append.
-    pub updated_unix_ms: i64,
-}
-
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Meta {
     next_seq: u64,
@@ -63,17 +23,6 @@ struct Meta {
     summary: String,
     summarized_upto: u64,
     updated_unix_ms: i64,
-}
-
-/// Session ids are any UTF-8 text without control characters, 1 to 256 bytes.
-pub fn validate_session_id(id: &str) -> Result<(), MemoryError> {
-    if id.is_empty() || id.len() > MAX_SESSION_ID_BYTES {
-        return Err(MemoryError::Invalid(format!("session id must be 1 to {MAX_SESSION_ID_BYTES} bytes")));
-    }
-    if id.chars().any(char::is_control) {
-        return Err(MemoryError::Invalid("session id must not contain control characters".into()));
-    }
-    Ok(())
 }
 
 fn now_ms() -> i64 {
@@ -140,12 +89,6 @@ impl SessionStore {
     /// Appends messages atomically and flushes; returns the stored records.
     pub async fn append(&self, session: &str, new: &[ChatMessage]) -> Result<Vec<StoredMessage>, MemoryError> {
         validate_session_id(session)?;
-        if let Some(bad) = new.iter().find(|m| !matches!(m.role.as_str(), "system" | "user" | "assistant")) {
-            return Err(MemoryError::Invalid(format!(
-                "unknown message role '{}' (use system, user or assistant)",
-                bad.role
-            )));
-        }
         let now = now_ms();
         let result = (&self.messages, &self.meta).transaction(|(messages, meta)| {
             let mut m: Meta = match meta.get(session.as_bytes())? {
@@ -156,12 +99,8 @@ impl SessionStore {
             let mut stored = Vec::with_capacity(new.len());
             for msg in new {
                 m.next_seq += 1;
-                let record = StoredMessage {
-                    seq: m.next_seq,
-                    role: msg.role.clone(),
-                    content: msg.content.clone(),
-                    unix_ms: now,
-                };
+                let record =
+                    StoredMessage { seq: m.next_seq, role: msg.role, content: msg.content.clone(), unix_ms: now };
                 let bytes = serde_json::to_vec(&record)
                     .map_err(|e| ConflictableTransactionError::Abort(MemoryError::Corrupt(e.to_string())))?;
                 messages.insert(message_key(session, record.seq), bytes)?;
@@ -239,7 +178,7 @@ mod tests {
     use super::*;
 
     fn msg(role: &str, content: &str) -> ChatMessage {
-        ChatMessage { role: role.into(), content: content.into() }
+        ChatMessage { role: role.parse().unwrap(), content: content.into() }
     }
 
     #[tokio::test]

@@ -4,18 +4,9 @@
 use minijinja::syntax::SyntaxConfig;
 use minijinja::value::Serde;
 use minijinja::{context, Environment, Error, ErrorKind};
-use serde::{Deserialize, Serialize};
+pub use tessera_types::ChatMessage;
 
 use super::ModelError;
-
-/// One chat message.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ChatMessage {
-    /// "system", "user" or "assistant".
-    pub role: String,
-    /// The text.
-    pub content: String,
-}
 
 /// A compiled chat template.
 pub struct ChatTemplate {
@@ -63,12 +54,13 @@ impl ChatTemplate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tessera_types::Role;
 
     #[test]
     fn renders_chatml_with_a_default_system_prompt() {
         let src = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\\nDefault<|im_end|>\\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
         let t = ChatTemplate::new(src, "<|im_start|>", "<|im_end|>").unwrap();
-        let out = t.render(&[ChatMessage { role: "user".into(), content: "你好".into() }]).unwrap();
+        let out = t.render(&[ChatMessage { role: Role::User, content: "你好".into() }]).unwrap();
         assert_eq!(
             out,
             "<|im_start|>system\nDefault<|im_end|>\n<|im_start|>user\n你好<|im_end|>\n<|im_start|>assistant\n"
@@ -78,8 +70,8 @@ mod tests {
     #[test]
     fn python_methods_and_raise_exception_work() {
         let t = ChatTemplate::new("{{ messages[0]['content'].strip() }}{% if messages|length > 1 %}{{ raise_exception('one only') }}{% endif %}", "", "").unwrap();
-        assert_eq!(t.render(&[ChatMessage { role: "user".into(), content: "  hi  ".into() }]).unwrap(), "hi");
-        let two = vec![ChatMessage { role: "user".into(), content: "a".into() }; 2];
+        assert_eq!(t.render(&[ChatMessage { role: Role::User, content: "  hi  ".into() }]).unwrap(), "hi");
+        let two = vec![ChatMessage { role: Role::User, content: "a".into() }; 2];
         assert!(t.render(&two).unwrap_err().to_string().contains("one only"));
         assert!(ChatTemplate::new("{% for %}", "", "").is_err());
     }

@@ -48,19 +48,13 @@ impl ModelServing {
     /// text or one user message through the chat template.
     pub fn prompt_ids(&self, prompt: &str, messages: &[ChatMessage], raw: bool) -> Result<Vec<u32>, ModelError> {
         let text = if !messages.is_empty() {
-            if let Some(bad) = messages.iter().find(|m| !matches!(m.role.as_str(), "system" | "user" | "assistant")) {
-                return Err(ModelError::Input(format!(
-                    "unknown message role '{}' (use system, user or assistant)",
-                    bad.role
-                )));
-            }
             self.template.render(messages)?
         } else if prompt.is_empty() {
             return Err(ModelError::Input("the prompt is empty".into()));
         } else if raw {
             prompt.to_string()
         } else {
-            self.template.render(&[ChatMessage { role: "user".into(), content: prompt.to_string() }])?
+            self.template.render(&[ChatMessage::new(tessera_types::Role::User, prompt)])?
         };
         self.group.tokenizer().encode(&text)
     }

@@ -3,7 +3,7 @@
 //! [`NodeSet`] equal to them. A node whose lease expires disappears from etcd
 //! and so from the set; a node that (re)joins appears again.
 use etcd_client::{Client, EventType, GetOptions, WatchOptions};
-use tessera_node::membership::{NodeRecord, NODES_PREFIX};
+use tessera_types::{NodeRecord, NODES_PREFIX};
 use tracing::{info, warn};
 
 use crate::nodes::NodeSet;

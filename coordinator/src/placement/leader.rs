@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
+use tessera_proto::shutdown::Shutdown;
 use tracing::{info, warn};
 
 const KEY: &str = "/tessera/placement-leader";
@@ -22,12 +23,14 @@ impl Leadership {
     }
 }
 
-/// Campaigns forever: tries to create the key under a fresh lease every
-/// second; once it holds it, keeps the lease alive until that fails.
-pub fn campaign(client: Client, me: String, ttl: Duration) -> Leadership {
+/// Campaigns until `shutdown`: tries to create the key under a fresh lease
+/// every second; once it holds it, keeps the lease alive until that fails.
+/// Stopping drops the keep-alive, so the key expires with the lease and
+/// another coordinator takes over within one TTL.
+pub fn campaign(client: Client, me: String, ttl: Duration, shutdown: &Shutdown) -> Leadership {
     let leadership = Leadership::default();
     let flag = leadership.0.clone();
-    tokio::spawn(async move {
+    shutdown.spawn(async move {
         let ttl_s = ttl.as_secs().max(1) as i64;
         loop {
             match try_lead(&client, &me, ttl_s).await {

@@ -1,0 +1,141 @@
+//! The public `Tessera` gRPC service: a thin layer that names each RPC's span,
+//! unwraps the request, calls the concern that does the work and maps its
+//! [`CoordinatorError`](crate::error::CoordinatorError) to a status.
+use std::pin::Pin;
+
+use futures::StreamExt;
+use tessera_proto::v1 as pb;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use tracing::instrument;
+
+use crate::convert::collection_info;
+use crate::coordinator::Coordinator;
+
+/// The stream type of Generate.
+pub type GenerateStream = Pin<Box<dyn futures::Stream<Item = Result<pb::GenerateChunk, Status>> + Send>>;
+/// The stream type of Ask.
+pub type AskStream = Pin<Box<dyn futures::Stream<Item = Result<pb::AskChunk, Status>> + Send>>;
+
+impl Coordinator {
+    /// The tonic server for this service.
+    pub fn into_server(self, max_message_bytes: usize) -> pb::tessera_server::TesseraServer<Self> {
+        pb::tessera_server::TesseraServer::new(self)
+            .max_decoding_message_size(max_message_bytes)
+            .max_encoding_message_size(max_message_bytes)
+    }
+}
+
+/// Forwards the model node's stream. When the client goes away `send` fails;
+/// dropping `upstream` then cancels the node's stream, which cancels the generation.
+fn forward(mut upstream: tonic::Streaming<pb::GenerateChunk>) -> GenerateStream {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let item = match upstream.message().await {
+                Ok(Some(chunk)) => Ok(chunk),
+                Ok(None) => break,
+                Err(status) => Err(status),
+            };
+            let failed = item.is_err();
+            if tx.send(item).await.is_err() || failed {
+                break;
+            }
+        }
+    });
+    Box::pin(ReceiverStream::new(rx))
+}
+
+#[tonic::async_trait]
+impl pb::tessera_server::Tessera for Coordinator {
+    type GenerateStream = GenerateStream;
+    type AskStream = AskStream;
+
+    #[instrument(skip_all, name = "Tessera/Ask", fields(collection = %req.get_ref().collection, session = %req.get_ref().session))]
+    async fn ask(&self, req: Request<pb::AskRequest>) -> Result<Response<AskStream>, Status> {
+        let rx = Coordinator::ask(self, req.into_inner()).await?;
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(|r| r.map_err(Status::from)))))
+    }
+
+    #[instrument(skip_all, name = "Tessera/ClusterStatus")]
+    async fn cluster_status(
+        &self,
+        _req: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        Ok(Response::new(Coordinator::cluster_status(self).await.to_pb()))
+    }
+
+    #[instrument(skip_all, name = "Tessera/ListSessions")]
+    async fn list_sessions(
+        &self,
+        _req: Request<pb::ListSessionsRequest>,
+    ) -> Result<Response<pb::ListSessionsResponse>, Status> {
+        Ok(Response::new(pb::ListSessionsResponse { sessions: Coordinator::list_sessions(self).await? }))
+    }
+
+    #[instrument(skip_all, name = "Tessera/GetSession", fields(session = %req.get_ref().session))]
+    async fn get_session(&self, req: Request<pb::GetSessionRequest>) -> Result<Response<pb::SessionState>, Status> {
+        Ok(Response::new(Coordinator::get_session(self, &req.into_inner().session).await?))
+    }
+
+    #[instrument(skip_all, name = "Tessera/ClearSession", fields(session = %req.get_ref().session))]
+    async fn clear_session(
+        &self,
+        req: Request<pb::ClearSessionRequest>,
+    ) -> Result<Response<pb::ClearSessionResponse>, Status> {
+        Ok(Response::new(Coordinator::clear_session(self, &req.into_inner().session).await?))
+    }
+
+    #[instrument(skip_all, name = "Tessera/Generate", fields(max_tokens = req.get_ref().max_tokens))]
+    async fn generate(&self, req: Request<pb::GenerateRequest>) -> Result<Response<GenerateStream>, Status> {
+        Ok(Response::new(forward(self.generate_checked(req.into_inner()).await?)))
+    }
+
+    #[instrument(skip_all, name = "Tessera/CreateCollection", fields(collection = %req.get_ref().name))]
+    async fn create_collection(
+        &self,
+        req: Request<pb::CreateCollectionRequest>,
+    ) -> Result<Response<pb::CollectionInfo>, Status> {
+        let req = req.into_inner();
+        let meta = self.create(&req.name, req.shards, req.replication, false).await?;
+        Ok(Response::new(collection_info(&meta, 0, 0)))
+    }
+
+    #[instrument(skip_all, name = "Tessera/ListCollections")]
+    async fn list_collections(
+        &self,
+        _req: Request<pb::ListCollectionsRequest>,
+    ) -> Result<Response<pb::ListCollectionsResponse>, Status> {
+        Ok(Response::new(pb::ListCollectionsResponse { collections: Coordinator::list_collections(self).await? }))
+    }
+
+    #[instrument(skip_all, name = "Tessera/DropCollection", fields(collection = %req.get_ref().name))]
+    async fn drop_collection(
+        &self,
+        req: Request<pb::DropCollectionRequest>,
+    ) -> Result<Response<pb::DropCollectionResponse>, Status> {
+        let dropped = Coordinator::drop_collection(self, &req.into_inner().name).await?;
+        Ok(Response::new(pb::DropCollectionResponse { dropped }))
+    }
+
+    #[instrument(skip_all, name = "Tessera/Ingest", fields(collection = %req.get_ref().collection, files = req.get_ref().files.len(), documents = req.get_ref().documents.len()))]
+    async fn ingest(&self, req: Request<pb::IngestRequest>) -> Result<Response<pb::IngestResponse>, Status> {
+        Ok(Response::new(Coordinator::ingest(self, req.into_inner()).await?))
+    }
+
+    #[instrument(skip_all, name = "Tessera/Delete", fields(collection = %req.get_ref().collection))]
+    async fn delete(&self, req: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
+        Ok(Response::new(Coordinator::delete(self, req.into_inner()).await?))
+    }
+
+    #[instrument(skip_all, name = "Tessera/Search", fields(collection = %req.get_ref().collection, top_k = req.get_ref().top_k))]
+    async fn search(&self, req: Request<pb::SearchRequest>) -> Result<Response<pb::SearchResponse>, Status> {
+        let hits = Coordinator::search(self, req.into_inner()).await?;
+        Ok(Response::new(pb::SearchResponse { hits: hits.into_iter().map(pb::Hit::from).collect() }))
+    }
+
+    #[instrument(skip_all, name = "Tessera/Embed", fields(texts = req.get_ref().texts.len()))]
+    async fn embed(&self, req: Request<pb::EmbedRequest>) -> Result<Response<pb::EmbedResponse>, Status> {
+        Ok(Response::new(Coordinator::embed(self, req.into_inner().texts).await?))
+    }
+}
