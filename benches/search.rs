@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use common::{arg, models_dir, passage, percentile_ms, sentence, Rng};
 use serde_json::json;
 use tessera_node::embed::BertEmbedder;
-use tessera_node::index::{ChunkRecord, Condition, DocWrite, Filter, SearchMode, Shard, ShardQuery};
+use tessera_node::shard::{ChunkRecord, Condition, DocWrite, Filter, SearchMode, Shard, ShardQuery};
 
 fn normalize(mut v: Vec<f32>) -> Vec<f32> {
     let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);

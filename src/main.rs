@@ -1,7 +1,7 @@
 //! `tessera`: one binary for the server roles and the command-line client.
-mod ask;
 mod client;
 mod cluster;
+mod conversation;
 mod server;
 mod telemetry;
 mod walk;
@@ -48,12 +48,12 @@ enum Command {
     /// Generate text with the model, streamed to stdout (usage to stderr).
     Generate(GenerateArgs),
     /// Ask a question over a collection (retrieval + model), with session memory.
-    Ask(ask::AskArgs),
+    Ask(conversation::AskArgs),
     /// Interactive ask loop over one session (/clear, /history, /exit).
-    Chat(ask::ChatArgs),
+    Chat(conversation::ChatArgs),
     /// List, show and clear chat sessions.
     #[command(subcommand)]
-    Sessions(ask::SessionsCmd),
+    Sessions(conversation::SessionsCmd),
 }
 
 /// Where the client sends requests.
@@ -232,9 +232,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Delete(args) => client::delete(args).await,
             Command::Search(args) => client::search(args).await,
             Command::Generate(args) => client::generate(args).await,
-            Command::Ask(args) => ask::ask(args).await,
-            Command::Chat(args) => ask::chat(args).await,
-            Command::Sessions(cmd) => ask::sessions(cmd).await,
+            Command::Ask(args) => conversation::ask(args).await,
+            Command::Chat(args) => conversation::chat(args).await,
+            Command::Sessions(cmd) => conversation::sessions(cmd).await,
         }
     })
 }

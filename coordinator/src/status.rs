@@ -11,6 +11,7 @@ use serde::Serialize;
 use tessera_proto::v1 as pb;
 use tessera_types::NodeRole;
 
+use crate::catalog::CollectionMeta;
 use crate::coordinator::Coordinator;
 
 /// How long one node may take to answer the status probe.
@@ -116,136 +117,145 @@ pub struct ClusterStatus {
     pub models: Vec<ModelStatus>,
 }
 
+/// What one node said to the status probe, or why it said nothing.
+type Probe = (String, String, Result<pb::NodeInfo, String>);
+
+/// Nodes, models and shard replicas found by probing.
+#[derive(Default)]
+struct Probed {
+    nodes: Vec<NodeStatus>,
+    models: Vec<ModelStatus>,
+    replicas: Vec<(String, pb::ShardStats)>,
+}
+
+fn down(id: String, address: String, error: String) -> NodeStatus {
+    NodeStatus { id, address, roles: vec![], healthy: false, error: Some(error), embedder: None, shards: 0 }
+}
+
+/// Sorts probe answers into node, model and replica lists.
+fn sort_probes(answers: Vec<Probe>) -> Probed {
+    let mut out = Probed::default();
+    for (id, url, info) in answers {
+        let info = match info {
+            Ok(info) => info,
+            Err(e) => {
+                out.nodes.push(down(id, url, e));
+                continue;
+            }
+        };
+        if let Some(m) = &info.model {
+            out.models.push(ModelStatus {
+                node: id.clone(),
+                name: m.name.clone(),
+                tensor_parallel: m.tensor_parallel,
+                context_length: m.context_length,
+                cached_sequences: m.cached_sequences,
+                steps: m.steps,
+            });
+        }
+        out.nodes.push(NodeStatus {
+            id: id.clone(),
+            address: url,
+            roles: info.roles.clone(),
+            healthy: true,
+            error: None,
+            embedder: (!info.embedder.is_empty()).then(|| info.embedder.clone()),
+            shards: info.shards.len(),
+        });
+        out.replicas.extend(info.shards.into_iter().map(|s| (id.clone(), s)));
+    }
+    out
+}
+
+/// The replicas of `meta` found on live nodes, by shard then node.
+fn shard_statuses(meta: &CollectionMeta, replicas: &[(String, pb::ShardStats)]) -> Vec<ShardStatus> {
+    let mut shards: Vec<ShardStatus> = replicas
+        .iter()
+        .filter(|(_, s)| s.shard.as_ref().is_some_and(|r| r.collection == meta.name))
+        .map(|(node, s)| ShardStatus {
+            shard: s.shard.as_ref().map(|r| r.shard).unwrap_or(0),
+            node: node.clone(),
+            chunks: s.chunks,
+            documents: s.documents,
+            sequence: s.sequence,
+        })
+        .collect();
+    shards.sort_by(|a, b| (a.shard, &a.node).cmp(&(b.shard, &b.node)));
+    shards
+}
+
+/// Where each shard of `meta` is meant to live, with the sequences its replicas report.
+fn placement_statuses(meta: &CollectionMeta, shards: &[ShardStatus], nodes: &[NodeStatus]) -> Vec<PlacementStatus> {
+    (0..meta.shards)
+        .map(|shard| {
+            let (replicas, primary, epoch) = match meta.placement.get(shard as usize) {
+                Some(p) => (p.replicas.clone(), p.primary.clone(), p.epoch),
+                // Catalogs from before placement: shard s on shard node s mod n.
+                None => {
+                    let ids: Vec<String> = nodes
+                        .iter()
+                        .filter(|n| n.roles.iter().any(|r| r == NodeRole::Shard.as_str()))
+                        .map(|n| n.id.clone())
+                        .collect();
+                    let id = if ids.is_empty() { String::new() } else { ids[shard as usize % ids.len()].clone() };
+                    (vec![id.clone()], id, 0)
+                }
+            };
+            let applied_sequence = shards.iter().find(|s| s.shard == shard && s.node == primary).map(|s| s.sequence);
+            let replica_sequences = shards
+                .iter()
+                .filter(|s| s.shard == shard && replicas.contains(&s.node))
+                .map(|s| (s.node.clone(), s.sequence))
+                .collect();
+            PlacementStatus { shard, replicas, primary, epoch, applied_sequence, replica_sequences }
+        })
+        .collect()
+}
+
+/// A collection's status: counts from each shard's primary.
+fn collection_status(
+    meta: CollectionMeta,
+    replicas: &[(String, pb::ShardStats)],
+    nodes: &[NodeStatus],
+) -> CollectionStatus {
+    let shards = shard_statuses(&meta, replicas);
+    let placement = placement_statuses(&meta, &shards, nodes);
+    let primaries: Vec<&ShardStatus> =
+        placement.iter().filter_map(|p| shards.iter().find(|s| s.shard == p.shard && s.node == p.primary)).collect();
+    CollectionStatus {
+        documents: primaries.iter().map(|s| s.documents).sum(),
+        chunks: primaries.iter().map(|s| s.chunks).sum(),
+        name: meta.name,
+        dimension: meta.dimension,
+        replication: meta.replication,
+        shards,
+        placement,
+    }
+}
+
 impl Coordinator {
     /// Probes every node (2 s each, in parallel) and reads the catalog.
     pub async fn cluster_status(&self) -> ClusterStatus {
-        let all = self.nodes().all();
-        let probes = all.iter().map(|n| async move {
+        let probes = self.nodes().all().into_iter().map(|n| async move {
             let mut client = n.client.clone();
-            let info = tokio::time::timeout(PROBE_TIMEOUT, client.info(pb::NodeInfoRequest {})).await;
-            let info = match info {
+            let info = match tokio::time::timeout(PROBE_TIMEOUT, client.info(pb::NodeInfoRequest {})).await {
                 Ok(Ok(r)) => Ok(r.into_inner()),
                 Ok(Err(s)) => Err(s.message().to_string()),
                 Err(_) => Err("no answer within 2 s".to_string()),
             };
-            (n.id.clone(), n.url.clone(), info)
+            (n.id, n.url, info)
         });
-        let answers = futures::future::join_all(probes).await;
-        let mut nodes = Vec::new();
-        let mut models = Vec::new();
-        let mut replicas: Vec<(String, pb::ShardStats)> = Vec::new();
-        for (id, url, info) in answers {
-            match info {
-                Ok(info) => {
-                    if let Some(m) = &info.model {
-                        models.push(ModelStatus {
-                            node: id.clone(),
-                            name: m.name.clone(),
-                            tensor_parallel: m.tensor_parallel,
-                            context_length: m.context_length,
-                            cached_sequences: m.cached_sequences,
-                            steps: m.steps,
-                        });
-                    }
-                    nodes.push(NodeStatus {
-                        id: id.clone(),
-                        address: url,
-                        roles: info.roles.clone(),
-                        healthy: true,
-                        error: None,
-                        embedder: (!info.embedder.is_empty()).then(|| info.embedder.clone()),
-                        shards: info.shards.len(),
-                    });
-                    replicas.extend(info.shards.into_iter().map(|s| (id.clone(), s)));
-                }
-                Err(e) => nodes.push(NodeStatus {
-                    id,
-                    address: url,
-                    roles: vec![],
-                    healthy: false,
-                    error: Some(e),
-                    embedder: None,
-                    shards: 0,
-                }),
-            }
-        }
+        let Probed { mut nodes, models, replicas } = sort_probes(futures::future::join_all(probes).await);
+        let catalog = self.catalog().list().unwrap_or_default();
         // Nodes that hold placed shards but are not registered (crashed, cut off) are shown as down.
-        for meta in self.catalog().list().unwrap_or_default() {
-            for p in &meta.placement {
-                for id in &p.replicas {
-                    if !nodes.iter().any(|n| &n.id == id) {
-                        nodes.push(NodeStatus {
-                            id: id.clone(),
-                            address: String::new(),
-                            roles: vec![],
-                            healthy: false,
-                            error: Some("not registered in the cluster (no live membership lease)".into()),
-                            embedder: None,
-                            shards: 0,
-                        });
-                    }
-                }
+        for id in catalog.iter().flat_map(|m| m.placement.iter().flat_map(|p| p.replicas.iter())) {
+            if !nodes.iter().any(|n| &n.id == id) {
+                let why = "not registered in the cluster (no live membership lease)".to_string();
+                nodes.push(down(id.clone(), String::new(), why));
             }
         }
         nodes.sort_by(|a, b| a.id.cmp(&b.id));
-        let mut collections = Vec::new();
-        for meta in self.catalog().list().unwrap_or_default() {
-            let mut shards: Vec<ShardStatus> = replicas
-                .iter()
-                .filter(|(_, s)| s.shard.as_ref().is_some_and(|r| r.collection == meta.name))
-                .map(|(node, s)| ShardStatus {
-                    shard: s.shard.as_ref().map(|r| r.shard).unwrap_or(0),
-                    node: node.clone(),
-                    chunks: s.chunks,
-                    documents: s.documents,
-                    sequence: s.sequence,
-                })
-                .collect();
-            shards.sort_by(|a, b| (a.shard, &a.node).cmp(&(b.shard, &b.node)));
-            let placement: Vec<PlacementStatus> = (0..meta.shards)
-                .map(|shard| {
-                    let (replicas, primary, epoch) = match meta.placement.get(shard as usize) {
-                        Some(p) => (p.replicas.clone(), p.primary.clone(), p.epoch),
-                        // Catalogs from before placement: shard s on shard node s mod n.
-                        None => {
-                            let ids: Vec<String> = nodes
-                                .iter()
-                                .filter(|n| n.roles.iter().any(|r| r == NodeRole::Shard.as_str()))
-                                .map(|n| n.id.clone())
-                                .collect();
-                            let id =
-                                if ids.is_empty() { String::new() } else { ids[shard as usize % ids.len()].clone() };
-                            (vec![id.clone()], id, 0)
-                        }
-                    };
-                    let applied_sequence =
-                        shards.iter().find(|s| s.shard == shard && s.node == primary).map(|s| s.sequence);
-                    let replica_sequences = shards
-                        .iter()
-                        .filter(|s| s.shard == shard && replicas.contains(&s.node))
-                        .map(|s| (s.node.clone(), s.sequence))
-                        .collect();
-                    PlacementStatus { shard, replicas, primary, epoch, applied_sequence, replica_sequences }
-                })
-                .collect();
-            collections.push(CollectionStatus {
-                documents: placement
-                    .iter()
-                    .filter_map(|p: &PlacementStatus| shards.iter().find(|s| s.shard == p.shard && s.node == p.primary))
-                    .map(|s| s.documents)
-                    .sum(),
-                chunks: placement
-                    .iter()
-                    .filter_map(|p: &PlacementStatus| shards.iter().find(|s| s.shard == p.shard && s.node == p.primary))
-                    .map(|s| s.chunks)
-                    .sum(),
-                name: meta.name,
-                dimension: meta.dimension,
-                replication: meta.replication,
-                shards,
-                placement,
-            });
-        }
+        let collections = catalog.into_iter().map(|meta| collection_status(meta, &replicas, &nodes)).collect();
         ClusterStatus { version: env!("CARGO_PKG_VERSION"), nodes, collections, models }
     }
 }

@@ -6,9 +6,9 @@
 use tessera_proto::v1 as pb;
 use tonic::Status;
 
-use crate::index::{ChunkRecord, Condition, DocWrite, Filter, ShardHit, ShardStats};
 use crate::load::Metadata;
 use crate::model::SamplingParams;
+use crate::shard::{ChunkRecord, Condition, DocWrite, Filter, ShardHit, ShardStats};
 
 /// Sampling settings of a request, with the documented defaults.
 pub fn sampling_from_pb(req: &pb::GenerateRequest) -> SamplingParams {

@@ -8,10 +8,10 @@ use thiserror::Error;
 use tracing::info;
 
 use crate::embed::{spawn_embedder, BatchLimits, BertEmbedder, EmbedError, EmbedderHandle};
-use crate::index::{ShardError, ShardRegistry};
 use crate::load::LoaderPool;
-use crate::memory::{MemoryError, SessionRegistry};
 use crate::model::{EngineLimits, ModelError, ModelServing};
+use crate::session::{SessionError, SessionRegistry};
+use crate::shard::{ShardError, ShardRegistry};
 
 /// The default chat model, relative to the models folder.
 pub const DEFAULT_MODEL: &str = "SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -88,7 +88,7 @@ pub enum NodeError {
     Model(#[from] ModelError),
     /// Session storage failed to open.
     #[error("sessions: {0}")]
-    Memory(#[from] MemoryError),
+    Memory(#[from] SessionError),
 }
 
 /// The running node.
@@ -130,63 +130,7 @@ impl Node {
         let shards =
             if config.has(NodeRole::Shard) { Some(ShardRegistry::open(&config.data_dir).await?) } else { None };
         let embedder = if config.has(NodeRole::Embedder) { embedder } else { None };
-        let model = match (&config.model_path, config.has(NodeRole::Model), config.model_group) {
-            // Rank 0 of a group over processes: wait for the other ranks, then lead.
-            (Some(path), true, Some((0, world, addr))) => {
-                let (path, limits) = (path.clone(), config.engine);
-                let serving = tokio::task::spawn_blocking(move || {
-                    let listener = std::net::TcpListener::bind(addr)
-                        .map_err(|e| ModelError::Io(format!("model group address {addr}: {e}")))?;
-                    info!(%addr, world, "waiting for the other ranks of the model group");
-                    let comm = crate::model::tcp::TcpCommunicator::leader(
-                        listener,
-                        world,
-                        std::time::Duration::from_secs(300),
-                    )
-                    .map_err(|e| ModelError::Io(e.to_string()))?;
-                    let group = crate::model::ModelGroup::start(&path, vec![Box::new(comm)], limits)?;
-                    ModelServing::from_group(&path, group)
-                })
-                .await
-                .map_err(|e| NodeError::Actor(e.to_string()))??;
-                info!(model = serving.name(), world, "model group over processes started (rank 0)");
-                Some(Arc::new(serving))
-            }
-            // Another rank: runs on its own thread until rank 0 shuts the group down.
-            (Some(path), true, Some((rank, world, addr))) => {
-                let path = path.clone();
-                std::thread::Builder::new()
-                    .name(format!("model-rank-{rank}"))
-                    .spawn(move || {
-                        let comm = match crate::model::tcp::TcpCommunicator::follower(
-                            addr,
-                            rank,
-                            world,
-                            std::time::Duration::from_secs(300),
-                        ) {
-                            Ok(c) => c,
-                            Err(e) => {
-                                return tracing::error!(rank, %addr, error = %e, "model rank could not join its group")
-                            }
-                        };
-                        info!(rank, world, %addr, "model rank joined its group");
-                        if let Err(e) = crate::model::engine::run_follower(&path, Box::new(comm)) {
-                            tracing::error!(rank, error = %e, "model rank stopped");
-                        }
-                    })
-                    .map_err(|e| NodeError::Actor(e.to_string()))?;
-                None
-            }
-            (Some(path), true, None) => {
-                let (path, tp, limits) = (path.clone(), config.tp, config.engine);
-                let serving = tokio::task::spawn_blocking(move || ModelServing::load(&path, tp, limits))
-                    .await
-                    .map_err(|e| NodeError::Actor(e.to_string()))??;
-                info!(model = serving.name(), tp = config.tp, "model group started");
-                Some(Arc::new(serving))
-            }
-            _ => None,
-        };
+        let model = start_model(&config).await?;
         let sessions = if config.has(NodeRole::Session) {
             std::fs::create_dir_all(&config.data_dir).map_err(|e| NodeError::Actor(e.to_string()))?;
             Some(SessionRegistry::open(&config.data_dir.join("sessions.sled"), config.session_idle, shutdown)?)
@@ -208,5 +152,68 @@ impl Node {
             s.shutdown().await;
         }
         info!("node stopped");
+    }
+}
+
+/// The model role: a local group of `tp` ranks, rank 0 of a group over
+/// processes (waits for the other ranks, then leads), or another rank of such a
+/// group (computes on its own thread, serves no requests itself: None).
+async fn start_model(config: &NodeConfig) -> Result<Option<Arc<ModelServing>>, NodeError> {
+    let Some(path) = config.model_path.clone().filter(|_| config.has(NodeRole::Model)) else { return Ok(None) };
+    match config.model_group {
+        Some((0, world, addr)) => {
+            let limits = config.engine;
+            let serving = tokio::task::spawn_blocking(move || lead_group(&path, world, addr, limits))
+                .await
+                .map_err(|e| NodeError::Actor(e.to_string()))??;
+            info!(model = serving.name(), world, "model group over processes started (rank 0)");
+            Ok(Some(Arc::new(serving)))
+        }
+        Some((rank, world, addr)) => {
+            std::thread::Builder::new()
+                .name(format!("model-rank-{rank}"))
+                .spawn(move || follow_group(&path, rank, world, addr))
+                .map_err(|e| NodeError::Actor(e.to_string()))?;
+            Ok(None)
+        }
+        None => {
+            let (tp, limits) = (config.tp, config.engine);
+            let serving = tokio::task::spawn_blocking(move || ModelServing::load(&path, tp, limits))
+                .await
+                .map_err(|e| NodeError::Actor(e.to_string()))??;
+            info!(model = serving.name(), tp, "model group started");
+            Ok(Some(Arc::new(serving)))
+        }
+    }
+}
+
+/// How long ranks of a group over processes wait for each other at start.
+const GROUP_JOIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Rank 0 of a group over processes: listens for the other ranks, then leads.
+fn lead_group(
+    path: &std::path::Path,
+    world: usize,
+    addr: std::net::SocketAddr,
+    limits: EngineLimits,
+) -> Result<ModelServing, ModelError> {
+    let listener =
+        std::net::TcpListener::bind(addr).map_err(|e| ModelError::Io(format!("model group address {addr}: {e}")))?;
+    info!(%addr, world, "waiting for the other ranks of the model group");
+    let comm = crate::model::tcp::TcpCommunicator::leader(listener, world, GROUP_JOIN_TIMEOUT)
+        .map_err(|e| ModelError::Io(e.to_string()))?;
+    let group = crate::model::ModelGroup::start(path, vec![Box::new(comm)], limits)?;
+    ModelServing::from_group(path, group)
+}
+
+/// Another rank of a group over processes: runs until rank 0 shuts the group down.
+fn follow_group(path: &std::path::Path, rank: usize, world: usize, addr: std::net::SocketAddr) {
+    let comm = match crate::model::tcp::TcpCommunicator::follower(addr, rank, world, GROUP_JOIN_TIMEOUT) {
+        Ok(c) => c,
+        Err(e) => return tracing::error!(rank, %addr, error = %e, "model rank could not join its group"),
+    };
+    info!(rank, world, %addr, "model rank joined its group");
+    if let Err(e) = crate::model::engine::run_follower(path, Box::new(comm)) {
+        tracing::error!(rank, error = %e, "model rank stopped");
     }
 }

@@ -2,8 +2,8 @@
 //! `chunk_size` word pieces, exact byte slices, Chinese included.
 mod common;
 
+use tessera_node::chunking::{Splitter, TokenSplitter};
 use tessera_node::embed::BertEmbedder;
-use tessera_node::split::{Splitter, TokenSplitter};
 
 #[test]
 fn windows_of_word_pieces_on_char_boundaries() {

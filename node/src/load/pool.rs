@@ -11,7 +11,7 @@ use tokio::sync::Semaphore;
 use tracing::info_span;
 
 use super::{load_file, Document, Metadata};
-use crate::split::{chunk_document, Chunk, RecursiveSplitter, Splitter, TokenSplitter};
+use crate::chunking::{chunk_document, Chunk, RecursiveSplitter, Splitter, TokenSplitter};
 
 /// How to split, per request.
 #[derive(Debug, Clone)]

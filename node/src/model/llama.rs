@@ -1,12 +1,15 @@
 //! A llama-family decoder (SmolLM2, Llama, Mistral, Qwen2 GGUFs), one
 //! tensor-parallel rank of it.
 //!
-//! Each rank holds its share of every layer (see [`super::split`]): the query,
+//! Each rank holds its share of every layer (see [`super::partition`]): the query,
 //! key and value heads of its k/v groups and its slice of the feed-forward
-//! features. Attention output and feed-forward output are partial sums on each
-//! rank, completed by an all-reduce; embeddings, norms and the output head are
-//! replicated (only rank 0 computes logits). With one rank this is a plain
-//! llama forward pass.
+//! features (column parallel). The attention output projection and the down
+//! projection are split by output row: each rank all-gathers their input and
+//! computes whole dot products for its rows, then the rows are all-gathered, so
+//! every output value is one dot product by the same kernel whatever the world
+//! size (ARCHITECTURE.md says why this beats Megatron's row-parallel
+//! all-reduce here). Embeddings, norms and the output head are replicated (only
+//! rank 0 computes logits). With one rank this is a plain llama forward pass.
 //!
 //! A forward step takes several sequences at once, each with its own tokens
 //! (a prompt chunk or one decode token) and its own KV cache: the matmuls run on
@@ -21,8 +24,8 @@ use candle_core::{DType, Device, Module, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::comm::Communicator;
+use super::partition::{take_rows, Partition};
 use super::q4_1::Q41Matrix;
-use super::split::{take_rows, Partition};
 use super::ModelError;
 
 /// Shape of the model, from GGUF metadata.
@@ -278,15 +281,31 @@ impl RankModel {
     /// Runs one step over `steps` on this rank. Rank 0 returns the logits of each
     /// sequence's last token (in `steps` order); other ranks return an empty list.
     pub fn forward(&mut self, steps: &[SeqStep], comm: &dyn Communicator) -> Result<Vec<Vec<f32>>, ModelError> {
-        let cfg = self.cfg.clone();
+        self.check_steps(steps)?;
+        let mut x = self.embed_tokens(steps)?;
+        for s in steps {
+            self.caches.entry(s.seq).or_insert_with(|| vec![None; self.cfg.n_layer]);
+        }
+        for l in 0..self.cfg.n_layer {
+            let h = candle_nn::ops::rms_norm(&x, &self.layers[l].attn_norm, self.cfg.eps as f32)?;
+            x = (x + self.attention(l, &h, steps, comm)?)?;
+            let h = candle_nn::ops::rms_norm(&x, &self.layers[l].ffn_norm, self.cfg.eps as f32)?;
+            x = (x + self.feed_forward(l, &h, comm)?)?;
+        }
+        self.logits(&x, steps)
+    }
+
+    /// Refuses steps that cannot run: no tokens, past the context, or not
+    /// starting where the sequence's cache ends.
+    fn check_steps(&self, steps: &[SeqStep]) -> Result<(), ModelError> {
         for s in steps {
             if s.tokens.is_empty() {
                 return Err(ModelError::Input(format!("sequence {} has no tokens in this step", s.seq)));
             }
-            if s.start + s.tokens.len() > cfg.context_length {
+            if s.start + s.tokens.len() > self.cfg.context_length {
                 return Err(ModelError::Input(format!(
                     "sequence {} would exceed the context of {} tokens",
-                    s.seq, cfg.context_length
+                    s.seq, self.cfg.context_length
                 )));
             }
             let cached = self.caches.get(&s.seq).and_then(|c| c[0].as_ref()).map_or(0, |(k, _)| k.dim(2).unwrap_or(0));
@@ -297,80 +316,118 @@ impl RankModel {
                 )));
             }
         }
+        Ok(())
+    }
+
+    /// The embeddings of every step's tokens, one row each, in step order.
+    fn embed_tokens(&self, steps: &[SeqStep]) -> Result<Tensor, ModelError> {
         let ids: Vec<u32> = steps.iter().flat_map(|s| s.tokens.iter().copied()).collect();
         if let Some(bad) = ids.iter().find(|&&t| t as usize >= self.embed.shape().dims()[0]) {
             return Err(ModelError::Input(format!("token id {bad} is outside the vocabulary")));
         }
         let total = ids.len();
-        let mut x = self.embed.embedding(&Tensor::from_vec(ids, (total,), &self.device)?)?;
-        let (hd, nq, nkv) = (cfg.head_dim, self.part.q_heads().len(), self.part.kv_groups.len());
+        Ok(self.embed.embedding(&Tensor::from_vec(ids, (total,), &self.device)?)?)
+    }
+
+    /// Layer `l`'s attention block over the normed input `h`: q/k/v for this
+    /// rank's heads over all tokens, attention per sequence against its cache,
+    /// then the output projection by output row after gathering the heads.
+    fn attention(
+        &mut self,
+        l: usize,
+        h: &Tensor,
+        steps: &[SeqStep],
+        comm: &dyn Communicator,
+    ) -> Result<Tensor, ModelError> {
+        let layer = &self.layers[l];
+        let (mut q, mut k, mut v) = (layer.wq.forward(h)?, layer.wk.forward(h)?, layer.wv.forward(h)?);
+        if let Some((bq, bk, bv)) = &layer.bias {
+            q = q.broadcast_add(bq)?;
+            k = k.broadcast_add(bk)?;
+            v = v.broadcast_add(bv)?;
+        }
+        let mut outs = Vec::with_capacity(steps.len());
+        let mut offset = 0;
         for s in steps {
-            self.caches.entry(s.seq).or_insert_with(|| vec![None; cfg.n_layer]);
+            let len = s.tokens.len();
+            outs.push(self.sequence_attention(
+                l,
+                s,
+                &q.narrow(0, offset, len)?,
+                &k.narrow(0, offset, len)?,
+                &v.narrow(0, offset, len)?,
+            )?);
+            offset += len;
         }
-        for l in 0..cfg.n_layer {
-            let layer = &self.layers[l];
-            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, cfg.eps as f32)?;
-            let (mut q, mut k, mut v) = (layer.wq.forward(&h)?, layer.wk.forward(&h)?, layer.wv.forward(&h)?);
-            if let Some((bq, bk, bv)) = &layer.bias {
-                q = q.broadcast_add(bq)?;
-                k = k.broadcast_add(bk)?;
-                v = v.broadcast_add(bv)?;
+        let y = Tensor::cat(&outs, 0)?;
+        let hd = self.cfg.head_dim;
+        let heads: Vec<usize> = self.part.heads_per_rank().iter().map(|h| h * hd).collect();
+        let y = self.gather_columns(y, &heads, comm)?;
+        self.gather_columns(self.layers[l].wo.forward(&y)?, &self.part.hidden_per_rank(), comm)
+    }
+
+    /// One sequence's attention in layer `l`: rope, append to its KV cache,
+    /// causal softmax over the cache. `q`, `k`, `v` are its rows only.
+    fn sequence_attention(
+        &mut self,
+        l: usize,
+        s: &SeqStep,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<Tensor, ModelError> {
+        let (hd, nq, nkv) = (self.cfg.head_dim, self.part.q_heads().len(), self.part.kv_groups.len());
+        let len = s.tokens.len();
+        let heads = |t: &Tensor, n: usize| -> candle_core::Result<Tensor> {
+            t.reshape((1, len, n, hd))?.transpose(1, 2)?.contiguous()
+        };
+        let cos = self.cos.narrow(0, s.start, len)?;
+        let sin = self.sin.narrow(0, s.start, len)?;
+        let neox = self.cfg.rope_neox;
+        let rope = |t: Tensor| {
+            if neox {
+                candle_nn::rotary_emb::rope(&t, &cos, &sin)
+            } else {
+                candle_nn::rotary_emb::rope_i(&t, &cos, &sin)
             }
-            let mut outs = Vec::with_capacity(steps.len());
-            let mut offset = 0;
-            for s in steps {
-                let len = s.tokens.len();
-                let heads = |t: &Tensor, n: usize| -> candle_core::Result<Tensor> {
-                    t.narrow(0, offset, len)?.reshape((1, len, n, hd))?.transpose(1, 2)?.contiguous()
-                };
-                let cos = self.cos.narrow(0, s.start, len)?;
-                let sin = self.sin.narrow(0, s.start, len)?;
-                let rope = |t: Tensor| {
-                    if cfg.rope_neox {
-                        candle_nn::rotary_emb::rope(&t, &cos, &sin)
-                    } else {
-                        candle_nn::rotary_emb::rope_i(&t, &cos, &sin)
-                    }
-                };
-                let qs = rope(heads(&q, nq)?)?;
-                let ks = rope(heads(&k, nkv)?)?;
-                let vs = heads(&v, nkv)?;
-                let slot = &mut self.caches.get_mut(&s.seq).expect("cache created above")[l];
-                let (ks, vs) = match slot.take() {
-                    Some((kc, vc)) => (Tensor::cat(&[&kc, &ks], 2)?, Tensor::cat(&[&vc, &vs], 2)?),
-                    None => (ks, vs),
-                };
-                *slot = Some((ks.clone(), vs.clone()));
-                let rep = self.part.heads_per_group;
-                let ks = candle_transformers::utils::repeat_kv(ks, rep)?.contiguous()?;
-                let vs = candle_transformers::utils::repeat_kv(vs, rep)?.contiguous()?;
-                let att = (qs.matmul(&ks.t()?)? / (hd as f64).sqrt())?;
-                let att = if len > 1 {
-                    let kv_len = s.start + len;
-                    let mask: Vec<f32> = (0..len)
-                        .flat_map(|i| (0..kv_len).map(move |j| if j > s.start + i { f32::NEG_INFINITY } else { 0.0 }))
-                        .collect();
-                    att.broadcast_add(&Tensor::from_vec(mask, (len, kv_len), &self.device)?)?
-                } else {
-                    att
-                };
-                let att = candle_nn::ops::softmax_last_dim(&att)?;
-                let y = att.matmul(&vs)?.transpose(1, 2)?.reshape((len, nq * hd))?;
-                outs.push(y);
-                offset += len;
-            }
-            let y = Tensor::cat(&outs, 0)?;
-            let layer = &self.layers[l];
-            let heads: Vec<usize> = self.part.heads_per_rank().iter().map(|h| h * hd).collect();
-            let y = self.gather_columns(y, &heads, comm)?;
-            let attn = self.gather_columns(layer.wo.forward(&y)?, &self.part.hidden_per_rank(), comm)?;
-            x = (x + attn)?;
-            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, cfg.eps as f32)?;
-            let m = (candle_nn::ops::silu(&layer.w_gate.forward(&h)?)? * layer.w_up.forward(&h)?)?;
-            let m = self.gather_columns(m, &self.part.ffn_per_rank(), comm)?;
-            let ffn = self.gather_columns(layer.w_down.forward(&m)?, &self.part.hidden_per_rank(), comm)?;
-            x = (x + ffn)?;
-        }
+        };
+        let qs = rope(heads(q, nq)?)?;
+        let ks = rope(heads(k, nkv)?)?;
+        let vs = heads(v, nkv)?;
+        let slot = &mut self.caches.get_mut(&s.seq).expect("cache created in forward")[l];
+        let (ks, vs) = match slot.take() {
+            Some((kc, vc)) => (Tensor::cat(&[&kc, &ks], 2)?, Tensor::cat(&[&vc, &vs], 2)?),
+            None => (ks, vs),
+        };
+        *slot = Some((ks.clone(), vs.clone()));
+        let rep = self.part.heads_per_group;
+        let ks = candle_transformers::utils::repeat_kv(ks, rep)?.contiguous()?;
+        let vs = candle_transformers::utils::repeat_kv(vs, rep)?.contiguous()?;
+        let att = (qs.matmul(&ks.t()?)? / (hd as f64).sqrt())?;
+        let att = if len > 1 {
+            let kv_len = s.start + len;
+            let mask: Vec<f32> = (0..len)
+                .flat_map(|i| (0..kv_len).map(move |j| if j > s.start + i { f32::NEG_INFINITY } else { 0.0 }))
+                .collect();
+            att.broadcast_add(&Tensor::from_vec(mask, (len, kv_len), &self.device)?)?
+        } else {
+            att
+        };
+        let att = candle_nn::ops::softmax_last_dim(&att)?;
+        Ok(att.matmul(&vs)?.transpose(1, 2)?.reshape((len, nq * hd))?)
+    }
+
+    /// Layer `l`'s SwiGLU feed-forward over the normed input `h`; the down
+    /// projection by output row after gathering the features.
+    fn feed_forward(&self, l: usize, h: &Tensor, comm: &dyn Communicator) -> Result<Tensor, ModelError> {
+        let layer = &self.layers[l];
+        let m = (candle_nn::ops::silu(&layer.w_gate.forward(h)?)? * layer.w_up.forward(h)?)?;
+        let m = self.gather_columns(m, &self.part.ffn_per_rank(), comm)?;
+        self.gather_columns(layer.w_down.forward(&m)?, &self.part.hidden_per_rank(), comm)
+    }
+
+    /// Rank 0: logits of each sequence's last token; other ranks: nothing.
+    fn logits(&self, x: &Tensor, steps: &[SeqStep]) -> Result<Vec<Vec<f32>>, ModelError> {
         let Some(output) = &self.output else {
             return Ok(Vec::new());
         };
@@ -381,7 +438,7 @@ impl RankModel {
             last.push(end - 1);
         }
         let x = x.index_select(&Tensor::new(last.as_slice(), &self.device)?, 0)?;
-        let x = candle_nn::ops::rms_norm(&x, &self.norm, cfg.eps as f32)?;
+        let x = candle_nn::ops::rms_norm(&x, &self.norm, self.cfg.eps as f32)?;
         let logits = output.forward(&x)?.to_dtype(DType::F32)?;
         Ok(logits.to_vec2::<f32>()?)
     }

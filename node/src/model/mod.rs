@@ -2,9 +2,9 @@
 //! tensor-parallel ranks, with continuous batching and streamed generation.
 //!
 //! - [`tokenizer`]: the tokenizer from GGUF metadata; [`chat`]: chat templates.
-//! - [`split`]: how quantized weights are divided; [`llama`]: one rank's model.
+//! - [`partition`]: how quantized weights are divided; [`llama`]: one rank's model.
 //! - [`comm`] / [`tcp`] / `nccl` (feature `cuda`): the [`Communicator`] trait and its backends.
-//! - [`sampler`]: next-token choice; [`engine`]: the rank threads and the scheduler.
+//! - [`sampler`]: next-token choice; [`engine`]: the rank threads; `scheduler`: rank 0's continuous batching.
 //! - [`serving`]: prompts and chat messages to token ids, for the `model` role.
 
 pub mod chat;
@@ -13,10 +13,11 @@ pub mod engine;
 pub mod llama;
 #[cfg(feature = "cuda")]
 pub mod nccl;
+pub mod partition;
 pub mod q4_1;
 pub mod sampler;
+mod scheduler;
 pub mod serving;
-pub mod split;
 pub mod tcp;
 pub mod tokenizer;
 

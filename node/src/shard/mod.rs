@@ -3,15 +3,17 @@
 //! A shard replica is a sled tree, the source of truth for chunk text, metadata
 //! and vectors ([`ShardStore`]), plus indexes derived from it at open: an HNSW
 //! ANN index ([`AnnIndex`], usearch) and a BM25 inverted index ([`Bm25Index`]).
-//! [`Shard`] keeps the three in step; [`ShardActor`] serialises access to one
-//! shard; [`ShardRegistry`] opens, hosts and drops the shards of a node.
+//! [`Shard`] (`replica.rs`) keeps the three in step; [`ShardActor`] serialises
+//! access to one shard; [`ShardRegistry`] opens, hosts and drops the shards of a
+//! node; [`replication`] sends a primary's writes to its followers.
 
 mod actor;
 mod ann;
 mod bm25;
 mod filter;
 mod registry;
-mod shard;
+mod replica;
+pub mod replication;
 mod store;
 
 pub use actor::{ShardActor, ShardHandle, ShardMsg};
@@ -19,7 +21,7 @@ pub use ann::{cosine, AnnIndex};
 pub use bm25::{terms, Bm25Index};
 pub use filter::{Condition, Filter};
 pub use registry::ShardRegistry;
-pub use shard::{DocWrite, SearchMode, Shard, ShardHit, ShardQuery, ShardResults, ShardStats, WriteOutcome};
+pub use replica::{DocWrite, SearchMode, Shard, ShardHit, ShardQuery, ShardResults, ShardStats, WriteOutcome};
 pub use store::{ChunkRecord, ShardStore};
 
 use thiserror::Error;

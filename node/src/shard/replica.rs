@@ -106,6 +106,41 @@ pub struct Shard {
     ann_path: Option<PathBuf>,
 }
 
+/// A write batch prepared but not yet applied.
+#[derive(Default)]
+struct Staged<'w> {
+    batch: Batch,
+    next_key: u64,
+    outcome: WriteOutcome,
+    removed: Vec<u64>,
+    added: Vec<(String, u64, &'w ChunkRecord, &'w Vec<f32>)>,
+}
+
+/// Checks every write before any is applied: ids, dimensions, finite vectors,
+/// chunks that belong to their document.
+fn validate_writes(writes: &[DocWrite], dimension: usize) -> Result<(), ShardError> {
+    for w in writes {
+        if w.doc_id.is_empty() {
+            return Err(ShardError::Invalid("document id must not be empty".into()));
+        }
+        for (record, vector) in &w.chunks {
+            if vector.len() != dimension {
+                return Err(ShardError::Dimension { expected: dimension, got: vector.len() });
+            }
+            if record.doc_id != w.doc_id {
+                return Err(ShardError::Invalid(format!(
+                    "chunk {} belongs to {}, not {}",
+                    record.chunk_id, record.doc_id, w.doc_id
+                )));
+            }
+            if vector.iter().any(|x| !x.is_finite()) {
+                return Err(ShardError::Invalid(format!("chunk {} has a non-finite vector", record.chunk_id)));
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Shard {
     /// Opens a shard over `tree`, rebuilding its indexes from the stored chunks,
     /// or reloading the ANN index saved at `ann_path` when it is as new as sled.
@@ -217,75 +252,72 @@ impl Shard {
             .collect()
     }
 
+    /// Applies `writes` as write number `sequence`: validated as a whole, then one
+    /// durable sled batch (chunks, document keys, the log entry), then the derived
+    /// indexes, so a failure before the batch leaves nothing half applied.
     fn apply_at(&mut self, writes: Vec<DocWrite>, sequence: u64) -> Result<WriteOutcome, ShardError> {
-        // Validate everything first: a bad write must not leave a half-applied batch.
-        for w in &writes {
-            if w.doc_id.is_empty() {
-                return Err(ShardError::Invalid("document id must not be empty".into()));
-            }
-            for (record, vector) in &w.chunks {
-                if vector.len() != self.dimension {
-                    return Err(ShardError::Dimension { expected: self.dimension, got: vector.len() });
-                }
-                if record.doc_id != w.doc_id {
-                    return Err(ShardError::Invalid(format!(
-                        "chunk {} belongs to {}, not {}",
-                        record.chunk_id, record.doc_id, w.doc_id
-                    )));
-                }
-                if vector.iter().any(|x| !x.is_finite()) {
-                    return Err(ShardError::Invalid(format!("chunk {} has a non-finite vector", record.chunk_id)));
-                }
-            }
+        validate_writes(&writes, self.dimension)?;
+        let staged = self.stage(&writes)?;
+        let log = serde_json::to_vec(&writes).map_err(|e| ShardError::Corrupt(e.to_string()))?;
+        self.store.apply(staged.batch, sequence, staged.next_key, log)?;
+        self.sequence = sequence;
+        self.next_key = staged.next_key;
+        let mut outcome = staged.outcome;
+        outcome.sequence = sequence;
+        // Derived state follows the durable state.
+        self.unindex(&staged.removed)?;
+        for (doc_id, key, record, vector) in staged.added {
+            self.ann.add(key, vector)?;
+            self.bm25.insert(key, &record.text);
+            self.docs.entry(doc_id.clone()).or_default().push(key);
+            self.chunks.insert(key, ChunkMeta { doc_id, metadata: record.metadata.clone() });
         }
-        // Later writes of the same document win.
+        Ok(outcome)
+    }
+
+    /// The sled batch of `writes` (later writes of the same document win) and
+    /// what it removes and adds, for the derived indexes.
+    fn stage<'w>(&self, writes: &'w [DocWrite]) -> Result<Staged<'w>, ShardError> {
         let mut last: HashMap<&str, usize> = HashMap::new();
         for (i, w) in writes.iter().enumerate() {
             last.insert(w.doc_id.as_str(), i);
         }
-
-        let mut batch = Batch::default();
-        let mut next_key = self.next_key;
-        let mut outcome = WriteOutcome::default();
-        let mut removed: Vec<u64> = Vec::new();
-        let mut added: Vec<(String, u64, &ChunkRecord, &Vec<f32>)> = Vec::new();
+        let mut staged = Staged { next_key: self.next_key, ..Staged::default() };
         for (i, w) in writes.iter().enumerate() {
             if last.get(w.doc_id.as_str()) != Some(&i) {
                 continue;
             }
             let old = self.docs.get(&w.doc_id).cloned().unwrap_or_default();
             for &key in &old {
-                ShardStore::delete_chunk(&mut batch, key);
+                ShardStore::delete_chunk(&mut staged.batch, key);
             }
             if w.delete {
                 if !old.is_empty() {
-                    outcome.documents += 1;
-                    outcome.chunks += old.len() as u64;
+                    staged.outcome.documents += 1;
+                    staged.outcome.chunks += old.len() as u64;
                 }
-                ShardStore::put_doc(&mut batch, &w.doc_id, &[]);
+                ShardStore::put_doc(&mut staged.batch, &w.doc_id, &[]);
             } else {
                 let mut keys = Vec::with_capacity(w.chunks.len());
                 for (record, vector) in &w.chunks {
-                    let key = next_key;
-                    next_key += 1;
-                    ShardStore::put_chunk(&mut batch, key, record, vector)?;
+                    let key = staged.next_key;
+                    staged.next_key += 1;
+                    ShardStore::put_chunk(&mut staged.batch, key, record, vector)?;
                     keys.push(key);
-                    added.push((w.doc_id.clone(), key, record, vector));
+                    staged.added.push((w.doc_id.clone(), key, record, vector));
                 }
-                ShardStore::put_doc(&mut batch, &w.doc_id, &keys);
-                outcome.documents += 1;
-                outcome.chunks += w.chunks.len() as u64;
+                ShardStore::put_doc(&mut staged.batch, &w.doc_id, &keys);
+                staged.outcome.documents += 1;
+                staged.outcome.chunks += w.chunks.len() as u64;
             }
-            removed.extend(old);
+            staged.removed.extend(old);
         }
-        let log = serde_json::to_vec(&writes).map_err(|e| ShardError::Corrupt(e.to_string()))?;
-        self.store.apply(batch, sequence, next_key, log)?;
-        self.sequence = sequence;
-        self.next_key = next_key;
-        outcome.sequence = sequence;
+        Ok(staged)
+    }
 
-        // Derived state follows the durable state.
-        for &key in &removed {
+    /// Drops removed chunks from the ANN and BM25 indexes and the in-memory maps.
+    fn unindex(&mut self, removed: &[u64]) -> Result<(), ShardError> {
+        for &key in removed {
             self.ann.remove(key)?;
             if let Some(meta) = self.chunks.remove(&key) {
                 if let Some(keys) = self.docs.get_mut(&meta.doc_id) {
@@ -296,14 +328,8 @@ impl Shard {
                 }
             }
         }
-        self.bm25.remove_many(&removed);
-        for (doc_id, key, record, vector) in added {
-            self.ann.add(key, vector)?;
-            self.bm25.insert(key, &record.text);
-            self.docs.entry(doc_id.clone()).or_default().push(key);
-            self.chunks.insert(key, ChunkMeta { doc_id, metadata: record.metadata.clone() });
-        }
-        Ok(outcome)
+        self.bm25.remove_many(removed);
+        Ok(())
     }
 
     /// A handle on the store to flush outside the shard's lock or actor.
@@ -482,7 +508,7 @@ mod tests {
             assert_eq!(hits.vector[0].record.doc_id, "b");
             assert_eq!(hits.bm25[0].record.chunk_id, "b#0");
             let zh_only =
-                Filter { must: vec![crate::index::Condition { key: "lang".into(), values: vec![json!("zh")] }] };
+                Filter { must: vec![crate::shard::Condition { key: "lang".into(), values: vec![json!("zh")] }] };
             let filtered = shard.search(&query(vec_for(3), "", SearchMode::Vector, zh_only)).unwrap();
             assert!(filtered.vector.iter().all(|h| h.record.doc_id == "b"));
             // A bad vector is refused and nothing changes.

@@ -19,7 +19,7 @@ use tonic::Status;
 use tracing::{info_span, warn, Instrument};
 
 use crate::convert::writes_to_pb;
-use crate::index::ShardHandle;
+use crate::shard::ShardHandle;
 
 /// How long the primary waits for one follower (including its catch-up).
 const FOLLOWER_TIMEOUT: Duration = Duration::from_secs(10);

@@ -11,7 +11,7 @@ use tessera_proto::shutdown::Shutdown;
 use tokio::sync::Mutex;
 use tracing::debug;
 
-use super::{validate_session_id, MemoryError, SessionActor, SessionInfo, SessionMsg, SessionState, SessionStore};
+use super::{validate_session_id, SessionActor, SessionError, SessionInfo, SessionMsg, SessionState, SessionStore};
 use tessera_types::ChatMessage;
 
 struct Live {
@@ -29,7 +29,7 @@ pub struct SessionRegistry {
 impl SessionRegistry {
     /// Opens the session database at `path`; actors idle for `idle` are stopped
     /// by a sweeper that runs until `shutdown` (or until the registry is dropped).
-    pub fn open(path: &Path, idle: Duration, shutdown: &Shutdown) -> Result<Self, MemoryError> {
+    pub fn open(path: &Path, idle: Duration, shutdown: &Shutdown) -> Result<Self, SessionError> {
         let me = Self { store: SessionStore::open(path)?, live: Arc::default() };
         let weak = Arc::downgrade(&me.live);
         let period = (idle / 4).max(Duration::from_millis(50));
@@ -49,7 +49,7 @@ impl SessionRegistry {
         self.live.lock().await.len()
     }
 
-    async fn actor(&self, session: &str) -> Result<ActorRef<SessionMsg>, MemoryError> {
+    async fn actor(&self, session: &str) -> Result<ActorRef<SessionMsg>, SessionError> {
         validate_session_id(session)?;
         let mut live = self.live.lock().await;
         if let Some(l) = live.get_mut(session) {
@@ -58,7 +58,7 @@ impl SessionRegistry {
         }
         let (actor, _) = Actor::spawn(None, SessionActor, (self.store.clone(), session.to_string()))
             .await
-            .map_err(|e| MemoryError::Unavailable(e.to_string()))?;
+            .map_err(|e| SessionError::Unavailable(e.to_string()))?;
         debug!(session, "session actor spawned");
         live.insert(session.to_string(), Live { actor: actor.clone(), last_used: Instant::now() });
         metrics::gauge!("tessera_sessions_live").set(live.len() as f64);
@@ -70,7 +70,7 @@ impl SessionRegistry {
         &self,
         session: &str,
         build: impl Fn(RpcReplyPort<T>) -> SessionMsg,
-    ) -> Result<T, MemoryError> {
+    ) -> Result<T, SessionError> {
         for _ in 0..2 {
             let actor = self.actor(session).await?;
             match actor.call(&build, None).await {
@@ -80,16 +80,16 @@ impl SessionRegistry {
                 }
             }
         }
-        Err(MemoryError::Unavailable(format!("session '{session}' did not answer")))
+        Err(SessionError::Unavailable(format!("session '{session}' did not answer")))
     }
 
     /// The stored state of a session (no messages when unknown).
-    pub async fn load(&self, session: &str) -> Result<SessionState, MemoryError> {
+    pub async fn load(&self, session: &str) -> Result<SessionState, SessionError> {
         self.call(session, SessionMsg::Load).await?
     }
 
     /// Appends messages; returns once durable.
-    pub async fn append(&self, session: &str, messages: Vec<ChatMessage>) -> Result<SessionState, MemoryError> {
+    pub async fn append(&self, session: &str, messages: Vec<ChatMessage>) -> Result<SessionState, SessionError> {
         let n = messages.len() as u64;
         let state = self.call(session, |r| SessionMsg::Append(messages.clone(), r)).await??;
         metrics::counter!("tessera_session_messages_appended_total").increment(n);
@@ -97,17 +97,17 @@ impl SessionRegistry {
     }
 
     /// Records a summary of messages up to `upto`.
-    pub async fn summarize(&self, session: &str, summary: String, upto: u64) -> Result<SessionState, MemoryError> {
+    pub async fn summarize(&self, session: &str, summary: String, upto: u64) -> Result<SessionState, SessionError> {
         self.call(session, |reply| SessionMsg::Summarize { summary: summary.clone(), upto, reply }).await?
     }
 
     /// Removes a session's history.
-    pub async fn clear(&self, session: &str) -> Result<u64, MemoryError> {
+    pub async fn clear(&self, session: &str) -> Result<u64, SessionError> {
         self.call(session, SessionMsg::Clear).await?
     }
 
     /// All stored sessions.
-    pub fn list(&self) -> Result<Vec<SessionInfo>, MemoryError> {
+    pub fn list(&self) -> Result<Vec<SessionInfo>, SessionError> {
         self.store.list()
     }
 

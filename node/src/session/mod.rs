@@ -1,4 +1,4 @@
-//! Session memory: the conversation history of each chat session.
+//! Sessions: the conversation history of each chat session (the `session` role).
 //!
 //! History is stored in sled ([`SessionStore`]) and owned, while a session is
 //! live, by one [`SessionActor`], so appends to one session are applied in
@@ -21,7 +21,7 @@ use thiserror::Error;
 
 /// Why a session operation failed.
 #[derive(Debug, Error)]
-pub enum MemoryError {
+pub enum SessionError {
     /// Bad session id, role or content.
     #[error("{0}")]
     Invalid(String),

@@ -10,34 +10,28 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
-use crate::memory::{MemoryError, SessionRegistry};
-use crate::model::{ChatMessage, Event, ModelError};
+use crate::model::{ChatMessage, Event};
+use crate::session::SessionRegistry;
 
 /// The stream type of Generate.
 pub type GenerateStream = Pin<Box<dyn Stream<Item = Result<pb::GenerateChunk, Status>> + Send>>;
 
-/// Maps model errors onto gRPC codes.
-pub fn model_status(e: ModelError) -> Status {
-    match e {
-        ModelError::Input(m) => Status::invalid_argument(m),
-        ModelError::Busy(m) => Status::resource_exhausted(m),
-        ModelError::Template(m) => Status::invalid_argument(format!("chat template: {m}")),
-        other => Status::internal(other.to_string()),
-    }
-}
+mod errors;
+
+pub use errors::{model_status, session_status, shard_status};
 
 use crate::convert::{
     filter_from_pb, hit_pb, parse_metadata, sampling_from_pb, shard_ref, stats_pb, writes_from_pb, writes_to_pb,
 };
-use crate::index::{ShardError, ShardQuery};
 use crate::load::{Document, FileJob, SplitSpec};
 use crate::node::Node;
+use crate::shard::{ShardError, ShardQuery};
 
 /// Serves [`pb::node_server::Node`] over a [`Node`].
 #[derive(Clone)]
 pub struct NodeService {
     node: Arc<Node>,
-    replication: crate::replication::Replication,
+    replication: crate::shard::replication::Replication,
 }
 
 impl NodeService {
@@ -57,32 +51,12 @@ impl NodeService {
         self.node.sessions.as_ref().ok_or_else(|| Status::failed_precondition("this node has no session role"))
     }
 
-    fn shards(&self) -> Result<&crate::index::ShardRegistry, Status> {
+    fn shards(&self) -> Result<&crate::shard::ShardRegistry, Status> {
         self.node.shards.as_ref().ok_or_else(|| Status::failed_precondition("this node has no shard role"))
     }
 }
 
-/// Maps shard errors onto gRPC codes.
-pub fn shard_status(e: ShardError) -> Status {
-    match e {
-        ShardError::Invalid(_) | ShardError::Dimension { .. } => Status::invalid_argument(e.to_string()),
-        ShardError::NotFound(_) => Status::not_found(e.to_string()),
-        ShardError::OutOfOrder { .. } => Status::failed_precondition(e.to_string()),
-        ShardError::Unavailable(_) => Status::unavailable(e.to_string()),
-        ShardError::Storage(_) | ShardError::Corrupt(_) | ShardError::Ann(_) => Status::internal(e.to_string()),
-    }
-}
-
-/// Maps session errors onto gRPC codes.
-pub fn memory_status(e: MemoryError) -> Status {
-    match e {
-        MemoryError::Invalid(m) => Status::invalid_argument(m),
-        MemoryError::SessionId(e) => Status::invalid_argument(e.to_string()),
-        MemoryError::Unavailable(m) => Status::unavailable(m),
-        other => Status::internal(other.to_string()),
-    }
-}
-
+/// The `Node` RPCs: each checks the role, converts the request, asks the actor.
 #[tonic::async_trait]
 impl pb::node_server::Node for NodeService {
     type GenerateStream = GenerateStream;
@@ -418,7 +392,7 @@ impl pb::node_server::Node for NodeService {
 
     #[instrument(skip_all, name = "Node/SessionLoad")]
     async fn session_load(&self, req: Request<pb::GetSessionRequest>) -> Result<Response<pb::SessionState>, Status> {
-        let state = self.sessions()?.load(&req.into_inner().session).await.map_err(memory_status)?;
+        let state = self.sessions()?.load(&req.into_inner().session).await.map_err(session_status)?;
         Ok(Response::new(state.into()))
     }
 
@@ -429,7 +403,7 @@ impl pb::node_server::Node for NodeService {
     ) -> Result<Response<pb::SessionState>, Status> {
         let req = req.into_inner();
         let messages = convert::chat_messages(&req.messages).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let state = self.sessions()?.append(&req.session, messages).await.map_err(memory_status)?;
+        let state = self.sessions()?.append(&req.session, messages).await.map_err(session_status)?;
         Ok(Response::new(state.into()))
     }
 
@@ -440,7 +414,7 @@ impl pb::node_server::Node for NodeService {
     ) -> Result<Response<pb::SessionState>, Status> {
         let req = req.into_inner();
         let state =
-            self.sessions()?.summarize(&req.session, req.summary, req.summarized_upto).await.map_err(memory_status)?;
+            self.sessions()?.summarize(&req.session, req.summary, req.summarized_upto).await.map_err(session_status)?;
         Ok(Response::new(state.into()))
     }
 
@@ -449,7 +423,8 @@ impl pb::node_server::Node for NodeService {
         &self,
         _req: Request<pb::ListSessionsRequest>,
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
-        let sessions = self.sessions()?.list().map_err(memory_status)?.into_iter().map(pb::SessionInfo::from).collect();
+        let sessions =
+            self.sessions()?.list().map_err(session_status)?.into_iter().map(pb::SessionInfo::from).collect();
         Ok(Response::new(pb::ListSessionsResponse { sessions }))
     }
 
@@ -458,7 +433,7 @@ impl pb::node_server::Node for NodeService {
         &self,
         req: Request<pb::ClearSessionRequest>,
     ) -> Result<Response<pb::ClearSessionResponse>, Status> {
-        let messages = self.sessions()?.clear(&req.into_inner().session).await.map_err(memory_status)?;
+        let messages = self.sessions()?.clear(&req.into_inner().session).await.map_err(session_status)?;
         Ok(Response::new(pb::ClearSessionResponse { cleared: messages > 0, messages }))
     }
 

@@ -43,7 +43,7 @@ pub fn chunk_document(doc: &Document, splitter: &dyn Splitter) -> Result<Vec<Chu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::split::RecursiveSplitter;
+    use crate::chunking::RecursiveSplitter;
 
     #[test]
     fn chunks_carry_ids_positions_and_metadata() {

@@ -6,19 +6,19 @@
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{info_span, Instrument};
 
-use super::{MemoryError, SessionState, SessionStore};
+use super::{SessionError, SessionState, SessionStore};
 use tessera_types::ChatMessage;
 
 /// Messages a session actor understands.
 pub enum SessionMsg {
     /// The stored state.
-    Load(RpcReplyPort<Result<SessionState, MemoryError>>),
+    Load(RpcReplyPort<Result<SessionState, SessionError>>),
     /// Append messages; answered once durable, with the new state.
-    Append(Vec<ChatMessage>, RpcReplyPort<Result<SessionState, MemoryError>>),
+    Append(Vec<ChatMessage>, RpcReplyPort<Result<SessionState, SessionError>>),
     /// Record a summary of messages up to a seq.
-    Summarize { summary: String, upto: u64, reply: RpcReplyPort<Result<SessionState, MemoryError>> },
+    Summarize { summary: String, upto: u64, reply: RpcReplyPort<Result<SessionState, SessionError>> },
     /// Remove the session's history; answers how many messages it had.
-    Clear(RpcReplyPort<Result<u64, MemoryError>>),
+    Clear(RpcReplyPort<Result<u64, SessionError>>),
 }
 
 /// The actor type.
@@ -52,7 +52,7 @@ impl Actor for SessionActor {
         message: Self::Msg,
         s: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let loaded = |s: &SessionActorState| s.state.clone().map_err(MemoryError::Corrupt);
+        let loaded = |s: &SessionActorState| s.state.clone().map_err(SessionError::Corrupt);
         match message {
             SessionMsg::Load(reply) => {
                 let _span = info_span!("session.load", session = %s.id).entered();

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
-use super::MemoryError;
+use super::SessionError;
 use tessera_types::{validate_session_id, ChatMessage, SessionInfo, SessionState, StoredMessage};
 
 const MESSAGES: &str = "session.messages";
@@ -43,8 +43,8 @@ fn prefix(session: &str) -> Vec<u8> {
     k
 }
 
-fn corrupt(e: impl std::fmt::Display) -> MemoryError {
-    MemoryError::Corrupt(e.to_string())
+fn corrupt(e: impl std::fmt::Display) -> SessionError {
+    SessionError::Corrupt(e.to_string())
 }
 
 /// See the module documentation.
@@ -57,12 +57,12 @@ pub struct SessionStore {
 
 impl SessionStore {
     /// Opens (creating) the session database at `path`.
-    pub fn open(path: &std::path::Path) -> Result<Self, MemoryError> {
+    pub fn open(path: &std::path::Path) -> Result<Self, SessionError> {
         let db = sled::open(path)?;
         Ok(Self { messages: db.open_tree(MESSAGES)?, meta: db.open_tree(META)?, db })
     }
 
-    fn meta_of(&self, session: &str) -> Result<Option<Meta>, MemoryError> {
+    fn meta_of(&self, session: &str) -> Result<Option<Meta>, SessionError> {
         match self.meta.get(session.as_bytes())? {
             Some(v) => Ok(Some(serde_json::from_slice(&v).map_err(corrupt)?)),
             None => Ok(None),
@@ -70,7 +70,7 @@ impl SessionStore {
     }
 
     /// The session's state; empty (no messages) when it is unknown.
-    pub fn load(&self, session: &str) -> Result<SessionState, MemoryError> {
+    pub fn load(&self, session: &str) -> Result<SessionState, SessionError> {
         validate_session_id(session)?;
         let meta = self.meta_of(session)?.unwrap_or_default();
         let mut messages = Vec::new();
@@ -87,13 +87,13 @@ impl SessionStore {
     }
 
     /// Appends messages atomically and flushes; returns the stored records.
-    pub async fn append(&self, session: &str, new: &[ChatMessage]) -> Result<Vec<StoredMessage>, MemoryError> {
+    pub async fn append(&self, session: &str, new: &[ChatMessage]) -> Result<Vec<StoredMessage>, SessionError> {
         validate_session_id(session)?;
         let now = now_ms();
         let result = (&self.messages, &self.meta).transaction(|(messages, meta)| {
             let mut m: Meta = match meta.get(session.as_bytes())? {
                 Some(v) => serde_json::from_slice(&v)
-                    .map_err(|e| ConflictableTransactionError::Abort(MemoryError::Corrupt(e.to_string())))?,
+                    .map_err(|e| ConflictableTransactionError::Abort(SessionError::Corrupt(e.to_string())))?,
                 None => Meta::default(),
             };
             let mut stored = Vec::with_capacity(new.len());
@@ -102,14 +102,14 @@ impl SessionStore {
                 let record =
                     StoredMessage { seq: m.next_seq, role: msg.role, content: msg.content.clone(), unix_ms: now };
                 let bytes = serde_json::to_vec(&record)
-                    .map_err(|e| ConflictableTransactionError::Abort(MemoryError::Corrupt(e.to_string())))?;
+                    .map_err(|e| ConflictableTransactionError::Abort(SessionError::Corrupt(e.to_string())))?;
                 messages.insert(message_key(session, record.seq), bytes)?;
                 stored.push(record);
             }
             m.messages += new.len() as u64;
             m.updated_unix_ms = now;
             let bytes = serde_json::to_vec(&m)
-                .map_err(|e| ConflictableTransactionError::Abort(MemoryError::Corrupt(e.to_string())))?;
+                .map_err(|e| ConflictableTransactionError::Abort(SessionError::Corrupt(e.to_string())))?;
             meta.insert(session.as_bytes(), bytes)?;
             Ok(stored)
         });
@@ -124,13 +124,13 @@ impl SessionStore {
 
     /// Records a summary of the messages up to `upto`; flushed before it returns.
     /// A summary older than the stored one is ignored (summaries may race).
-    pub async fn set_summary(&self, session: &str, summary: &str, upto: u64) -> Result<(), MemoryError> {
+    pub async fn set_summary(&self, session: &str, summary: &str, upto: u64) -> Result<(), SessionError> {
         validate_session_id(session)?;
         let mut meta = self
             .meta_of(session)?
-            .ok_or_else(|| MemoryError::Invalid(format!("session '{session}' has no messages to summarise")))?;
+            .ok_or_else(|| SessionError::Invalid(format!("session '{session}' has no messages to summarise")))?;
         if upto > meta.next_seq {
-            return Err(MemoryError::Invalid(format!("summarized_upto {upto} is past the last message")));
+            return Err(SessionError::Invalid(format!("summarized_upto {upto} is past the last message")));
         }
         if upto <= meta.summarized_upto {
             return Ok(());
@@ -143,7 +143,7 @@ impl SessionStore {
     }
 
     /// Removes a session; returns how many messages it had.
-    pub async fn clear(&self, session: &str) -> Result<u64, MemoryError> {
+    pub async fn clear(&self, session: &str) -> Result<u64, SessionError> {
         validate_session_id(session)?;
         let mut removed = 0;
         let mut batch = sled::Batch::default();
@@ -158,7 +158,7 @@ impl SessionStore {
     }
 
     /// Every stored session, by id.
-    pub fn list(&self) -> Result<Vec<SessionInfo>, MemoryError> {
+    pub fn list(&self) -> Result<Vec<SessionInfo>, SessionError> {
         let mut out = Vec::new();
         for item in self.meta.iter() {
             let (k, v) = item?;
