@@ -9,7 +9,7 @@ use tessera_types::limits::MAX_MESSAGE_BYTES;
 use tonic::transport::Channel;
 
 use crate::walk::expand;
-use crate::{CollectionsCmd, DeleteArgs, GenerateArgs, IngestArgs, Mode, SearchArgs};
+use crate::{CollectionsCmd, DeleteArgs, GenerateArgs, IngestArgs, SearchArgs};
 
 /// Files per ingest request, and bytes per request (below the server's `MAX_MESSAGE_BYTES`).
 const FILES_PER_REQUEST: usize = 32;
@@ -156,11 +156,7 @@ pub(crate) fn parse_filters(filters: &[String]) -> anyhow::Result<Option<pb::Fil
 
 pub async fn search(args: SearchArgs) -> anyhow::Result<()> {
     let filter = parse_filters(&args.filters)?;
-    let mode = match args.mode {
-        Mode::Vector => pb::SearchMode::Vector,
-        Mode::Bm25 => pb::SearchMode::Bm25,
-        Mode::Hybrid => pb::SearchMode::Hybrid,
-    };
+    let mode = pb::SearchMode::from(args.mode);
     let mut c = connect(&args.server.server).await?;
     let resp = rpc(c
         .search(pb::SearchRequest {

@@ -171,11 +171,7 @@ fn request(o: &AskOptions, question: String, session: Option<String>) -> anyhow:
         window: o.window,
         max_tokens: o.memory_tokens,
     });
-    let mode = match o.mode {
-        Mode::Vector => pb::SearchMode::Vector,
-        Mode::Bm25 => pb::SearchMode::Bm25,
-        Mode::Hybrid => pb::SearchMode::Hybrid,
-    };
+    let mode = pb::SearchMode::from(o.mode);
     Ok(pb::AskRequest {
         collection: o.collection.clone(),
         session: session.unwrap_or_default(),

@@ -129,11 +129,23 @@ struct DeleteArgs {
     server: ServerArg,
 }
 
+/// `--mode` of search and ask (the names of `tessera_types::SearchMode`).
 #[derive(ValueEnum, Debug, Clone, Copy)]
 pub(crate) enum Mode {
     Vector,
     Bm25,
     Hybrid,
+}
+
+impl From<Mode> for tessera_proto::v1::SearchMode {
+    fn from(m: Mode) -> Self {
+        let mode = match m {
+            Mode::Vector => tessera_types::SearchMode::Vector,
+            Mode::Bm25 => tessera_types::SearchMode::Bm25,
+            Mode::Hybrid => tessera_types::SearchMode::Hybrid,
+        };
+        mode.into()
+    }
 }
 
 #[derive(Args, Debug)]

@@ -232,16 +232,30 @@ impl Catalog {
     }
 }
 
+/// Why a collection name is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum InvalidName {
+    /// "".
+    #[error("collection name must not be empty")]
+    Empty,
+    /// Over 128 bytes.
+    #[error("collection name is longer than 128 bytes")]
+    TooLong,
+    /// A character outside `[A-Za-z0-9_.-]`, or a leading dot.
+    #[error("invalid collection name '{0}': use ASCII letters, digits, '-', '_' and '.'")]
+    Characters(String),
+}
+
 /// Checks a collection name (it becomes part of storage keys and file names).
-pub fn validate_name(name: &str) -> Result<(), String> {
+pub fn validate_name(name: &str) -> Result<(), InvalidName> {
     if name.is_empty() {
-        return Err("collection name must not be empty".into());
+        return Err(InvalidName::Empty);
     }
     if name.len() > 128 {
-        return Err("collection name is longer than 128 bytes".into());
+        return Err(InvalidName::TooLong);
     }
     if !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) || name.starts_with('.') {
-        return Err(format!("invalid collection name '{name}': use ASCII letters, digits, '-', '_' and '.'"));
+        return Err(InvalidName::Characters(name.to_string()));
     }
     Ok(())
 }

@@ -18,7 +18,7 @@ impl Coordinator {
         replication: u32,
         if_missing: bool,
     ) -> Result<CollectionMeta> {
-        validate_name(name).map_err(CoordinatorError::invalid)?;
+        validate_name(name)?;
         let shards = if shards == 0 { self.config.default_shards } else { shards };
         if shards > self.config.max_shards {
             return Err(CoordinatorError::invalid(format!("shards must be at most {}", self.config.max_shards)));

@@ -120,7 +120,7 @@ impl Coordinator {
 
     /// The catalog record of an existing collection.
     pub(crate) fn collection(&self, name: &str) -> Result<CollectionMeta> {
-        validate_name(name).map_err(CoordinatorError::invalid)?;
+        validate_name(name)?;
         self.catalog
             .get(name)?
             .ok_or_else(|| CoordinatorError::not_found(format!("collection '{name}' does not exist")))

@@ -8,7 +8,7 @@ use tessera_proto::convert::UnknownSearchMode;
 use thiserror::Error;
 use tonic::{Code, Status};
 
-use crate::catalog::CatalogError;
+use crate::catalog::{CatalogError, InvalidName};
 use crate::nodes::NodeRef;
 
 /// Why a coordinator operation failed.
@@ -123,6 +123,12 @@ impl CoordinatorError {
 impl From<Status> for CoordinatorError {
     fn from(s: Status) -> Self {
         Self::Upstream(s)
+    }
+}
+
+impl From<InvalidName> for CoordinatorError {
+    fn from(e: InvalidName) -> Self {
+        Self::Invalid(e.to_string())
     }
 }
 

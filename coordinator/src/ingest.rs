@@ -31,7 +31,7 @@ impl Coordinator {
     /// Loads, splits, embeds and writes files and documents, creating the
     /// collection if needed. Files that fail to load are reported, not fatal.
     pub(crate) async fn ingest(&self, req: pb::IngestRequest) -> Result<pb::IngestResponse> {
-        validate_name(&req.collection).map_err(CoordinatorError::invalid)?;
+        validate_name(&req.collection)?;
         if req.files.is_empty() && req.documents.is_empty() {
             return Err(CoordinatorError::invalid("nothing to ingest: give files or documents"));
         }

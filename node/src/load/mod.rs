@@ -14,7 +14,7 @@ mod pool;
 mod text;
 
 pub use document::{Document, Metadata};
-pub use pool::{FileJob, LoadOutcome, LoadedDocument, LoaderPool, SplitSpec};
+pub use pool::{FileJob, LoadOutcome, LoadedDocument, LoaderError, LoaderPool, SplitSpec};
 
 use thiserror::Error;
 

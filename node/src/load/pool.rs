@@ -80,28 +80,42 @@ impl LoaderPool {
         files: Vec<FileJob>,
         documents: Vec<Document>,
         spec: SplitSpec,
-    ) -> Result<LoadOutcome, String> {
+    ) -> Result<LoadOutcome, LoaderError> {
+        let spec_error = |m: String| LoaderError::Spec(m);
         let splitter: Arc<dyn Splitter> = match spec.kind.as_str() {
-            "" | "recursive" => {
-                Arc::new(RecursiveSplitter::new(spec.chunk_size, spec.chunk_overlap).map_err(|e| e.to_string())?)
-            }
+            "" | "recursive" => Arc::new(
+                RecursiveSplitter::new(spec.chunk_size, spec.chunk_overlap).map_err(|e| spec_error(e.to_string()))?,
+            ),
             "token" => {
-                let tok =
-                    self.tokenizer.as_ref().ok_or("the token splitter needs the embedder's tokenizer on this node")?;
+                let tok = self.tokenizer.as_ref().ok_or_else(|| {
+                    spec_error("the token splitter needs the embedder's tokenizer on this node".into())
+                })?;
                 Arc::new(
                     TokenSplitter::new((**tok).clone(), spec.chunk_size, spec.chunk_overlap)
-                        .map_err(|e| e.to_string())?,
+                        .map_err(|e| spec_error(e.to_string()))?,
                 )
             }
-            other => return Err(format!("unknown splitter '{other}' (use recursive or token)")),
+            other => return Err(spec_error(format!("unknown splitter '{other}' (use recursive or token)"))),
         };
-        let _permit = self.permits.acquire().await.map_err(|e| e.to_string())?;
+        let _permit = self.permits.acquire().await.map_err(|e| LoaderError::Unavailable(e.to_string()))?;
         let max = self.max_document_bytes;
         let span = info_span!("loader.load_and_split", files = files.len(), documents = documents.len());
         tokio::task::spawn_blocking(move || span.in_scope(|| run(files, documents, splitter.as_ref(), max)))
             .await
-            .map_err(|e| format!("loader task failed: {e}"))
+            .map_err(|e| LoaderError::Unavailable(format!("loader task failed: {e}")))
     }
+}
+
+/// Why a load-and-split job did not run (problems with single files are
+/// reported in the outcome instead).
+#[derive(Debug, thiserror::Error)]
+pub enum LoaderError {
+    /// The splitter settings cannot work.
+    #[error("{0}")]
+    Spec(String),
+    /// The pool is shut down or its worker died.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 fn run(files: Vec<FileJob>, documents: Vec<Document>, splitter: &dyn Splitter, max: usize) -> LoadOutcome {

@@ -200,7 +200,7 @@ impl ModelGroup {
     /// Queues a generation; its events arrive on the returned receiver. Dropping
     /// the receiver cancels the generation.
     pub fn submit(&self, prompt: Vec<u32>, params: SamplingParams) -> Result<UnboundedReceiver<Event>, ModelError> {
-        params.validate().map_err(ModelError::Input)?;
+        params.validate().map_err(|e| ModelError::Input(e.to_string()))?;
         if prompt.is_empty() {
             return Err(ModelError::Input("the prompt is empty".into()));
         }

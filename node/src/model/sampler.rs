@@ -35,23 +35,29 @@ impl Default for SamplingParams {
     }
 }
 
+/// A sampling setting out of range; the message names it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidSampling(pub String);
+
 impl SamplingParams {
     /// Checks ranges; the error says which setting is wrong.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidSampling> {
+        let bad = |m: String| Err(InvalidSampling(m));
         if !self.temperature.is_finite() || self.temperature < 0.0 {
-            return Err(format!("temperature must be >= 0, got {}", self.temperature));
+            return bad(format!("temperature must be >= 0, got {}", self.temperature));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(format!("top_p must be in (0, 1], got {}", self.top_p));
+            return bad(format!("top_p must be in (0, 1], got {}", self.top_p));
         }
         if !self.repetition_penalty.is_finite() || self.repetition_penalty <= 0.0 {
-            return Err(format!("repetition_penalty must be > 0, got {}", self.repetition_penalty));
+            return bad(format!("repetition_penalty must be > 0, got {}", self.repetition_penalty));
         }
         if self.max_tokens == 0 {
-            return Err("max_tokens must be at least 1".into());
+            return bad("max_tokens must be at least 1".into());
         }
         if self.stop.iter().any(String::is_empty) {
-            return Err("stop sequences must not be empty".into());
+            return bad("stop sequences must not be empty".into());
         }
         Ok(())
     }
@@ -176,9 +182,18 @@ mod tests {
         assert!(SamplingParams { temperature: -0.1, ..Default::default() }
             .validate()
             .unwrap_err()
+            .to_string()
             .contains("temperature"));
-        assert!(SamplingParams { top_p: 0.0, ..Default::default() }.validate().unwrap_err().contains("top_p"));
-        assert!(SamplingParams { max_tokens: 0, ..Default::default() }.validate().unwrap_err().contains("max_tokens"));
+        assert!(SamplingParams { top_p: 0.0, ..Default::default() }
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("top_p"));
+        assert!(SamplingParams { max_tokens: 0, ..Default::default() }
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("max_tokens"));
         assert!(SamplingParams::default().validate().is_ok());
     }
 }

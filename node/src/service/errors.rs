@@ -1,6 +1,7 @@
 //! The one mapping of the node's error types to gRPC status codes.
 use tonic::Status;
 
+use crate::load::LoaderError;
 use crate::model::ModelError;
 use crate::session::SessionError;
 use crate::shard::ShardError;
@@ -33,5 +34,13 @@ pub fn session_status(e: SessionError) -> Status {
         SessionError::SessionId(e) => Status::invalid_argument(e.to_string()),
         SessionError::Unavailable(m) => Status::unavailable(m),
         other => Status::internal(other.to_string()),
+    }
+}
+
+/// Maps loader errors onto gRPC codes.
+pub fn loader_status(e: LoaderError) -> Status {
+    match e {
+        LoaderError::Spec(m) => Status::invalid_argument(m),
+        LoaderError::Unavailable(m) => Status::unavailable(m),
     }
 }

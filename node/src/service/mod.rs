@@ -18,7 +18,7 @@ pub type GenerateStream = Pin<Box<dyn Stream<Item = Result<pb::GenerateChunk, St
 
 mod errors;
 
-pub use errors::{model_status, session_status, shard_status};
+pub use errors::{loader_status, model_status, session_status, shard_status};
 
 use crate::convert::{
     filter_from_pb, hit_pb, parse_metadata, sampling_from_pb, shard_ref, stats_pb, writes_from_pb, writes_to_pb,
@@ -181,7 +181,7 @@ impl pb::node_server::Node for NodeService {
             chunk_size: req.chunk_size as usize,
             chunk_overlap: req.chunk_overlap as usize,
         };
-        let outcome = loader.load_and_split(files, documents, spec).await.map_err(Status::invalid_argument)?;
+        let outcome = loader.load_and_split(files, documents, spec).await.map_err(loader_status)?;
         errors.extend(outcome.errors.into_iter().map(|(source, message)| pb::IngestError { source, message }));
         let documents = outcome
             .documents
