@@ -3,7 +3,7 @@
 //!
 //! The operations themselves are split by concern, each file an `impl
 //! Coordinator` block: `collections`, `ingest`, `search`, `sessions`,
-//! `generate`, `placement/` (failover, rebalance), `chain/` (ask); `grpc` is the
+//! `generate`, `placement/` (failover, rebalance), `ask/` (the RAG chain); `grpc` is the
 //! thin `Tessera` service over them.
 use std::sync::Arc;
 use std::time::Duration;

@@ -14,11 +14,13 @@
 
 pub mod chunking;
 pub mod convert;
+pub mod document;
 pub mod embed;
 pub mod load;
 pub mod membership;
 pub mod model;
 pub mod node;
+pub mod replication;
 pub mod service;
 pub mod session;
 pub mod shard;

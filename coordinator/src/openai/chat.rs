@@ -106,7 +106,7 @@ fn from_model(mut upstream: tonic::Streaming<pb::GenerateChunk>) -> Pieces {
 }
 
 /// Forwards an ask stream as pieces.
-fn from_ask(mut upstream: crate::chain::AskReceiver) -> Pieces {
+fn from_ask(mut upstream: crate::ask::AskReceiver) -> Pieces {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         while let Some(item) = upstream.recv().await {

@@ -2,7 +2,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{SplitError, Splitter};
-use crate::load::{Document, Metadata};
+use crate::document::{Document, Metadata};
 
 /// A piece of a document, the unit that is embedded, stored and searched.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -6,14 +6,13 @@
 //! is reported and skipped while the rest is stored.
 
 mod csv;
-mod document;
 mod html;
 mod json;
 mod pdf;
 mod pool;
 mod text;
 
-pub use document::{Document, Metadata};
+pub use crate::document::{Document, Metadata};
 pub use pool::{FileJob, LoadOutcome, LoadedDocument, LoaderError, LoaderPool, SplitSpec};
 
 use thiserror::Error;

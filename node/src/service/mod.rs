@@ -31,7 +31,7 @@ use crate::shard::{ShardError, ShardQuery};
 #[derive(Clone)]
 pub struct NodeService {
     node: Arc<Node>,
-    replication: crate::shard::replication::Replication,
+    replication: crate::replication::Replication,
 }
 
 impl NodeService {

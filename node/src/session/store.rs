@@ -224,7 +224,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SessionStore::open(&dir.path().join("s.sled")).unwrap();
         store.append("a", &[msg("user", "x")]).await.unwrap();
-        assert!(store.append("a", &[msg("user", "y"), msg("robot", "z")]).await.is_err());
+        // A role outside system/user/assistant cannot reach the store: the wire
+        // conversion refuses the whole batch before anything is appended.
+        let wire = [("user", "y"), ("robot", "z")]
+            .map(|(role, content)| tessera_proto::v1::ChatMessage { role: role.into(), content: content.into() });
+        assert!(tessera_proto::convert::chat_messages(&wire).is_err());
         assert!(store.append("", &[msg("user", "y")]).await.is_err());
         assert!(store.append("a\nb", &[msg("user", "y")]).await.is_err());
         assert!(store.set_summary("a", "s", 9).await.is_err());

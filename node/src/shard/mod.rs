@@ -5,7 +5,7 @@
 //! ANN index ([`AnnIndex`], usearch) and a BM25 inverted index ([`Bm25Index`]).
 //! [`Shard`] (`replica.rs`) keeps the three in step; [`ShardActor`] serialises
 //! access to one shard; [`ShardRegistry`] opens, hosts and drops the shards of a
-//! node; [`replication`] sends a primary's writes to its followers.
+//! node. Sending a primary's writes to its followers is `crate::replication`.
 
 mod actor;
 mod ann;
@@ -13,7 +13,6 @@ mod bm25;
 mod filter;
 mod registry;
 mod replica;
-pub mod replication;
 mod store;
 
 pub use actor::{ShardActor, ShardHandle, ShardMsg};

@@ -26,8 +26,8 @@ use tracing::{info_span, Instrument};
 pub use history::standalone_or_fallback;
 pub use window::{context_entry, history_line};
 
-use super::parser::OutputParser;
 use crate::catalog::CollectionMeta;
+use crate::chain::parser::OutputParser;
 use crate::coordinator::Coordinator;
 use crate::error::{CoordinatorError, Result};
 
