@@ -143,9 +143,14 @@ async fn main() {
         nodes.push(start_node(dir.path(), &etcd_url, &format!("n{n}"), "loader,embedder,shard"));
         wait_nodes(&mut c, n).await;
         let name = format!("q{n}");
-        c.create_collection(pb::CreateCollectionRequest { name: name.clone(), shards: 3, replication: 1 })
-            .await
-            .unwrap();
+        c.create_collection(pb::CreateCollectionRequest {
+            name: name.clone(),
+            shards: 3,
+            replication: 1,
+            settings: None,
+        })
+        .await
+        .unwrap();
         ingest(&mut c, &name, &docs).await;
         for (label, mode) in [("vector", pb::SearchMode::Vector), ("bm25", pb::SearchMode::Bm25)] {
             let (q, p50, p99) = search_load(&c, &name, &queries, mode, 4).await;
@@ -156,7 +161,9 @@ async fn main() {
     println!();
 
     // Shard transfer throughput: n3 copies shard 0 of a fresh collection placed on n1/n2.
-    c.create_collection(pb::CreateCollectionRequest { name: "t".into(), shards: 1, replication: 1 }).await.unwrap();
+    c.create_collection(pb::CreateCollectionRequest { name: "t".into(), shards: 1, replication: 1, settings: None })
+        .await
+        .unwrap();
     ingest(&mut c, "t", &docs).await;
     let st = c.cluster_status(pb::ClusterStatusRequest {}).await.unwrap().into_inner();
     let primary = st.collections.iter().find(|x| x.name == "t").unwrap().shards[0].primary.clone();
@@ -179,7 +186,9 @@ async fn main() {
     c.drop_collection(pb::DropCollectionRequest { name: "t".into() }).await.unwrap();
 
     // Failover under load: replication 3, kill the primary of shard 0.
-    c.create_collection(pb::CreateCollectionRequest { name: "f".into(), shards: 2, replication: 3 }).await.unwrap();
+    c.create_collection(pb::CreateCollectionRequest { name: "f".into(), shards: 2, replication: 3, settings: None })
+        .await
+        .unwrap();
     ingest(&mut c, "f", &docs[..200]).await;
     let st = c.cluster_status(pb::ClusterStatusRequest {}).await.unwrap().into_inner();
     let victim = st.collections.iter().find(|x| x.name == "f").unwrap().shards[0].primary.clone();

@@ -16,6 +16,7 @@ use common::{arg, models_dir, passage, percentile_ms, sentence, Rng};
 use serde_json::json;
 use tessera_node::embed::BertEmbedder;
 use tessera_node::shard::{ChunkRecord, Condition, DocWrite, Filter, SearchMode, Shard, ShardQuery};
+use tessera_types::SearchSettings;
 
 fn normalize(mut v: Vec<f32>) -> Vec<f32> {
     let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
@@ -49,8 +50,8 @@ fn main() {
 
     println!("usearch HNSW (M=16, ef_construction=128, ef_search=64), cosine, f32, 384 dims; one shard; {threads} CPU threads");
     println!();
-    println!("| chunks | insert chunks/s | vector p50 ms | vector p99 ms | vector QPS ({threads} threads) | filtered (10%) p50 ms | bm25 p50 ms | bm25 p99 ms | recall@10 |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| chunks | insert chunks/s | vector p50 ms (default) | vector p99 ms | vector QPS ({threads} threads) | exact p50 ms | HNSW ef=max(128,8k) p50 ms | filtered (10%) p50 ms | bm25 p50 ms | bm25 p99 ms | recall@10 HNSW ef 64 | recall@10 HNSW scaled ef | recall@10 default |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &size in &sizes {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path()).cache_capacity(256 << 20).open().unwrap();
@@ -84,6 +85,14 @@ fn main() {
             filter,
             mode,
             with_vectors: false,
+            settings: SearchSettings::default(),
+            exact: false,
+        };
+        // The two vector paths the default chooses between, forced.
+        let forced = |v: &Vec<f32>, exact: bool| ShardQuery {
+            exact,
+            settings: SearchSettings { exact_below: 0, ..SearchSettings::default() },
+            ..query(v, "", SearchMode::Vector, Filter::default())
         };
 
         let time = |f: &dyn Fn(usize)| {
@@ -99,6 +108,12 @@ fn main() {
         };
         let vector = time(&|i| {
             shard.search(&query(&queries[i], "", SearchMode::Vector, Filter::default())).unwrap();
+        });
+        let exact_t = time(&|i| {
+            shard.search(&forced(&queries[i], true)).unwrap();
+        });
+        let hnsw_t = time(&|i| {
+            shard.search(&forced(&queries[i], false)).unwrap();
         });
         let bucket = Filter { must: vec![Condition { key: "bucket".into(), values: vec![json!(3)] }] };
         let filtered = time(&|i| {
@@ -123,23 +138,37 @@ fn main() {
             }
         });
         let qps = (per_thread * threads) as f64 / t.elapsed().as_secs_f64();
-        // Recall@10 of the ANN index against exact search.
-        let mut found = 0usize;
-        let mut total = 0usize;
+        // Recall@10 against exact search: HNSW with ef 64 (the old default),
+        // HNSW with the scaled candidate list, and the default path.
+        let keys = |r: Vec<(u64, f32)>| r.into_iter().map(|(k, _)| k).collect::<Vec<u64>>();
+        let chunks = |q: &ShardQuery| -> Vec<String> {
+            shard.search(q).unwrap().vector.into_iter().map(|h| h.record.chunk_id).collect()
+        };
+        let (mut old, mut scaled, mut default, mut total) = (0usize, 0usize, 0usize, 0usize);
         for q in queries.iter().take(200) {
-            let exact: Vec<u64> = shard.exact_search(q, 10).unwrap().into_iter().map(|(k, _)| k).collect();
-            let approx: Vec<u64> = shard.ann_search(q, 10).unwrap().into_iter().map(|(k, _)| k).collect();
-            found += exact.iter().filter(|k| approx.contains(k)).count();
+            let exact_keys = keys(shard.exact_search(q, 10).unwrap());
+            let a = keys(shard.ann_search(q, 10).unwrap());
+            old += exact_keys.iter().filter(|k| a.contains(k)).count();
+            let exact = chunks(&forced(q, true));
+            let b = chunks(&forced(q, false));
+            let c = chunks(&query(q, "", SearchMode::Vector, Filter::default()));
+            scaled += exact.iter().filter(|k| b.contains(k)).count();
+            default += exact.iter().filter(|k| c.contains(k)).count();
             total += exact.len();
         }
-        let recall = found as f64 / total.max(1) as f64;
+        let r = |n: usize| n as f64 / total.max(1) as f64;
         println!(
-            "| {size} | {insert_rate:.0} | {:.2} | {:.2} | {qps:.0} | {:.2} | {:.2} | {:.2} | {recall:.3} |",
+            "| {size} | {insert_rate:.0} | {:.2} | {:.2} | {qps:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.3} | {:.3} | {:.3} |",
             percentile_ms(&vector, 50.0),
             percentile_ms(&vector, 99.0),
+            percentile_ms(&exact_t, 50.0),
+            percentile_ms(&hnsw_t, 50.0),
             percentile_ms(&filtered, 50.0),
             percentile_ms(&bm25, 50.0),
             percentile_ms(&bm25, 99.0),
+            r(old),
+            r(scaled),
+            r(default),
         );
         // Keep the shard alive until here.
         shard = Shard::open(db.open_tree("empty").unwrap(), 384, None).unwrap();

@@ -32,9 +32,28 @@ pub(crate) fn rpc<T>(r: Result<tonic::Response<T>, tonic::Status>) -> anyhow::Re
 
 pub async fn collections(cmd: CollectionsCmd) -> anyhow::Result<()> {
     match cmd {
-        CollectionsCmd::Create { name, shards, replication, server } => {
+        CollectionsCmd::Create {
+            name,
+            shards,
+            replication,
+            bm25_k1,
+            bm25_b,
+            hnsw_ef,
+            exact_below,
+            fusion_depth,
+            server,
+        } => {
             let mut c = connect(&server.server).await?;
-            let info = rpc(c.create_collection(pb::CreateCollectionRequest { name, shards, replication }).await)?;
+            // Zero means "default" on the wire.
+            let settings = pb::SearchSettings {
+                bm25_k1: bm25_k1.unwrap_or(0.0),
+                bm25_b: bm25_b.unwrap_or(0.0),
+                hnsw_ef: hnsw_ef.unwrap_or(0),
+                exact_below: exact_below.unwrap_or(0),
+                fusion_depth: fusion_depth.unwrap_or(0),
+            };
+            let request = pb::CreateCollectionRequest { name, shards, replication, settings: Some(settings) };
+            let info = rpc(c.create_collection(request).await)?;
             println!(
                 "created collection {} ({} shards, replication {}, dimension {})",
                 info.name, info.shards, info.replication, info.dimension
@@ -169,6 +188,8 @@ pub async fn search(args: SearchArgs) -> anyhow::Result<()> {
             mmr: args.mmr,
             mmr_lambda: 0.0,
             fetch_k: 0,
+            exact: args.exact,
+            fusion_depth: args.fusion_depth.unwrap_or(0),
         })
         .await)?;
     if args.json {

@@ -76,6 +76,21 @@ enum CollectionsCmd {
         /// Replicas per shard.
         #[arg(long, default_value_t = 1)]
         replication: u32,
+        /// BM25 k1 (term-frequency saturation; default 1.2).
+        #[arg(long)]
+        bm25_k1: Option<f32>,
+        /// BM25 b (length normalisation; default 0.75).
+        #[arg(long)]
+        bm25_b: Option<f32>,
+        /// HNSW candidate list floor (default 128; at least 8 x top_k is used).
+        #[arg(long)]
+        hnsw_ef: Option<u32>,
+        /// Shards with at most this many chunks are searched exactly (default 20000).
+        #[arg(long)]
+        exact_below: Option<u32>,
+        /// Hybrid: candidates from each side before fusion (default 50; at least 4 x top_k).
+        #[arg(long)]
+        fusion_depth: Option<u32>,
         #[command(flatten)]
         server: ServerArg,
     },
@@ -168,6 +183,12 @@ struct SearchArgs {
     /// Re-rank for diversity with maximal marginal relevance.
     #[arg(long)]
     mmr: bool,
+    /// Exact vector search, whatever the shard size.
+    #[arg(long)]
+    exact: bool,
+    /// Hybrid: candidates from each side before fusion (default: the collection's).
+    #[arg(long)]
+    fusion_depth: Option<u32>,
     /// Print JSON: {"hits":[{"doc_id","chunk_id","score","text","metadata"}]}.
     #[arg(long)]
     json: bool,

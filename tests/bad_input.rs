@@ -112,12 +112,12 @@ async fn bad_requests_get_clear_errors_and_lose_nothing() {
     let e = c.ingest(pb::IngestRequest { collection: "kb".into(), ..Default::default() }).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     let e = c
-        .create_collection(pb::CreateCollectionRequest { name: "kb".into(), shards: 2, replication: 1 })
+        .create_collection(pb::CreateCollectionRequest { name: "kb".into(), shards: 2, replication: 1, settings: None })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::AlreadyExists);
     let e = c
-        .create_collection(pb::CreateCollectionRequest { name: "r".into(), shards: 2, replication: 3 })
+        .create_collection(pb::CreateCollectionRequest { name: "r".into(), shards: 2, replication: 3, settings: None })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);

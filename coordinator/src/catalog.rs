@@ -14,6 +14,7 @@ use tracing::{info, warn};
 
 use serde::{Deserialize, Serialize};
 use tessera_proto::shutdown::Shutdown;
+use tessera_types::SearchSettings;
 use thiserror::Error;
 
 /// A collection's fixed settings.
@@ -35,6 +36,9 @@ pub struct CollectionMeta {
     /// placement existed: shard `s` then lives on node `s mod n`).
     #[serde(default)]
     pub placement: Vec<ShardPlacement>,
+    /// Search settings (records written before they existed get the defaults).
+    #[serde(default)]
+    pub settings: SearchSettings,
 }
 
 /// The replicas of one shard.
@@ -294,6 +298,14 @@ mod tests {
         assert!(counts.iter().all(|&c| c > 180), "{counts:?}");
     }
 
+    #[test]
+    fn records_from_before_search_settings_get_the_defaults() {
+        let old = br#"{"name":"d","dimension":8,"metric":"cosine","shards":1,"replication":1,"embedder":"m"}"#;
+        let meta = decode("d", old).unwrap();
+        assert_eq!(meta.settings, SearchSettings::default());
+        assert!(meta.placement.is_empty());
+    }
+
     #[tokio::test]
     async fn catalog_round_trip_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -305,6 +317,7 @@ mod tests {
             replication: 1,
             embedder: "m".into(),
             placement: vec![ShardPlacement { replicas: vec!["local".into()], primary: "local".into(), epoch: 1 }; 3],
+            settings: SearchSettings { bm25_k1: 1.5, ..SearchSettings::default() },
         };
         {
             let c = Catalog::open(dir.path()).unwrap();

@@ -1,6 +1,6 @@
 //! Collections: create (also on first ingest), list with counts, drop.
 use tessera_proto::v1 as pb;
-use tessera_types::NodeRole;
+use tessera_types::{NodeRole, SearchSettings};
 use tracing::info;
 
 use crate::catalog::{validate_name, CollectionMeta};
@@ -16,9 +16,11 @@ impl Coordinator {
         name: &str,
         shards: u32,
         replication: u32,
+        settings: SearchSettings,
         if_missing: bool,
     ) -> Result<CollectionMeta> {
         validate_name(name)?;
+        settings.validate().map_err(|e| CoordinatorError::invalid(e.to_string()))?;
         let shards = if shards == 0 { self.config.default_shards } else { shards };
         if shards > self.config.max_shards {
             return Err(CoordinatorError::invalid(format!("shards must be at most {}", self.config.max_shards)));
@@ -44,6 +46,7 @@ impl Coordinator {
             replication,
             embedder,
             placement: place(name, shards, replication, &shard_nodes),
+            settings,
         };
         self.open_shards(&meta).await?;
         if !self.catalog.create(&meta).await? {

@@ -15,5 +15,6 @@ pub fn collection_info(meta: &CollectionMeta, chunks: u64, documents: u64) -> pb
         embedder: meta.embedder.clone(),
         chunks,
         documents,
+        settings: Some(meta.settings.into()),
     }
 }

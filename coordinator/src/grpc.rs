@@ -97,7 +97,8 @@ impl pb::tessera_server::Tessera for Coordinator {
         req: Request<pb::CreateCollectionRequest>,
     ) -> Result<Response<pb::CollectionInfo>, Status> {
         let req = req.into_inner();
-        let meta = self.create(&req.name, req.shards, req.replication, false).await?;
+        let settings = tessera_proto::convert::search_settings(req.settings);
+        let meta = self.create(&req.name, req.shards, req.replication, settings, false).await?;
         Ok(Response::new(collection_info(&meta, 0, 0)))
     }
 

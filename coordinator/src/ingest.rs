@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 
 use futures::future::try_join_all;
 use tessera_proto::v1 as pb;
-use tessera_types::NodeRole;
+use tessera_types::{NodeRole, SearchSettings};
 use tracing::info;
 
 use crate::catalog::{shard_for, validate_name, CollectionMeta};
@@ -36,7 +36,7 @@ impl Coordinator {
             return Err(CoordinatorError::invalid("nothing to ingest: give files or documents"));
         }
         let (chunk_size, chunk_overlap) = chunking(&req)?;
-        let meta = self.create(&req.collection, 0, 0, true).await?;
+        let meta = self.create(&req.collection, 0, 0, SearchSettings::default(), true).await?;
         let load = pb::LoadAndSplitRequest {
             files: req.files,
             documents: req.documents,

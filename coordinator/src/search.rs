@@ -3,7 +3,7 @@ use futures::future::try_join_all;
 use futures::stream::{self, StreamExt, TryStreamExt};
 use tessera_proto::convert::search_mode;
 use tessera_proto::v1 as pb;
-use tessera_types::{NodeRole, Scored, SearchMode};
+use tessera_types::{NodeRole, Scored, SearchMode, SearchSettings};
 
 use crate::catalog::CollectionMeta;
 use crate::coordinator::{with_deadline, Coordinator};
@@ -19,13 +19,23 @@ fn mmr_lambda(req: &pb::SearchRequest) -> f32 {
     }
 }
 
-/// Candidates each shard returns: `top_k`, or MMR's larger pool.
-fn fetch_k(req: &pb::SearchRequest, max: u32) -> u32 {
+/// Candidates each shard returns: `top_k`, MMR's larger pool, or for hybrid
+/// the fusion depth, so that fusion sees deep enough lists from both sides (a
+/// chunk ranked 12th by vectors and 3rd by BM25 can belong in the fused top 10).
+fn fetch_k(req: &pb::SearchRequest, mode: SearchMode, settings: &SearchSettings, max: u32) -> u32 {
+    let mut fetch = req.top_k;
     if req.mmr {
-        (if req.fetch_k == 0 { 4 * req.top_k } else { req.fetch_k.max(req.top_k) }).min(max)
-    } else {
-        req.top_k
+        fetch = if req.fetch_k == 0 { 4 * req.top_k } else { req.fetch_k.max(req.top_k) };
     }
+    if mode == SearchMode::Hybrid {
+        let depth = if req.fusion_depth > 0 {
+            (req.fusion_depth as usize).max(req.top_k as usize)
+        } else {
+            settings.fusion_depth_for(req.top_k as usize)
+        };
+        fetch = fetch.max(depth as u32);
+    }
+    fetch.min(max.max(req.top_k))
 }
 
 /// Per-shard result lists, split by the index that ranked them.
@@ -60,6 +70,9 @@ impl Coordinator {
         if req.fetch_k > max {
             return Err(CoordinatorError::invalid(format!("fetch_k must be at most {max}")));
         }
+        if req.fusion_depth > max {
+            return Err(CoordinatorError::invalid(format!("fusion_depth must be at most {max}")));
+        }
         if !(0.0..=1.0).contains(&mmr_lambda(req)) {
             return Err(CoordinatorError::invalid("mmr_lambda must be between 0 and 1"));
         }
@@ -83,7 +96,7 @@ impl Coordinator {
             None if mode.needs_vector() || req.mmr => self.embed_query(&req.query).await?,
             None => Vec::new(),
         };
-        let fetch = fetch_k(req, self.config.max_top_k);
+        let fetch = fetch_k(req, mode, &meta.settings, self.config.max_top_k);
         // MMR needs vector candidates, whatever the mode asks for first.
         let shard_mode = if req.mmr && mode == SearchMode::Bm25 { SearchMode::Hybrid } else { mode };
         let lists = self.search_shards(req, meta, &query_vector, fetch, shard_mode).await?;
@@ -127,6 +140,8 @@ impl Coordinator {
                 filter: req.filter.clone(),
                 mode: pb::SearchMode::from(mode) as i32,
                 with_vectors: req.mmr,
+                settings: Some(meta.settings.into()),
+                exact: req.exact,
             };
             async move {
                 let mut last = None;

@@ -7,7 +7,8 @@
 //! knows (a node's shard writes, a coordinator's collection records) live in that
 //! side's own `convert` module.
 use tessera_types::{
-    ChatMessage, NodeRole, Scored, SearchMode, SessionInfo, SessionState, StoredMessage, UnknownNodeRole, UnknownRole,
+    ChatMessage, NodeRole, Scored, SearchMode, SearchSettings, SessionInfo, SessionState, StoredMessage,
+    UnknownNodeRole, UnknownRole,
 };
 use thiserror::Error;
 
@@ -35,6 +36,37 @@ impl From<SearchMode> for pb::SearchMode {
             SearchMode::Hybrid => pb::SearchMode::Hybrid,
         }
     }
+}
+
+/// Settings as sent: zero fields stay zero (callers fill in defaults with
+/// [`SearchSettings::or`]).
+impl From<pb::SearchSettings> for SearchSettings {
+    fn from(s: pb::SearchSettings) -> Self {
+        SearchSettings {
+            bm25_k1: s.bm25_k1,
+            bm25_b: s.bm25_b,
+            hnsw_ef: s.hnsw_ef,
+            exact_below: s.exact_below,
+            fusion_depth: s.fusion_depth,
+        }
+    }
+}
+
+impl From<SearchSettings> for pb::SearchSettings {
+    fn from(s: SearchSettings) -> Self {
+        pb::SearchSettings {
+            bm25_k1: s.bm25_k1,
+            bm25_b: s.bm25_b,
+            hnsw_ef: s.hnsw_ef,
+            exact_below: s.exact_below,
+            fusion_depth: s.fusion_depth,
+        }
+    }
+}
+
+/// The settings of a request: absent means all defaults, zero fields take defaults.
+pub fn search_settings(s: Option<pb::SearchSettings>) -> SearchSettings {
+    s.map(SearchSettings::from).unwrap_or_default().or(SearchSettings::default())
 }
 
 impl TryFrom<pb::ChatMessage> for ChatMessage {

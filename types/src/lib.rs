@@ -18,6 +18,6 @@ pub mod vector;
 pub use chat::{ChatMessage, Role, UnknownRole};
 pub use memory::{select, summary_due, MemoryKind, MemoryView, SummaryWork, UnknownMemoryKind};
 pub use node::{NodeRecord, NodeRole, UnknownNodeRole, NODES_PREFIX};
-pub use search::{Scored, SearchMode, UnknownSearchModeName};
+pub use search::{InvalidSettings, Scored, SearchMode, SearchSettings, UnknownSearchModeName};
 pub use session::{validate_session_id, SessionIdError, SessionInfo, SessionState, StoredMessage};
 pub use vector::cosine;

@@ -87,3 +87,106 @@ mod tests {
         assert!(SearchMode::Hybrid.needs_vector() && !SearchMode::Bm25.needs_vector());
     }
 }
+
+/// Per-collection search settings, with every default filled in. They are
+/// query-time settings: kept in the catalog, sent with every shard search, so a
+/// change needs no rebuild.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct SearchSettings {
+    /// BM25 term-frequency saturation.
+    pub bm25_k1: f32,
+    /// BM25 length normalisation.
+    pub bm25_b: f32,
+    /// HNSW candidate list floor (the search also uses at least 8 x top_k).
+    pub hnsw_ef: u32,
+    /// Shards with at most this many chunks are searched exactly (brute force).
+    pub exact_below: u32,
+    /// Hybrid: candidates taken from each side before fusion (at least 4 x top_k).
+    pub fusion_depth: u32,
+}
+
+impl SearchSettings {
+    /// Default BM25 k1 (Lucene's).
+    pub const BM25_K1: f32 = 1.2;
+    /// Default BM25 b (Lucene's).
+    pub const BM25_B: f32 = 0.75;
+    /// Default HNSW candidate floor.
+    pub const HNSW_EF: u32 = 128;
+    /// Default exact-search size limit per shard (measured crossover, BENCHMARKS.md).
+    pub const EXACT_BELOW: u32 = 20_000;
+    /// Default hybrid fusion depth floor.
+    pub const FUSION_DEPTH: u32 = 50;
+
+    /// The HNSW candidate list for a search of `k`.
+    pub fn ef_for(&self, k: usize) -> usize {
+        (self.hnsw_ef as usize).max(8 * k)
+    }
+
+    /// Candidates from each side of a hybrid search of `k`.
+    pub fn fusion_depth_for(&self, k: usize) -> usize {
+        (self.fusion_depth as usize).max(4 * k)
+    }
+
+    /// These settings with every zero field replaced by `other`'s.
+    pub fn or(self, other: SearchSettings) -> SearchSettings {
+        let pick_f = |a: f32, b: f32| if a > 0.0 && a.is_finite() { a } else { b };
+        let pick_u = |a: u32, b: u32| if a > 0 { a } else { b };
+        SearchSettings {
+            bm25_k1: pick_f(self.bm25_k1, other.bm25_k1),
+            bm25_b: pick_f(self.bm25_b, other.bm25_b),
+            hnsw_ef: pick_u(self.hnsw_ef, other.hnsw_ef),
+            exact_below: pick_u(self.exact_below, other.exact_below),
+            fusion_depth: pick_u(self.fusion_depth, other.fusion_depth),
+        }
+    }
+
+    /// Checks ranges (k1 >= 0, 0 <= b <= 1, finite).
+    pub fn validate(&self) -> Result<(), InvalidSettings> {
+        if !self.bm25_k1.is_finite() || self.bm25_k1 < 0.0 || self.bm25_k1 > 10.0 {
+            return Err(InvalidSettings(format!("bm25_k1 must be between 0 and 10, got {}", self.bm25_k1)));
+        }
+        if !self.bm25_b.is_finite() || !(0.0..=1.0).contains(&self.bm25_b) {
+            return Err(InvalidSettings(format!("bm25_b must be between 0 and 1, got {}", self.bm25_b)));
+        }
+        if self.hnsw_ef > 10_000 || self.fusion_depth > 10_000 {
+            return Err(InvalidSettings("hnsw_ef and fusion_depth must be at most 10000".into()));
+        }
+        Ok(())
+    }
+}
+
+impl Default for SearchSettings {
+    fn default() -> Self {
+        Self {
+            bm25_k1: Self::BM25_K1,
+            bm25_b: Self::BM25_B,
+            hnsw_ef: Self::HNSW_EF,
+            exact_below: Self::EXACT_BELOW,
+            fusion_depth: Self::FUSION_DEPTH,
+        }
+    }
+}
+
+/// A search setting out of range; the message names it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidSettings(pub String);
+
+#[cfg(test)]
+mod settings_tests {
+    use super::*;
+
+    #[test]
+    fn zero_fields_take_defaults_and_depths_grow_with_k() {
+        let s = SearchSettings { bm25_k1: 1.5, bm25_b: 0.0, hnsw_ef: 0, exact_below: 0, fusion_depth: 0 }
+            .or(SearchSettings::default());
+        assert_eq!((s.bm25_k1, s.bm25_b, s.hnsw_ef), (1.5, 0.75, 128));
+        assert_eq!(s.ef_for(5), 128);
+        assert_eq!(s.ef_for(100), 800);
+        assert_eq!(s.fusion_depth_for(10), 50);
+        assert_eq!(s.fusion_depth_for(100), 400);
+        assert!(SearchSettings { bm25_b: 2.0, ..s }.validate().is_err());
+        assert!(s.validate().is_ok());
+    }
+}

@@ -356,6 +356,8 @@ impl pb::node_server::Node for NodeService {
             filter: filter_from_pb(req.filter),
             mode: convert::search_mode(req.mode).map_err(|e| Status::invalid_argument(e.to_string()))?,
             with_vectors: req.with_vectors,
+            settings: convert::search_settings(req.settings),
+            exact: req.exact,
         };
         let shard = self.shards()?.require(&r.collection, r.shard).await.map_err(shard_status)?;
         let res = shard.search(query).await.map_err(shard_status)?;

@@ -15,6 +15,9 @@ pub struct AnnIndex {
     dimension: usize,
 }
 
+/// The candidate list of a plain [`AnnIndex::search`].
+const DEFAULT_EF: usize = 64;
+
 fn ann_err(e: impl std::fmt::Display) -> ShardError {
     ShardError::Ann(e.to_string())
 }
@@ -79,25 +82,35 @@ impl AnnIndex {
 
     /// Approximate nearest neighbours: (key, cosine similarity), best first.
     pub fn search(&self, query: &[f32], k: usize) -> Result<Vec<(u64, f32)>, ShardError> {
+        self.search_ef(query, k, DEFAULT_EF)
+    }
+
+    /// As [`AnnIndex::search`] with a candidate list of `ef` (at least `k`): a
+    /// longer list visits more of the graph, finding neighbours that a short one
+    /// misses in clustered data, at a cost roughly linear in `ef`.
+    pub fn search_ef(&self, query: &[f32], k: usize, ef: usize) -> Result<Vec<(u64, f32)>, ShardError> {
         self.check(query)?;
         if self.is_empty() || k == 0 {
             return Ok(Vec::new());
         }
+        self.set_ef(ef.max(k));
         let m = self.index.search(query, k).map_err(ann_err)?;
         Ok(m.keys.into_iter().zip(m.distances).map(|(k, d)| (k, 1.0 - d)).collect())
     }
 
-    /// Nearest neighbours among keys `accept` lets through.
+    /// Nearest neighbours among keys `accept` lets through, candidate list `ef`.
     pub fn filtered_search(
         &self,
         query: &[f32],
         k: usize,
+        ef: usize,
         accept: impl Fn(u64) -> bool,
     ) -> Result<Vec<(u64, f32)>, ShardError> {
         self.check(query)?;
         if self.is_empty() || k == 0 {
             return Ok(Vec::new());
         }
+        self.set_ef(ef.max(k));
         let m = self.index.filtered_search(query, k, accept).map_err(ann_err)?;
         Ok(m.keys.into_iter().zip(m.distances).map(|(k, d)| (k, 1.0 - d)).collect())
     }
@@ -125,6 +138,14 @@ impl AnnIndex {
             return Err(ShardError::Ann("saved index has another dimension".into()));
         }
         Ok(me)
+    }
+
+    /// usearch keeps the candidate list length in the index; the shard actor
+    /// serialises searches, so setting it before each one is race-free.
+    fn set_ef(&self, ef: usize) {
+        if self.index.expansion_search() != ef {
+            self.index.change_expansion_search(ef);
+        }
     }
 
     fn check(&self, query: &[f32]) -> Result<(), ShardError> {
@@ -169,10 +190,12 @@ mod tests {
         let hits = idx.search(&q, 5).unwrap();
         assert_eq!(hits[0].0, 7);
         assert!((hits[0].1 - 1.0).abs() < 1e-4);
-        let odd = idx.filtered_search(&q, 5, |k| k % 2 == 1).unwrap();
+        let odd = idx.filtered_search(&q, 5, 64, |k| k % 2 == 1).unwrap();
         assert!(!odd.is_empty() && odd.iter().all(|(k, _)| k % 2 == 1));
         idx.remove(7).unwrap();
         assert_ne!(idx.search(&q, 1).unwrap()[0].0, 7);
+        // Exact search (the default below `exact_below`) must not see removed vectors either.
+        assert!(idx.exact_search(&q, 5).unwrap().iter().all(|(k, _)| *k != 7));
         assert!(idx.get(7).is_none());
         assert!(idx.search(&[0.0; 3], 1).is_err());
 

@@ -8,8 +8,21 @@ use std::collections::HashMap;
 
 use unicode_segmentation::UnicodeSegmentation;
 
-const K1: f32 = 1.2;
-const B: f32 = 0.75;
+/// BM25's two parameters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bm25Params {
+    /// Term-frequency saturation.
+    pub k1: f32,
+    /// Length normalisation (0: none, 1: full).
+    pub b: f32,
+}
+
+impl Default for Bm25Params {
+    /// Lucene's defaults.
+    fn default() -> Self {
+        Self { k1: 1.2, b: 0.75 }
+    }
+}
 
 /// Splits text into index terms (see the module documentation).
 pub fn terms(text: &str) -> Vec<String> {
@@ -129,31 +142,48 @@ impl Bm25Index {
         self.lengths.is_empty()
     }
 
-    /// The best `k` chunks for `query` among those `accept` lets through, best first.
+    /// The best `k` chunks for `query` among those `accept` lets through, best
+    /// first, with Lucene's defaults.
     pub fn search(&self, query: &str, k: usize, accept: impl Fn(u64) -> bool) -> Vec<(u64, f32)> {
-        let n = self.lengths.len() as f32;
+        self.search_with(query, k, Bm25Params::default(), accept)
+    }
+
+    /// BM25 as Lucene computes it (`BM25Similarity` since Lucene 8, bm25s'
+    /// "lucene" method): per query term, `idf * tf / (tf + k1 * (1 - b + b * dl / avgdl))`
+    /// with `idf = ln(1 + (N - df + 0.5) / (df + 0.5))`; repeated query terms
+    /// count once; document length in this index's terms. Computed in f64 so
+    /// scores match a reference to 1e-4 on long documents.
+    pub fn search_with(
+        &self,
+        query: &str,
+        k: usize,
+        params: Bm25Params,
+        accept: impl Fn(u64) -> bool,
+    ) -> Vec<(u64, f32)> {
+        let n = self.lengths.len() as f64;
         if n == 0.0 || k == 0 {
             return Vec::new();
         }
-        let avg = self.total_length as f32 / n;
+        let (k1, b) = (params.k1 as f64, params.b as f64);
+        let avg = (self.total_length as f64 / n).max(1e-9);
         let mut query_terms = terms(query);
         query_terms.sort();
         query_terms.dedup();
-        let mut scores: HashMap<u64, f32> = HashMap::new();
+        let mut scores: HashMap<u64, f64> = HashMap::new();
         for term in &query_terms {
             let Some(list) = self.postings.get(term) else {
                 continue;
             };
-            let df = list.len() as f32;
+            let df = list.len() as f64;
             let idf = (1.0 + (n - df + 0.5) / (df + 0.5)).ln();
             for (&key, &tf) in list {
-                let len = *self.lengths.get(&key).unwrap_or(&0) as f32;
-                let tf = tf as f32;
-                let s = idf * tf * (K1 + 1.0) / (tf + K1 * (1.0 - B + B * len / avg.max(1e-6)));
-                *scores.entry(key).or_insert(0.0) += s;
+                let len = *self.lengths.get(&key).unwrap_or(&0) as f64;
+                let tf = tf as f64;
+                *scores.entry(key).or_insert(0.0) += idf * tf / (tf + k1 * (1.0 - b + b * len / avg));
             }
         }
-        let mut hits: Vec<(u64, f32)> = scores.into_iter().filter(|(key, _)| accept(*key)).collect();
+        let mut hits: Vec<(u64, f32)> =
+            scores.into_iter().filter(|(key, _)| accept(*key)).map(|(key, s)| (key, s as f32)).collect();
         hits.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         hits.truncate(k);
         hits

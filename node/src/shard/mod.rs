@@ -17,7 +17,7 @@ mod store;
 
 pub use actor::{ShardActor, ShardHandle, ShardMsg};
 pub use ann::{cosine, AnnIndex};
-pub use bm25::{terms, Bm25Index};
+pub use bm25::{terms, Bm25Index, Bm25Params};
 pub use filter::{Condition, Filter};
 pub use registry::ShardRegistry;
 pub use replica::{DocWrite, SearchMode, Shard, ShardHit, ShardQuery, ShardResults, ShardStats, WriteOutcome};

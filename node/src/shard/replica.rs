@@ -6,7 +6,9 @@ use sled::Batch;
 use tracing::{info, warn};
 
 use super::ann::cosine;
-use super::{AnnIndex, Bm25Index, ChunkRecord, Filter, ShardError, ShardStore};
+use tessera_types::SearchSettings;
+
+use super::{AnnIndex, Bm25Index, Bm25Params, ChunkRecord, Filter, ShardError, ShardStore};
 use crate::load::Metadata;
 
 /// Below this many filter matches, filtered vector search is exact (brute force)
@@ -53,6 +55,10 @@ pub struct ShardQuery {
     pub mode: SearchMode,
     /// Whether hits carry their vectors (for MMR).
     pub with_vectors: bool,
+    /// The collection's search settings (BM25 k1/b, HNSW ef, exact limit).
+    pub settings: SearchSettings,
+    /// Exact vector search whatever the shard size.
+    pub exact: bool,
 }
 
 /// A hit with its stored record.
@@ -341,24 +347,40 @@ impl Shard {
     pub fn search(&self, q: &ShardQuery) -> Result<ShardResults, ShardError> {
         let accept = |key: u64| self.chunks.get(&key).is_some_and(|m| q.filter.matches(&m.metadata));
         let mut results = ShardResults::default();
-        if matches!(q.mode, SearchMode::Vector | SearchMode::Hybrid) {
-            let keys = if q.filter.is_empty() {
-                self.ann.search(&q.vector, q.top_k)?
-            } else {
-                let matching: Vec<u64> = self.chunks.keys().copied().filter(|k| accept(*k)).collect();
-                if matching.len() <= EXACT_FILTER_LIMIT {
-                    self.exact_among(&q.vector, &matching, q.top_k)?
-                } else {
-                    self.ann.filtered_search(&q.vector, q.top_k, accept)?
-                }
-            };
+        if q.mode.needs_vector() {
+            let keys = self.vector_search(q, &accept)?;
             results.vector = self.hits(keys, q.with_vectors)?;
         }
         if matches!(q.mode, SearchMode::Bm25 | SearchMode::Hybrid) {
-            let keys = self.bm25.search(&q.text, q.top_k, accept);
+            let params = Bm25Params { k1: q.settings.bm25_k1, b: q.settings.bm25_b };
+            let keys = self.bm25.search_with(&q.text, q.top_k, params, accept);
             results.bm25 = self.hits(keys, q.with_vectors)?;
         }
         Ok(results)
+    }
+
+    /// Exact (brute force) when asked for, when the shard holds at most
+    /// `exact_below` chunks, or when a filter keeps at most
+    /// `EXACT_FILTER_LIMIT`; HNSW with a candidate list scaled with k otherwise.
+    /// Exact search is what recall is measured against, so below the limit the
+    /// index loses nothing; the limit is where brute force stops being as fast
+    /// (BENCHMARKS.md).
+    fn vector_search(&self, q: &ShardQuery, accept: &dyn Fn(u64) -> bool) -> Result<Vec<(u64, f32)>, ShardError> {
+        let exact = q.exact || self.chunks.len() <= q.settings.exact_below as usize;
+        let ef = q.settings.ef_for(q.top_k);
+        if q.filter.is_empty() {
+            return if exact {
+                self.ann.exact_search(&q.vector, q.top_k)
+            } else {
+                self.ann.search_ef(&q.vector, q.top_k, ef)
+            };
+        }
+        let matching: Vec<u64> = self.chunks.keys().copied().filter(|k| accept(*k)).collect();
+        if exact || matching.len() <= EXACT_FILTER_LIMIT {
+            self.exact_among(&q.vector, &matching, q.top_k)
+        } else {
+            self.ann.filtered_search(&q.vector, q.top_k, ef, accept)
+        }
     }
 
     /// Exact top-k of the whole shard (for recall measurements).
@@ -451,7 +473,16 @@ mod tests {
     }
 
     fn query(v: Vec<f32>, text: &str, mode: SearchMode, filter: Filter) -> ShardQuery {
-        ShardQuery { vector: v, text: text.into(), top_k: 10, filter, mode, with_vectors: false }
+        ShardQuery {
+            vector: v,
+            text: text.into(),
+            top_k: 10,
+            filter,
+            mode,
+            with_vectors: false,
+            settings: SearchSettings::default(),
+            exact: false,
+        }
     }
 
     #[test]
