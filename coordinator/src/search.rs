@@ -209,3 +209,62 @@ impl Coordinator {
         Ok(all)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(top_k: u32, fusion_depth: u32) -> pb::SearchRequest {
+        pb::SearchRequest { top_k, fusion_depth, ..Default::default() }
+    }
+
+    fn hit(id: &str, score: f32) -> Scored {
+        Scored {
+            chunk_id: id.into(),
+            doc_id: id.into(),
+            score,
+            text: String::new(),
+            metadata_json: String::new(),
+            vector: vec![],
+        }
+    }
+
+    #[test]
+    fn hybrid_fetches_deeper_lists_than_top_k() {
+        let s = SearchSettings::default();
+        assert_eq!(fetch_k(&req(10, 0), SearchMode::Vector, &s, 1000), 10);
+        assert_eq!(fetch_k(&req(10, 0), SearchMode::Hybrid, &s, 1000), 50);
+        assert_eq!(fetch_k(&req(30, 0), SearchMode::Hybrid, &s, 1000), 120);
+        assert_eq!(fetch_k(&req(10, 200), SearchMode::Hybrid, &s, 1000), 200);
+        assert_eq!(fetch_k(&req(10, 0), SearchMode::Hybrid, &s, 40), 40, "capped by max_top_k");
+    }
+
+    #[test]
+    fn a_chunk_deep_in_one_list_and_high_in_the_other_survives_deep_fusion() {
+        // "x" is 12th by vectors and 2nd by BM25: fusing only each side's top 10
+        // never sees it in the vector list; fusing 50 deep puts it in the top 10.
+        let vector: Vec<Scored> =
+            (0..50)
+                .map(|i| {
+                    if i == 11 {
+                        hit("x", 0.9 - i as f32 * 0.01)
+                    } else {
+                        hit(&format!("v{i}"), 0.9 - i as f32 * 0.01)
+                    }
+                })
+                .collect();
+        let bm25: Vec<Scored> = (0..50)
+            .map(|i| if i == 1 { hit("x", 20.0 - i as f32) } else { hit(&format!("b{i}"), 20.0 - i as f32) })
+            .collect();
+        let shallow = reciprocal_rank_fusion(&[vector[..10].to_vec(), bm25[..10].to_vec()], 10);
+        let deep = reciprocal_rank_fusion(&[vector.clone(), bm25.clone()], 10);
+        let rank = |l: &[Scored]| l.iter().position(|h| h.chunk_id == "x");
+        assert!(
+            rank(&deep).is_some_and(|r| r < rank(&shallow).unwrap_or(usize::MAX)),
+            "{:?} vs {:?}",
+            rank(&deep),
+            rank(&shallow)
+        );
+        assert_eq!(rank(&deep), Some(0), "in both lists, it beats every chunk that is in one only");
+    }
+}

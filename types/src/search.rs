@@ -114,7 +114,7 @@ impl SearchSettings {
     /// Default HNSW candidate floor.
     pub const HNSW_EF: u32 = 128;
     /// Default exact-search size limit per shard (measured crossover, BENCHMARKS.md).
-    pub const EXACT_BELOW: u32 = 20_000;
+    pub const EXACT_BELOW: u32 = 10_000;
     /// Default hybrid fusion depth floor.
     pub const FUSION_DEPTH: u32 = 50;
 
