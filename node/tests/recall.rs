@@ -1,7 +1,7 @@
 //! Vector recall against exact search on real embeddings of real text, with
 //! the two things that broke HNSW on a real corpus: exact duplicates
-//! (boilerplate repeated across documents) and clusters of near-duplicates (the
-//! same passage under different page headers).
+//! (boilerplate repeated across documents: 20 paragraphs, 3,000 copies) and
+//! clusters of near-duplicates (the same passage under different page headers).
 //!
 //! Text: CPython's own documentation topics (`pydoc_data.topics`, shipped with
 //! every CPython), split with the default 1000/200 splitter, embedded with
@@ -82,14 +82,15 @@ fn default_and_hnsw_search_find_what_exact_search_finds_on_duplicated_clustered_
     for header in ["Python 3 documentation", "Language reference, page", "Library manual excerpt"] {
         texts.extend(passages.iter().take(150).map(|p| format!("{header}\n{p}")));
     }
-    let boilerplate = "Copyright 2001 Python Software Foundation. All rights reserved. See History and License \
-                       for more information. This page is licensed under the Python Software Foundation License."
-        .to_string();
+    // Boilerplate: 20 paragraphs (real sentences of the corpus), each repeated in
+    // 150 documents: 3,000 exact duplicates, the case that broke HNSW.
+    let boilerplate: Vec<String> =
+        passages.iter().skip(7).step_by(13).take(20).map(|p| p.chars().take(300).collect()).collect();
     let mut vectors: Vec<Vec<f32>> = Vec::new();
     for group in texts.chunks(32) {
         vectors.extend(model.embed(group).unwrap());
     }
-    let boiler_vec = model.embed(std::slice::from_ref(&boilerplate)).unwrap().remove(0);
+    let boiler_vecs = model.embed(&boilerplate).unwrap();
 
     let db = tempfile::tempdir().unwrap();
     let tree = sled::open(db.path()).unwrap().open_tree("recall").unwrap();
@@ -106,16 +107,19 @@ fn default_and_hnsw_search_find_what_exact_search_finds_on_duplicated_clustered_
             },
             vector.clone(),
         )];
-        if i < 200 {
-            chunks.push((
-                ChunkRecord {
-                    chunk_id: format!("{doc_id}#1"),
-                    doc_id: doc_id.clone(),
-                    text: boilerplate.clone(),
-                    metadata: Default::default(),
-                },
-                boiler_vec.clone(),
-            ));
+        for copy in 0..3 {
+            let b = (i * 3 + copy) % boilerplate.len();
+            if i * 3 + copy < 3000 {
+                chunks.push((
+                    ChunkRecord {
+                        chunk_id: format!("{doc_id}#{}", copy + 1),
+                        doc_id: doc_id.clone(),
+                        text: boilerplate[b].clone(),
+                        metadata: Default::default(),
+                    },
+                    boiler_vecs[b].clone(),
+                ));
+            }
         }
         writes.push(DocWrite { doc_id, delete: false, chunks });
     }
@@ -131,7 +135,8 @@ fn default_and_hnsw_search_find_what_exact_search_finds_on_duplicated_clustered_
         .step_by(3)
         .map(|p| p.lines().find(|l| l.trim().len() > 20).unwrap_or(p).chars().take(200).collect())
         .collect();
-    query_texts.push("Python Software Foundation license and copyright".into());
+    // And queries near the boilerplate, where copies crowd the graph.
+    query_texts.extend(boilerplate.iter().map(|b| b.split_whitespace().take(8).collect::<Vec<_>>().join(" ")));
     let mut queries = Vec::new();
     for group in query_texts.chunks(32) {
         queries.extend(model.embed(group).unwrap());

@@ -14,6 +14,7 @@ mod filter;
 mod registry;
 mod replica;
 mod store;
+mod vectors;
 
 pub use actor::{ShardActor, ShardHandle, ShardMsg};
 pub use ann::{cosine, AnnIndex};
@@ -22,6 +23,7 @@ pub use filter::{Condition, Filter};
 pub use registry::ShardRegistry;
 pub use replica::{DocWrite, SearchMode, Shard, ShardHit, ShardQuery, ShardResults, ShardStats, WriteOutcome};
 pub use store::{ChunkRecord, ShardStore};
+pub use vectors::VectorSet;
 
 use thiserror::Error;
 

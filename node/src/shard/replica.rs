@@ -8,7 +8,8 @@ use tracing::{info, warn};
 use super::ann::cosine;
 use tessera_types::SearchSettings;
 
-use super::{AnnIndex, Bm25Index, Bm25Params, ChunkRecord, Filter, ShardError, ShardStore};
+use super::vectors::VectorSet;
+use super::{Bm25Index, Bm25Params, ChunkRecord, Filter, ShardError, ShardStore};
 use crate::load::Metadata;
 
 /// Below this many filter matches, filtered vector search is exact (brute force)
@@ -102,7 +103,7 @@ struct ChunkMeta {
 /// See the module documentation.
 pub struct Shard {
     store: ShardStore,
-    ann: AnnIndex,
+    vectors: VectorSet,
     bm25: Bm25Index,
     chunks: HashMap<u64, ChunkMeta>,
     docs: HashMap<String, Vec<u64>>,
@@ -158,32 +159,36 @@ impl Shard {
 
         let saved = ann_path.as_ref().and_then(|p| load_saved_ann(p, dimension, sequence));
         let reuse = saved.is_some();
-        let mut ann = match saved {
-            Some(ann) => ann,
-            None => AnnIndex::new(dimension)?,
+        let mut vectors = match saved {
+            Some(v) => v,
+            None => VectorSet::new(dimension)?,
         };
         let mut bm25 = Bm25Index::default();
         let mut chunks = HashMap::new();
         let mut docs: HashMap<String, Vec<u64>> = HashMap::new();
+        // The scan is in ascending key order, which `attach` relies on.
         for item in store.scan() {
             let (key, record, vector) = item?;
-            if !reuse {
-                ann.add(key, &vector)?;
+            if reuse {
+                vectors.attach(key, &vector);
+            } else {
+                vectors.add(key, &vector)?;
             }
             bm25.insert(key, &record.text);
             docs.entry(record.doc_id.clone()).or_default().push(key);
             chunks.insert(key, ChunkMeta { doc_id: record.doc_id, metadata: record.metadata });
         }
-        if reuse && ann.len() != chunks.len() {
-            warn!(saved = ann.len(), stored = chunks.len(), "saved ANN index disagrees with sled; rebuilding");
-            ann = AnnIndex::new(dimension)?;
+        if reuse && !vectors.consistent(chunks.len()) {
+            warn!(stored = chunks.len(), "saved ANN index disagrees with sled; rebuilding");
+            vectors = VectorSet::new(dimension)?;
             for item in store.scan() {
                 let (key, _, vector) = item?;
-                ann.add(key, &vector)?;
+                vectors.add(key, &vector)?;
             }
         }
-        info!(chunks = chunks.len(), documents = docs.len(), sequence, reused_ann = reuse, "shard opened");
-        Ok(Self { store, ann, bm25, chunks, docs, sequence, next_key, dimension, ann_path })
+        let distinct = vectors.distinct();
+        info!(chunks = chunks.len(), distinct, documents = docs.len(), sequence, reused_ann = reuse, "shard opened");
+        Ok(Self { store, vectors, bm25, chunks, docs, sequence, next_key, dimension, ann_path })
     }
 
     /// Counters.
@@ -273,7 +278,7 @@ impl Shard {
         // Derived state follows the durable state.
         self.unindex(&staged.removed)?;
         for (doc_id, key, record, vector) in staged.added {
-            self.ann.add(key, vector)?;
+            self.vectors.add(key, vector)?;
             self.bm25.insert(key, &record.text);
             self.docs.entry(doc_id.clone()).or_default().push(key);
             self.chunks.insert(key, ChunkMeta { doc_id, metadata: record.metadata.clone() });
@@ -324,7 +329,7 @@ impl Shard {
     /// Drops removed chunks from the ANN and BM25 indexes and the in-memory maps.
     fn unindex(&mut self, removed: &[u64]) -> Result<(), ShardError> {
         for &key in removed {
-            self.ann.remove(key)?;
+            self.vectors.remove(key)?;
             if let Some(meta) = self.chunks.remove(&key) {
                 if let Some(keys) = self.docs.get_mut(&meta.doc_id) {
                     keys.retain(|k| *k != key);
@@ -370,27 +375,27 @@ impl Shard {
         let ef = q.settings.ef_for(q.top_k);
         if q.filter.is_empty() {
             return if exact {
-                self.ann.exact_search(&q.vector, q.top_k)
+                self.vectors.exact_search(&q.vector, q.top_k)
             } else {
-                self.ann.search_ef(&q.vector, q.top_k, ef)
+                self.vectors.search(&q.vector, q.top_k, ef)
             };
         }
         let matching: Vec<u64> = self.chunks.keys().copied().filter(|k| accept(*k)).collect();
         if exact || matching.len() <= EXACT_FILTER_LIMIT {
             self.exact_among(&q.vector, &matching, q.top_k)
         } else {
-            self.ann.filtered_search(&q.vector, q.top_k, ef, accept)
+            self.vectors.filtered_search(&q.vector, q.top_k, ef, accept)
         }
     }
 
     /// Exact top-k of the whole shard (for recall measurements).
     pub fn exact_search(&self, vector: &[f32], k: usize) -> Result<Vec<(u64, f32)>, ShardError> {
-        self.ann.exact_search(vector, k)
+        self.vectors.exact_search(vector, k)
     }
 
     /// Approximate top-k keys of the whole shard (for recall measurements).
     pub fn ann_search(&self, vector: &[f32], k: usize) -> Result<Vec<(u64, f32)>, ShardError> {
-        self.ann.search(vector, k)
+        self.vectors.search(vector, k, 64)
     }
 
     fn exact_among(&self, query: &[f32], keys: &[u64], k: usize) -> Result<Vec<(u64, f32)>, ShardError> {
@@ -398,7 +403,7 @@ impl Shard {
             return Err(ShardError::Dimension { expected: self.dimension, got: query.len() });
         }
         let mut scored: Vec<(u64, f32)> =
-            keys.iter().filter_map(|&key| self.ann.get(key).map(|v| (key, cosine(query, &v)))).collect();
+            keys.iter().filter_map(|&key| self.vectors.get(key).map(|v| (key, cosine(query, &v)))).collect();
         scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         scored.truncate(k);
         Ok(scored)
@@ -423,7 +428,7 @@ impl Shard {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir).map_err(|e| ShardError::Ann(e.to_string()))?;
             }
-            self.ann.save(path)?;
+            self.vectors.save(path)?;
             std::fs::write(seq_path(path), self.sequence.to_string()).map_err(|e| ShardError::Ann(e.to_string()))?;
         }
         Ok(())
@@ -436,14 +441,14 @@ fn seq_path(ann: &std::path::Path) -> PathBuf {
 
 /// The saved index if its sequence matches sled's; the marker is removed either
 /// way, so a later crash can never make a stale index look current.
-fn load_saved_ann(path: &std::path::Path, dimension: usize, sequence: u64) -> Option<AnnIndex> {
+fn load_saved_ann(path: &std::path::Path, dimension: usize, sequence: u64) -> Option<VectorSet> {
     let marker = seq_path(path);
     let saved_seq = std::fs::read_to_string(&marker).ok()?.trim().parse::<u64>().ok();
     let _ = std::fs::remove_file(&marker);
     if saved_seq != Some(sequence) {
         return None;
     }
-    AnnIndex::load(path, dimension).ok()
+    VectorSet::load(path, dimension).ok()
 }
 
 #[cfg(test)]
