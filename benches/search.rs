@@ -99,14 +99,8 @@ fn main() {
             .collect();
         let texts: Vec<String> = (0..queries_n).map(|_| sentence(&mut rng, 4)).collect();
         let query = |v: &Vec<f32>, text: &str, mode, filter: Filter| ShardQuery {
-            vector: v.clone(),
-            text: text.to_string(),
-            top_k: 10,
             filter,
-            mode,
-            with_vectors: false,
-            settings: SearchSettings::default(),
-            exact: false,
+            ..ShardQuery::new(mode, v.clone(), text, 10)
         };
         // The two vector paths the default chooses between, forced.
         let forced = |v: &Vec<f32>, exact: bool| ShardQuery {

@@ -14,7 +14,7 @@ use std::process::Command;
 
 use tessera_node::chunking::{RecursiveSplitter, Splitter};
 use tessera_node::embed::BertEmbedder;
-use tessera_node::shard::{ChunkRecord, DocWrite, Filter, SearchMode, Shard, ShardQuery};
+use tessera_node::shard::{ChunkRecord, DocWrite, SearchMode, Shard, ShardQuery};
 use tessera_types::SearchSettings;
 
 /// The documentation topics of the machine's CPython, or None (skip) outside CI.
@@ -31,16 +31,7 @@ fn python_docs() -> Option<Vec<(String, String)>> {
 }
 
 fn query(vector: &[f32], settings: SearchSettings, exact: bool) -> ShardQuery {
-    ShardQuery {
-        vector: vector.to_vec(),
-        text: String::new(),
-        top_k: 10,
-        filter: Filter::default(),
-        mode: SearchMode::Vector,
-        with_vectors: false,
-        settings,
-        exact,
-    }
+    ShardQuery { settings, exact, ..ShardQuery::new(SearchMode::Vector, vector.to_vec(), "", 10) }
 }
 
 /// Fraction of the exact top-10 chunks found by `settings`' path (ties with

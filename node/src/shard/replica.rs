@@ -62,6 +62,22 @@ pub struct ShardQuery {
     pub exact: bool,
 }
 
+impl ShardQuery {
+    /// A query of `mode` for the best `top_k`, no filter, default settings.
+    pub fn new(mode: SearchMode, vector: Vec<f32>, text: &str, top_k: usize) -> Self {
+        Self {
+            vector,
+            text: text.to_string(),
+            top_k,
+            filter: Filter::default(),
+            mode,
+            with_vectors: false,
+            settings: SearchSettings::default(),
+            exact: false,
+        }
+    }
+}
+
 /// A hit with its stored record.
 #[derive(Debug, Clone)]
 pub struct ShardHit {
@@ -478,16 +494,7 @@ mod tests {
     }
 
     fn query(v: Vec<f32>, text: &str, mode: SearchMode, filter: Filter) -> ShardQuery {
-        ShardQuery {
-            vector: v,
-            text: text.into(),
-            top_k: 10,
-            filter,
-            mode,
-            with_vectors: false,
-            settings: SearchSettings::default(),
-            exact: false,
-        }
+        ShardQuery { filter, ..ShardQuery::new(mode, v, text, 10) }
     }
 
     #[test]
