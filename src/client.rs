@@ -44,14 +44,8 @@ pub async fn collections(cmd: CollectionsCmd) -> anyhow::Result<()> {
             server,
         } => {
             let mut c = connect(&server.server).await?;
-            // Zero means "default" on the wire.
-            let settings = pb::SearchSettings {
-                bm25_k1: bm25_k1.unwrap_or(0.0),
-                bm25_b: bm25_b.unwrap_or(0.0),
-                hnsw_ef: hnsw_ef.unwrap_or(0),
-                exact_below: exact_below.unwrap_or(0),
-                fusion_depth: fusion_depth.unwrap_or(0),
-            };
+            // An absent flag is an absent field: the server's default.
+            let settings = pb::SearchSettings { bm25_k1, bm25_b, hnsw_ef, exact_below, fusion_depth };
             let request = pb::CreateCollectionRequest { name, shards, replication, settings: Some(settings) };
             let info = rpc(c.create_collection(request).await)?;
             println!(

@@ -38,16 +38,17 @@ impl From<SearchMode> for pb::SearchMode {
     }
 }
 
-/// Settings as sent: zero fields stay zero (callers fill in defaults with
-/// [`SearchSettings::or`]).
+/// Settings as sent: each absent field takes its default; values are kept as
+/// given (an explicit 0 stays 0), so [`SearchSettings::validate`] sees them.
 impl From<pb::SearchSettings> for SearchSettings {
     fn from(s: pb::SearchSettings) -> Self {
+        let d = SearchSettings::default();
         SearchSettings {
-            bm25_k1: s.bm25_k1,
-            bm25_b: s.bm25_b,
-            hnsw_ef: s.hnsw_ef,
-            exact_below: s.exact_below,
-            fusion_depth: s.fusion_depth,
+            bm25_k1: s.bm25_k1.unwrap_or(d.bm25_k1),
+            bm25_b: s.bm25_b.unwrap_or(d.bm25_b),
+            hnsw_ef: s.hnsw_ef.unwrap_or(d.hnsw_ef),
+            exact_below: s.exact_below.unwrap_or(d.exact_below),
+            fusion_depth: s.fusion_depth.unwrap_or(d.fusion_depth),
         }
     }
 }
@@ -55,18 +56,18 @@ impl From<pb::SearchSettings> for SearchSettings {
 impl From<SearchSettings> for pb::SearchSettings {
     fn from(s: SearchSettings) -> Self {
         pb::SearchSettings {
-            bm25_k1: s.bm25_k1,
-            bm25_b: s.bm25_b,
-            hnsw_ef: s.hnsw_ef,
-            exact_below: s.exact_below,
-            fusion_depth: s.fusion_depth,
+            bm25_k1: Some(s.bm25_k1),
+            bm25_b: Some(s.bm25_b),
+            hnsw_ef: Some(s.hnsw_ef),
+            exact_below: Some(s.exact_below),
+            fusion_depth: Some(s.fusion_depth),
         }
     }
 }
 
-/// The settings of a request: absent means all defaults, zero fields take defaults.
+/// The settings of a request: absent means all defaults.
 pub fn search_settings(s: Option<pb::SearchSettings>) -> SearchSettings {
-    s.map(SearchSettings::from).unwrap_or_default().or(SearchSettings::default())
+    s.map(SearchSettings::from).unwrap_or_default()
 }
 
 impl TryFrom<pb::ChatMessage> for ChatMessage {
@@ -198,6 +199,18 @@ mod tests {
         for m in [SearchMode::Vector, SearchMode::Bm25, SearchMode::Hybrid] {
             assert_eq!(search_mode(pb::SearchMode::from(m) as i32), Ok(m));
         }
+    }
+
+    #[test]
+    fn absent_settings_take_defaults_and_explicit_zeros_stay() {
+        let d = SearchSettings::default();
+        assert_eq!(search_settings(None), d);
+        let s =
+            search_settings(Some(pb::SearchSettings { bm25_b: Some(0.0), exact_below: Some(0), ..Default::default() }));
+        assert_eq!((s.bm25_b, s.exact_below, s.bm25_k1), (0.0, 0, d.bm25_k1));
+        let bad = search_settings(Some(pb::SearchSettings { bm25_b: Some(-0.5), ..Default::default() }));
+        assert!(bad.validate().is_err(), "a negative b reaches validation instead of becoming the default");
+        assert_eq!(search_settings(Some(d.into())), d);
     }
 
     #[test]

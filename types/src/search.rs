@@ -128,20 +128,7 @@ impl SearchSettings {
         (self.fusion_depth as usize).max(4 * k)
     }
 
-    /// These settings with every zero field replaced by `other`'s.
-    pub fn or(self, other: SearchSettings) -> SearchSettings {
-        let pick_f = |a: f32, b: f32| if a > 0.0 && a.is_finite() { a } else { b };
-        let pick_u = |a: u32, b: u32| if a > 0 { a } else { b };
-        SearchSettings {
-            bm25_k1: pick_f(self.bm25_k1, other.bm25_k1),
-            bm25_b: pick_f(self.bm25_b, other.bm25_b),
-            hnsw_ef: pick_u(self.hnsw_ef, other.hnsw_ef),
-            exact_below: pick_u(self.exact_below, other.exact_below),
-            fusion_depth: pick_u(self.fusion_depth, other.fusion_depth),
-        }
-    }
-
-    /// Checks ranges (k1 >= 0, 0 <= b <= 1, finite).
+    /// Checks ranges (0 <= k1 <= 10, 0 <= b <= 1, finite; list lengths <= 10000).
     pub fn validate(&self) -> Result<(), InvalidSettings> {
         if !self.bm25_k1.is_finite() || self.bm25_k1 < 0.0 || self.bm25_k1 > 10.0 {
             return Err(InvalidSettings(format!("bm25_k1 must be between 0 and 10, got {}", self.bm25_k1)));
@@ -178,15 +165,15 @@ mod settings_tests {
     use super::*;
 
     #[test]
-    fn zero_fields_take_defaults_and_depths_grow_with_k() {
-        let s = SearchSettings { bm25_k1: 1.5, bm25_b: 0.0, hnsw_ef: 0, exact_below: 0, fusion_depth: 0 }
-            .or(SearchSettings::default());
-        assert_eq!((s.bm25_k1, s.bm25_b, s.hnsw_ef), (1.5, 0.75, 128));
+    fn depths_grow_with_k_and_ranges_are_checked() {
+        let s = SearchSettings::default();
         assert_eq!(s.ef_for(5), 128);
         assert_eq!(s.ef_for(100), 800);
         assert_eq!(s.fusion_depth_for(10), 50);
         assert_eq!(s.fusion_depth_for(100), 400);
         assert!(SearchSettings { bm25_b: 2.0, ..s }.validate().is_err());
+        assert!(SearchSettings { bm25_k1: f32::NAN, ..s }.validate().is_err());
+        assert!(SearchSettings { bm25_b: 0.0, bm25_k1: 0.0, exact_below: 0, ..s }.validate().is_ok());
         assert!(s.validate().is_ok());
     }
 }

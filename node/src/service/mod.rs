@@ -27,6 +27,9 @@ use crate::load::{Document, FileJob, SplitSpec};
 use crate::node::Node;
 use crate::shard::{ShardError, ShardQuery};
 
+/// Most hits one shard search may ask for (the coordinator's own limit is lower).
+const MAX_SHARD_TOP_K: usize = 10_000;
+
 /// Serves [`pb::node_server::Node`] over a [`Node`].
 #[derive(Clone)]
 pub struct NodeService {
@@ -359,6 +362,12 @@ impl pb::node_server::Node for NodeService {
             settings: convert::search_settings(req.settings),
             exact: req.exact,
         };
+        // Coordinators check these too; a direct caller of the internal service must not
+        // be able to make a shard allocate for a billion hits or score with a negative b.
+        if query.top_k == 0 || query.top_k > MAX_SHARD_TOP_K {
+            return Err(Status::invalid_argument(format!("top_k must be between 1 and {MAX_SHARD_TOP_K}")));
+        }
+        query.settings.validate().map_err(|e| Status::invalid_argument(e.to_string()))?;
         let shard = self.shards()?.require(&r.collection, r.shard).await.map_err(shard_status)?;
         let res = shard.search(query).await.map_err(shard_status)?;
         Ok(Response::new(pb::ShardSearchResponse {

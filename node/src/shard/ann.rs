@@ -16,7 +16,7 @@ pub struct AnnIndex {
 }
 
 /// The candidate list of a plain [`AnnIndex::search`].
-const DEFAULT_EF: usize = 64;
+pub(super) const DEFAULT_EF: usize = 64;
 
 fn ann_err(e: impl std::fmt::Display) -> ShardError {
     ShardError::Ann(e.to_string())

@@ -150,8 +150,10 @@ impl Bm25Index {
 
     /// BM25 as Lucene computes it (`BM25Similarity` since Lucene 8, bm25s'
     /// "lucene" method): per query term, `idf * tf / (tf + k1 * (1 - b + b * dl / avgdl))`
-    /// with `idf = ln(1 + (N - df + 0.5) / (df + 0.5))`; repeated query terms
-    /// count once; document length in this index's terms. Computed in f64 so
+    /// with `idf = ln(1 + (N - df + 0.5) / (df + 0.5))`; a query term repeated
+    /// in the query counts once (Lucene's query parser would add a clause per
+    /// repeat; the reference test feeds bm25s de-duplicated queries); document
+    /// length in this index's terms. Computed in f64 so
     /// scores match a reference to 1e-4 on long documents.
     pub fn search_with(
         &self,

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use sled::Batch;
 use tracing::{info, warn};
 
-use super::ann::cosine;
 use tessera_types::SearchSettings;
 
 use super::vectors::VectorSet;
@@ -397,7 +396,9 @@ impl Shard {
             };
         }
         let matching: Vec<u64> = self.chunks.keys().copied().filter(|k| accept(*k)).collect();
-        if exact || matching.len() <= EXACT_FILTER_LIMIT {
+        // Count distinct vectors, not chunks: HNSW filters graph entries, so a filter
+        // matching 4,000 copies of one vector and 100 others is a 101-entry search.
+        if exact || self.vectors.distinct_among(&matching) <= EXACT_FILTER_LIMIT {
             self.exact_among(&q.vector, &matching, q.top_k)
         } else {
             self.vectors.filtered_search(&q.vector, q.top_k, ef, accept)
@@ -411,18 +412,14 @@ impl Shard {
 
     /// Approximate top-k keys of the whole shard (for recall measurements).
     pub fn ann_search(&self, vector: &[f32], k: usize) -> Result<Vec<(u64, f32)>, ShardError> {
-        self.vectors.search(vector, k, 64)
+        self.vectors.search(vector, k, super::ann::DEFAULT_EF)
     }
 
     fn exact_among(&self, query: &[f32], keys: &[u64], k: usize) -> Result<Vec<(u64, f32)>, ShardError> {
         if query.len() != self.dimension {
             return Err(ShardError::Dimension { expected: self.dimension, got: query.len() });
         }
-        let mut scored: Vec<(u64, f32)> =
-            keys.iter().filter_map(|&key| self.vectors.get(key).map(|v| (key, cosine(query, &v)))).collect();
-        scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        scored.truncate(k);
-        Ok(scored)
+        Ok(self.vectors.exact_among(query, keys, k))
     }
 
     fn hits(&self, keys: Vec<(u64, f32)>, with_vectors: bool) -> Result<Vec<ShardHit>, ShardError> {

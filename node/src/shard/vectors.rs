@@ -87,6 +87,23 @@ impl VectorSet {
             self.remove(key)?;
         }
         match self.representative_for(vector) {
+            // Keys normally arrive ascending; a smaller one takes over the entry so
+            // that "representative = smallest live key" holds for `attach`.
+            Some(rep) if key < rep => {
+                self.ann.remove(rep)?;
+                self.ann.add(key, vector)?;
+                let print = fingerprint(vector);
+                if let Some(reps) = self.by_print.get_mut(&print) {
+                    reps.retain(|r| *r != rep);
+                    reps.push(key);
+                }
+                let mut list = self.members.remove(&rep).unwrap_or_default();
+                list.insert(0, key);
+                for k in &list {
+                    self.rep_of.insert(*k, key);
+                }
+                self.members.insert(key, list);
+            }
             Some(rep) => self.join(rep, key),
             None => {
                 self.ann.add(key, vector)?;
@@ -131,6 +148,9 @@ impl VectorSet {
         if let Some(p) = print {
             if let Some(reps) = self.by_print.get_mut(&p) {
                 reps.retain(|r| *r != rep);
+                if reps.is_empty() {
+                    self.by_print.remove(&p);
+                }
             }
         }
         if let (Some(next), Some(vector), Some(p)) = (rest.first().copied(), vector, print) {
@@ -151,7 +171,7 @@ impl VectorSet {
 
     /// Index results (representatives) expanded into their chunks, best first, at most `k`.
     fn expand(&self, found: Vec<(u64, f32)>, k: usize, accept: &dyn Fn(u64) -> bool) -> Vec<(u64, f32)> {
-        let mut out = Vec::with_capacity(k);
+        let mut out = Vec::with_capacity(k.min(self.len()));
         for (rep, score) in found {
             for &key in self.members.get(&rep).map(Vec::as_slice).unwrap_or(&[]) {
                 if out.len() == k {
@@ -160,6 +180,38 @@ impl VectorSet {
                 if accept(key) {
                     out.push((key, score));
                 }
+            }
+        }
+        out
+    }
+
+    /// Distinct vectors among chunk `keys` (what a filtered search really has to
+    /// tell apart: 4,000 copies of one boilerplate vector are one candidate).
+    pub fn distinct_among(&self, keys: &[u64]) -> usize {
+        keys.iter().filter_map(|k| self.rep_of.get(k)).collect::<std::collections::HashSet<_>>().len()
+    }
+
+    /// Exact nearest among chunk `keys`: each distinct vector scored once, then
+    /// expanded into the given keys that share it, best first, at most `k`.
+    pub fn exact_among(&self, query: &[f32], keys: &[u64], k: usize) -> Vec<(u64, f32)> {
+        let mut by_rep: HashMap<u64, Vec<u64>> = HashMap::new();
+        for key in keys {
+            if let Some(rep) = self.rep_of.get(key) {
+                by_rep.entry(*rep).or_default().push(*key);
+            }
+        }
+        let mut scored: Vec<(u64, f32)> =
+            by_rep.keys().filter_map(|rep| self.ann.get(*rep).map(|v| (*rep, super::ann::cosine(query, &v)))).collect();
+        scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let mut out = Vec::with_capacity(k.min(keys.len()));
+        for (rep, score) in scored {
+            let mut members = by_rep.remove(&rep).unwrap_or_default();
+            members.sort_unstable();
+            for key in members {
+                if out.len() == k {
+                    return out;
+                }
+                out.push((key, score));
             }
         }
         out
@@ -227,6 +279,13 @@ mod tests {
         assert!(hits[..20].iter().all(|(k, _)| k % 5 == 3), "all copies of the nearest vector first");
         assert_eq!(s.search(&v(77), 1, 64).unwrap()[0].0, 100);
         let odd = s.filtered_search(&v(3), 5, 64, &|k| k % 2 == 1).unwrap();
+        let among = s.exact_among(&v(3), &[100, 3, 8, 13, 18], 3);
+        assert_eq!(
+            among.iter().map(|h| h.0).collect::<Vec<_>>(),
+            vec![3, 8, 13],
+            "copies of the nearest vector, in key order"
+        );
+        assert_eq!(s.distinct_among(&[3, 8, 13, 18, 100, 100]), 2);
         assert!(odd.iter().all(|(k, _)| k % 2 == 1 && k % 5 == 3) && odd.len() == 5);
         assert_eq!(s.get(42), Some(v(2)));
     }
@@ -246,6 +305,13 @@ mod tests {
         assert!(s.is_empty());
         assert_eq!(s.distinct(), 0);
         assert!(s.exact_search(&v(1), 5).unwrap().is_empty());
+        // A smaller key joining a vector takes the entry over.
+        s.add(20, &v(5)).unwrap();
+        s.add(10, &v(5)).unwrap();
+        assert_eq!(s.distinct(), 1);
+        s.remove(20).unwrap();
+        assert_eq!(s.get(10), Some(v(5)));
+        s.remove(10).unwrap();
         // A chunk re-added with another vector moves.
         s.add(1, &v(1)).unwrap();
         s.add(1, &v(2)).unwrap();
