@@ -7,8 +7,7 @@
 //! knows (a node's shard writes, a coordinator's collection records) live in that
 //! side's own `convert` module.
 use tessera_types::{
-    ChatMessage, NodeRole, Scored, SearchMode, SearchSettings, SessionInfo, SessionState, StoredMessage,
-    UnknownNodeRole, UnknownRole,
+    ChatMessage, NodeRole, Scored, SearchMode, SearchSettings, SessionInfo, SessionState, StoredMessage, UnknownRole,
 };
 use thiserror::Error;
 
@@ -134,11 +133,6 @@ impl From<SessionInfo> for pb::SessionInfo {
     fn from(i: SessionInfo) -> Self {
         pb::SessionInfo { session: i.session, messages: i.messages, updated_unix_ms: i.updated_unix_ms }
     }
-}
-
-/// Node roles from the wire (`NodeInfo.roles`).
-pub fn node_roles(roles: &[String]) -> Result<Vec<NodeRole>, UnknownNodeRole> {
-    NodeRole::parse_list(roles)
 }
 
 /// Role names for the wire.

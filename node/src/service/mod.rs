@@ -131,14 +131,16 @@ impl pb::node_server::Node for NodeService {
         Ok(Response::new(pb::NodeInfo {
             id: self.node.config.id.clone(),
             // Roles actually served: `model` only with a model loaded (not on a rank > 0 of a group).
-            roles: self
-                .node
-                .config
-                .roles
-                .iter()
-                .filter(|r| **r != NodeRole::Model || self.node.model.is_some())
-                .map(|r| r.as_str().to_string())
-                .collect(),
+            roles: convert::role_names(
+                &self
+                    .node
+                    .config
+                    .roles
+                    .iter()
+                    .copied()
+                    .filter(|r| *r != NodeRole::Model || self.node.model.is_some())
+                    .collect::<Vec<_>>(),
+            ),
             embedder,
             dimension,
             shards,
