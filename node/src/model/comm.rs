@@ -5,7 +5,8 @@
 //! (processes or nodes over TCP) and, behind the `cuda` feature, NCCL.
 //! Reductions sum in rank order on every backend, so every rank ends a step with
 //! bit-identical activations.
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 
 use thiserror::Error;
 
@@ -87,8 +88,64 @@ impl Communicator for SingleRank {
     }
 }
 
+/// A barrier that spins briefly before it sleeps. Ranks meet at two barriers
+/// per collective and four collectives per layer: with `std::sync::Barrier`
+/// every meeting was a futex sleep and wake-up (tens of µs on a busy VM), a
+/// quarter of a tp-2 decode step. Ranks usually arrive within microseconds of
+/// each other, so a short spin catches them; an idle group (waiting for the
+/// next step) still sleeps on the condition variable instead of burning a core.
+struct SpinBarrier {
+    parties: usize,
+    arrived: AtomicUsize,
+    generation: AtomicUsize,
+    lock: Mutex<()>,
+    wake: Condvar,
+}
+
+/// Spin iterations (each a CPU pause hint) before a waiter sleeps.
+const SPINS: usize = 4000;
+
+impl SpinBarrier {
+    fn new(parties: usize) -> Self {
+        Self {
+            parties,
+            arrived: AtomicUsize::new(0),
+            generation: AtomicUsize::new(0),
+            lock: Mutex::new(()),
+            wake: Condvar::new(),
+        }
+    }
+
+    fn wait(&self) {
+        let generation = self.generation.load(Ordering::Acquire);
+        if self.arrived.fetch_add(1, Ordering::AcqRel) + 1 == self.parties {
+            // Last to arrive: reset for the next use, then release the others.
+            self.arrived.store(0, Ordering::Relaxed);
+            let _held = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+            self.generation.fetch_add(1, Ordering::Release);
+            self.wake.notify_all();
+            return;
+        }
+        for i in 0..SPINS {
+            if self.generation.load(Ordering::Acquire) != generation {
+                return;
+            }
+            if i % 256 == 255 {
+                // Let an oversubscribed rank (more ranks than cores) run.
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        let mut held = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        while self.generation.load(Ordering::Acquire) == generation {
+            held = self.wake.wait(held).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
 struct Shared {
-    barrier: Barrier,
+    barrier: SpinBarrier,
     floats: Vec<Mutex<Vec<f32>>>,
     bytes: Mutex<Vec<u8>>,
 }
@@ -101,7 +158,7 @@ impl LocalGroup {
     #[allow(clippy::new_ret_no_self)]
     pub fn new(world: usize) -> Vec<LocalCommunicator> {
         let shared = Arc::new(Shared {
-            barrier: Barrier::new(world),
+            barrier: SpinBarrier::new(world),
             floats: (0..world).map(|_| Mutex::new(Vec::new())).collect(),
             bytes: Mutex::new(Vec::new()),
         });

@@ -111,6 +111,8 @@ pub struct GroupStats {
     pub max_batch_seen: AtomicUsize,
     /// Steps run.
     pub steps: AtomicUsize,
+    /// Bytes of weights rank 0 streams per decode step (its matrices and the output head).
+    pub weight_bytes: AtomicUsize,
 }
 
 /// A running model group (all ranks in this process, or rank 0 of a TCP group).
@@ -141,6 +143,7 @@ impl ModelGroup {
         }
         let tokenizer = Arc::new(load_tokenizer(path)?);
         let world = comms[0].world_size();
+        let threads_per_rank = rank_threads(comms.len());
         let mut threads = Vec::new();
         let followers: Vec<Box<dyn Communicator>> = comms.drain(1..).collect();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), ModelError>>();
@@ -150,8 +153,11 @@ impl ModelGroup {
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("rank-{}", comm.rank()))
-                    .spawn(move || {
-                        run_follower_reporting(&path, comm, ready);
+                    .spawn(move || match rank_pool(threads_per_rank) {
+                        Ok(_pool) => run_follower_reporting(&path, comm, ready),
+                        Err(e) => {
+                            let _ = ready.send(Err(e));
+                        }
                     })
                     .map_err(|e| ModelError::Io(e.to_string()))?,
             );
@@ -164,13 +170,18 @@ impl ModelGroup {
         }
         let (jobs, rx) = std::sync::mpsc::sync_channel::<Job>(limits.max_queued);
         let stats = Arc::new(GroupStats::default());
+        stats.weight_bytes.store(model.weight_bytes(), std::sync::atomic::Ordering::Relaxed);
         let st = stats.clone();
         let tok = tokenizer.clone();
         threads.push(
             std::thread::Builder::new()
                 .name("rank-0".into())
                 .spawn(move || {
-                    Scheduler::new(model, leader, tok, limits, st, rx).run();
+                    let scheduler = Scheduler::new(model, leader, tok, limits, st, rx);
+                    match rank_pool(threads_per_rank) {
+                        Ok(_pool) => scheduler.run(),
+                        Err(e) => warn!("rank 0 cannot start its thread pool: {e}"),
+                    }
                 })
                 .map_err(|e| ModelError::Io(e.to_string()))?,
         );
@@ -271,8 +282,30 @@ fn run_follower_reporting(
     }
 }
 
+/// Threads for each of `ranks` ranks running in this process: the cores
+/// divided between them (at least one each).
+fn rank_threads(ranks: usize) -> usize {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    (cores / ranks.max(1)).max(1)
+}
+
+/// A thread pool that the calling rank thread belongs to (rayon's
+/// `use_current_thread`), so the rank's kernels run on it and `threads - 1`
+/// helpers: no hand-off to a separate pool and back for every matmul, and ranks
+/// in one process do not compete for one global pool. Keep it alive while the
+/// rank runs.
+fn rank_pool(threads: usize) -> Result<rayon::ThreadPool, ModelError> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .use_current_thread()
+        .thread_name(|i| format!("rank-worker-{i}"))
+        .build()
+        .map_err(|e| ModelError::Config(format!("thread pool: {e}")))
+}
+
 /// Runs a non-leading rank (in this process or another) until the leader shuts down.
 pub fn run_follower(path: &Path, comm: Box<dyn Communicator>) -> Result<(), ModelError> {
+    let _pool = rank_pool(rank_threads(1))?;
     let comm: Box<dyn Communicator> = Box::new(Traced(comm));
     let model = RankModel::load(path, comm.rank(), comm.world_size())?;
     follow(model, comm.as_ref())

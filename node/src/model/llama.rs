@@ -13,19 +13,29 @@
 //!
 //! A forward step takes several sequences at once, each with its own tokens
 //! (a prompt chunk or one decode token) and its own KV cache: the matmuls run on
-//! all tokens together, attention per sequence. That is what continuous
-//! batching needs.
+//! all tokens together (q|k|v and gate|up fused into one matmul each), attention
+//! for every (sequence, token, head) in parallel. That is what continuous
+//! batching needs. Activations are plain `tokens × width` f32 buffers and every
+//! hot op is one of [`super::kernels`]; candle reads the GGUF and runs the
+//! matmuls of weight types without a kernel here.
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
-use candle_core::quantized::gguf_file::{Content, Value};
-use candle_core::quantized::{QMatMul, QTensor};
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::quantized::gguf_file::Content;
+use candle_core::quantized::gguf_file::Value;
+use candle_core::quantized::QTensor;
+use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::comm::Communicator;
+use super::kernels::attention::{self, Heads, SeqView};
+use super::kernels::norm::{add_in_place, rms_norm, silu_mul};
+use super::kernels::rope::Rope;
+use super::kernels::QuantMatrix;
+use super::kv_cache::SeqCache;
+use super::linear::Linear;
 use super::partition::{take_rows, Partition};
-use super::q4_1::Q41Matrix;
 use super::ModelError;
 
 /// Shape of the model, from GGUF metadata.
@@ -113,54 +123,41 @@ pub struct SeqStep {
 }
 
 struct Layer {
-    attn_norm: Tensor,
-    wq: Linear,
-    wk: Linear,
-    wv: Linear,
-    bias: Option<(Tensor, Tensor, Tensor)>,
+    attn_norm: Vec<f32>,
+    /// This rank's query heads, then its key and value groups, one matrix.
+    qkv: Linear,
+    /// Biases of `qkv` (Qwen2), in the same column order.
+    qkv_bias: Option<Vec<f32>>,
     /// o_proj rows of this rank's share of the model width.
     wo: Linear,
-    ffn_norm: Tensor,
-    w_gate: Linear,
-    w_up: Linear,
+    ffn_norm: Vec<f32>,
+    /// gate_proj then up_proj rows of this rank's feature share, one matrix.
+    gate_up: Linear,
     /// down_proj rows of this rank's share of the model width.
     w_down: Linear,
+}
+
+/// Token embeddings: rows of a kernel matrix (shared with a tied output head), or candle's lookup.
+enum Embedding {
+    Quant(Arc<QuantMatrix>),
+    Candle(QTensor),
 }
 
 /// This rank's weights and KV caches.
 pub struct RankModel {
     cfg: LlamaConfig,
     part: Partition,
-    embed: QTensor,
+    embed: Embedding,
+    vocab: usize,
     layers: Vec<Layer>,
-    norm: Tensor,
+    norm: Vec<f32>,
     output: Option<Linear>,
-    cos: Tensor,
-    sin: Tensor,
-    caches: HashMap<u64, Vec<Option<(Tensor, Tensor)>>>,
-    device: Device,
+    rope: Rope,
+    caches: HashMap<u64, SeqCache>,
 }
 
-/// A weight matrix: Q4_1 through [`Q41Matrix`] (same bits as candle, SIMD), anything else through candle.
-enum Linear {
-    Q41(Q41Matrix),
-    Candle(QMatMul),
-}
-
-impl Linear {
-    fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
-        match self {
-            Linear::Q41(m) => m.forward(x),
-            Linear::Candle(m) => Ok(m.forward(x)?),
-        }
-    }
-}
-
-fn qmm(t: QTensor) -> Result<Linear, ModelError> {
-    match Q41Matrix::from_qtensor(&t)? {
-        Some(m) => Ok(Linear::Q41(m)),
-        None => Ok(Linear::Candle(QMatMul::from_qtensor(t)?)),
-    }
+fn dequantized(t: &QTensor, device: &Device) -> Result<Vec<f32>, ModelError> {
+    Ok(t.dequantize(device)?.flatten_all()?.to_vec1::<f32>()?)
 }
 
 impl RankModel {
@@ -180,61 +177,63 @@ impl RankModel {
         let q_rows = part.q_heads().start * hd..part.q_heads().end * hd;
         let kv_rows = part.kv_groups.start * hd..part.kv_groups.end * hd;
 
-        let embed = tensor("token_embd.weight")?;
         let mut layers = Vec::with_capacity(cfg.n_layer);
         for l in 0..cfg.n_layer {
             let name = |s: &str| format!("blk.{l}.{s}");
-            let bias = match (tensor(&name("attn_q.bias")), tensor(&name("attn_k.bias")), tensor(&name("attn_v.bias")))
-            {
-                (Ok(q), Ok(k), Ok(v)) => Some((
-                    q.dequantize(&device)?.narrow(0, q_rows.start, q_rows.len())?,
-                    k.dequantize(&device)?.narrow(0, kv_rows.start, kv_rows.len())?,
-                    v.dequantize(&device)?.narrow(0, kv_rows.start, kv_rows.len())?,
-                )),
-                _ => None,
+            let qkv_bias =
+                match (tensor(&name("attn_q.bias")), tensor(&name("attn_k.bias")), tensor(&name("attn_v.bias"))) {
+                    (Ok(q), Ok(k), Ok(v)) => {
+                        let (q, k, v) =
+                            (dequantized(&q, &device)?, dequantized(&k, &device)?, dequantized(&v, &device)?);
+                        let range = |t: &[f32], r: &std::ops::Range<usize>| t.get(r.clone()).map(<[f32]>::to_vec);
+                        match (range(&q, &q_rows), range(&k, &kv_rows), range(&v, &kv_rows)) {
+                            (Some(q), Some(k), Some(v)) => Some([q, k, v].concat()),
+                            _ => return Err(ModelError::Format(format!("layer {l}: attention biases are too short"))),
+                        }
+                    }
+                    _ => None,
+                };
+            let mut rows = |t: &str, r: &std::ops::Range<usize>| -> Result<QTensor, ModelError> {
+                take_rows(&tensor(&name(t))?, r.clone(), &device)
             };
-            let wo = qmm(take_rows(&tensor(&name("attn_output.weight"))?, part.hidden.clone(), &device)?)?;
-            let w_down = qmm(take_rows(&tensor(&name("ffn_down.weight"))?, part.hidden.clone(), &device)?)?;
+            let qkv = Linear::stacked(vec![
+                rows("attn_q.weight", &q_rows)?,
+                rows("attn_k.weight", &kv_rows)?,
+                rows("attn_v.weight", &kv_rows)?,
+            ])?;
+            let gate_up =
+                Linear::stacked(vec![rows("ffn_gate.weight", &part.ffn)?, rows("ffn_up.weight", &part.ffn)?])?;
+            let wo = Linear::new(rows("attn_output.weight", &part.hidden)?)?;
+            let w_down = Linear::new(rows("ffn_down.weight", &part.hidden)?)?;
             layers.push(Layer {
-                attn_norm: tensor(&name("attn_norm.weight"))?.dequantize(&device)?,
-                wq: qmm(take_rows(&tensor(&name("attn_q.weight"))?, q_rows.clone(), &device)?)?,
-                wk: qmm(take_rows(&tensor(&name("attn_k.weight"))?, kv_rows.clone(), &device)?)?,
-                wv: qmm(take_rows(&tensor(&name("attn_v.weight"))?, kv_rows.clone(), &device)?)?,
-                bias,
+                attn_norm: dequantized(&tensor(&name("attn_norm.weight"))?, &device)?,
+                qkv,
+                qkv_bias,
                 wo,
-                ffn_norm: tensor(&name("ffn_norm.weight"))?.dequantize(&device)?,
-                w_gate: qmm(take_rows(&tensor(&name("ffn_gate.weight"))?, part.ffn.clone(), &device)?)?,
-                w_up: qmm(take_rows(&tensor(&name("ffn_up.weight"))?, part.ffn.clone(), &device)?)?,
+                ffn_norm: dequantized(&tensor(&name("ffn_norm.weight"))?, &device)?,
+                gate_up,
                 w_down,
             });
         }
-        let norm = tensor("output_norm.weight")?.dequantize(&device)?;
+        let norm = dequantized(&tensor("output_norm.weight")?, &device)?;
+        let embed_t = tensor("token_embd.weight")?;
+        let vocab = embed_t.shape().dims2()?.0;
+        let embed = match QuantMatrix::from_qtensor(&embed_t)? {
+            Some(m) => Embedding::Quant(Arc::new(m)),
+            None => Embedding::Candle(embed_t),
+        };
         let output = if rank == 0 {
-            let head = match tensor("output.weight") {
-                Ok(t) => t,
-                Err(_) => tensor("token_embd.weight")?,
-            };
-            Some(qmm(head)?)
+            Some(match (tensor("output.weight"), &embed) {
+                (Ok(t), _) => Linear::new(t)?,
+                // Tied head: the embedding matrix itself, not a second copy.
+                (Err(_), Embedding::Quant(m)) => Linear::Quant(m.clone()),
+                (Err(_), Embedding::Candle(_)) => Linear::new(tensor("token_embd.weight")?)?,
+            })
         } else {
             None
         };
-        let half = hd / 2;
-        let inv: Vec<f32> = (0..half).map(|i| 1.0 / cfg.rope_base.powf(2.0 * i as f32 / hd as f32)).collect();
-        let positions = cfg.context_length;
-        let angles: Vec<f32> = (0..positions).flat_map(|p| inv.iter().map(move |f| p as f32 * f)).collect();
-        let angles = Tensor::from_vec(angles, (positions, half), &device)?;
-        Ok(Self {
-            cos: angles.cos()?,
-            sin: angles.sin()?,
-            cfg,
-            part,
-            embed,
-            layers,
-            norm,
-            output,
-            caches: HashMap::new(),
-            device,
-        })
+        let rope = Rope::new(hd, cfg.rope_base, cfg.context_length, cfg.rope_neox);
+        Ok(Self { rope, cfg, part, embed, vocab, layers, norm, output, caches: HashMap::new() })
     }
 
     /// The model's shape.
@@ -252,30 +251,56 @@ impl RankModel {
         self.caches.len()
     }
 
+    /// Bytes of KV cache held on this rank.
+    pub fn cache_bytes(&self) -> usize {
+        self.caches.values().map(SeqCache::bytes).sum()
+    }
+
+    /// Bytes of weights one decode step streams on this rank (every layer's
+    /// matrices, plus the output head on rank 0).
+    pub fn weight_bytes(&self) -> usize {
+        let layers: usize =
+            self.layers.iter().map(|l| l.qkv.bytes() + l.wo.bytes() + l.gate_up.bytes() + l.w_down.bytes()).sum();
+        layers + self.output.as_ref().map_or(0, Linear::bytes)
+    }
+
     /// Drops a sequence's KV cache.
     pub fn free(&mut self, seq: u64) {
         self.caches.remove(&seq);
     }
 
-    /// Every rank's columns of a `(rows, local)` activation, side by side in rank
-    /// order: `(rows, sum of widths)`.
-    fn gather_columns(&self, t: Tensor, widths: &[usize], comm: &dyn Communicator) -> Result<Tensor, ModelError> {
+    fn heads(&self) -> Heads {
+        Heads { n_q: self.part.q_heads().len(), n_kv: self.part.kv_groups.len(), head_dim: self.cfg.head_dim }
+    }
+
+    /// Every rank's columns of a `rows × local` activation, side by side in rank
+    /// order: `rows × (sum of widths)`.
+    fn gather_columns(
+        &self,
+        t: Vec<f32>,
+        rows: usize,
+        widths: &[usize],
+        comm: &dyn Communicator,
+    ) -> Result<Vec<f32>, ModelError> {
         if comm.world_size() == 1 {
             return Ok(t);
         }
-        let rows = t.dim(0)?;
-        let all = comm.all_gather(&t.flatten_all()?.to_vec1::<f32>()?)?;
+        let all = comm.all_gather(&t)?;
         let expected: usize = widths.iter().map(|w| w * rows).sum();
         if all.len() != expected {
             return Err(ModelError::Config(format!("gathered {} values, expected {expected}", all.len())));
         }
-        let mut parts = Vec::with_capacity(widths.len());
-        let mut offset = 0;
+        let total: usize = widths.iter().sum();
+        let mut out = vec![0f32; rows * total];
+        let (mut src, mut col) = (0, 0);
         for &w in widths {
-            parts.push(Tensor::from_slice(&all[offset..offset + w * rows], (rows, w), &self.device)?);
-            offset += w * rows;
+            for r in 0..rows {
+                out[r * total + col..r * total + col + w].copy_from_slice(&all[src + r * w..src + (r + 1) * w]);
+            }
+            src += w * rows;
+            col += w;
         }
-        Ok(Tensor::cat(&parts, 1)?)
+        Ok(out)
     }
 
     /// Runs one step over `steps` on this rank. Rank 0 returns the logits of each
@@ -283,14 +308,18 @@ impl RankModel {
     pub fn forward(&mut self, steps: &[SeqStep], comm: &dyn Communicator) -> Result<Vec<Vec<f32>>, ModelError> {
         self.check_steps(steps)?;
         let mut x = self.embed_tokens(steps)?;
+        let n = x.len() / self.cfg.hidden;
+        let width = self.part.kv_groups.len() * self.cfg.head_dim;
         for s in steps {
-            self.caches.entry(s.seq).or_insert_with(|| vec![None; self.cfg.n_layer]);
+            self.caches.entry(s.seq).or_insert_with(|| SeqCache::new(self.cfg.n_layer, width));
         }
+        let eps = self.cfg.eps as f32;
+        let mut h = vec![0f32; x.len()];
         for l in 0..self.cfg.n_layer {
-            let h = candle_nn::ops::rms_norm(&x, &self.layers[l].attn_norm, self.cfg.eps as f32)?;
-            x = (x + self.attention(l, &h, steps, comm)?)?;
-            let h = candle_nn::ops::rms_norm(&x, &self.layers[l].ffn_norm, self.cfg.eps as f32)?;
-            x = (x + self.feed_forward(l, &h, comm)?)?;
+            rms_norm(&x, &self.layers[l].attn_norm, eps, &mut h);
+            add_in_place(&mut x, &self.attention(l, &h, n, steps, comm)?);
+            rms_norm(&x, &self.layers[l].ffn_norm, eps, &mut h);
+            add_in_place(&mut x, &self.feed_forward(l, &h, n, comm)?);
         }
         self.logits(&x, steps)
     }
@@ -308,138 +337,130 @@ impl RankModel {
                     s.seq, self.cfg.context_length
                 )));
             }
-            let cached = self.caches.get(&s.seq).and_then(|c| c[0].as_ref()).map_or(0, |(k, _)| k.dim(2).unwrap_or(0));
+            let cached = self.caches.get(&s.seq).map_or(0, SeqCache::positions);
             if cached != s.start {
                 return Err(ModelError::Input(format!(
                     "sequence {} starts at {} but {cached} positions are cached",
                     s.seq, s.start
                 )));
             }
+            if steps.iter().filter(|o| o.seq == s.seq).count() > 1 {
+                return Err(ModelError::Input(format!("sequence {} appears twice in one step", s.seq)));
+            }
         }
         Ok(())
     }
 
     /// The embeddings of every step's tokens, one row each, in step order.
-    fn embed_tokens(&self, steps: &[SeqStep]) -> Result<Tensor, ModelError> {
+    fn embed_tokens(&self, steps: &[SeqStep]) -> Result<Vec<f32>, ModelError> {
         let ids: Vec<u32> = steps.iter().flat_map(|s| s.tokens.iter().copied()).collect();
-        if let Some(bad) = ids.iter().find(|&&t| t as usize >= self.embed.shape().dims()[0]) {
+        if let Some(bad) = ids.iter().find(|&&t| t as usize >= self.vocab) {
             return Err(ModelError::Input(format!("token id {bad} is outside the vocabulary")));
         }
-        let total = ids.len();
-        Ok(self.embed.embedding(&Tensor::from_vec(ids, (total,), &self.device)?)?)
+        match &self.embed {
+            Embedding::Quant(m) => {
+                let mut x = Vec::with_capacity(ids.len() * self.cfg.hidden);
+                for &t in &ids {
+                    x.extend(
+                        m.dequantize_row(t as usize)
+                            .ok_or_else(|| ModelError::Input(format!("token id {t} is outside the vocabulary")))?,
+                    );
+                }
+                Ok(x)
+            }
+            Embedding::Candle(e) => {
+                let total = ids.len();
+                let ids = Tensor::from_vec(ids, (total,), &Device::Cpu)?;
+                Ok(e.embedding(&ids)?.flatten_all()?.to_vec1::<f32>()?)
+            }
+        }
     }
 
-    /// Layer `l`'s attention block over the normed input `h`: q/k/v for this
-    /// rank's heads over all tokens, attention per sequence against its cache,
-    /// then the output projection by output row after gathering the heads.
+    /// Layer `l`'s attention block over the normed input `h` (`n` rows): fused
+    /// q|k|v for this rank's heads, RoPE (scale folded into q), keys and values
+    /// appended to each sequence's cache, attention, then the output projection
+    /// by output row after gathering the heads.
     fn attention(
         &mut self,
         l: usize,
-        h: &Tensor,
+        h: &[f32],
+        n: usize,
         steps: &[SeqStep],
         comm: &dyn Communicator,
-    ) -> Result<Tensor, ModelError> {
-        let layer = &self.layers[l];
-        let (mut q, mut k, mut v) = (layer.wq.forward(h)?, layer.wk.forward(h)?, layer.wv.forward(h)?);
-        if let Some((bq, bk, bv)) = &layer.bias {
-            q = q.broadcast_add(bq)?;
-            k = k.broadcast_add(bk)?;
-            v = v.broadcast_add(bv)?;
-        }
-        let mut outs = Vec::with_capacity(steps.len());
-        let mut offset = 0;
-        for s in steps {
-            let len = s.tokens.len();
-            outs.push(self.sequence_attention(
-                l,
-                s,
-                &q.narrow(0, offset, len)?,
-                &k.narrow(0, offset, len)?,
-                &v.narrow(0, offset, len)?,
-            )?);
-            offset += len;
-        }
-        let y = Tensor::cat(&outs, 0)?;
-        let hd = self.cfg.head_dim;
-        let heads: Vec<usize> = self.part.heads_per_rank().iter().map(|h| h * hd).collect();
-        let y = self.gather_columns(y, &heads, comm)?;
-        self.gather_columns(self.layers[l].wo.forward(&y)?, &self.part.hidden_per_rank(), comm)
-    }
-
-    /// One sequence's attention in layer `l`: rope, append to its KV cache,
-    /// causal softmax over the cache. `q`, `k`, `v` are its rows only.
-    fn sequence_attention(
-        &mut self,
-        l: usize,
-        s: &SeqStep,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-    ) -> Result<Tensor, ModelError> {
-        let (hd, nq, nkv) = (self.cfg.head_dim, self.part.q_heads().len(), self.part.kv_groups.len());
-        let len = s.tokens.len();
-        let heads = |t: &Tensor, n: usize| -> candle_core::Result<Tensor> {
-            t.reshape((1, len, n, hd))?.transpose(1, 2)?.contiguous()
-        };
-        let cos = self.cos.narrow(0, s.start, len)?;
-        let sin = self.sin.narrow(0, s.start, len)?;
-        let neox = self.cfg.rope_neox;
-        let rope = |t: Tensor| {
-            if neox {
-                candle_nn::rotary_emb::rope(&t, &cos, &sin)
-            } else {
-                candle_nn::rotary_emb::rope_i(&t, &cos, &sin)
+    ) -> Result<Vec<f32>, ModelError> {
+        let heads = self.heads();
+        let (hd, w) = (heads.head_dim, heads.qkv_width());
+        let mut qkv = self.layers[l].qkv.matmul(h, n)?;
+        if let Some(bias) = &self.layers[l].qkv_bias {
+            for row in qkv.chunks_exact_mut(w) {
+                add_in_place(row, bias);
             }
-        };
-        let qs = rope(heads(q, nq)?)?;
-        let ks = rope(heads(k, nkv)?)?;
-        let vs = heads(v, nkv)?;
-        let slot = &mut self.caches.get_mut(&s.seq).expect("cache created in forward")[l];
-        let (ks, vs) = match slot.take() {
-            Some((kc, vc)) => (Tensor::cat(&[&kc, &ks], 2)?, Tensor::cat(&[&vc, &vs], 2)?),
-            None => (ks, vs),
-        };
-        *slot = Some((ks.clone(), vs.clone()));
-        let rep = self.part.heads_per_group;
-        let ks = candle_transformers::utils::repeat_kv(ks, rep)?.contiguous()?;
-        let vs = candle_transformers::utils::repeat_kv(vs, rep)?.contiguous()?;
-        let att = (qs.matmul(&ks.t()?)? / (hd as f64).sqrt())?;
-        let att = if len > 1 {
-            let kv_len = s.start + len;
-            let mask: Vec<f32> = (0..len)
-                .flat_map(|i| (0..kv_len).map(move |j| if j > s.start + i { f32::NEG_INFINITY } else { 0.0 }))
-                .collect();
-            att.broadcast_add(&Tensor::from_vec(mask, (len, kv_len), &self.device)?)?
-        } else {
-            att
-        };
-        let att = candle_nn::ops::softmax_last_dim(&att)?;
-        Ok(att.matmul(&vs)?.transpose(1, 2)?.reshape((len, nq * hd))?)
+        }
+        let scale = 1.0 / (hd as f32).sqrt();
+        let (q_w, kv_w) = (heads.n_q * hd, heads.n_kv * hd);
+        let mut row = 0;
+        for s in steps {
+            for i in 0..s.tokens.len() {
+                let pos = s.start + i;
+                let r = &mut qkv[row * w..(row + 1) * w];
+                for (j, head) in r[..q_w + kv_w].chunks_exact_mut(hd).enumerate() {
+                    self.rope.apply(head, pos);
+                    if j < heads.n_q {
+                        head.iter_mut().for_each(|v| *v *= scale);
+                    }
+                }
+                row += 1;
+            }
+        }
+        // Append the step's keys and values, then attend with shared borrows.
+        let mut row = 0;
+        for s in steps {
+            let cache = self.caches.get_mut(&s.seq).ok_or_else(|| ModelError::Input("no cache".into()))?;
+            for _ in 0..s.tokens.len() {
+                let r = &qkv[row * w..(row + 1) * w];
+                cache.append(l, &r[q_w..q_w + kv_w], &r[q_w + kv_w..]);
+                row += 1;
+            }
+        }
+        let views = steps
+            .iter()
+            .map(|s| {
+                let kv = self.caches.get(&s.seq).ok_or_else(|| ModelError::Input("no cache".into()))?.layer(l);
+                Ok(SeqView { kv, start: s.start, len: s.tokens.len() })
+            })
+            .collect::<Result<Vec<_>, ModelError>>()?;
+        let y = attention::attend(heads, &qkv, &views);
+        let widths: Vec<usize> = self.part.heads_per_rank().iter().map(|h| h * hd).collect();
+        let y = self.gather_columns(y, n, &widths, comm)?;
+        let out = self.layers[l].wo.matmul(&y, n)?;
+        self.gather_columns(out, n, &self.part.hidden_per_rank(), comm)
     }
 
     /// Layer `l`'s SwiGLU feed-forward over the normed input `h`; the down
     /// projection by output row after gathering the features.
-    fn feed_forward(&self, l: usize, h: &Tensor, comm: &dyn Communicator) -> Result<Tensor, ModelError> {
+    fn feed_forward(&self, l: usize, h: &[f32], n: usize, comm: &dyn Communicator) -> Result<Vec<f32>, ModelError> {
         let layer = &self.layers[l];
-        let m = (candle_nn::ops::silu(&layer.w_gate.forward(h)?)? * layer.w_up.forward(h)?)?;
-        let m = self.gather_columns(m, &self.part.ffn_per_rank(), comm)?;
-        self.gather_columns(layer.w_down.forward(&m)?, &self.part.hidden_per_rank(), comm)
+        let m = silu_mul(&layer.gate_up.matmul(h, n)?, self.part.ffn.len());
+        let m = self.gather_columns(m, n, &self.part.ffn_per_rank(), comm)?;
+        self.gather_columns(layer.w_down.matmul(&m, n)?, n, &self.part.hidden_per_rank(), comm)
     }
 
     /// Rank 0: logits of each sequence's last token; other ranks: nothing.
-    fn logits(&self, x: &Tensor, steps: &[SeqStep]) -> Result<Vec<Vec<f32>>, ModelError> {
+    fn logits(&self, x: &[f32], steps: &[SeqStep]) -> Result<Vec<Vec<f32>>, ModelError> {
         let Some(output) = &self.output else {
             return Ok(Vec::new());
         };
-        let mut last = Vec::with_capacity(steps.len());
-        let mut end = 0u32;
+        let hidden = self.cfg.hidden;
+        let mut last = Vec::with_capacity(steps.len() * hidden);
+        let mut end = 0;
         for s in steps {
-            end += s.tokens.len() as u32;
-            last.push(end - 1);
+            end += s.tokens.len();
+            last.extend_from_slice(&x[(end - 1) * hidden..end * hidden]);
         }
-        let x = x.index_select(&Tensor::new(last.as_slice(), &self.device)?, 0)?;
-        let x = candle_nn::ops::rms_norm(&x, &self.norm, self.cfg.eps as f32)?;
-        let logits = output.forward(&x)?.to_dtype(DType::F32)?;
-        Ok(logits.to_vec2::<f32>()?)
+        let mut normed = vec![0f32; last.len()];
+        rms_norm(&last, &self.norm, self.cfg.eps as f32, &mut normed);
+        let logits = output.matmul(&normed, steps.len())?;
+        let vocab = output.rows();
+        Ok(logits.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
     }
 }

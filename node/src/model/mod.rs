@@ -2,7 +2,8 @@
 //! tensor-parallel ranks, with continuous batching and streamed generation.
 //!
 //! - [`tokenizer`]: the tokenizer from GGUF metadata; [`chat`]: chat templates.
-//! - [`partition`]: how quantized weights are divided; [`llama`]: one rank's model.
+//! - [`partition`]: how quantized weights are divided; [`llama`]: one rank's model;
+//!   [`linear`]: its weight matrices; [`kernels`]: the CPU kernels; [`kv_cache`]: per-sequence caches.
 //! - [`comm`] / [`tcp`] / `nccl` (feature `cuda`): the [`Communicator`] trait and its backends.
 //! - [`sampler`]: next-token choice; [`engine`]: the rank threads; `scheduler`: rank 0's continuous batching.
 //! - [`serving`]: prompts and chat messages to token ids, for the `model` role.
@@ -10,11 +11,13 @@
 pub mod chat;
 pub mod comm;
 pub mod engine;
+pub mod kernels;
+pub mod kv_cache;
+pub mod linear;
 pub mod llama;
 #[cfg(feature = "cuda")]
 pub mod nccl;
 pub mod partition;
-pub mod q4_1;
 pub mod sampler;
 mod scheduler;
 pub mod serving;

@@ -84,11 +84,15 @@ impl Sampler {
         (x >> 40) as f32 / (1u64 << 24) as f32
     }
 
-    /// The next token given the logits and the tokens seen so far.
-    pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
+    /// The next token given the logits and the tokens seen so far (the prompt
+    /// and what was generated; only the repetition penalty reads them).
+    pub fn sample(&mut self, logits: &[f32], prompt: &[u32], generated: &[u32]) -> u32 {
+        if self.params.temperature == 0.0 && self.params.repetition_penalty == 1.0 {
+            return argmax(logits);
+        }
         let mut logits = logits.to_vec();
         if self.params.repetition_penalty != 1.0 {
-            let mut seen = history.to_vec();
+            let mut seen = [prompt, generated].concat();
             seen.sort_unstable();
             seen.dedup();
             for t in seen {
@@ -106,10 +110,14 @@ impl Sampler {
         }
         let mut candidates: Vec<(u32, f32)> =
             logits.iter().enumerate().map(|(i, &l)| (i as u32, l / self.params.temperature)).collect();
-        candidates.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        if self.params.top_k > 0 {
+        let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        // Top-k by selection (O(n)), then only the k survivors sorted: the same
+        // list a full sort would give, since the order is total.
+        if self.params.top_k > 0 && self.params.top_k < candidates.len() {
+            candidates.select_nth_unstable_by(self.params.top_k - 1, order);
             candidates.truncate(self.params.top_k);
         }
+        candidates.sort_by(order);
         let max = candidates[0].1;
         let mut probs: Vec<f32> = candidates.iter().map(|(_, l)| (l - max).exp()).collect();
         let sum: f32 = probs.iter().sum();
@@ -162,19 +170,22 @@ mod tests {
     #[test]
     fn greedy_seeded_topk_and_penalty() {
         let logits = vec![0.1, 2.0, 1.9, -1.0];
-        assert_eq!(Sampler::new(params(0.0, 1)).sample(&logits, &[]), 1);
+        assert_eq!(Sampler::new(params(0.0, 1)).sample(&logits, &[], &[]), 1);
         let draw = |seed| {
             let mut s = Sampler::new(params(1.0, seed));
-            (0..50).map(|_| s.sample(&logits, &[])).collect::<Vec<_>>()
+            (0..50).map(|_| s.sample(&logits, &[], &[])).collect::<Vec<_>>()
         };
         assert_eq!(draw(7), draw(7));
         assert_ne!(draw(7), draw(8));
         let mut top1 = Sampler::new(SamplingParams { temperature: 1.0, top_k: 1, ..params(1.0, 3) });
-        assert!((0..20).all(|_| top1.sample(&logits, &[]) == 1));
+        assert!((0..20).all(|_| top1.sample(&logits, &[], &[]) == 1));
+        let mut top2 = Sampler::new(SamplingParams { temperature: 1.0, top_k: 2, ..params(1.0, 3) });
+        assert!((0..50).all(|_| matches!(top2.sample(&logits, &[], &[]), 1 | 2)));
         let mut nucleus = Sampler::new(SamplingParams { temperature: 1.0, top_p: 0.01, ..params(1.0, 3) });
-        assert!((0..20).all(|_| nucleus.sample(&logits, &[]) == 1));
+        assert!((0..20).all(|_| nucleus.sample(&logits, &[], &[]) == 1));
         let mut penal = Sampler::new(SamplingParams { repetition_penalty: 2.0, ..params(0.0, 1) });
-        assert_eq!(penal.sample(&logits, &[1]), 2);
+        assert_eq!(penal.sample(&logits, &[1], &[]), 2);
+        assert_eq!(penal.sample(&logits, &[], &[1]), 2);
     }
 
     #[test]

@@ -32,7 +32,13 @@ struct Seq {
     sampler: Sampler,
     params: SamplingParams,
     events: UnboundedSender<Event>,
+    /// Bytes of the generated text already streamed.
     emitted: usize,
+    /// Generated text decoded so far: `generated[..decoded]`, ending on a
+    /// whole character, so each token decodes only its own tail.
+    text: String,
+    /// Tokens whose text is in `text`.
+    decoded: usize,
     /// `model.generate`, open for the sequence's life.
     span: tracing::Span,
     submitted: Instant,
@@ -90,6 +96,8 @@ impl Scheduler {
             generated: Vec::new(),
             events: job.events,
             emitted: 0,
+            text: String::new(),
+            decoded: 0,
         });
     }
 
@@ -251,8 +259,7 @@ impl Scheduler {
             if i < n_running {
                 seq.cached += 1;
             }
-            let history: Vec<u32> = seq.prompt.iter().chain(seq.generated.iter()).copied().collect();
-            let token = seq.sampler.sample(&logits[i], &history);
+            let token = seq.sampler.sample(&logits[i], &seq.prompt, &seq.generated);
             if seq.generated.is_empty() {
                 metrics::histogram!("tessera_model_time_to_first_token_seconds")
                     .record(seq.submitted.elapsed().as_secs_f64());
@@ -310,8 +317,15 @@ impl Scheduler {
 /// Streams the text that `token` makes final; returns why the sequence ends, if it does.
 fn advance(seq: &mut Seq, token: u32, tokenizer: &GgufTokenizer) -> Option<FinishReason> {
     let eog = tokenizer.end_of_generation.contains(&token);
-    let visible: Vec<u32> = if eog { seq.generated[..seq.generated.len() - 1].to_vec() } else { seq.generated.clone() };
-    let text = tokenizer.decode(&visible).unwrap_or_default();
+    let visible = if eog { seq.generated.len() - 1 } else { seq.generated.len() };
+    // Decode only the tokens after the last whole character; the text up to
+    // there is kept (a byte-level decode of a suffix that starts on a
+    // character boundary is the suffix of the whole decode).
+    let tail = tokenizer.decode(&seq.generated[seq.decoded.min(visible)..visible]).unwrap_or_default();
+    let committed = seq.text.len();
+    let pending = tail.ends_with('\u{FFFD}');
+    seq.text.push_str(&tail);
+    let text = seq.text.as_str();
     // A stop sequence ends the text just before it.
     let stop_at = seq.params.stop.iter().filter_map(|s| text.find(s.as_str())).min();
     let (final_len, reason) = if let Some(at) = stop_at {
@@ -339,6 +353,12 @@ fn advance(seq: &mut Seq, token: u32, tokenizer: &GgufTokenizer) -> Option<Finis
     let final_len = final_len.max(seq.emitted);
     let delta = text.get(seq.emitted..final_len).unwrap_or("").to_string();
     seq.emitted = final_len;
+    if pending {
+        // An incomplete character: decode these tokens again with the next one.
+        seq.text.truncate(committed);
+    } else {
+        seq.decoded = visible;
+    }
     let _ = seq.events.send(Event::Token { id: token, text: delta });
     reason
 }

@@ -1,0 +1,275 @@
+//! Quantised weight matrices with this crate's own kernels: `x · Wᵀ` for Q4_1
+//! and Q8_0 weights (the types of the default model), parallel over weight
+//! rows, each weight row read once per step for every activation row.
+//!
+//! Other GGUF types go through candle (see `model::linear`); these two are the
+//! ones whose candle CPU path is slow (Q4_1: the scalar `vec_dot_unopt`; Q8_0:
+//! no register blocking) and that the default model streams every token.
+use candle_core::quantized::{GgmlDType, QTensor};
+use half::f16;
+use rayon::prelude::*;
+
+use super::quantize::{Q8Acts, BLOCK};
+use super::{q4_1, q8_0, simd};
+use crate::model::ModelError;
+
+/// The block formats with a kernel here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuantKind {
+    /// 4-bit values with a scale and a minimum per block.
+    Q4_1,
+    /// 8-bit values with a scale per block.
+    Q8_0,
+}
+
+impl QuantKind {
+    fn block_bytes(self) -> usize {
+        match self {
+            QuantKind::Q4_1 => q4_1::BLOCK_BYTES,
+            QuantKind::Q8_0 => q8_0::BLOCK_BYTES,
+        }
+    }
+}
+
+/// A `[rows, cols]` weight matrix in its GGUF blocks, row after row.
+pub struct QuantMatrix {
+    kind: QuantKind,
+    rows: usize,
+    cols: usize,
+    blocks: Vec<u8>,
+}
+
+/// Weight rows per parallel task: enough work to amortise the hand-off.
+const ROWS_PER_TASK: usize = 16;
+
+/// Activation rows a task runs through its weight rows at a time, so that
+/// tile (64 × 1536 bytes at most here) stays in L1/L2 while the task's weight
+/// rows pass over it.
+const ACT_TILE: usize = 64;
+
+impl QuantMatrix {
+    /// Takes a QTensor's blocks; None when its type has no kernel here.
+    pub fn from_qtensor(t: &QTensor) -> Result<Option<Self>, ModelError> {
+        let kind = match t.dtype() {
+            GgmlDType::Q4_1 => QuantKind::Q4_1,
+            GgmlDType::Q8_0 => QuantKind::Q8_0,
+            _ => return Ok(None),
+        };
+        let (rows, cols) = t.shape().dims2()?;
+        if cols % BLOCK != 0 {
+            return Ok(None);
+        }
+        let blocks = t.data()?.into_owned();
+        if blocks.len() != rows * cols / BLOCK * kind.block_bytes() {
+            return Err(ModelError::Format(format!(
+                "{kind:?} tensor of {rows}x{cols} has {} bytes of blocks",
+                blocks.len()
+            )));
+        }
+        Ok(Some(Self { kind, rows, cols, blocks }))
+    }
+
+    /// The rows of several matrices of one kind and width as one matrix (fused
+    /// projections: one activation quantisation and one parallel pass for
+    /// q|k|v or gate|up). None when kinds or widths differ.
+    pub fn stack(parts: Vec<QuantMatrix>) -> Option<Self> {
+        let first = parts.first()?;
+        let (kind, cols) = (first.kind, first.cols);
+        if parts.iter().any(|p| p.kind != kind || p.cols != cols) {
+            return None;
+        }
+        let rows = parts.iter().map(|p| p.rows).sum();
+        let mut blocks = Vec::with_capacity(parts.iter().map(|p| p.blocks.len()).sum());
+        for p in parts {
+            blocks.extend_from_slice(&p.blocks);
+        }
+        Some(Self { kind, rows, cols, blocks })
+    }
+
+    /// Output width.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Input width.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Bytes of weights (what a decode step streams from memory).
+    pub fn bytes(&self) -> usize {
+        self.blocks.len()
+    }
+
+    fn row_bytes(&self) -> usize {
+        self.cols / BLOCK * self.kind.block_bytes()
+    }
+
+    /// `x · Wᵀ` for `m` rows of `cols` values: `m × rows` values, row-major.
+    pub fn matmul(&self, x: &[f32], m: usize) -> Result<Vec<f32>, ModelError> {
+        if x.len() != m * self.cols {
+            return Err(ModelError::Input(format!(
+                "matmul input has {} values, expected {m} rows of {}",
+                x.len(),
+                self.cols
+            )));
+        }
+        let acts = Q8Acts::new(x, m, self.cols);
+        let avx2 = simd::avx2_fma();
+        let rb = self.row_bytes();
+        // Parallel over weight rows; each task fills whole output columns (a
+        // transposed tile), so no two tasks write the same memory.
+        let mut transposed = vec![0f32; self.rows * m];
+        transposed.par_chunks_mut(ROWS_PER_TASK * m).enumerate().for_each(|(task, tile)| {
+            for i0 in (0..m).step_by(ACT_TILE) {
+                let i1 = (i0 + ACT_TILE).min(m);
+                for (jj, col) in tile.chunks_exact_mut(m).enumerate() {
+                    let j = task * ROWS_PER_TASK + jj;
+                    self.row_dots(&self.blocks[j * rb..(j + 1) * rb], &acts, i0, &mut col[i0..i1], avx2);
+                }
+            }
+        });
+        if m == 1 {
+            return Ok(transposed);
+        }
+        let mut out = vec![0f32; m * self.rows];
+        for (j, col) in transposed.chunks_exact(m).enumerate() {
+            for (i, v) in col.iter().enumerate() {
+                out[i * self.rows + j] = *v;
+            }
+        }
+        Ok(out)
+    }
+
+    /// One weight row against activation rows `first..first + out.len()`, four at a time.
+    fn row_dots(&self, w: &[u8], acts: &Q8Acts, first: usize, out: &mut [f32], avx2: bool) {
+        let mut i = 0;
+        while i + 4 <= out.len() {
+            let a = first + i;
+            out[i..i + 4].copy_from_slice(&self.dots([a, a + 1, a + 2, a + 3], w, acts, avx2));
+            i += 4;
+        }
+        while i < out.len() {
+            out[i] = self.dots([first + i], w, acts, avx2)[0];
+            i += 1;
+        }
+    }
+
+    #[inline]
+    fn dots<const R: usize>(&self, rows: [usize; R], w: &[u8], acts: &Q8Acts, avx2: bool) -> [f32; R] {
+        #[cfg(target_arch = "x86_64")]
+        if avx2 {
+            // SAFETY: AVX2/FMA/F16C detected at run time; `w` is one whole row.
+            return unsafe {
+                match self.kind {
+                    QuantKind::Q4_1 => q4_1::dot_rows_avx2(w, acts, rows),
+                    QuantKind::Q8_0 => q8_0::dot_rows_avx2(w, acts, rows),
+                }
+            };
+        }
+        let _ = avx2;
+        match self.kind {
+            QuantKind::Q4_1 => q4_1::dot_rows_portable(w, acts, rows),
+            QuantKind::Q8_0 => q8_0::dot_rows_portable(w, acts, rows),
+        }
+    }
+
+    /// Row `j` dequantised (an embedding lookup).
+    pub fn dequantize_row(&self, j: usize) -> Option<Vec<f32>> {
+        if j >= self.rows {
+            return None;
+        }
+        let rb = self.row_bytes();
+        let row = &self.blocks[j * rb..(j + 1) * rb];
+        let mut out = Vec::with_capacity(self.cols);
+        for blk in row.chunks_exact(self.kind.block_bytes()) {
+            let d = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+            match self.kind {
+                QuantKind::Q4_1 => {
+                    let m = f16::from_le_bytes([blk[2], blk[3]]).to_f32();
+                    out.extend(blk[4..].iter().map(|q| (q & 0x0F) as f32 * d + m));
+                    out.extend(blk[4..].iter().map(|q| (q >> 4) as f32 * d + m));
+                }
+                QuantKind::Q8_0 => out.extend(blk[2..].iter().map(|&q| q as i8 as f32 * d)),
+            }
+        }
+        Some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::QMatMul;
+    use candle_core::{Device, Module, Tensor};
+
+    /// Against candle's dequantised weights in f32: the only difference left is
+    /// the activations' 8-bit rounding, well under 1 % of the output scale.
+    #[test]
+    fn matches_dequantised_matmul() {
+        let dev = Device::Cpu;
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
+            for (m, rows, cols) in [(1, 64, 128), (5, 96, 576), (37, 33, 1536)] {
+                let w = Tensor::randn(0f32, 1.0, (rows, cols), &dev).unwrap();
+                let q = QTensor::quantize(&w, dtype).unwrap();
+                let x = Tensor::randn(0f32, 1.0, (m, cols), &dev).unwrap();
+                let ours = QuantMatrix::from_qtensor(&q).unwrap().unwrap();
+                let got = ours.matmul(&x.flatten_all().unwrap().to_vec1::<f32>().unwrap(), m).unwrap();
+                let wd = q.dequantize(&dev).unwrap();
+                let want = x.matmul(&wd.t().unwrap()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+                for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                    assert!((g - e).abs() < 0.01 * scale, "{dtype:?} m={m} {rows}x{cols} [{i}]: {g} vs {e}");
+                }
+                // And candle's own quantised path agrees to the same tolerance.
+                let theirs = QMatMul::from_qtensor(q).unwrap().forward(&x).unwrap();
+                let theirs = theirs.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                for (g, t) in got.iter().zip(&theirs) {
+                    assert!((g - t).abs() < 0.01 * scale);
+                }
+                // Embedding rows equal the dequantised tensor's rows.
+                let row = ours.dequantize_row(rows - 1).unwrap();
+                let want_row = wd.get(rows - 1).unwrap().to_vec1::<f32>().unwrap();
+                assert_eq!(row, want_row);
+            }
+        }
+    }
+
+    #[test]
+    fn portable_and_avx2_agree() {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (8, 256), &dev).unwrap();
+        let x: Vec<f32> = (0..5 * 256).map(|i| ((i * 13 % 29) as f32 - 14.0) / 3.0).collect();
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
+            let m = QuantMatrix::from_qtensor(&QTensor::quantize(&w, dtype).unwrap()).unwrap().unwrap();
+            let acts = Q8Acts::new(&x, 5, 256);
+            let rb = m.row_bytes();
+            for j in 0..8 {
+                let w = &m.blocks[j * rb..(j + 1) * rb];
+                let (mut a, mut b) = (vec![0f32; 5], vec![0f32; 5]);
+                m.row_dots(w, &acts, 0, &mut a, false);
+                m.row_dots(w, &acts, 0, &mut b, simd::avx2_fma());
+                for (x, y) in a.iter().zip(&b) {
+                    assert!((x - y).abs() <= 1e-3 * x.abs().max(1.0), "{dtype:?} row {j}: {x} vs {y}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn stack_keeps_row_order_and_refuses_mixed_kinds() {
+        let dev = Device::Cpu;
+        let a = Tensor::randn(0f32, 1.0, (4, 64), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1.0, (2, 64), &dev).unwrap();
+        let qa = QuantMatrix::from_qtensor(&QTensor::quantize(&a, GgmlDType::Q4_1).unwrap()).unwrap().unwrap();
+        let qb = QuantMatrix::from_qtensor(&QTensor::quantize(&b, GgmlDType::Q4_1).unwrap()).unwrap().unwrap();
+        let x: Vec<f32> = (0..64).map(|i| i as f32 / 64.0).collect();
+        let (ya, yb) = (qa.matmul(&x, 1).unwrap(), qb.matmul(&x, 1).unwrap());
+        let both = QuantMatrix::stack(vec![qa, qb]).unwrap();
+        assert_eq!(both.matmul(&x, 1).unwrap(), [ya, yb].concat());
+        let q8 = QuantMatrix::from_qtensor(&QTensor::quantize(&b, GgmlDType::Q8_0).unwrap()).unwrap().unwrap();
+        let q4 = QuantMatrix::from_qtensor(&QTensor::quantize(&a, GgmlDType::Q4_1).unwrap()).unwrap().unwrap();
+        assert!(QuantMatrix::stack(vec![q4, q8]).is_none());
+        assert!(both.matmul(&x[..10], 1).is_err());
+    }
+}
