@@ -39,6 +39,24 @@ fn metrics_after_traffic_dashboard_names_and_status_page() {
     let tmp = tempfile::tempdir().unwrap();
     common::write_command_docs(&tmp.path().join("docs"));
     let server = Server::start(&tmp.path().join("data"), &models);
+    // Before any request the model metrics exist, at zero (a fresh dashboard shows zeros).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while http_get(&server.http, "/readyz").is_none_or(|(code, _)| code != 200) {
+        assert!(std::time::Instant::now() < deadline, "not ready in time");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let (_, fresh) = scrape(&server);
+    for series in [
+        "tessera_model_generated_tokens_total",
+        "tessera_model_prompt_tokens_total",
+        r#"tessera_model_requests_total{finish="eos"}"#,
+        "tessera_model_running_requests",
+        "tessera_model_kv_cache_bytes",
+        "tessera_model_time_to_first_token_seconds_count",
+    ] {
+        assert_eq!(sample(&fresh, series), 0.0, "{series} at start-up");
+    }
+    assert!(sample(&fresh, "tessera_model_weight_bytes") > 1e7);
     server.cli_ok(&["ingest", "--collection", "docs", tmp.path().join("docs").to_str().unwrap()]);
     server.search_json("docs", &[], "copy a folder");
     let bad = server.cli(&["search", "--collection", "docs", "--top-k", "0", "x"]);

@@ -112,6 +112,7 @@ fn prompt_ids_greedy_tokens_and_top5_match_llama_cpp() {
     };
     let tok = load_tokenizer(&path).unwrap();
     let tpl = chat_template(&path, &tok).unwrap();
+    let mut top5_checked = 0;
     for case in fx["prompts"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
         let messages: Vec<ChatMessage> = serde_json::from_value(case["messages"].clone()).unwrap();
@@ -132,15 +133,25 @@ fn prompt_ids_greedy_tokens_and_top5_match_llama_cpp() {
             got.iter().zip(&expected).take_while(|(a, b)| a == b).count()
         );
 
-        let top5 = &fx["first_position_top5_logits"];
-        if top5["prompt"] == name {
+        let top5 = &case["first_position_top5_logits"];
+        if top5.is_object() {
+            assert_eq!(top5["prompt"], name);
+            // The fixture was made by llama.cpp built for AVX-512; llama.cpp 0.3.36
+            // built for this AVX2 machine differs from it by up to 0.44 on these
+            // five logits (measured; ARCHITECTURE.md "Numerics"), so 0.05 is out of
+            // reach of llama.cpp itself on another CPU. The bound is what llama.cpp
+            // shows across CPUs, and the order of the top two must hold.
             for t in top5["top5"].as_array().unwrap() {
                 let id = t["token_id"].as_u64().unwrap() as usize;
                 let want = t["logit"].as_f64().unwrap() as f32;
-                assert!((logits[0][id] - want).abs() <= 0.05, "{name}: logit of {id}: {} vs {want}", logits[0][id]);
+                assert!((logits[0][id] - want).abs() <= 0.45, "{name}: logit of {id}: {} vs {want}", logits[0][id]);
             }
+            let id = |i: usize| top5["top5"][i]["token_id"].as_u64().unwrap() as usize;
+            assert!(logits[0][id(0)] > logits[0][id(1)], "{name}: the reference's top two are swapped");
+            top5_checked += 1;
         }
     }
+    assert!(top5_checked > 0, "the fixture has no first-position top-5 logits to compare");
 }
 
 #[test]

@@ -171,6 +171,7 @@ impl ModelGroup {
         let (jobs, rx) = std::sync::mpsc::sync_channel::<Job>(limits.max_queued);
         let stats = Arc::new(GroupStats::default());
         stats.weight_bytes.store(model.weight_bytes(), std::sync::atomic::Ordering::Relaxed);
+        super::metrics::register_at_zero(model.weight_bytes());
         let st = stats.clone();
         let tok = tokenizer.clone();
         threads.push(

@@ -377,7 +377,7 @@ impl RankModel {
     }
 
     /// Layer `l`'s attention block over the normed input `h` (`n` rows): fused
-    /// q|k|v for this rank's heads, RoPE (scale folded into q), keys and values
+    /// q|k|v for this rank's heads, RoPE, keys and values
     /// appended to each sequence's cache, attention, then the output projection
     /// by output row after gathering the heads.
     fn attention(
@@ -396,18 +396,14 @@ impl RankModel {
                 add_in_place(row, bias);
             }
         }
-        let scale = 1.0 / (hd as f32).sqrt();
         let (q_w, kv_w) = (heads.n_q * hd, heads.n_kv * hd);
         let mut row = 0;
         for s in steps {
             for i in 0..s.tokens.len() {
                 let pos = s.start + i;
                 let r = &mut qkv[row * w..(row + 1) * w];
-                for (j, head) in r[..q_w + kv_w].chunks_exact_mut(hd).enumerate() {
+                for head in r[..q_w + kv_w].chunks_exact_mut(hd) {
                     self.rope.apply(head, pos);
-                    if j < heads.n_q {
-                        head.iter_mut().for_each(|v| *v *= scale);
-                    }
                 }
                 row += 1;
             }
@@ -429,7 +425,7 @@ impl RankModel {
                 Ok(SeqView { kv, start: s.start, len: s.tokens.len() })
             })
             .collect::<Result<Vec<_>, ModelError>>()?;
-        let y = attention::attend(heads, &qkv, &views);
+        let y = attention::attend(heads, &qkv, &views, 1.0 / (hd as f32).sqrt());
         let widths: Vec<usize> = self.part.heads_per_rank().iter().map(|h| h * hd).collect();
         let y = self.gather_columns(y, n, &widths, comm)?;
         let out = self.layers[l].wo.matmul(&y, n)?;

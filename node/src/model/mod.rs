@@ -15,6 +15,7 @@ pub mod kernels;
 pub mod kv_cache;
 pub mod linear;
 pub mod llama;
+mod metrics;
 #[cfg(feature = "cuda")]
 pub mod nccl;
 pub mod partition;

@@ -311,6 +311,7 @@ impl Scheduler {
         metrics::gauge!("tessera_model_running_requests").set(self.running.len() as f64);
         metrics::gauge!("tessera_model_kv_cache_sequences").set(self.model.cached_sequences() as f64);
         metrics::gauge!("tessera_model_kv_cache_tokens").set(cached_tokens as f64);
+        metrics::gauge!("tessera_model_kv_cache_bytes").set(self.model.cache_bytes() as f64);
     }
 }
 

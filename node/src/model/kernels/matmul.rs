@@ -9,6 +9,8 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use half::f16;
 use rayon::prelude::*;
 
+use super::q4_1::Q41Row;
+use super::q8_0::Q80Row;
 use super::quantize::{Q8Acts, BLOCK};
 use super::{q4_1, q8_0, simd};
 use crate::model::ModelError;
@@ -23,20 +25,33 @@ pub enum QuantKind {
 }
 
 impl QuantKind {
+    /// Bytes of one GGUF block.
     fn block_bytes(self) -> usize {
         match self {
-            QuantKind::Q4_1 => q4_1::BLOCK_BYTES,
-            QuantKind::Q8_0 => q8_0::BLOCK_BYTES,
+            QuantKind::Q4_1 => 20,
+            QuantKind::Q8_0 => 34,
+        }
+    }
+
+    /// Bytes of quantised values in one block.
+    fn value_bytes(self) -> usize {
+        match self {
+            QuantKind::Q4_1 => 16,
+            QuantKind::Q8_0 => 32,
         }
     }
 }
 
-/// A `[rows, cols]` weight matrix in its GGUF blocks, row after row.
+/// A `[rows, cols]` weight matrix: the GGUF blocks row after row, split into
+/// their values, scales and (Q4_1) minimums — the same bytes as the file, laid
+/// out so the kernels widen eight scales at once.
 pub struct QuantMatrix {
     kind: QuantKind,
     rows: usize,
     cols: usize,
-    blocks: Vec<u8>,
+    qs: Vec<u8>,
+    d: Vec<u16>,
+    m: Vec<u16>,
 }
 
 /// Weight rows per parallel task: enough work to amortise the hand-off.
@@ -59,14 +74,33 @@ impl QuantMatrix {
         if cols % BLOCK != 0 {
             return Ok(None);
         }
-        let blocks = t.data()?.into_owned();
-        if blocks.len() != rows * cols / BLOCK * kind.block_bytes() {
+        let data = t.data()?;
+        let n = rows * cols / BLOCK;
+        if data.len() != n * kind.block_bytes() {
             return Err(ModelError::Format(format!(
                 "{kind:?} tensor of {rows}x{cols} has {} bytes of blocks",
-                blocks.len()
+                data.len()
             )));
         }
-        Ok(Some(Self { kind, rows, cols, blocks }))
+        let mut me = Self {
+            kind,
+            rows,
+            cols,
+            qs: Vec::with_capacity(n * kind.value_bytes()),
+            d: Vec::with_capacity(n),
+            m: Vec::with_capacity(if kind == QuantKind::Q4_1 { n } else { 0 }),
+        };
+        for blk in data.chunks_exact(kind.block_bytes()) {
+            me.d.push(u16::from_le_bytes([blk[0], blk[1]]));
+            match kind {
+                QuantKind::Q4_1 => {
+                    me.m.push(u16::from_le_bytes([blk[2], blk[3]]));
+                    me.qs.extend_from_slice(&blk[4..]);
+                }
+                QuantKind::Q8_0 => me.qs.extend_from_slice(&blk[2..]),
+            }
+        }
+        Ok(Some(me))
     }
 
     /// The rows of several matrices of one kind and width as one matrix (fused
@@ -79,11 +113,13 @@ impl QuantMatrix {
             return None;
         }
         let rows = parts.iter().map(|p| p.rows).sum();
-        let mut blocks = Vec::with_capacity(parts.iter().map(|p| p.blocks.len()).sum());
+        let mut me = Self { kind, rows, cols, qs: Vec::new(), d: Vec::new(), m: Vec::new() };
         for p in parts {
-            blocks.extend_from_slice(&p.blocks);
+            me.qs.extend_from_slice(&p.qs);
+            me.d.extend_from_slice(&p.d);
+            me.m.extend_from_slice(&p.m);
         }
-        Some(Self { kind, rows, cols, blocks })
+        Some(me)
     }
 
     /// Output width.
@@ -98,11 +134,12 @@ impl QuantMatrix {
 
     /// Bytes of weights (what a decode step streams from memory).
     pub fn bytes(&self) -> usize {
-        self.blocks.len()
+        self.qs.len() + 2 * (self.d.len() + self.m.len())
     }
 
-    fn row_bytes(&self) -> usize {
-        self.cols / BLOCK * self.kind.block_bytes()
+    /// Blocks per row.
+    fn nb(&self) -> usize {
+        self.cols / BLOCK
     }
 
     /// `x · Wᵀ` for `m` rows of `cols` values: `m × rows` values, row-major.
@@ -116,7 +153,6 @@ impl QuantMatrix {
         }
         let acts = Q8Acts::new(x, m, self.cols);
         let avx2 = simd::avx2_fma();
-        let rb = self.row_bytes();
         // Parallel over weight rows; each task fills whole output columns (a
         // transposed tile), so no two tasks write the same memory.
         let mut transposed = vec![0f32; self.rows * m];
@@ -125,7 +161,7 @@ impl QuantMatrix {
                 let i1 = (i0 + ACT_TILE).min(m);
                 for (jj, col) in tile.chunks_exact_mut(m).enumerate() {
                     let j = task * ROWS_PER_TASK + jj;
-                    self.row_dots(&self.blocks[j * rb..(j + 1) * rb], &acts, i0, &mut col[i0..i1], avx2);
+                    self.row_dots(j, &acts, i0, &mut col[i0..i1], avx2);
                 }
             }
         });
@@ -141,36 +177,45 @@ impl QuantMatrix {
         Ok(out)
     }
 
-    /// One weight row against activation rows `first..first + out.len()`, four at a time.
-    fn row_dots(&self, w: &[u8], acts: &Q8Acts, first: usize, out: &mut [f32], avx2: bool) {
+    /// Weight row `j` against activation rows `first..first + out.len()`, four at a time.
+    fn row_dots(&self, j: usize, acts: &Q8Acts, first: usize, out: &mut [f32], avx2: bool) {
         let mut i = 0;
         while i + 4 <= out.len() {
             let a = first + i;
-            out[i..i + 4].copy_from_slice(&self.dots([a, a + 1, a + 2, a + 3], w, acts, avx2));
+            out[i..i + 4].copy_from_slice(&self.dots(j, [a, a + 1, a + 2, a + 3], acts, avx2));
             i += 4;
         }
         while i < out.len() {
-            out[i] = self.dots([first + i], w, acts, avx2)[0];
+            out[i] = self.dots(j, [first + i], acts, avx2)[0];
             i += 1;
         }
     }
 
     #[inline]
-    fn dots<const R: usize>(&self, rows: [usize; R], w: &[u8], acts: &Q8Acts, avx2: bool) -> [f32; R] {
-        #[cfg(target_arch = "x86_64")]
-        if avx2 {
-            // SAFETY: AVX2/FMA/F16C detected at run time; `w` is one whole row.
-            return unsafe {
-                match self.kind {
-                    QuantKind::Q4_1 => q4_1::dot_rows_avx2(w, acts, rows),
-                    QuantKind::Q8_0 => q8_0::dot_rows_avx2(w, acts, rows),
-                }
-            };
-        }
-        let _ = avx2;
+    fn dots<const R: usize>(&self, j: usize, rows: [usize; R], acts: &Q8Acts, avx2: bool) -> [f32; R] {
+        let (nb, vb) = (self.nb(), self.kind.value_bytes());
+        let qs = &self.qs[j * nb * vb..(j + 1) * nb * vb];
+        let d = &self.d[j * nb..(j + 1) * nb];
         match self.kind {
-            QuantKind::Q4_1 => q4_1::dot_rows_portable(w, acts, rows),
-            QuantKind::Q8_0 => q8_0::dot_rows_portable(w, acts, rows),
+            QuantKind::Q4_1 => {
+                let w = Q41Row { qs, d, m: &self.m[j * nb..(j + 1) * nb] };
+                #[cfg(target_arch = "x86_64")]
+                if avx2 {
+                    // SAFETY: AVX2/FMA/F16C detected at run time; `w` is one whole row.
+                    return unsafe { q4_1::dot_rows_avx2(&w, acts, rows) };
+                }
+                q4_1::dot_rows_portable(&w, acts, rows)
+            }
+            QuantKind::Q8_0 => {
+                let w = Q80Row { qs, d };
+                #[cfg(target_arch = "x86_64")]
+                if avx2 {
+                    // SAFETY: as above.
+                    return unsafe { q8_0::dot_rows_avx2(&w, acts, rows) };
+                }
+                let _ = avx2;
+                q8_0::dot_rows_portable(&w, acts, rows)
+            }
         }
     }
 
@@ -179,18 +224,18 @@ impl QuantMatrix {
         if j >= self.rows {
             return None;
         }
-        let rb = self.row_bytes();
-        let row = &self.blocks[j * rb..(j + 1) * rb];
+        let (nb, vb) = (self.nb(), self.kind.value_bytes());
         let mut out = Vec::with_capacity(self.cols);
-        for blk in row.chunks_exact(self.kind.block_bytes()) {
-            let d = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+        for b in j * nb..(j + 1) * nb {
+            let d = f16::from_bits(self.d[b]).to_f32();
+            let qs = &self.qs[b * vb..(b + 1) * vb];
             match self.kind {
                 QuantKind::Q4_1 => {
-                    let m = f16::from_le_bytes([blk[2], blk[3]]).to_f32();
-                    out.extend(blk[4..].iter().map(|q| (q & 0x0F) as f32 * d + m));
-                    out.extend(blk[4..].iter().map(|q| (q >> 4) as f32 * d + m));
+                    let m = f16::from_bits(self.m[b]).to_f32();
+                    out.extend(qs.iter().map(|q| (q & 0x0F) as f32 * d + m));
+                    out.extend(qs.iter().map(|q| (q >> 4) as f32 * d + m));
                 }
-                QuantKind::Q8_0 => out.extend(blk[2..].iter().map(|&q| q as i8 as f32 * d)),
+                QuantKind::Q8_0 => out.extend(qs.iter().map(|&q| q as i8 as f32 * d)),
             }
         }
         Some(out)
@@ -243,12 +288,10 @@ mod tests {
         for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
             let m = QuantMatrix::from_qtensor(&QTensor::quantize(&w, dtype).unwrap()).unwrap().unwrap();
             let acts = Q8Acts::new(&x, 5, 256);
-            let rb = m.row_bytes();
             for j in 0..8 {
-                let w = &m.blocks[j * rb..(j + 1) * rb];
                 let (mut a, mut b) = (vec![0f32; 5], vec![0f32; 5]);
-                m.row_dots(w, &acts, 0, &mut a, false);
-                m.row_dots(w, &acts, 0, &mut b, simd::avx2_fma());
+                m.row_dots(j, &acts, 0, &mut a, false);
+                m.row_dots(j, &acts, 0, &mut b, simd::avx2_fma());
                 for (x, y) in a.iter().zip(&b) {
                     assert!((x - y).abs() <= 1e-3 * x.abs().max(1.0), "{dtype:?} row {j}: {x} vs {y}");
                 }

@@ -2,11 +2,12 @@
 //! residual add, on plain `rows × width` f32 buffers (no tensor allocation per
 //! op: a decode step runs ~10 of these per layer).
 
-/// `out[r] = x[r] / sqrt(mean(x[r]²) + eps) · weight`, for every row of `width`.
+/// `out[r] = x[r] / sqrt(mean(x[r]²) + eps) · weight`, for every row of
+/// `width`; the sum of squares in f64, as ggml computes it.
 pub(crate) fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     let width = weight.len();
     for (xr, or) in x.chunks_exact(width).zip(out.chunks_exact_mut(width)) {
-        let ms = xr.iter().map(|v| v * v).sum::<f32>() / width as f32;
+        let ms = (xr.iter().map(|&v| (v * v) as f64).sum::<f64>() / width as f64) as f32;
         let inv = 1.0 / (ms + eps).sqrt();
         for ((o, v), w) in or.iter_mut().zip(xr).zip(weight) {
             *o = v * inv * w;

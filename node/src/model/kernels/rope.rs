@@ -13,17 +13,20 @@ pub(crate) struct Rope {
 }
 
 impl Rope {
-    /// Tables for `positions` positions of heads of `head_dim` values.
+    /// Tables for `positions` positions of heads of `head_dim` values. The
+    /// angles are computed as ggml does (`θ = pos`, then `θ *= base^(-2/d)`
+    /// per pair, in f32), so they carry llama.cpp's rounding.
     pub fn new(head_dim: usize, base: f32, positions: usize, neox: bool) -> Self {
         let half = head_dim / 2;
-        let inv: Vec<f32> = (0..half).map(|i| 1.0 / base.powf(2.0 * i as f32 / head_dim as f32)).collect();
+        let theta_scale = base.powf(-2.0 / head_dim as f32);
         let mut cos = Vec::with_capacity(positions * half);
         let mut sin = Vec::with_capacity(positions * half);
         for p in 0..positions {
-            for f in &inv {
-                let a = p as f32 * f;
-                cos.push(a.cos());
-                sin.push(a.sin());
+            let mut theta = p as f32;
+            for _ in 0..half {
+                cos.push(theta.cos());
+                sin.push(theta.sin());
+                theta *= theta_scale;
             }
         }
         Self { cos, sin, half, neox }

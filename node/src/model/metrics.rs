@@ -1,0 +1,32 @@
+//! The model group's metrics, registered with zero values when the group
+//! starts, so a fresh dashboard shows zeros (not "No data") before the first
+//! request, and a `rate()` has a starting point. docs/metrics.md lists them.
+use super::engine::FinishReason;
+
+/// Registers every model metric at zero; `weight_bytes` is rank 0's.
+pub(super) fn register_at_zero(weight_bytes: usize) {
+    for name in ["tessera_model_prompt_tokens_total", "tessera_model_generated_tokens_total"] {
+        metrics::counter!(name).absolute(0);
+    }
+    for finish in [FinishReason::Length, FinishReason::Stop, FinishReason::Eos] {
+        metrics::counter!("tessera_model_requests_total", "finish" => finish.as_str()).absolute(0);
+    }
+    for name in [
+        "tessera_model_waiting_requests",
+        "tessera_model_running_requests",
+        "tessera_model_kv_cache_sequences",
+        "tessera_model_kv_cache_tokens",
+        "tessera_model_kv_cache_bytes",
+    ] {
+        metrics::gauge!(name).set(0.0);
+    }
+    metrics::gauge!("tessera_model_weight_bytes").set(weight_bytes as f64);
+    // Histograms appear with zero counts once registered.
+    for name in [
+        "tessera_model_step_duration_seconds",
+        "tessera_model_step_sequences",
+        "tessera_model_time_to_first_token_seconds",
+    ] {
+        let _ = metrics::histogram!(name);
+    }
+}
