@@ -144,10 +144,15 @@ impl SpinBarrier {
     }
 }
 
+/// Buffers of a local group, two sets used in turn: a rank writes the set of
+/// its collective's parity, meets the others at one barrier, and reads. No
+/// second barrier is needed before the buffers are reused: a rank that runs
+/// ahead writes the other set, and cannot come back to this one before the
+/// next barrier, which the slowest reader has to reach first.
 struct Shared {
     barrier: SpinBarrier,
-    floats: Vec<Mutex<Vec<f32>>>,
-    bytes: Mutex<Vec<u8>>,
+    floats: [Vec<Mutex<Vec<f32>>>; 2],
+    bytes: [Mutex<Vec<u8>>; 2],
 }
 
 /// In-process backend: ranks are threads sharing buffers behind a barrier.
@@ -157,12 +162,15 @@ impl LocalGroup {
     /// One communicator per rank of a `world`-rank group.
     #[allow(clippy::new_ret_no_self)]
     pub fn new(world: usize) -> Vec<LocalCommunicator> {
+        let floats = || (0..world).map(|_| Mutex::new(Vec::new())).collect::<Vec<_>>();
         let shared = Arc::new(Shared {
             barrier: SpinBarrier::new(world),
-            floats: (0..world).map(|_| Mutex::new(Vec::new())).collect(),
-            bytes: Mutex::new(Vec::new()),
+            floats: [floats(), floats()],
+            bytes: [Mutex::new(Vec::new()), Mutex::new(Vec::new())],
         });
-        (0..world).map(|rank| LocalCommunicator { rank, world, shared: shared.clone() }).collect()
+        (0..world)
+            .map(|rank| LocalCommunicator { rank, world, shared: shared.clone(), round: AtomicUsize::new(0) })
+            .collect()
     }
 }
 
@@ -171,6 +179,23 @@ pub struct LocalCommunicator {
     rank: usize,
     world: usize,
     shared: Arc<Shared>,
+    /// Collectives this rank has run (every rank runs the same sequence); its
+    /// parity picks the buffer set.
+    round: AtomicUsize,
+}
+
+impl LocalCommunicator {
+    fn parity(&self) -> usize {
+        self.round.fetch_add(1, Ordering::Relaxed) % 2
+    }
+}
+
+/// Overwrites a rank's buffer with `data`, reusing its allocation.
+fn publish(slot: &Mutex<Vec<f32>>, data: &[f32]) -> Result<(), CommError> {
+    let mut buf = lock(slot)?;
+    buf.clear();
+    buf.extend_from_slice(data);
+    Ok(())
 }
 
 fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>, CommError> {
@@ -189,29 +214,29 @@ impl Communicator for LocalCommunicator {
         if self.world == 1 {
             return Ok(());
         }
-        *lock(&self.shared.floats[self.rank])? = data.to_vec();
+        let floats = &self.shared.floats[self.parity()];
+        publish(&floats[self.rank], data)?;
         self.shared.barrier.wait();
-        let mut sum = lock(&self.shared.floats[0])?.clone();
-        for r in 1..self.world {
-            let part = lock(&self.shared.floats[r])?;
+        let mut sum = lock(&floats[0])?.clone();
+        for (r, part) in floats.iter().enumerate().skip(1) {
+            let part = lock(part)?;
             if part.len() != sum.len() {
                 return Err(CommError::Size { rank: r, got: part.len(), expected: sum.len() });
             }
             sum.iter_mut().zip(part.iter()).for_each(|(s, p)| *s += p);
         }
-        self.shared.barrier.wait();
         data.copy_from_slice(&sum);
         Ok(())
     }
 
     fn all_gather(&self, data: &[f32]) -> Result<Vec<f32>, CommError> {
-        *lock(&self.shared.floats[self.rank])? = data.to_vec();
+        let floats = &self.shared.floats[self.parity()];
+        publish(&floats[self.rank], data)?;
         self.shared.barrier.wait();
         let mut out = Vec::new();
-        for r in 0..self.world {
-            out.extend_from_slice(&lock(&self.shared.floats[r])?);
+        for part in floats {
+            out.extend_from_slice(&lock(part)?);
         }
-        self.shared.barrier.wait();
         Ok(out)
     }
 
@@ -219,14 +244,14 @@ impl Communicator for LocalCommunicator {
         if self.world == 1 {
             return Ok(());
         }
+        let bytes = &self.shared.bytes[self.parity()];
         if self.rank == root {
-            *lock(&self.shared.bytes)? = data.clone();
+            *lock(bytes)? = data.clone();
         }
         self.shared.barrier.wait();
         if self.rank != root {
-            *data = lock(&self.shared.bytes)?.clone();
+            *data = lock(bytes)?.clone();
         }
-        self.shared.barrier.wait();
         Ok(())
     }
 }

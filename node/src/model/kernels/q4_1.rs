@@ -11,8 +11,8 @@
 //! blocks' scales widen in one instruction and their products with the
 //! activation scales are one vector multiply: per block and activation row the
 //! kernel is then a load, two integer multiply-adds, a conversion, a lane
-//! broadcast and one FMA. The minimum term `Σ m·s` is summed apart, in block
-//! order, as llama.cpp does.
+//! broadcast (a load) and one FMA. The minimum term `Σ m·s` is summed apart,
+//! block by block, and added after the horizontal sum, as llama.cpp does.
 use half::f16;
 
 use super::quantize::{Q8Acts, BLOCK};
@@ -74,36 +74,55 @@ pub(crate) unsafe fn dot_rows_avx2<const R: usize>(w: &Q41Row<'_>, acts: &Q8Acts
         // u8 × i8 pairs into i16 (at most 2 × 15 × 128: no saturation), then i32.
         _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(q4, q8), ones))
     };
+    // Per group of eight blocks: the eight scale products of each row, kept
+    // in memory so each block broadcasts its own with a load (no shuffle).
+    let mut dd = [[0f32; 8]; R];
+    let mut mf = [0f32; 8];
+    // The minimum term is summed apart, block by block with one fused
+    // multiply-add each, and added after the horizontal sum, exactly as
+    // llama.cpp's `summs` (summed in vector lanes instead it moved greedy
+    // tokens of the fixture). With four consecutive rows the four running sums
+    // are the lanes of one register: the same arithmetic per row, one FMA.
+    let four = R == 4 && rows[3] == rows[0] + 3;
+    let mut mins4 = _mm_setzero_ps();
+    let st = acts.s_t.as_ptr().add(rows[0]);
+    let mut minimum = |b: usize, m: f32, mins: &mut [f32; R]| {
+        if four {
+            mins4 = _mm_fmadd_ps(_mm_set1_ps(m), _mm_loadu_ps(st.add(b * acts.rows)), mins4);
+        } else {
+            for r in 0..R {
+                mins[r] = m.mul_add(*sp.add(base[r] + b), mins[r]);
+            }
+        }
+    };
     let mut b = 0;
     while b + 8 <= nb {
-        // Eight blocks' scales at once.
         let dv = _mm256_cvtph_ps(_mm_loadu_si128(w.d.as_ptr().add(b) as *const __m128i));
-        let dd: [__m256; R] = std::array::from_fn(|r| _mm256_mul_ps(dv, _mm256_loadu_ps(dp.add(base[r] + b))));
-        for k in 0..8 {
-            let m = f16::from_bits(*w.m.get_unchecked(b + k)).to_f32();
-            for r in 0..R {
-                mins[r] += m * *sp.add(base[r] + b + k);
-            }
+        _mm256_storeu_ps(mf.as_mut_ptr(), _mm256_cvtph_ps(_mm_loadu_si128(w.m.as_ptr().add(b) as *const __m128i)));
+        for r in 0..R {
+            _mm256_storeu_ps(dd[r].as_mut_ptr(), _mm256_mul_ps(dv, _mm256_loadu_ps(dp.add(base[r] + b))));
         }
         for k in 0..8 {
             let q4 = nibbles(b + k);
-            let lane = _mm256_set1_epi32(k as i32);
             for r in 0..R {
-                acc[r] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(dd[r], lane), quads(q4, base[r] + b + k), acc[r]);
+                acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(&dd[r][k]), quads(q4, base[r] + b + k), acc[r]);
             }
+            minimum(b + k, mf[k], &mut mins);
         }
         b += 8;
     }
     while b < nb {
         let d = f16::from_bits(w.d[b]).to_f32();
-        let m = f16::from_bits(w.m[b]).to_f32();
         let q4 = nibbles(b);
         for r in 0..R {
             let at = base[r] + b;
             acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * *dp.add(at)), quads(q4, at), acc[r]);
-            mins[r] += m * *sp.add(at);
         }
+        minimum(b, f16::from_bits(w.m[b]).to_f32(), &mut mins);
         b += 1;
+    }
+    if four {
+        _mm_storeu_ps(mins.as_mut_ptr(), mins4);
     }
     let mut out = [0f32; R];
     for r in 0..R {

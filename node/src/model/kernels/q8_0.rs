@@ -56,16 +56,18 @@ pub(crate) unsafe fn dot_rows_avx2<const R: usize>(w: &Q80Row<'_>, acts: &Q8Acts
         // |w| × (y · sign w): u8 × i8 pairs, at most 2 × 128 × 127 in i16.
         _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(qy, qw)), ones))
     };
+    let mut dd = [[0f32; 8]; R];
     let mut b = 0;
     while b + 8 <= nb {
         let dv = _mm256_cvtph_ps(_mm_loadu_si128(w.d.as_ptr().add(b) as *const __m128i));
-        let dd: [__m256; R] = std::array::from_fn(|r| _mm256_mul_ps(dv, _mm256_loadu_ps(dp.add(base[r] + b))));
+        for r in 0..R {
+            _mm256_storeu_ps(dd[r].as_mut_ptr(), _mm256_mul_ps(dv, _mm256_loadu_ps(dp.add(base[r] + b))));
+        }
         for k in 0..8 {
             let qw = _mm256_loadu_si256(w.qs.as_ptr().add((b + k) * BLOCK) as *const __m256i);
             let aw = _mm256_sign_epi8(qw, qw);
-            let lane = _mm256_set1_epi32(k as i32);
             for r in 0..R {
-                acc[r] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(dd[r], lane), quads(qw, aw, base[r] + b + k), acc[r]);
+                acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(&dd[r][k]), quads(qw, aw, base[r] + b + k), acc[r]);
             }
         }
         b += 8;

@@ -19,13 +19,19 @@ pub(crate) struct Q8Acts {
     pub d: Vec<f32>,
     /// `d · Σ q` per block (the Q4_1 minimum term needs it).
     pub s: Vec<f32>,
+    /// `s` transposed, `[block][row]`: four consecutive rows' terms of one
+    /// block in one load.
+    pub s_t: Vec<f32>,
+    /// Rows.
+    pub rows: usize,
 }
 
 impl Q8Acts {
     /// Quantises `rows` rows of `cols` values (`cols` a multiple of [`BLOCK`]).
     pub fn new(xs: &[f32], rows: usize, cols: usize) -> Self {
         let nb = rows * cols / BLOCK;
-        let mut out = Self { cols, qs: vec![0; rows * cols], d: vec![0.0; nb], s: vec![0.0; nb] };
+        let mut out =
+            Self { cols, qs: vec![0; rows * cols], d: vec![0.0; nb], s: vec![0.0; nb], s_t: vec![0.0; nb], rows };
         for (b, (x, q)) in xs.chunks_exact(BLOCK).zip(out.qs.chunks_exact_mut(BLOCK)).enumerate().take(nb) {
             let amax = x.iter().fold(0f32, |a, &v| a.max(v.abs()));
             let d = amax / 127.0;
@@ -37,6 +43,10 @@ impl Q8Acts {
             }
             out.d[b] = f16::from_f32(d).to_f32();
             out.s[b] = f16::from_f32(d * sum as f32).to_f32();
+        }
+        let per_row = cols / BLOCK;
+        for (b, &s) in out.s.iter().enumerate() {
+            out.s_t[(b % per_row) * rows + b / per_row] = s;
         }
         out
     }
