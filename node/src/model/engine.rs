@@ -154,7 +154,7 @@ impl ModelGroup {
                 std::thread::Builder::new()
                     .name(format!("rank-{}", comm.rank()))
                     .spawn(move || match rank_pool(threads_per_rank) {
-                        Ok(_pool) => run_follower_reporting(&path, comm, ready),
+                        Ok(pool) => pool.install(|| run_follower_reporting(&path, comm, ready)),
                         Err(e) => {
                             let _ = ready.send(Err(e));
                         }
@@ -180,7 +180,7 @@ impl ModelGroup {
                 .spawn(move || {
                     let scheduler = Scheduler::new(model, leader, tok, limits, st, rx);
                     match rank_pool(threads_per_rank) {
-                        Ok(_pool) => scheduler.run(),
+                        Ok(pool) => pool.install(|| scheduler.run()),
                         Err(e) => warn!("rank 0 cannot start its thread pool: {e}"),
                     }
                 })
@@ -290,15 +290,15 @@ fn rank_threads(ranks: usize) -> usize {
     (cores / ranks.max(1)).max(1)
 }
 
-/// A thread pool that the calling rank thread belongs to (rayon's
-/// `use_current_thread`), so the rank's kernels run on it and `threads - 1`
-/// helpers: no hand-off to a separate pool and back for every matmul, and ranks
-/// in one process do not compete for one global pool. Keep it alive while the
-/// rank runs.
+/// A rank's own thread pool. The rank's loop runs inside it (`install`), on
+/// one of its workers, so every matmul's parallel work starts from a worker of
+/// the same pool: no hand-off from an outside thread into a pool and back per
+/// kernel, and ranks in one process do not compete for one global pool. (The
+/// spawning thread only waits; rayon's `use_current_thread` would save that
+/// thread but leaks a local pool's registry, one per model group started.)
 fn rank_pool(threads: usize) -> Result<rayon::ThreadPool, ModelError> {
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
-        .use_current_thread()
         .thread_name(|i| format!("rank-worker-{i}"))
         .build()
         .map_err(|e| ModelError::Config(format!("thread pool: {e}")))
@@ -306,7 +306,10 @@ fn rank_pool(threads: usize) -> Result<rayon::ThreadPool, ModelError> {
 
 /// Runs a non-leading rank (in this process or another) until the leader shuts down.
 pub fn run_follower(path: &Path, comm: Box<dyn Communicator>) -> Result<(), ModelError> {
-    let _pool = rank_pool(rank_threads(1))?;
+    rank_pool(rank_threads(1))?.install(|| run_follower_in_pool(path, comm))
+}
+
+fn run_follower_in_pool(path: &Path, comm: Box<dyn Communicator>) -> Result<(), ModelError> {
     let comm: Box<dyn Communicator> = Box::new(Traced(comm));
     let model = RankModel::load(path, comm.rank(), comm.world_size())?;
     follow(model, comm.as_ref())
