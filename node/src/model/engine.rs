@@ -170,8 +170,9 @@ impl ModelGroup {
         }
         let (jobs, rx) = std::sync::mpsc::sync_channel::<Job>(limits.max_queued);
         let stats = Arc::new(GroupStats::default());
-        stats.weight_bytes.store(model.weight_bytes(), std::sync::atomic::Ordering::Relaxed);
-        super::metrics::register_at_zero(model.weight_bytes());
+        let weight_bytes = model.weight_bytes();
+        stats.weight_bytes.store(weight_bytes, std::sync::atomic::Ordering::Relaxed);
+        super::metrics::register_at_zero(weight_bytes);
         let st = stats.clone();
         let tok = tokenizer.clone();
         threads.push(

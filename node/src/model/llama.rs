@@ -397,25 +397,16 @@ impl RankModel {
             }
         }
         let (q_w, kv_w) = (heads.n_q * hd, heads.n_kv * hd);
-        let mut row = 0;
+        // RoPE on each row's query and key heads, then its keys and values into
+        // the sequence's cache; attention below reads the caches shared.
+        let mut rows = qkv.chunks_exact_mut(w);
         for s in steps {
-            for i in 0..s.tokens.len() {
-                let pos = s.start + i;
-                let r = &mut qkv[row * w..(row + 1) * w];
+            let cache = self.caches.get_mut(&s.seq).ok_or_else(|| ModelError::Input("no cache".into()))?;
+            for (pos, r) in (s.start..s.start + s.tokens.len()).zip(rows.by_ref()) {
                 for head in r[..q_w + kv_w].chunks_exact_mut(hd) {
                     self.rope.apply(head, pos);
                 }
-                row += 1;
-            }
-        }
-        // Append the step's keys and values, then attend with shared borrows.
-        let mut row = 0;
-        for s in steps {
-            let cache = self.caches.get_mut(&s.seq).ok_or_else(|| ModelError::Input("no cache".into()))?;
-            for _ in 0..s.tokens.len() {
-                let r = &qkv[row * w..(row + 1) * w];
                 cache.append(l, &r[q_w..q_w + kv_w], &r[q_w + kv_w..]);
-                row += 1;
             }
         }
         let views = steps

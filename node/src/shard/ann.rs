@@ -159,11 +159,11 @@ impl AnnIndex {
 pub use tessera_types::cosine;
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A pseudo-random unit vector per `i` (xorshift), distinct for distinct `i`.
-    fn unit(i: usize, dim: usize) -> Vec<f32> {
+    pub(crate) fn unit(i: usize, dim: usize) -> Vec<f32> {
         let mut state = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let mut v: Vec<f32> = (0..dim)
             .map(|_| {

@@ -252,18 +252,9 @@ impl VectorSet {
 mod tests {
     use super::*;
 
+    /// The ANN tests' unit vectors, 8 dimensions.
     fn v(seed: u64) -> Vec<f32> {
-        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        let raw: Vec<f32> = (0..8)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x % 1000) as f32 / 500.0 - 1.0
-            })
-            .collect();
-        let n = raw.iter().map(|a| a * a).sum::<f32>().sqrt();
-        raw.into_iter().map(|a| a / n).collect()
+        crate::shard::ann::tests::unit(seed as usize, 8)
     }
 
     #[test]

@@ -57,12 +57,16 @@ pub(crate) fn attend(heads: Heads, qkv: &[f32], seqs: &[SeqView<'_>], scale: f32
     let avx2 = simd::avx2_fma() && hd.is_multiple_of(8);
     let group = heads.n_q / heads.n_kv.max(1);
     let (w, kv_w) = (heads.qkv_width(), heads.n_kv * hd);
-    out.par_chunks_mut(hd).enumerate().for_each_init(Vec::new, |scores, (idx, o)| {
+    // Per worker: the scores buffer and the query rounded to f16.
+    let scratch = || (Vec::new(), vec![0f32; hd]);
+    out.par_chunks_mut(hd).enumerate().for_each_init(scratch, |(scores, q), (idx, o)| {
         let (tok, h) = (idx / heads.n_q, idx % heads.n_q);
         let (si, pos) = owners[tok];
         // The query as f16 values (widened back for the arithmetic).
-        let q: Vec<f32> = qkv[tok * w + h * hd..][..hd].iter().map(|&x| f16::from_f32(x).to_f32()).collect();
-        let one = One { q: &q, kv: seqs[si].kv, stride: kv_w, offset: (h / group) * hd, n: pos + 1, scale };
+        for (q, &x) in q.iter_mut().zip(&qkv[tok * w + h * hd..][..hd]) {
+            *q = f16::from_f32(x).to_f32();
+        }
+        let one = One { q, kv: seqs[si].kv, stride: kv_w, offset: (h / group) * hd, n: pos + 1, scale };
         #[cfg(target_arch = "x86_64")]
         if avx2 {
             // SAFETY: AVX2/FMA/F16C were detected at run time and `hd` is a
