@@ -10,7 +10,11 @@
 //! `--dup F` makes a fraction F of the chunks exact copies of 20 base vectors
 //! (boilerplate repeated across documents), the case that hurts HNSW.
 //!
-//! Run: cargo test --bench search -- [--sizes 10000,100000] [--base 2000] [--queries 500] [--dup 0.2]
+//! `--efs 128,256,512` adds, per size, recall of HNSW forced at each candidate
+//! list length: mean recall@10 and the fraction of queries whose whole exact top
+//! 10 came back (the recall issue's criterion), with p50 latency.
+//!
+//! Run: cargo test --bench search -- [--sizes 10000,100000] [--base 2000] [--queries 500] [--dup 0.2] [--efs 128,256]
 mod common;
 
 use std::time::{Duration, Instant};
@@ -40,6 +44,9 @@ fn main() {
     let base_n: usize = arg("--base", 2000);
     let queries_n: usize = arg("--queries", 500);
     let dup: f64 = arg("--dup", 0.0);
+    let efs: String = arg("--efs", String::new());
+    let efs: Vec<u32> = efs.split(',').filter_map(|s| s.parse().ok()).collect();
+    let mut sweep_rows: Vec<String> = Vec::new();
     let model =
         BertEmbedder::load(&models_dir().join("all-MiniLM-L6-v2")).expect("model (run scripts/fetch-models.sh)");
     let mut rng = Rng::new(11);
@@ -54,13 +61,14 @@ fn main() {
 
     println!("usearch HNSW (M=16, ef_construction=128), cosine, f32, 384 dims; one shard; {threads} CPU threads; {:.0}% duplicated vectors", dup * 100.0);
     println!();
-    println!("| chunks | insert chunks/s | vector p50 ms (default) | vector p99 ms | vector QPS ({threads} threads) | exact p50 ms | HNSW ef=max(128,8k) p50 ms | filtered (10%) p50 ms | bm25 p50 ms | bm25 p99 ms | recall@10 HNSW ef 64 | recall@10 HNSW scaled ef | recall@10 default |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| chunks | build s | RSS bytes/chunk | insert chunks/s | vector p50 ms (default) | vector p99 ms | vector QPS ({threads} threads) | exact p50 ms | HNSW ef=max(128,8k) p50 ms | filtered (10%) p50 ms | bm25 p50 ms | bm25 p99 ms | recall@10 HNSW ef 64 | recall@10 HNSW scaled ef | recall@10 default |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &size in &sizes {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path()).cache_capacity(256 << 20).open().unwrap();
         let mut shard = Shard::open(db.open_tree("bench").unwrap(), 384, None).unwrap();
         let mut rng = Rng::new(size as u64);
+        let rss_before = rss_bytes();
         let start = Instant::now();
         let mut next = 0usize;
         while next < size {
@@ -84,7 +92,10 @@ fn main() {
             next += writes.len();
             shard.apply(writes).unwrap();
         }
-        let insert_rate = size as f64 / start.elapsed().as_secs_f64();
+        let build_s = start.elapsed().as_secs_f64();
+        let insert_rate = size as f64 / build_s;
+        let rss_per_chunk = rss_bytes().saturating_sub(rss_before) as f64 / size as f64;
+        eprintln!("built {size} chunks in {build_s:.0}s");
 
         let queries: Vec<Vec<f32>> = (0..queries_n)
             .map(|i| {
@@ -163,17 +174,40 @@ fn main() {
             got.iter().filter(|s| **s >= tenth - 1e-6).count().min(exact.len())
         };
         let (mut old, mut scaled, mut default, mut total) = (0usize, 0usize, 0usize, 0usize);
-        for q in queries.iter().take(200) {
-            let exact = scores(&forced(q, true));
+        let exacts: Vec<Vec<f32>> = queries.iter().map(|q| scores(&forced(q, true))).collect();
+        for (q, exact) in queries.iter().zip(&exacts).take(200) {
             let a: Vec<f32> = shard.ann_search(q, 10).unwrap().into_iter().map(|(_, s)| s).collect();
-            old += found(&a, &exact);
-            scaled += found(&scores(&forced(q, false)), &exact);
-            default += found(&scores(&query(q, "", SearchMode::Vector, Filter::default())), &exact);
+            old += found(&a, exact);
+            scaled += found(&scores(&forced(q, false)), exact);
+            default += found(&scores(&query(q, "", SearchMode::Vector, Filter::default())), exact);
             total += exact.len();
+        }
+        for &ef in &efs {
+            let at = |q: &Vec<f32>| ShardQuery {
+                settings: SearchSettings { exact_below: 0, hnsw_ef: ef, ..SearchSettings::default() },
+                ..query(q, "", SearchMode::Vector, Filter::default())
+            };
+            let (mut hit, mut all, mut complete) = (0usize, 0usize, 0usize);
+            for (q, exact) in queries.iter().zip(&exacts) {
+                let n = found(&scores(&at(q)), exact);
+                hit += n;
+                all += exact.len();
+                complete += usize::from(n == exact.len());
+            }
+            let t = time(&|i| {
+                shard.search(&at(&queries[i])).unwrap();
+            });
+            sweep_rows.push(format!(
+                "| {size} | {ef} | {:.4} | {:.4} | {:.2} | {:.2} |",
+                hit as f64 / all.max(1) as f64,
+                complete as f64 / queries.len().max(1) as f64,
+                percentile_ms(&t, 50.0),
+                percentile_ms(&t, 99.0)
+            ));
         }
         let r = |n: usize| n as f64 / total.max(1) as f64;
         println!(
-            "| {size} | {insert_rate:.0} | {:.2} | {:.2} | {qps:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.3} | {:.3} | {:.3} |",
+            "| {size} | {build_s:.0} | {rss_per_chunk:.0} | {insert_rate:.0} | {:.2} | {:.2} | {qps:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.3} | {:.3} | {:.3} |",
             percentile_ms(&vector, 50.0),
             percentile_ms(&vector, 99.0),
             percentile_ms(&exact_t, 50.0),
@@ -189,4 +223,20 @@ fn main() {
         shard = Shard::open(db.open_tree("empty").unwrap(), 384, None).unwrap();
         drop(shard);
     }
+    if !sweep_rows.is_empty() {
+        println!();
+        println!("HNSW forced (exact_below 0) at each candidate list length, k = 10, {queries_n} queries:");
+        println!();
+        println!("| chunks | hnsw_ef | recall@10 | queries with the whole exact top 10 | p50 ms | p99 ms |");
+        println!("|---:|---:|---:|---:|---:|---:|");
+        for row in sweep_rows {
+            println!("{row}");
+        }
+    }
+}
+
+/// Resident memory of this process (Linux `/proc/self/statm`), 0 elsewhere.
+fn rss_bytes() -> usize {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    statm.split_whitespace().nth(1).and_then(|p| p.parse::<usize>().ok()).unwrap_or(0) * 4096
 }

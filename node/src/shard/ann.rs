@@ -13,6 +13,8 @@ use super::ShardError;
 pub struct AnnIndex {
     index: Index,
     dimension: usize,
+    /// Thread slots reserved in usearch: concurrent inserts and searches each hold one.
+    threads: usize,
 }
 
 /// The candidate list of a plain [`AnnIndex::search`].
@@ -35,8 +37,9 @@ impl AnnIndex {
             multi: false,
         };
         let index = Index::new(&options).map_err(ann_err)?;
-        index.reserve(1024).map_err(ann_err)?;
-        Ok(Self { index, dimension })
+        let threads = rayon::current_num_threads().max(std::thread::available_parallelism().map_or(1, |n| n.get()));
+        index.reserve_capacity_and_threads(1024, threads).map_err(ann_err)?;
+        Ok(Self { index, dimension, threads })
     }
 
     /// Vector dimension.
@@ -61,9 +64,26 @@ impl AnnIndex {
         }
         if self.index.size() + 1 > self.index.capacity() {
             let target = (self.index.capacity() * 2).max(1024);
-            self.index.reserve(target).map_err(ann_err)?;
+            self.index.reserve_capacity_and_threads(target, self.threads).map_err(ann_err)?;
         }
         self.index.add(key, vector).map_err(ann_err)
+    }
+
+    /// Adds many vectors at once, in parallel on the rayon pool: HNSW insertion
+    /// is most of a write's cost (distance computations while linking the new
+    /// node), and usearch's graph takes concurrent inserts, each thread on its own
+    /// slot. Keys must be new to the index.
+    pub fn add_many(&mut self, items: &[(u64, &[f32])]) -> Result<(), ShardError> {
+        if let Some((_, v)) = items.iter().find(|(_, v)| v.len() != self.dimension) {
+            return Err(ShardError::Dimension { expected: self.dimension, got: v.len() });
+        }
+        let needed = self.index.size() + items.len();
+        if needed > self.index.capacity() {
+            let target = needed.max(self.index.capacity() * 2);
+            self.index.reserve_capacity_and_threads(target, self.threads).map_err(ann_err)?;
+        }
+        use rayon::prelude::*;
+        items.par_iter().try_for_each(|(key, v)| self.index.add(*key, v).map_err(ann_err))
     }
 
     /// Removes a vector (absent keys are fine).

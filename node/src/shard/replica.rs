@@ -182,24 +182,33 @@ impl Shard {
         let mut chunks = HashMap::new();
         let mut docs: HashMap<String, Vec<u64>> = HashMap::new();
         // The scan is in ascending key order, which `attach` relies on.
+        let mut batch: Vec<(u64, Vec<f32>)> = Vec::new();
         for item in store.scan() {
             let (key, record, vector) = item?;
             if reuse {
                 vectors.attach(key, &vector);
             } else {
-                vectors.add(key, &vector)?;
+                batch.push((key, vector));
+                if batch.len() == REBUILD_BATCH {
+                    add_batch(&mut vectors, &mut batch)?;
+                }
             }
             bm25.insert(key, &record.text);
             docs.entry(record.doc_id.clone()).or_default().push(key);
             chunks.insert(key, ChunkMeta { doc_id: record.doc_id, metadata: record.metadata });
         }
+        add_batch(&mut vectors, &mut batch)?;
         if reuse && !vectors.consistent(chunks.len()) {
             warn!(stored = chunks.len(), "saved ANN index disagrees with sled; rebuilding");
             vectors = VectorSet::new(dimension)?;
             for item in store.scan() {
                 let (key, _, vector) = item?;
-                vectors.add(key, &vector)?;
+                batch.push((key, vector));
+                if batch.len() == REBUILD_BATCH {
+                    add_batch(&mut vectors, &mut batch)?;
+                }
             }
+            add_batch(&mut vectors, &mut batch)?;
         }
         let distinct = vectors.distinct();
         info!(chunks = chunks.len(), distinct, documents = docs.len(), sequence, reused_ann = reuse, "shard opened");
@@ -292,8 +301,9 @@ impl Shard {
         outcome.sequence = sequence;
         // Derived state follows the durable state.
         self.unindex(&staged.removed)?;
-        for (doc_id, key, record, vector) in staged.added {
-            self.vectors.add(key, vector)?;
+        let items: Vec<(u64, &[f32])> = staged.added.iter().map(|(_, key, _, v)| (*key, v.as_slice())).collect();
+        self.vectors.add_many(&items)?;
+        for (doc_id, key, record, _) in staged.added {
             self.bm25.insert(key, &record.text);
             self.docs.entry(doc_id.clone()).or_default().push(key);
             self.chunks.insert(key, ChunkMeta { doc_id, metadata: record.metadata.clone() });
@@ -446,6 +456,17 @@ impl Shard {
         }
         Ok(())
     }
+}
+
+/// Chunks inserted into the graph together when a shard rebuilds its index.
+const REBUILD_BATCH: usize = 4096;
+
+/// Inserts and empties `batch` (keys ascending, as the store scans them).
+fn add_batch(vectors: &mut VectorSet, batch: &mut Vec<(u64, Vec<f32>)>) -> Result<(), ShardError> {
+    let items: Vec<(u64, &[f32])> = batch.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+    vectors.add_many(&items)?;
+    batch.clear();
+    Ok(())
 }
 
 fn seq_path(ann: &std::path::Path) -> PathBuf {

@@ -32,6 +32,8 @@ pub struct VectorSet {
     rep_of: HashMap<u64, u64>,
     /// Fingerprint -> representatives with that fingerprint.
     by_print: HashMap<u64, Vec<u64>>,
+    /// The largest chunk key ever joined (keys only grow in a shard).
+    largest: Option<u64>,
 }
 
 impl VectorSet {
@@ -41,7 +43,7 @@ impl VectorSet {
     }
 
     fn over(ann: AnnIndex) -> Self {
-        Self { ann, members: HashMap::new(), rep_of: HashMap::new(), by_print: HashMap::new() }
+        Self { ann, members: HashMap::new(), rep_of: HashMap::new(), by_print: HashMap::new(), largest: None }
     }
 
     /// A set over an index saved by [`VectorSet::save`]; chunks must then be
@@ -76,6 +78,7 @@ impl VectorSet {
         let at = list.partition_point(|k| *k < key);
         list.insert(at, key);
         self.rep_of.insert(key, rep);
+        self.largest = self.largest.max(Some(key));
     }
 
     /// Adds chunk `key` with `vector`: a new index entry only for a vector not held yet.
@@ -112,6 +115,45 @@ impl VectorSet {
             }
         }
         Ok(())
+    }
+
+    /// Adds many chunks as [`VectorSet::add`] would one by one, inserting the
+    /// new distinct vectors into the graph in parallel. Copies are resolved
+    /// first, in order (against the index and within the batch), so the result
+    /// is the same set of entries and representatives.
+    pub fn add_many(&mut self, items: &[(u64, &[f32])]) -> Result<(), ShardError> {
+        let ascending = items.windows(2).all(|w| w[0].0 < w[1].0);
+        let first_new = items.first().is_none_or(|(k, _)| self.largest.is_none_or(|l| l < *k));
+        if !ascending || !first_new {
+            // Out-of-order or re-used keys: the rare path, one at a time.
+            return items.iter().try_for_each(|(key, v)| self.add(*key, v));
+        }
+        let mut fresh: Vec<(u64, &[f32])> = Vec::new();
+        // Fingerprint -> positions in `fresh`, for copies within the batch.
+        let mut pending: HashMap<u64, Vec<usize>> = HashMap::new();
+        for &(key, vector) in items {
+            if vector.len() != self.ann.dimension() {
+                return Err(ShardError::Dimension { expected: self.ann.dimension(), got: vector.len() });
+            }
+            // Every key here is larger than any held, so a copy of an indexed
+            // vector simply joins it.
+            if let Some(rep) = self.representative_for(vector) {
+                self.join(rep, key);
+                continue;
+            }
+            let print = fingerprint(vector);
+            let twin = pending.get(&print).and_then(|at| at.iter().map(|i| fresh[*i]).find(|(_, v)| *v == vector));
+            match twin {
+                Some((rep, _)) => self.join(rep, key),
+                None => {
+                    pending.entry(print).or_default().push(fresh.len());
+                    fresh.push((key, vector));
+                    self.by_print.entry(print).or_default().push(key);
+                    self.join(key, key);
+                }
+            }
+        }
+        self.ann.add_many(&fresh)
     }
 
     /// Registers chunk `key` of a loaded index (see [`VectorSet::load`]).
@@ -308,6 +350,37 @@ mod tests {
         s.add(1, &v(2)).unwrap();
         assert_eq!((s.len(), s.distinct()), (1, 1));
         assert_eq!(s.get(1), Some(v(2)));
+    }
+
+    #[test]
+    fn a_batch_gives_the_same_entries_as_one_by_one() {
+        // 600 distinct vectors, copies inside the batch and of vectors already held.
+        let keys: Vec<(u64, Vec<f32>)> = (0..1500u64).map(|k| (k, v(k % 600))).collect();
+        let mut serial = VectorSet::new(8).unwrap();
+        let mut batched = VectorSet::new(8).unwrap();
+        for (k, vec) in &keys {
+            serial.add(*k, vec).unwrap();
+        }
+        for part in keys.chunks(700) {
+            let items: Vec<(u64, &[f32])> = part.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+            batched.add_many(&items).unwrap();
+        }
+        assert_eq!((batched.len(), batched.distinct()), (serial.len(), serial.distinct()));
+        assert_eq!((batched.len(), batched.distinct()), (1500, 600));
+        assert_eq!(batched.members, serial.members);
+        assert_eq!(batched.rep_of, serial.rep_of);
+        for q in [0u64, 17, 299] {
+            let a = batched.exact_search(&v(q), 3).unwrap();
+            assert_eq!(a, serial.exact_search(&v(q), 3).unwrap());
+            assert_eq!(a.iter().map(|h| h.0 % 600).collect::<Vec<_>>(), vec![q, q, q]);
+            assert_eq!(batched.search(&v(q), 1, 64).unwrap()[0].0, q);
+        }
+        // Keys out of order take the one-by-one path and still agree.
+        let items: Vec<(u64, &[f32])> = vec![(5000, keys[1].1.as_slice()), (4000, keys[2].1.as_slice())];
+        batched.add_many(&items).unwrap();
+        assert_eq!(batched.rep_of[&5000], 1);
+        assert_eq!(batched.len(), 1502);
+        assert!(batched.add_many(&[(6000, &[0.0f32; 3][..])]).is_err(), "wrong dimension refused");
     }
 
     #[test]
