@@ -23,8 +23,8 @@ use tracing::info;
 
 use crate::client::{connect, rpc};
 use crate::server::{
-    base_http_app, build_coordinator, build_node_config, shutdown_signal, spawn_grpc, spawn_http, stop_background,
-    with_coordinator_routes, CoordinatorOpts, NodeOpts, MAX_MESSAGE_BYTES,
+    base_http_app, build_coordinator, build_node_config, check_listen, shutdown_signal, spawn_grpc, spawn_http,
+    stop_background, with_coordinator_routes, CoordinatorOpts, NodeOpts, MAX_MESSAGE_BYTES,
 };
 use crate::{parse_addr, ServerArg};
 
@@ -80,6 +80,9 @@ pub struct CoordinatorArgs {
     /// HTTP listen address (/healthz, /readyz, /metrics, the status page, the OpenAI API under /v1).
     #[arg(long, env = "TESSERA_HTTP", value_parser = parse_addr)]
     http: SocketAddr,
+    /// Allow listening on addresses other than loopback although no request is authenticated.
+    #[arg(long, env = "TESSERA_INSECURE_LISTEN_ANY")]
+    insecure_listen_any: bool,
     #[command(flatten)]
     coordinator: CoordinatorOpts,
 }
@@ -166,6 +169,7 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
 /// Runs `tessera coordinator` until SIGINT or SIGTERM.
 pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     let telemetry = crate::telemetry::init("tessera-coordinator")?;
+    check_listen(&[args.grpc, args.http], args.insecure_listen_any)?;
     let client = etcd(&args.etcd).await?;
     let nodes = NodeSet::empty(MAX_MESSAGE_BYTES);
     let shutdown = Shutdown::new();

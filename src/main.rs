@@ -236,6 +236,12 @@ fn parse_addr(s: &str) -> Result<SocketAddr, String> {
 }
 
 fn main() {
+    // The loader sandbox: this binary re-run as a one-file parser, before any
+    // runtime, thread or argument parsing exists in the child.
+    let mut args = std::env::args().skip(1);
+    if args.next().as_deref() == Some(tessera_node::load::sandbox::SANDBOX_ARG) {
+        std::process::exit(tessera_node::load::sandbox::child_main(&args.next().unwrap_or_default()));
+    }
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");

@@ -92,16 +92,35 @@ pub struct UpArgs {
     /// Where sled data and saved indexes live.
     #[arg(long, env = "TESSERA_DATA_DIR", default_value = "./tessera-data")]
     data_dir: PathBuf,
-    /// gRPC listen address (public Tessera service, internal Node service, health, reflection).
+    /// gRPC listen address (public Tessera service, health, reflection; the
+    /// internal Node service listens on a loopback port of its own).
     #[arg(long, env = "TESSERA_GRPC", default_value = "127.0.0.1:50051", value_parser = parse_addr)]
     grpc: SocketAddr,
     /// HTTP listen address (/healthz, /readyz, /metrics, the status page, the OpenAI API under /v1).
     #[arg(long, env = "TESSERA_HTTP", default_value = "127.0.0.1:8080", value_parser = parse_addr)]
     http: SocketAddr,
+    /// Allow listening on addresses other than loopback although no request is authenticated.
+    #[arg(long, env = "TESSERA_INSECURE_LISTEN_ANY")]
+    insecure_listen_any: bool,
     #[command(flatten)]
     coordinator: CoordinatorOpts,
     #[command(flatten)]
     node: NodeOpts,
+}
+
+/// Refuses public addresses unless `insecure` says the operator knows that
+/// nothing authenticates requests: anyone who can reach the port can then read,
+/// write and drop every collection.
+pub fn check_listen(addrs: &[SocketAddr], insecure: bool) -> anyhow::Result<()> {
+    for addr in addrs.iter().filter(|a| !a.ip().is_loopback()) {
+        anyhow::ensure!(
+            insecure,
+            "{addr} is not a loopback address and Tessera does not authenticate requests; \
+             listen on 127.0.0.1, or pass --insecure-listen-any to serve anyone who can reach it"
+        );
+        tracing::warn!(%addr, "listening beyond this machine without authentication (--insecure-listen-any)");
+    }
+    Ok(())
 }
 
 /// The coordinator over `nodes` and `catalog`, with the templates and defaults of `opts`.
@@ -149,6 +168,12 @@ pub fn build_node_config(
         max_queued: opts.max_queued.max(1),
     };
     config.session_idle = std::time::Duration::from_secs(opts.session_idle_secs.max(1));
+    // PDFs are parsed by this same binary in a child process (see main's
+    // SANDBOX_ARG branch), so a hostile file costs one file, not the server.
+    config.loader_sandbox = Some(
+        tessera_node::load::Sandbox::this_executable(tessera_node::load::SandboxLimits::default())
+            .map_err(|e| anyhow::anyhow!("cannot locate this executable for the loader sandbox: {e}"))?,
+    );
     config.model_path = match &opts.model {
         Some(path) => {
             anyhow::ensure!(path.exists(), "model file {} does not exist", path.display());
@@ -224,10 +249,19 @@ pub async fn spawn_grpc(
     if node.is_some() {
         health_reporter.set_serving::<tessera_proto::v1::node_server::NodeServer<NodeService>>().await;
     }
-    let reflection = tonic_reflection::server::Builder::configure()
+    // Reflection advertises only what this listener serves (the descriptor set
+    // holds both services).
+    let mut reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tessera_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+        .with_service_name("grpc.health.v1.Health");
+    if coordinator.is_some() {
+        reflection = reflection.with_service_name("tessera.v1.Tessera");
+    }
+    if node.is_some() {
+        reflection = reflection.with_service_name("tessera.v1.Node");
+    }
+    let reflection = reflection.build_v1()?;
     let router = tonic::transport::Server::builder()
         .trace_fn(crate::telemetry::grpc_span)
         .layer(crate::telemetry::GrpcMetricsLayer)
@@ -283,9 +317,16 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
 
     // Listeners and the coordinator first (it reaches the node lazily), so HTTP
     // probes get an answer (503) while models load.
+    check_listen(&[args.grpc, args.http], args.insecure_listen_any)?;
     let grpc = tokio::net::TcpListener::bind(args.grpc).await.with_context(|| format!("binding gRPC {}", args.grpc))?;
     let local = grpc.local_addr()?;
-    let nodes = NodeSet::connect_lazy(&[("local".into(), format!("http://{local}"))], MAX_MESSAGE_BYTES)?;
+    // The internal Node service (shard writes, snapshots, transfers) is never on
+    // the public listener: an ephemeral loopback port only this process dials.
+    let internal = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+        .await
+        .context("binding the internal Node listener")?;
+    let internal_addr = internal.local_addr()?;
+    let nodes = NodeSet::connect_lazy(&[("local".into(), format!("http://{internal_addr}"))], MAX_MESSAGE_BYTES)?;
     let catalog = Catalog::open(&args.data_dir).context("opening the collection catalog")?;
     let shutdown = Shutdown::new();
     let coordinator = build_coordinator(&args.coordinator, catalog, nodes, &shutdown)?;
@@ -296,9 +337,10 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
 
     let config = build_node_config(&args.node, &args.data_dir.join("node"), "local", NodeRole::ALL.to_vec())?;
     let node = Node::start(config, &shutdown).await.context("starting the node")?;
-    let grpc_task = spawn_grpc(grpc, Some(coordinator), Some(node.clone()), stop_rx.clone()).await?;
+    let node_task = spawn_grpc(internal, None, Some(node.clone()), stop_rx.clone()).await?;
+    let grpc_task = spawn_grpc(grpc, Some(coordinator), None, stop_rx.clone()).await?;
     ready.store(true, Ordering::SeqCst);
-    info!(grpc = %local, http = %args.http, data_dir = %args.data_dir.display(), "tessera up: serving");
+    info!(grpc = %local, http = %args.http, internal = %internal_addr, data_dir = %args.data_dir.display(), "tessera up: serving");
 
     shutdown_signal().await;
     info!("shutting down");
@@ -306,6 +348,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = grpc_task.await;
     let _ = http_task.await;
+    let _ = node_task.await;
     stop_background(&shutdown).await;
     node.shutdown().await;
     info!("stopped cleanly");

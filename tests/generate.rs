@@ -64,7 +64,7 @@ async fn streaming_cancellation_backpressure_and_bad_input() {
         &["--tp", "2", "--max-running", "1", "--max-queued", "1"],
     );
     let mut c = TesseraClient::connect(server.url()).await.unwrap();
-    let mut node = NodeClient::connect(server.url()).await.unwrap();
+    let mut node = NodeClient::connect(server.internal_url()).await.unwrap();
 
     // Tokens arrive as a stream, the last chunk with usage.
     let mut stream = c.generate(greedy("What is the capital of France?", 12)).await.unwrap().into_inner();

@@ -33,6 +33,9 @@ pub struct NodeConfig {
     pub loader_workers: usize,
     /// Largest file or document accepted, in bytes.
     pub max_document_bytes: usize,
+    /// Where PDFs (and any parser that can recurse or decompress without bound)
+    /// are parsed; None parses in this process, which a hostile file can abort.
+    pub loader_sandbox: Option<crate::load::Sandbox>,
     /// The GGUF model of the `model` role.
     pub model_path: Option<PathBuf>,
     /// Tensor-parallel world size of the local model group.
@@ -57,6 +60,7 @@ impl NodeConfig {
             batch: BatchLimits::default(),
             loader_workers: 2,
             max_document_bytes: 32 * 1024 * 1024,
+            loader_sandbox: None,
             model_path: Some(models_dir.join(DEFAULT_MODEL)),
             tp: 1,
             engine: EngineLimits::default(),
@@ -125,7 +129,7 @@ impl Node {
         };
         let loader = config.has(NodeRole::Loader).then(|| {
             let tokenizer = embedder.as_ref().map(|e| e.model().tokenizer().clone());
-            LoaderPool::new(config.loader_workers, tokenizer, config.max_document_bytes)
+            LoaderPool::new(config.loader_workers, tokenizer, config.max_document_bytes, config.loader_sandbox.clone())
         });
         let shards =
             if config.has(NodeRole::Shard) { Some(ShardRegistry::open(&config.data_dir).await?) } else { None };

@@ -104,6 +104,19 @@ impl Server {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The internal Node service's loopback address, read from the start-up log
+    /// line (it is an ephemeral port, never on the public listener).
+    pub fn internal_url(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(addr) = serving_field(&self.log_text(), "internal=") {
+                return format!("http://{addr}");
+            }
+            assert!(Instant::now() < deadline, "no start-up line in the log:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.grpc)
     }
@@ -231,4 +244,19 @@ pub fn http_post_with_headers(addr: &str, path: &str, headers: &[(&str, &str)], 
     let code = buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (code, body)
+}
+
+/// A field of the "tessera up: serving" log line, colour codes removed.
+fn serving_field(log: &str, field: &str) -> Option<String> {
+    let mut plain = String::new();
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|c| c.is_ascii_alphabetic());
+        } else {
+            plain.push(c);
+        }
+    }
+    let line = plain.lines().rev().find(|l| l.contains("tessera up: serving"))?;
+    line.split(field).nth(1).and_then(|r| r.split_whitespace().next()).map(str::to_string)
 }

@@ -9,6 +9,9 @@ pub(super) fn load(doc_id: &str, bytes: &[u8]) -> Result<Vec<Document>, LoadErro
         reader.headers().map_err(|e| LoadError::Csv(e.to_string()))?.iter().map(str::to_string).collect::<Vec<_>>();
     let mut docs = Vec::new();
     for (n, row) in reader.records().enumerate() {
+        if n >= super::MAX_DOCUMENTS_PER_FILE {
+            return Err(LoadError::TooManyDocuments);
+        }
         let row = row.map_err(|e| LoadError::Csv(format!("row {}: {e}", n + 1)))?;
         let mut lines = Vec::new();
         let mut doc = Document::new(format!("{doc_id}:{}", n + 1), "text/csv", String::new());
@@ -36,6 +39,17 @@ mod tests {
         assert_eq!(docs[0].text, "name: ann\n城市: 北京");
         assert_eq!(docs[1].metadata["城市"], "Paris, FR");
         assert_eq!(docs[1].metadata["row"], 2);
+    }
+
+    #[test]
+    fn a_file_of_too_many_rows_is_one_error() {
+        let rows = "n\n".to_string() + &"1\n".repeat(crate::load::MAX_DOCUMENTS_PER_FILE);
+        assert_eq!(load("ok.csv", rows.as_bytes()).unwrap().len(), crate::load::MAX_DOCUMENTS_PER_FILE);
+        let over = rows + "2\n";
+        assert!(matches!(load("big.csv", over.as_bytes()), Err(LoadError::TooManyDocuments)));
+        let lines = "{\"id\":\"a\",\"text\":\"t\"}\n".repeat(crate::load::MAX_DOCUMENTS_PER_FILE + 1);
+        let jsonl = crate::load::load_file("big.jsonl", "big.jsonl", lines.as_bytes(), &Default::default(), None);
+        assert!(matches!(jsonl, Err(LoadError::TooManyDocuments)));
     }
 
     #[test]

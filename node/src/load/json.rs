@@ -14,6 +14,9 @@ pub(super) fn load_jsonl(doc_id: &str, bytes: &[u8]) -> Result<Vec<Document>, Lo
         if line.trim().is_empty() {
             continue;
         }
+        if docs.len() >= super::MAX_DOCUMENTS_PER_FILE {
+            return Err(LoadError::TooManyDocuments);
+        }
         let value: Value = serde_json::from_str(line).map_err(|e| LoadError::Json(format!("line {}: {e}", n + 1)))?;
         let doc = record(&value, &format!("{doc_id}:{}", n + 1))
             .map_err(|e| LoadError::Json(format!("line {}: {e}", n + 1)))?;
@@ -28,6 +31,7 @@ pub(super) fn load_json(doc_id: &str, bytes: &[u8]) -> Result<Vec<Document>, Loa
     let value: Value = serde_json::from_str(utf8(bytes)?).map_err(|e| LoadError::Json(e.to_string()))?;
     match &value {
         Value::Object(o) if o.contains_key("text") => Ok(vec![record(&value, doc_id)?]),
+        Value::Array(items) if items.len() > super::MAX_DOCUMENTS_PER_FILE => Err(LoadError::TooManyDocuments),
         Value::Array(items) if !items.is_empty() && items.iter().all(|i| i.get("text").is_some()) => {
             items.iter().enumerate().map(|(n, item)| record(item, &format!("{doc_id}:{}", n + 1))).collect()
         }

@@ -10,12 +10,22 @@ mod html;
 mod json;
 mod pdf;
 mod pool;
+pub mod sandbox;
 mod text;
 
 pub use crate::document::{Document, Metadata};
 pub use pool::{FileJob, LoadOutcome, LoadedDocument, LoaderError, LoaderPool, SplitSpec};
+pub use sandbox::{Sandbox, SandboxLimits};
 
 use thiserror::Error;
+
+/// Most documents one file may yield (CSV rows, JSON Lines, JSON array items):
+/// each becomes at least one chunk, vector and index entry, so a 1M-row file
+/// would hold the loader and the embedder for hours.
+pub const MAX_DOCUMENTS_PER_FILE: usize = 100_000;
+/// Most bytes of metadata (as JSON) on one document: metadata is copied into
+/// every chunk, so it multiplies with the chunk count.
+pub const MAX_METADATA_BYTES: usize = 64 * 1024;
 
 /// Sample inputs for tests (here rather than in each test, since both unit and
 /// integration tests need a real PDF and none can be checked in as a binary).
@@ -60,12 +70,29 @@ pub enum LoadError {
     /// A JSON or JSON Lines file that does not parse or lacks the expected fields.
     #[error("invalid JSON: {0}")]
     Json(String),
+    /// An HTML file past the loader's limits.
+    #[error("invalid HTML: {0}")]
+    Html(String),
+    /// A file that yields more documents than [`MAX_DOCUMENTS_PER_FILE`].
+    #[error("the file holds more than {MAX_DOCUMENTS_PER_FILE} documents (rows or lines); split it")]
+    TooManyDocuments,
     /// A CSV file that does not parse.
     #[error("invalid CSV: {0}")]
     Csv(String),
     /// A PDF without a readable text layer, or one the parser rejects.
     #[error("cannot read PDF: {0}")]
     Pdf(String),
+    /// A sandboxed parser died or overran its limits.
+    #[error("cannot read {format} file: {reason}")]
+    Sandbox {
+        /// The format being parsed.
+        format: String,
+        /// What happened to the parser process.
+        reason: String,
+    },
+    /// The sandboxed parser rejected the file (its own message).
+    #[error("{0}")]
+    Rejected(String),
     /// Caller-supplied metadata that is not a JSON object.
     #[error("metadata must be a JSON object: {0}")]
     Metadata(String),
@@ -76,7 +103,16 @@ pub enum LoadError {
 /// `doc_id` is the id the caller chose (the path relative to the ingest root);
 /// formats that yield several documents (JSON Lines, CSV, JSON arrays) derive
 /// per-document ids from it unless the record carries its own `id`.
-pub fn load_file(name: &str, doc_id: &str, bytes: &[u8], extra: &Metadata) -> Result<Vec<Document>, LoadError> {
+/// `sandbox` runs the parsers that can recurse or allocate without bound
+/// (PDF); None parses them in this process (tests and tools only: a hostile
+/// file can then abort the process).
+pub fn load_file(
+    name: &str,
+    doc_id: &str,
+    bytes: &[u8],
+    extra: &Metadata,
+    sandbox: Option<&Sandbox>,
+) -> Result<Vec<Document>, LoadError> {
     let ext = extension(name);
     let Some(format) = Format::of(&ext) else {
         return Err(LoadError::Unsupported(if ext.is_empty() { name.to_string() } else { ext }));
@@ -87,7 +123,7 @@ pub fn load_file(name: &str, doc_id: &str, bytes: &[u8], extra: &Metadata) -> Re
         Format::Json => json::load_json(doc_id, bytes)?,
         Format::JsonLines => json::load_jsonl(doc_id, bytes)?,
         Format::Csv => csv::load(doc_id, bytes)?,
-        Format::Pdf => vec![pdf::load(doc_id, bytes)?],
+        Format::Pdf => vec![pdf::load(doc_id, bytes, sandbox)?],
     };
     for doc in &mut docs {
         doc.source = name.to_string();
@@ -151,7 +187,7 @@ mod tests {
     use super::*;
 
     fn load(name: &str, bytes: &[u8]) -> Result<Vec<Document>, LoadError> {
-        load_file(name, name, bytes, &Metadata::new())
+        load_file(name, name, bytes, &Metadata::new(), None)
     }
 
     #[test]
@@ -182,7 +218,7 @@ mod tests {
     fn extra_metadata_does_not_override_loader_fields() {
         let mut extra = Metadata::new();
         extra.insert("team".into(), serde_json::json!("search"));
-        let docs = load_file("a.txt", "dir/a.txt", b"hello", &extra).unwrap();
+        let docs = load_file("a.txt", "dir/a.txt", b"hello", &extra, None).unwrap();
         assert_eq!(docs[0].metadata["team"], "search");
         assert_eq!(docs[0].id, "dir/a.txt");
     }

@@ -10,7 +10,7 @@ use tokenizers::Tokenizer;
 use tokio::sync::Semaphore;
 use tracing::info_span;
 
-use super::{load_file, Document, Metadata};
+use super::{load_file, Document, Metadata, Sandbox, MAX_METADATA_BYTES};
 use crate::chunking::{chunk_document, Chunk, RecursiveSplitter, Splitter, TokenSplitter};
 
 /// How to split, per request.
@@ -61,15 +61,23 @@ pub struct LoaderPool {
     permits: Arc<Semaphore>,
     tokenizer: Option<Arc<Tokenizer>>,
     max_document_bytes: usize,
+    sandbox: Option<Arc<Sandbox>>,
 }
 
 impl LoaderPool {
-    /// A pool of `workers` concurrent jobs. `tokenizer` enables the token splitter.
-    pub fn new(workers: usize, tokenizer: Option<Tokenizer>, max_document_bytes: usize) -> Self {
+    /// A pool of `workers` concurrent jobs. `tokenizer` enables the token
+    /// splitter; `sandbox` is where unbounded parsers run (see [`load_file`]).
+    pub fn new(
+        workers: usize,
+        tokenizer: Option<Tokenizer>,
+        max_document_bytes: usize,
+        sandbox: Option<Sandbox>,
+    ) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(workers.max(1))),
             tokenizer: tokenizer.map(Arc::new),
             max_document_bytes,
+            sandbox: sandbox.map(Arc::new),
         }
     }
 
@@ -99,10 +107,13 @@ impl LoaderPool {
         };
         let _permit = self.permits.acquire().await.map_err(|e| LoaderError::Unavailable(e.to_string()))?;
         let max = self.max_document_bytes;
+        let sandbox = self.sandbox.clone();
         let span = info_span!("loader.load_and_split", files = files.len(), documents = documents.len());
-        tokio::task::spawn_blocking(move || span.in_scope(|| run(files, documents, splitter.as_ref(), max)))
-            .await
-            .map_err(|e| LoaderError::Unavailable(format!("loader task failed: {e}")))
+        tokio::task::spawn_blocking(move || {
+            span.in_scope(|| run(files, documents, splitter.as_ref(), max, sandbox.as_deref()))
+        })
+        .await
+        .map_err(|e| LoaderError::Unavailable(format!("loader task failed: {e}")))
     }
 }
 
@@ -118,7 +129,13 @@ pub enum LoaderError {
     Unavailable(String),
 }
 
-fn run(files: Vec<FileJob>, documents: Vec<Document>, splitter: &dyn Splitter, max: usize) -> LoadOutcome {
+fn run(
+    files: Vec<FileJob>,
+    documents: Vec<Document>,
+    splitter: &dyn Splitter,
+    max: usize,
+    sandbox: Option<&Sandbox>,
+) -> LoadOutcome {
     let mut outcome = LoadOutcome::default();
     let mut docs = Vec::new();
     for f in files {
@@ -128,7 +145,7 @@ fn run(files: Vec<FileJob>, documents: Vec<Document>, splitter: &dyn Splitter, m
                 .push((f.name.clone(), format!("file is {} bytes, over the limit of {max}", f.content.len())));
             continue;
         }
-        match load_file(&f.name, &f.doc_id, &f.content, &f.metadata) {
+        match load_file(&f.name, &f.doc_id, &f.content, &f.metadata, sandbox) {
             Ok(d) => docs.extend(d),
             Err(e) => outcome.errors.push((f.name.clone(), e.to_string())),
         }
@@ -146,6 +163,17 @@ fn run(files: Vec<FileJob>, documents: Vec<Document>, splitter: &dyn Splitter, m
                 .push((source, format!("document {} is {} bytes, over the limit of {max}", doc.id, doc.text.len())));
             continue;
         }
+        let metadata_bytes = serde_json::to_vec(&doc.metadata).map_or(usize::MAX, |b| b.len());
+        if metadata_bytes > MAX_METADATA_BYTES {
+            outcome.errors.push((
+                source,
+                format!(
+                    "metadata of document {} is {metadata_bytes} bytes, over the limit of {MAX_METADATA_BYTES}",
+                    doc.id
+                ),
+            ));
+            continue;
+        }
         match chunk_document(&doc, splitter) {
             Ok(chunks) if chunks.is_empty() => {
                 outcome.errors.push((source, format!("document {} has no text", doc.id)))
@@ -155,4 +183,22 @@ fn run(files: Vec<FileJob>, documents: Vec<Document>, splitter: &dyn Splitter, m
         }
     }
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_document_with_huge_metadata_is_refused_and_the_rest_is_split() {
+        let splitter = RecursiveSplitter::new(100, 10).unwrap();
+        let mut heavy = Document::new("heavy", "text/plain", "some text");
+        heavy.metadata.insert("blob".into(), "x".repeat(MAX_METADATA_BYTES).into());
+        let light = Document::new("light", "text/plain", "其他 text");
+        let outcome = run(Vec::new(), vec![heavy, light], &splitter, 1 << 20, None);
+        assert_eq!(outcome.documents.len(), 1);
+        assert_eq!(outcome.documents[0].document.id, "light");
+        assert_eq!(outcome.errors.len(), 1);
+        assert!(outcome.errors[0].1.contains("over the limit of 65536"), "{:?}", outcome.errors);
+    }
 }
