@@ -6,20 +6,54 @@ use serde_json::{json, Value};
 use tessera_proto::v1 as pb;
 use tessera_proto::v1::tessera_client::TesseraClient;
 use tessera_types::limits::MAX_MESSAGE_BYTES;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
 use tonic::transport::Channel;
 
 use crate::walk::expand;
-use crate::{CollectionsCmd, DeleteArgs, GenerateArgs, IngestArgs, SearchArgs};
+use crate::{CollectionsCmd, DeleteArgs, GenerateArgs, IngestArgs, SearchArgs, ServerArg};
 
 /// Files per ingest request, and bytes per request (below the server's `MAX_MESSAGE_BYTES`).
 const FILES_PER_REQUEST: usize = 32;
 const BYTES_PER_REQUEST: usize = 16 * 1024 * 1024;
 
-pub(crate) async fn connect(url: &str) -> anyhow::Result<TesseraClient<Channel>> {
-    let client = TesseraClient::connect(url.to_string()).await.with_context(|| {
-        format!("cannot reach the Tessera server at {url} (is `tessera up` running? set --server or TESSERA_SERVER)")
-    })?;
-    Ok(client.max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES))
+/// The CLI's client: every request carries the API key, when one is given.
+pub(crate) type Client = TesseraClient<InterceptedService<Channel, Bearer>>;
+
+/// Adds `authorization: Bearer KEY` to each request.
+#[derive(Clone)]
+pub(crate) struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            req.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(req)
+    }
+}
+
+pub(crate) async fn connect(server: &ServerArg) -> anyhow::Result<Client> {
+    let url = &server.server;
+    let channel = tonic::transport::Endpoint::from_shared(url.clone())
+        .with_context(|| format!("invalid server URL {url}"))?
+        .connect()
+        .await
+        .with_context(|| {
+            format!(
+                "cannot reach the Tessera server at {url} (is `tessera up` running? set --server or TESSERA_SERVER)"
+            )
+        })?;
+    let bearer = match &server.api_key {
+        Some(key) => Some(
+            format!("Bearer {key}").parse::<MetadataValue<Ascii>>().context("the API key must be printable ASCII")?,
+        ),
+        None => None,
+    };
+    Ok(TesseraClient::with_interceptor(channel, Bearer(bearer))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
 }
 
 /// Turns a gRPC status into a one-line error.
@@ -43,7 +77,7 @@ pub async fn collections(cmd: CollectionsCmd) -> anyhow::Result<()> {
             fusion_depth,
             server,
         } => {
-            let mut c = connect(&server.server).await?;
+            let mut c = connect(&server).await?;
             // An absent flag is an absent field: the server's default.
             let settings = pb::SearchSettings { bm25_k1, bm25_b, hnsw_ef, exact_below, fusion_depth };
             let request = pb::CreateCollectionRequest { name, shards, replication, settings: Some(settings) };
@@ -54,7 +88,7 @@ pub async fn collections(cmd: CollectionsCmd) -> anyhow::Result<()> {
             );
         }
         CollectionsCmd::List { json, server } => {
-            let mut c = connect(&server.server).await?;
+            let mut c = connect(&server).await?;
             let list = rpc(c.list_collections(pb::ListCollectionsRequest {}).await)?;
             if json {
                 let items: Vec<Value> = list
@@ -77,7 +111,7 @@ pub async fn collections(cmd: CollectionsCmd) -> anyhow::Result<()> {
             }
         }
         CollectionsCmd::Drop { name, server } => {
-            let mut c = connect(&server.server).await?;
+            let mut c = connect(&server).await?;
             rpc(c.drop_collection(pb::DropCollectionRequest { name: name.clone() }).await)?;
             println!("dropped collection {name}");
         }
@@ -96,7 +130,7 @@ pub async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
             )
         })
         .collect();
-    let mut client = connect(&args.server.server).await?;
+    let mut client = connect(&args.server).await?;
     let (mut documents, mut chunks) = (0u64, 0u64);
     let mut batch: Vec<pb::FileInput> = Vec::new();
     let mut batch_bytes = 0usize;
@@ -143,7 +177,7 @@ pub async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
 }
 
 pub async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
-    let mut c = connect(&args.server.server).await?;
+    let mut c = connect(&args.server).await?;
     let resp = rpc(c.delete(pb::DeleteRequest { collection: args.collection, doc_ids: args.doc_ids }).await)?;
     println!("deleted {} documents, {} chunks", resp.documents, resp.chunks);
     Ok(())
@@ -170,7 +204,7 @@ pub(crate) fn parse_filters(filters: &[String]) -> anyhow::Result<Option<pb::Fil
 pub async fn search(args: SearchArgs) -> anyhow::Result<()> {
     let filter = parse_filters(&args.filters)?;
     let mode = pb::SearchMode::from(args.mode);
-    let mut c = connect(&args.server.server).await?;
+    let mut c = connect(&args.server).await?;
     let resp = rpc(c
         .search(pb::SearchRequest {
             collection: args.collection,
@@ -209,7 +243,7 @@ pub async fn search(args: SearchArgs) -> anyhow::Result<()> {
 
 pub async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     use std::io::Write;
-    let mut c = connect(&args.server.server).await?;
+    let mut c = connect(&args.server).await?;
     let request = pb::GenerateRequest {
         prompt: args.prompt,
         messages: vec![],

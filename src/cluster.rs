@@ -80,9 +80,13 @@ pub struct CoordinatorArgs {
     /// HTTP listen address (/healthz, /readyz, /metrics, the status page, the OpenAI API under /v1).
     #[arg(long, env = "TESSERA_HTTP", value_parser = parse_addr)]
     http: SocketAddr,
-    /// Allow listening on addresses other than loopback although no request is authenticated.
+    /// Allow listening on addresses other than loopback without --api-keys.
     #[arg(long, env = "TESSERA_INSECURE_LISTEN_ANY")]
     insecure_listen_any: bool,
+    /// API key file: one `KEY TENANT ROLE` per line (roles admin, read-write,
+    /// read-only; `#` comments); re-read on SIGHUP.
+    #[arg(long, env = "TESSERA_API_KEYS_FILE")]
+    api_keys: Option<std::path::PathBuf>,
     #[command(flatten)]
     coordinator: CoordinatorOpts,
 }
@@ -119,9 +123,9 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = watch::channel(false);
     let http_task = match args.http {
-        Some(addr) => {
-            Some(spawn_http(addr, base_http_app(ready.clone(), telemetry.metrics.clone()), stop_rx.clone()).await?)
-        }
+        Some(addr) => Some(
+            spawn_http(addr, base_http_app(ready.clone(), telemetry.metrics.clone()), None, stop_rx.clone()).await?,
+        ),
         None => None,
     };
     let grpc = tokio::net::TcpListener::bind(args.grpc).await.with_context(|| format!("binding gRPC {}", args.grpc))?;
@@ -136,7 +140,7 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
     }
     let shutdown = Shutdown::new();
     let node = Node::start(config, &shutdown).await.context("starting the node")?;
-    let grpc_task = spawn_grpc(grpc, None, Some(node.clone()), stop_rx.clone()).await?;
+    let grpc_task = spawn_grpc(grpc, None, Some(node.clone()), None, stop_rx.clone()).await?;
 
     let advertise = args.advertise.clone().unwrap_or_else(|| local.to_string());
     let address = if advertise.starts_with("http") { advertise } else { format!("http://{advertise}") };
@@ -169,7 +173,7 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
 /// Runs `tessera coordinator` until SIGINT or SIGTERM.
 pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     let telemetry = crate::telemetry::init("tessera-coordinator")?;
-    check_listen(&[args.grpc, args.http], args.insecure_listen_any)?;
+    check_listen(&[args.grpc, args.http], args.insecure_listen_any || args.api_keys.is_some())?;
     let client = etcd(&args.etcd).await?;
     let nodes = NodeSet::empty(MAX_MESSAGE_BYTES);
     let shutdown = Shutdown::new();
@@ -178,6 +182,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     shutdown.spawn(node_watch::follow_nodes(client.clone(), nodes.clone(), revision, left_tx));
     let catalog = Catalog::open_etcd(client.clone(), &shutdown).await.context("reading the catalog")?;
     let coordinator = build_coordinator(&args.coordinator, catalog, nodes.clone(), &shutdown)?;
+    let keys = args.api_keys.as_deref().map(|p| crate::auth::keys(p, &shutdown)).transpose()?;
     // Placement changes (failover, replica rebuild) are made by one coordinator: the elected leader.
     let me = format!("coordinator-{}-{}", args.grpc, std::process::id());
     let leadership = leader::campaign(client.clone(), me, Duration::from_secs(5), &shutdown);
@@ -206,10 +211,10 @@ pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = watch::channel(false);
     let app = with_coordinator_routes(base_http_app(ready.clone(), telemetry.metrics.clone()), &coordinator);
-    let http_task = spawn_http(args.http, app, stop_rx.clone()).await?;
+    let http_task = spawn_http(args.http, app, keys.clone(), stop_rx.clone()).await?;
     let grpc = tokio::net::TcpListener::bind(args.grpc).await.with_context(|| format!("binding gRPC {}", args.grpc))?;
     let local = grpc.local_addr()?;
-    let grpc_task = spawn_grpc(grpc, Some(coordinator), None, stop_rx.clone()).await?;
+    let grpc_task = spawn_grpc(grpc, Some(coordinator), None, keys, stop_rx.clone()).await?;
     ready.store(true, Ordering::SeqCst);
     info!(grpc = %local, http = %args.http, nodes = nodes.all().len(), "tessera coordinator: serving");
 
@@ -227,7 +232,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
 
 /// `tessera status`.
 pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
-    let mut c = connect(&args.server.server).await?;
+    let mut c = connect(&args.server).await?;
     let s = rpc(c.cluster_status(pb::ClusterStatusRequest {}).await)?;
     if args.json {
         let nodes: Vec<_> = s

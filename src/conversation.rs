@@ -7,8 +7,6 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 use tessera_proto::v1 as pb;
-use tessera_proto::v1::tessera_client::TesseraClient;
-use tonic::transport::Channel;
 
 use crate::client::{connect, parse_filters, rpc};
 use crate::{Mode, ServerArg};
@@ -192,7 +190,7 @@ fn request(o: &AskOptions, question: String, session: Option<String>) -> anyhow:
 
 /// Runs one ask, streaming text to `out`; returns the result.
 async fn run_ask(
-    c: &mut TesseraClient<Channel>,
+    c: &mut crate::client::Client,
     req: pb::AskRequest,
     out: &mut dyn Write,
 ) -> anyhow::Result<pb::AskResult> {
@@ -246,7 +244,7 @@ fn print_sources(r: &pb::AskResult) {
 
 pub async fn ask(args: AskArgs) -> anyhow::Result<()> {
     let req = request(&args.opts, args.question, args.opts.session.clone())?;
-    let mut c = connect(&args.opts.server.server).await?;
+    let mut c = connect(&args.opts.server).await?;
     let structured = args.opts.output != OutputKind::Text;
     // stdout carries exactly one thing: the JSON result, the parsed value, or the streamed answer.
     let result = if args.json || structured {
@@ -270,7 +268,7 @@ pub async fn chat(args: ChatArgs) -> anyhow::Result<()> {
         let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         format!("chat-{t}")
     });
-    let mut c = connect(&args.opts.server.server).await?;
+    let mut c = connect(&args.opts.server).await?;
     eprintln!("session {session}: ask a question; /history, /clear, /exit");
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
@@ -314,7 +312,7 @@ pub async fn chat(args: ChatArgs) -> anyhow::Result<()> {
 pub async fn sessions(cmd: SessionsCmd) -> anyhow::Result<()> {
     match cmd {
         SessionsCmd::List { json, server } => {
-            let mut c = connect(&server.server).await?;
+            let mut c = connect(&server).await?;
             let list = rpc(c.list_sessions(pb::ListSessionsRequest {}).await)?;
             if json {
                 let items: Vec<Value> = list
@@ -335,7 +333,7 @@ pub async fn sessions(cmd: SessionsCmd) -> anyhow::Result<()> {
             }
         }
         SessionsCmd::Show { id, json, server } => {
-            let mut c = connect(&server.server).await?;
+            let mut c = connect(&server).await?;
             let s = rpc(c.get_session(pb::GetSessionRequest { session: id }).await)?;
             if json {
                 let messages: Vec<Value> =
@@ -351,7 +349,7 @@ pub async fn sessions(cmd: SessionsCmd) -> anyhow::Result<()> {
             }
         }
         SessionsCmd::Clear { id, json, server } => {
-            let mut c = connect(&server.server).await?;
+            let mut c = connect(&server).await?;
             let r = rpc(c.clear_session(pb::ClearSessionRequest { session: id.clone() }).await)?;
             if json {
                 println!("{}", json!({"session": id, "cleared": r.cleared, "messages": r.messages}));

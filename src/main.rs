@@ -1,4 +1,5 @@
 //! `tessera`: one binary for the server roles and the command-line client.
+mod auth;
 mod client;
 mod cluster;
 mod conversation;
@@ -62,6 +63,9 @@ pub(crate) struct ServerArg {
     /// Coordinator gRPC URL.
     #[arg(long, env = "TESSERA_SERVER", default_value = "http://127.0.0.1:50051", global = true)]
     pub(crate) server: String,
+    /// API key sent as `authorization: Bearer KEY` (servers started with --api-keys).
+    #[arg(long, env = "TESSERA_API_KEY", global = true, hide_env_values = true)]
+    pub(crate) api_key: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]

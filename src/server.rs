@@ -15,6 +15,7 @@ use anyhow::Context;
 use axum::http::StatusCode;
 use axum::routing::get;
 use clap::Args;
+use tessera_coordinator::auth::KeyFile;
 use tessera_coordinator::chain::PromptLibrary;
 use tessera_coordinator::{Catalog, Coordinator, CoordinatorConfig, NodeSet};
 use tessera_node::service::NodeService;
@@ -99,26 +100,29 @@ pub struct UpArgs {
     /// HTTP listen address (/healthz, /readyz, /metrics, the status page, the OpenAI API under /v1).
     #[arg(long, env = "TESSERA_HTTP", default_value = "127.0.0.1:8080", value_parser = parse_addr)]
     http: SocketAddr,
-    /// Allow listening on addresses other than loopback although no request is authenticated.
+    /// Allow listening on addresses other than loopback without --api-keys.
     #[arg(long, env = "TESSERA_INSECURE_LISTEN_ANY")]
     insecure_listen_any: bool,
+    /// API key file: one `KEY TENANT ROLE` per line (roles admin, read-write,
+    /// read-only; `#` comments); re-read on SIGHUP.
+    #[arg(long, env = "TESSERA_API_KEYS_FILE")]
+    api_keys: Option<PathBuf>,
     #[command(flatten)]
     coordinator: CoordinatorOpts,
     #[command(flatten)]
     node: NodeOpts,
 }
 
-/// Refuses public addresses unless `insecure` says the operator knows that
-/// nothing authenticates requests: anyone who can reach the port can then read,
-/// write and drop every collection.
-pub fn check_listen(addrs: &[SocketAddr], insecure: bool) -> anyhow::Result<()> {
+/// Refuses public addresses unless `allowed` (API keys are on, or
+/// --insecure-listen-any says the operator knows that without keys anyone who
+/// can reach the port can read, write and drop every collection).
+pub fn check_listen(addrs: &[SocketAddr], allowed: bool) -> anyhow::Result<()> {
     for addr in addrs.iter().filter(|a| !a.ip().is_loopback()) {
         anyhow::ensure!(
-            insecure,
-            "{addr} is not a loopback address and Tessera does not authenticate requests; \
-             listen on 127.0.0.1, or pass --insecure-listen-any to serve anyone who can reach it"
+            allowed,
+            "{addr} is not a loopback address and no --api-keys file is given; \
+             listen on 127.0.0.1, give --api-keys, or pass --insecure-listen-any to serve anyone who can reach it"
         );
-        tracing::warn!(%addr, "listening beyond this machine without authentication (--insecure-listen-any)");
     }
     Ok(())
 }
@@ -222,10 +226,14 @@ pub fn with_coordinator_routes(app: axum::Router, coordinator: &Coordinator) -> 
 pub async fn spawn_http(
     addr: SocketAddr,
     app: axum::Router,
+    keys: Option<Arc<KeyFile>>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding HTTP {addr}"))?;
-    let app = app.layer(axum::middleware::from_fn(crate::telemetry::http_observe));
+    // Observed outermost, so refused requests are counted and traced too.
+    let app = app
+        .layer(axum::middleware::from_fn_with_state(keys, crate::auth::http_auth))
+        .layer(axum::middleware::from_fn(crate::telemetry::http_observe));
     Ok(tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
@@ -240,6 +248,7 @@ pub async fn spawn_grpc(
     listener: tokio::net::TcpListener,
     coordinator: Option<Coordinator>,
     node: Option<Arc<Node>>,
+    keys: Option<Arc<KeyFile>>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -265,6 +274,7 @@ pub async fn spawn_grpc(
     let router = tonic::transport::Server::builder()
         .trace_fn(crate::telemetry::grpc_span)
         .layer(crate::telemetry::GrpcMetricsLayer)
+        .layer(crate::auth::GrpcAuthLayer::new(keys))
         .add_service(health_service)
         .add_service(reflection)
         .add_optional_service(coordinator.map(|c| c.into_server(MAX_MESSAGE_BYTES)))
@@ -317,7 +327,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
 
     // Listeners and the coordinator first (it reaches the node lazily), so HTTP
     // probes get an answer (503) while models load.
-    check_listen(&[args.grpc, args.http], args.insecure_listen_any)?;
+    check_listen(&[args.grpc, args.http], args.insecure_listen_any || args.api_keys.is_some())?;
     let grpc = tokio::net::TcpListener::bind(args.grpc).await.with_context(|| format!("binding gRPC {}", args.grpc))?;
     let local = grpc.local_addr()?;
     // The internal Node service (shard writes, snapshots, transfers) is never on
@@ -330,15 +340,21 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let catalog = Catalog::open(&args.data_dir).context("opening the collection catalog")?;
     let shutdown = Shutdown::new();
     let coordinator = build_coordinator(&args.coordinator, catalog, nodes, &shutdown)?;
+    let keys = args.api_keys.as_deref().map(|p| crate::auth::keys(p, &shutdown)).transpose()?;
+    if keys.is_none() {
+        tracing::warn!(
+            "no --api-keys: requests are not authenticated; anyone who can reach the listeners can use them"
+        );
+    }
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let app = with_coordinator_routes(base_http_app(ready.clone(), telemetry.metrics.clone()), &coordinator);
-    let http_task = spawn_http(args.http, app, stop_rx.clone()).await?;
+    let http_task = spawn_http(args.http, app, keys.clone(), stop_rx.clone()).await?;
 
     let config = build_node_config(&args.node, &args.data_dir.join("node"), "local", NodeRole::ALL.to_vec())?;
     let node = Node::start(config, &shutdown).await.context("starting the node")?;
-    let node_task = spawn_grpc(internal, None, Some(node.clone()), stop_rx.clone()).await?;
-    let grpc_task = spawn_grpc(grpc, Some(coordinator), None, stop_rx.clone()).await?;
+    let node_task = spawn_grpc(internal, None, Some(node.clone()), None, stop_rx.clone()).await?;
+    let grpc_task = spawn_grpc(grpc, Some(coordinator), None, keys, stop_rx.clone()).await?;
     ready.store(true, Ordering::SeqCst);
     info!(grpc = %local, http = %args.http, internal = %internal_addr, data_dir = %args.data_dir.display(), "tessera up: serving");
 

@@ -140,7 +140,11 @@ pub fn grpc_span(req: &axum::http::Request<()>) -> Span {
 pub async fn http_observe(req: Request, next: Next) -> Response {
     let route =
         req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
-    let method = req.method().to_string();
+    // Only the standard verbs become label values (see `method_label`).
+    let method = match req.method().as_str() {
+        m @ ("GET" | "POST" | "PUT" | "DELETE" | "HEAD" | "OPTIONS" | "PATCH") => m.to_string(),
+        _ => "other".to_string(),
+    };
     let span = info_span!("http.server", otel.name = %format!("{method} {route}"), http.route = %route, trace_id = tracing::field::Empty);
     let span = span_with_remote_parent(span, req.headers());
     let started = Instant::now();
@@ -151,6 +155,39 @@ pub async fn http_observe(req: Request, next: Next) -> Response {
     metrics::histogram!("tessera_http_request_duration_seconds", "route" => route)
         .record(started.elapsed().as_secs_f64());
     response
+}
+
+/// Every `/package.Service/Method` this binary serves, read from the
+/// descriptor sets the servers are built from.
+fn known_methods() -> &'static std::collections::HashSet<String> {
+    static KNOWN: std::sync::OnceLock<std::collections::HashSet<String>> = std::sync::OnceLock::new();
+    KNOWN.get_or_init(|| {
+        use prost::Message;
+        let mut known = std::collections::HashSet::new();
+        for set in [tessera_proto::FILE_DESCRIPTOR_SET, tonic_health::pb::FILE_DESCRIPTOR_SET] {
+            let Ok(set) = prost_types::FileDescriptorSet::decode(set) else { continue };
+            for file in set.file {
+                for service in &file.service {
+                    for method in &service.method {
+                        known.insert(format!("/{}.{}/{}", file.package(), service.name(), method.name()));
+                    }
+                }
+            }
+        }
+        known.insert("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo".to_string());
+        known
+    })
+}
+
+/// The method label of a request path: the path for served methods, "unknown"
+/// for anything else, so that random paths cannot grow the metric series
+/// without bound.
+fn method_label(path: &str) -> String {
+    if known_methods().contains(path) {
+        path.to_string()
+    } else {
+        "unknown".to_string()
+    }
 }
 
 /// Tower layer for the gRPC server: `tessera_grpc_requests_total{method,code}` and
@@ -187,7 +224,7 @@ where
     }
 
     fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
-        let method = req.uri().path().to_string();
+        let method = method_label(req.uri().path());
         let started = Instant::now();
         let fut = self.inner.call(req);
         Box::pin(async move {
@@ -207,5 +244,19 @@ where
                 .record(started.elapsed().as_secs_f64());
             result
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_served_methods_become_labels() {
+        assert_eq!(method_label("/tessera.v1.Tessera/Search"), "/tessera.v1.Tessera/Search");
+        assert_eq!(method_label("/tessera.v1.Node/ShardSearch"), "/tessera.v1.Node/ShardSearch");
+        assert_eq!(method_label("/grpc.health.v1.Health/Check"), "/grpc.health.v1.Health/Check");
+        assert_eq!(method_label("/tessera.v1.Tessera/x8f3k"), "unknown");
+        assert_eq!(method_label("/random/path"), "unknown");
     }
 }

@@ -10,6 +10,7 @@
 //! In `tessera up` the nodes it talks to are its own process, over loopback gRPC.
 
 pub mod ask;
+pub mod auth;
 pub mod catalog;
 pub mod chain;
 mod collections;
