@@ -126,6 +126,35 @@ async fn bad_requests_get_clear_errors_and_lose_nothing() {
     let e = c.embed(pb::EmbedRequest { texts: vec![] }).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
 
+    // Caps on work per request (the limits table in ARCHITECTURE.md).
+    let e = code(c.search(pb::SearchRequest { mmr: true, ..search("kb", "copy", 1000) }).await);
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("with mmr, top_k must be at most 100"), "{}", e.message());
+    let values: Vec<String> = (0..5000).map(|i| i.to_string()).collect();
+    let filter = pb::Filter { must: vec![pb::FilterCondition { key: "n".into(), values_json: values }] };
+    let e = code(c.search(pb::SearchRequest { filter: Some(filter), ..search("kb", "copy", 5) }).await);
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("5000 values"), "{}", e.message());
+    let e = c
+        .ingest(pb::IngestRequest {
+            collection: "kb".into(),
+            documents: vec![doc("tiny", "split me into single characters")],
+            chunk_size: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("chunk_size must be at least 16"), "{}", e.message());
+    let stops: Vec<String> = (0..1000).map(|i| format!("stop{i}")).collect();
+    let e = c
+        .generate(pb::GenerateRequest { prompt: "hello".into(), max_tokens: 4, stop: stops, ..Default::default() })
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("at most 16 stop sequences"), "{}", e.message());
+
     // Nothing stored was lost, and the server is still healthy.
     let list = c.list_collections(pb::ListCollectionsRequest {}).await.unwrap().into_inner();
     let kb = list.collections.iter().find(|c| c.name == "kb").unwrap();

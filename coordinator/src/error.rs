@@ -17,6 +17,9 @@ pub enum CoordinatorError {
     /// The request is malformed or over a limit (`INVALID_ARGUMENT`).
     #[error("{0}")]
     Invalid(String),
+    /// A request whose work is over a size limit (`RESOURCE_EXHAUSTED`, HTTP 413).
+    #[error("{0}")]
+    TooLarge(String),
     /// A collection or session that does not exist (`NOT_FOUND`).
     #[error("{0}")]
     NotFound(String),
@@ -109,6 +112,7 @@ impl CoordinatorError {
         match self {
             Self::Invalid(_) => Code::InvalidArgument,
             Self::NotFound(_) => Code::NotFound,
+            Self::TooLarge(_) => Code::ResourceExhausted,
             Self::AlreadyExists(_) => Code::AlreadyExists,
             Self::FailedPrecondition(_) => Code::FailedPrecondition,
             Self::Unavailable(_) => Code::Unavailable,

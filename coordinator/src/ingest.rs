@@ -19,6 +19,12 @@ fn chunking(req: &pb::IngestRequest) -> Result<(u32, u32)> {
         0 => (1000, if req.chunk_overlap == 0 { 200 } else { req.chunk_overlap }),
         n => (n, req.chunk_overlap),
     };
+    if chunk_size < tessera_types::limits::MIN_CHUNK_SIZE {
+        return Err(CoordinatorError::invalid(format!(
+            "chunk_size must be at least {}, got {chunk_size}",
+            tessera_types::limits::MIN_CHUNK_SIZE
+        )));
+    }
     if chunk_overlap >= chunk_size {
         return Err(CoordinatorError::invalid(format!(
             "chunk_overlap ({chunk_overlap}) must be smaller than chunk_size ({chunk_size})"
@@ -51,6 +57,13 @@ impl Coordinator {
             })
             .await?;
         let errors = loaded.errors;
+        let chunk_count: usize = loaded.documents.iter().map(|d| d.chunks.len()).sum();
+        if chunk_count > tessera_types::limits::MAX_CHUNKS_PER_REQUEST {
+            return Err(CoordinatorError::TooLarge(format!(
+                "this request splits into {chunk_count} chunks, over the limit of {} per request; send fewer files at once or a larger chunk_size",
+                tessera_types::limits::MAX_CHUNKS_PER_REQUEST
+            )));
+        }
         let texts: Vec<String> =
             loaded.documents.iter().flat_map(|d| d.chunks.iter().map(|c| c.text.clone())).collect();
         let mut vectors = self.embed_texts(texts).await?.vectors.into_iter().map(|v| v.values);

@@ -9,6 +9,7 @@ use crate::catalog::CollectionMeta;
 use crate::coordinator::{with_deadline, Coordinator};
 use crate::error::{CoordinatorError, Result};
 use crate::merge::{merge_top_k, mmr, reciprocal_rank_fusion};
+use tessera_types::limits;
 
 /// The MMR trade-off of a request: 0 means the default, 0.5.
 fn mmr_lambda(req: &pb::SearchRequest) -> f32 {
@@ -26,6 +27,7 @@ fn fetch_k(req: &pb::SearchRequest, mode: SearchMode, settings: &SearchSettings,
     let mut fetch = req.top_k;
     if req.mmr {
         fetch = if req.fetch_k == 0 { 4 * req.top_k } else { req.fetch_k.max(req.top_k) };
+        fetch = fetch.min(limits::MAX_MMR_CANDIDATES.max(req.top_k));
     }
     if mode == SearchMode::Hybrid {
         let depth = if req.fusion_depth > 0 {
@@ -78,6 +80,26 @@ impl Coordinator {
         }
         if req.filter.as_ref().is_some_and(|f| f.must.iter().any(|c| c.key.is_empty() || c.values_json.is_empty())) {
             return Err(CoordinatorError::invalid("each filter condition needs a key and at least one value"));
+        }
+        if let Some(f) = &req.filter {
+            limits::check_filter(f.must.iter().map(|c| (c.key.as_str(), c.values_json.as_slice())))
+                .map_err(CoordinatorError::invalid)?;
+        }
+        if req.mmr {
+            if req.top_k > limits::MAX_MMR_TOP_K {
+                return Err(CoordinatorError::invalid(format!(
+                    "with mmr, top_k must be at most {}, got {}",
+                    limits::MAX_MMR_TOP_K,
+                    req.top_k
+                )));
+            }
+            if req.fetch_k > limits::MAX_MMR_CANDIDATES {
+                return Err(CoordinatorError::invalid(format!(
+                    "with mmr, fetch_k must be at most {}, got {}",
+                    limits::MAX_MMR_CANDIDATES,
+                    req.fetch_k
+                )));
+            }
         }
         Ok(())
     }

@@ -72,6 +72,9 @@ impl From<CoordinatorError> for ApiError {
             CoordinatorError::OutputParse(_) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "invalid_response_error", Some("output_parse_error"))
             }
+            CoordinatorError::TooLarge(_) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", Some("request_too_large"))
+            }
             other => by_code(other.code()),
         };
         let message = match e {

@@ -59,6 +59,13 @@ impl SamplingParams {
         if self.stop.iter().any(String::is_empty) {
             return bad("stop sequences must not be empty".into());
         }
+        use tessera_types::limits::{MAX_STOP_BYTES, MAX_STOP_SEQUENCES};
+        if self.stop.len() > MAX_STOP_SEQUENCES {
+            return bad(format!("at most {MAX_STOP_SEQUENCES} stop sequences, got {}", self.stop.len()));
+        }
+        if let Some(s) = self.stop.iter().find(|s| s.len() > MAX_STOP_BYTES) {
+            return bad(format!("a stop sequence may be at most {MAX_STOP_BYTES} bytes, got {}", s.len()));
+        }
         Ok(())
     }
 }

@@ -354,6 +354,10 @@ impl pb::node_server::Node for NodeService {
     ) -> Result<Response<pb::ShardSearchResponse>, Status> {
         let req = req.into_inner();
         let r = shard_ref(req.shard)?;
+        if let Some(f) = &req.filter {
+            tessera_types::limits::check_filter(f.must.iter().map(|c| (c.key.as_str(), c.values_json.as_slice())))
+                .map_err(Status::invalid_argument)?;
+        }
         let query = ShardQuery {
             vector: req.vector,
             text: req.query,
