@@ -64,6 +64,10 @@ pub struct NodeArgs {
     /// Where rank 0 listens for the other ranks (host:port), with --model-world above 1.
     #[arg(long, value_parser = parse_addr)]
     model_group: Option<SocketAddr>,
+    /// File holding the group's shared secret (>= 16 bytes), the same on every
+    /// rank: joining ranks and rank 0 prove it to each other.
+    #[arg(long, env = "TESSERA_MODEL_GROUP_SECRET_FILE")]
+    model_group_secret_file: Option<std::path::PathBuf>,
     #[command(flatten)]
     node: NodeOpts,
 }
@@ -136,7 +140,14 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
         anyhow::ensure!(args.model_rank < args.model_world, "--model-rank must be below --model-world");
         anyhow::ensure!(config.tp == 1, "--tp and --model-world cannot be combined");
         anyhow::ensure!(roles.contains(&NodeRole::Model), "a model group rank needs the 'model' role");
-        config.model_group = Some((args.model_rank, args.model_world, addr));
+        let secret_file = args
+            .model_group_secret_file
+            .as_ref()
+            .context("--model-world above 1 needs --model-group-secret-file (the same secret on every rank)")?;
+        let bytes = std::fs::read(secret_file).with_context(|| format!("reading {}", secret_file.display()))?;
+        let secret = tessera_node::model::tcp::GroupSecret::new(&bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
+        config.model_group =
+            Some(tessera_node::node::RemoteGroup { rank: args.model_rank, world: args.model_world, addr, secret });
     }
     let shutdown = Shutdown::new();
     let node = Node::start(config, &shutdown).await.context("starting the node")?;

@@ -18,7 +18,10 @@ fn a_model_group_over_two_node_processes_generates_like_one_rank() {
     let tmp = tempfile::tempdir().unwrap();
     let Some((_etcd, etcd_url)) = etcd(tmp.path()) else { return };
     let group = format!("127.0.0.1:{}", free_port());
-    let world = ["--model-world", "2", "--model-group", group.as_str()];
+    let secret = tmp.path().join("group.secret");
+    std::fs::write(&secret, "a shared secret for this test group\n").unwrap();
+    let secret = secret.to_str().unwrap();
+    let world = ["--model-world", "2", "--model-group", group.as_str(), "--model-group-secret-file", secret];
     let rank0: Vec<&str> = world.iter().copied().chain(["--model-rank", "0"]).collect();
     let rank1: Vec<&str> = world.iter().copied().chain(["--model-rank", "1"]).collect();
     let grpc = |_: ()| format!("127.0.0.1:{}", free_port());

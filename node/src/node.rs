@@ -46,7 +46,20 @@ pub struct NodeConfig {
     pub session_idle: std::time::Duration,
     /// A model group spanning processes: (this process's rank, world size, the
     /// address rank 0 listens on for the other ranks). None: all ranks in this process.
-    pub model_group: Option<(usize, usize, std::net::SocketAddr)>,
+    pub model_group: Option<RemoteGroup>,
+}
+
+/// This process's place in a model group that spans processes.
+#[derive(Debug, Clone)]
+pub struct RemoteGroup {
+    /// This process's rank (0 serves; others only compute).
+    pub rank: usize,
+    /// Ranks in the group.
+    pub world: usize,
+    /// Where rank 0 listens for the others.
+    pub addr: std::net::SocketAddr,
+    /// What every rank must prove to join (see `model::tcp`).
+    pub secret: crate::model::tcp::GroupSecret,
 }
 
 impl NodeConfig {
@@ -164,19 +177,19 @@ impl Node {
 /// group (computes on its own thread, serves no requests itself: None).
 async fn start_model(config: &NodeConfig) -> Result<Option<Arc<ModelServing>>, NodeError> {
     let Some(path) = config.model_path.clone().filter(|_| config.has(NodeRole::Model)) else { return Ok(None) };
-    match config.model_group {
-        Some((0, world, addr)) => {
+    match config.model_group.clone() {
+        Some(RemoteGroup { rank: 0, world, addr, secret }) => {
             let limits = config.engine;
-            let serving = tokio::task::spawn_blocking(move || lead_group(&path, world, addr, limits))
+            let serving = tokio::task::spawn_blocking(move || lead_group(&path, world, addr, &secret, limits))
                 .await
                 .map_err(|e| NodeError::Actor(e.to_string()))??;
             info!(model = serving.name(), world, "model group over processes started (rank 0)");
             Ok(Some(Arc::new(serving)))
         }
-        Some((rank, world, addr)) => {
+        Some(RemoteGroup { rank, world, addr, secret }) => {
             std::thread::Builder::new()
                 .name(format!("model-rank-{rank}"))
-                .spawn(move || follow_group(&path, rank, world, addr))
+                .spawn(move || follow_group(&path, rank, world, addr, &secret))
                 .map_err(|e| NodeError::Actor(e.to_string()))?;
             Ok(None)
         }
@@ -199,20 +212,27 @@ fn lead_group(
     path: &std::path::Path,
     world: usize,
     addr: std::net::SocketAddr,
+    secret: &crate::model::tcp::GroupSecret,
     limits: EngineLimits,
 ) -> Result<ModelServing, ModelError> {
     let listener =
         std::net::TcpListener::bind(addr).map_err(|e| ModelError::Io(format!("model group address {addr}: {e}")))?;
     info!(%addr, world, "waiting for the other ranks of the model group");
-    let comm = crate::model::tcp::TcpCommunicator::leader(listener, world, GROUP_JOIN_TIMEOUT)
+    let comm = crate::model::tcp::TcpCommunicator::leader(listener, world, secret, GROUP_JOIN_TIMEOUT)
         .map_err(|e| ModelError::Io(e.to_string()))?;
     let group = crate::model::ModelGroup::start(path, vec![Box::new(comm)], limits)?;
     ModelServing::from_group(path, group)
 }
 
 /// Another rank of a group over processes: runs until rank 0 shuts the group down.
-fn follow_group(path: &std::path::Path, rank: usize, world: usize, addr: std::net::SocketAddr) {
-    let comm = match crate::model::tcp::TcpCommunicator::follower(addr, rank, world, GROUP_JOIN_TIMEOUT) {
+fn follow_group(
+    path: &std::path::Path,
+    rank: usize,
+    world: usize,
+    addr: std::net::SocketAddr,
+    secret: &crate::model::tcp::GroupSecret,
+) {
+    let comm = match crate::model::tcp::TcpCommunicator::follower(addr, rank, world, secret, GROUP_JOIN_TIMEOUT) {
         Ok(c) => c,
         Err(e) => return tracing::error!(rank, %addr, error = %e, "model rank could not join its group"),
     };

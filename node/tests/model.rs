@@ -11,7 +11,7 @@ use tessera_node::model::engine::load_tokenizer;
 use tessera_node::model::llama::{RankModel, SeqStep};
 use tessera_node::model::sampler::argmax;
 use tessera_node::model::serving::chat_template;
-use tessera_node::model::tcp::TcpCommunicator;
+use tessera_node::model::tcp::{GroupSecret, TcpCommunicator};
 use tessera_node::model::{ChatMessage, EngineLimits, Event, FinishReason, ModelGroup, SamplingParams};
 
 fn fixture() -> Option<Value> {
@@ -23,13 +23,17 @@ fn fixture() -> Option<Value> {
 fn tcp_group(world: usize) -> Vec<Box<dyn Communicator>> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
+    let secret = GroupSecret::new(b"the test group's shared secret").unwrap();
     let followers: Vec<_> = (1..world)
         .map(|r| {
-            std::thread::spawn(move || TcpCommunicator::follower(addr, r, world, Duration::from_secs(30)).unwrap())
+            let secret = secret.clone();
+            std::thread::spawn(move || {
+                TcpCommunicator::follower(addr, r, world, &secret, Duration::from_secs(30)).unwrap()
+            })
         })
         .collect();
     let mut comms: Vec<Box<dyn Communicator>> =
-        vec![Box::new(TcpCommunicator::leader(listener, world, Duration::from_secs(30)).unwrap())];
+        vec![Box::new(TcpCommunicator::leader(listener, world, &secret, Duration::from_secs(30)).unwrap())];
     comms.extend(followers.into_iter().map(|h| Box::new(h.join().unwrap()) as Box<dyn Communicator>));
     comms
 }

@@ -6,6 +6,14 @@
 //! length followed by the payload. For the small activations of a decode step
 //! the latency of one round trip matters more than bandwidth, which is why a
 //! star and not a ring.
+//!
+//! Joining is authenticated both ways with a shared secret (`--model-group-secret-file`):
+//! rank 0 sends a fresh nonce, the joining rank answers with its rank, its own
+//! nonce and an HMAC-SHA256 over rank 0's nonce, the rank and the world size;
+//! rank 0 checks it and answers with an HMAC over the joiner's nonce. A
+//! connection that fails is dropped and rank 0 keeps waiting for the real rank,
+//! so a stranger can neither join nor stop the group from forming. Frames are
+//! capped at [`MAX_FRAME_BYTES`], and the handshake has a read timeout.
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Mutex;
@@ -30,16 +38,91 @@ fn send(s: &mut TcpStream, payload: &[u8]) -> Result<(), CommError> {
     s.write_all(payload).map_err(io)
 }
 
+/// Largest frame accepted: a step's activations are a few MiB (tokens x hidden x 4).
+pub const MAX_FRAME_BYTES: usize = 64 << 20;
+
+/// How long one side of the join handshake may take to answer.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
 fn recv(s: &mut TcpStream) -> Result<Vec<u8>, CommError> {
     let mut len = [0u8; 8];
     s.read_exact(&mut len).map_err(io)?;
-    let len = u64::from_le_bytes(len) as usize;
-    if len > 1 << 32 {
-        return Err(CommError::Io(format!("frame of {len} bytes refused")));
+    let len = u64::from_le_bytes(len);
+    if len > MAX_FRAME_BYTES as u64 {
+        return Err(CommError::Io(format!("frame of {len} bytes refused (limit {MAX_FRAME_BYTES})")));
     }
-    let mut buf = vec![0u8; len];
+    let mut buf = vec![0u8; len as usize];
     s.read_exact(&mut buf).map_err(io)?;
     Ok(buf)
+}
+
+/// The group's shared secret (at least 16 bytes).
+#[derive(Clone)]
+pub struct GroupSecret(Vec<u8>);
+
+impl std::fmt::Debug for GroupSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GroupSecret(..)")
+    }
+}
+
+impl GroupSecret {
+    /// A secret from bytes (a file's content, trimmed of surrounding whitespace).
+    pub fn new(bytes: &[u8]) -> Result<Self, CommError> {
+        let text = bytes.trim_ascii();
+        if text.len() < 16 {
+            return Err(CommError::Io("the model group secret must be at least 16 bytes".into()));
+        }
+        Ok(Self(text.to_vec()))
+    }
+
+    fn mac(&self, role: &[u8], nonce: &[u8], rank: usize, world: usize) -> Vec<u8> {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        mac.update(role);
+        mac.update(nonce);
+        mac.update(&(rank as u64).to_le_bytes());
+        mac.update(&(world as u64).to_le_bytes());
+        mac.finalize().into_bytes().to_vec()
+    }
+
+    fn verify(&self, tag: &[u8], role: &[u8], nonce: &[u8], rank: usize, world: usize) -> bool {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        mac.update(role);
+        mac.update(nonce);
+        mac.update(&(rank as u64).to_le_bytes());
+        mac.update(&(world as u64).to_le_bytes());
+        mac.verify_slice(tag).is_ok()
+    }
+}
+
+fn nonce() -> Result<[u8; 32], CommError> {
+    let mut n = [0u8; 32];
+    getrandom::fill(&mut n).map_err(|e| CommError::Io(format!("no randomness for the handshake: {e}")))?;
+    Ok(n)
+}
+
+/// Rank 0's side of one join: the peer's rank once it proved the secret.
+fn admit(s: &mut TcpStream, secret: &GroupSecret, world: usize, taken: &[bool]) -> Result<usize, CommError> {
+    s.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).map_err(io)?;
+    let mine = nonce()?;
+    send(s, &mine)?;
+    let hello = recv(s)?;
+    // rank (1) + the joiner's nonce (32) + its tag (32)
+    if hello.len() != 65 {
+        return Err(CommError::Io("malformed join".into()));
+    }
+    let rank = hello[0] as usize;
+    if rank == 0 || rank >= world || taken[rank - 1] {
+        return Err(CommError::Io(format!("unexpected peer rank {rank}")));
+    }
+    if !secret.verify(&hello[33..], b"follower", &mine, rank, world) {
+        return Err(CommError::Io(format!("rank {rank} did not prove the group secret")));
+    }
+    send(s, &secret.mac(b"leader", &hello[1..33], rank, world))?;
+    s.set_read_timeout(None).map_err(io)?;
+    Ok(rank)
 }
 
 fn to_bytes(v: &[f32]) -> Vec<u8> {
@@ -51,22 +134,27 @@ fn to_floats(b: &[u8]) -> Vec<f32> {
 }
 
 impl TcpCommunicator {
-    /// Rank 0: accepts `world - 1` peers on `listener`.
-    pub fn leader(listener: TcpListener, world: usize, timeout: Duration) -> Result<Self, CommError> {
+    /// Rank 0: accepts `world - 1` peers on `listener` that prove `secret`.
+    pub fn leader(
+        listener: TcpListener,
+        world: usize,
+        secret: &GroupSecret,
+        timeout: Duration,
+    ) -> Result<Self, CommError> {
         let mut slots: Vec<Option<TcpStream>> = (1..world).map(|_| None).collect();
         listener.set_nonblocking(true).map_err(io)?;
         let deadline = Instant::now() + timeout;
         while slots.iter().any(Option::is_none) {
             match listener.accept() {
-                Ok((mut s, _)) => {
+                Ok((mut s, from)) => {
                     s.set_nonblocking(false).map_err(io)?;
                     s.set_nodelay(true).map_err(io)?;
-                    let hello = recv(&mut s)?;
-                    let rank = hello.first().copied().unwrap_or(0) as usize;
-                    if rank == 0 || rank >= world || slots[rank - 1].is_some() {
-                        return Err(CommError::Io(format!("unexpected peer rank {rank}")));
+                    let taken: Vec<bool> = slots.iter().map(Option::is_some).collect();
+                    match admit(&mut s, secret, world, &taken) {
+                        Ok(rank) => slots[rank - 1] = Some(s),
+                        // Not fatal: the real rank may still come.
+                        Err(e) => tracing::warn!(%from, error = %e, "model group: connection refused"),
                     }
-                    slots[rank - 1] = Some(s);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     if Instant::now() > deadline {
@@ -77,12 +165,19 @@ impl TcpCommunicator {
                 Err(e) => return Err(io(e)),
             }
         }
-        let peers = slots.into_iter().map(|s| Mutex::new(s.expect("all slots filled"))).collect();
+        let peers = slots.into_iter().flatten().map(Mutex::new).collect();
         Ok(Self { rank: 0, world, peers })
     }
 
-    /// Rank `rank` > 0: connects to the leader at `addr`, retrying until `timeout`.
-    pub fn follower(addr: SocketAddr, rank: usize, world: usize, timeout: Duration) -> Result<Self, CommError> {
+    /// Rank `rank` > 0: connects to the leader at `addr`, retrying until
+    /// `timeout`, and proves `secret` (and checks that the leader knows it too).
+    pub fn follower(
+        addr: SocketAddr,
+        rank: usize,
+        world: usize,
+        secret: &GroupSecret,
+        timeout: Duration,
+    ) -> Result<Self, CommError> {
         if rank == 0 || rank >= world || world > 255 {
             return Err(CommError::Io(format!("bad rank {rank} for world {world}")));
         }
@@ -95,7 +190,18 @@ impl TcpCommunicator {
             }
         };
         s.set_nodelay(true).map_err(io)?;
-        send(&mut s, &[rank as u8])?;
+        s.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).map_err(io)?;
+        let theirs = recv(&mut s)?;
+        let mine = nonce()?;
+        let mut hello = vec![rank as u8];
+        hello.extend_from_slice(&mine);
+        hello.extend_from_slice(&secret.mac(b"follower", &theirs, rank, world));
+        send(&mut s, &hello)?;
+        let proof = recv(&mut s).map_err(|e| CommError::Io(format!("rank 0 refused this rank ({e})")))?;
+        if !secret.verify(&proof, b"leader", &mine, rank, world) {
+            return Err(CommError::Io("rank 0 did not prove the group secret".into()));
+        }
+        s.set_read_timeout(None).map_err(io)?;
         Ok(Self { rank, world, peers: vec![Mutex::new(s)] })
     }
 
@@ -197,17 +303,45 @@ mod tests {
         for world in 1..=3usize {
             let listener = TcpListener::bind("127.0.0.1:0").unwrap();
             let addr = listener.local_addr().unwrap();
+            let secret = GroupSecret::new(b"a test secret of enough bytes").unwrap();
             let followers: Vec<_> = (1..world)
                 .map(|r| {
+                    let secret = secret.clone();
                     std::thread::spawn(move || {
-                        TcpCommunicator::follower(addr, r, world, Duration::from_secs(10)).unwrap()
+                        TcpCommunicator::follower(addr, r, world, &secret, Duration::from_secs(10)).unwrap()
                     })
                 })
                 .collect();
-            let leader = TcpCommunicator::leader(listener, world, Duration::from_secs(10)).unwrap();
+            let leader = TcpCommunicator::leader(listener, world, &secret, Duration::from_secs(10)).unwrap();
             let mut comms: Vec<Box<dyn Communicator>> = vec![Box::new(leader)];
             comms.extend(followers.into_iter().map(|h| Box::new(h.join().unwrap()) as Box<dyn Communicator>));
             crate::model::comm::tests::check_collectives(comms);
         }
+    }
+
+    #[test]
+    fn a_stranger_cannot_join_or_stop_the_group_and_frames_are_capped() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let secret = GroupSecret::new(b"the real group secret").unwrap();
+        let wrong = GroupSecret::new(b"a guessed group secret").unwrap();
+        let leader = {
+            let secret = secret.clone();
+            std::thread::spawn(move || TcpCommunicator::leader(listener, 2, &secret, Duration::from_secs(20)))
+        };
+        // A wrong secret is refused, and so is a peer that claims the rank and says nothing.
+        let err = TcpCommunicator::follower(addr, 1, 2, &wrong, Duration::from_secs(5)).err().expect("refused");
+        assert!(err.to_string().contains("refused"), "{err}");
+        let mut silent = TcpStream::connect(addr).unwrap();
+        let mut nonce = [0u8; 40];
+        silent.read_exact(&mut nonce).unwrap();
+        // A frame header announcing 4 GiB is refused without allocating it.
+        silent.write_all(&(4u64 << 30).to_le_bytes()).unwrap();
+        // The real rank still joins.
+        let real = TcpCommunicator::follower(addr, 1, 2, &secret, Duration::from_secs(10)).unwrap();
+        let leader = leader.join().unwrap().unwrap();
+        let comms: Vec<Box<dyn Communicator>> = vec![Box::new(leader), Box::new(real)];
+        crate::model::comm::tests::check_collectives(comms);
+        assert!(GroupSecret::new(b"short").is_err());
     }
 }
