@@ -77,6 +77,8 @@ fn overlays_render_validate_and_pass_their_arguments_to_the_binary() {
             "PodDisruptionBudget/etcd",
             "PodDisruptionBudget/tessera-coordinator",
             "PodDisruptionBudget/tessera-node",
+            "NetworkPolicy/tessera-node",
+            "NetworkPolicy/etcd",
         ] {
             assert!(kinds.contains(&want), "{overlay}: no {want} in {kinds:?}");
         }
@@ -111,6 +113,10 @@ fn overlays_render_validate_and_pass_their_arguments_to_the_binary() {
                 assert_eq!(c["probes"]["liveness"], "/healthz", "{c}");
                 assert!(c["requests"]["cpu"].is_string() && c["requests"]["memory"].is_string(), "{c}");
                 assert_eq!(c["run_as_non_root"], true, "{c}");
+                if args.first().map(String::as_str) == Some("coordinator") {
+                    assert_eq!(env["TESSERA_API_KEYS_FILE"], "/etc/tessera/api-keys/keys", "{overlay}: API keys on");
+                    assert!(!args.iter().any(|a| a == "--insecure-listen-any"), "{overlay}: {args:?}");
+                }
             }
         }
     }
