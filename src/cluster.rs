@@ -24,7 +24,7 @@ use tracing::info;
 use crate::client::{connect, rpc};
 use crate::server::{
     base_http_app, build_coordinator, build_node_config, check_listen, shutdown_signal, spawn_grpc, spawn_http,
-    stop_background, with_coordinator_routes, CoordinatorOpts, NodeOpts, MAX_MESSAGE_BYTES,
+    stop_background, with_coordinator_routes, CoordinatorOpts, Guards, NodeOpts, MAX_MESSAGE_BYTES,
 };
 use crate::{parse_addr, ServerArg};
 
@@ -128,7 +128,13 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let http_task = match args.http {
         Some(addr) => Some(
-            spawn_http(addr, base_http_app(ready.clone(), telemetry.metrics.clone()), None, stop_rx.clone()).await?,
+            spawn_http(
+                addr,
+                base_http_app(ready.clone(), telemetry.metrics.clone()),
+                Guards::internal(),
+                stop_rx.clone(),
+            )
+            .await?,
         ),
         None => None,
     };
@@ -151,7 +157,7 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
     }
     let shutdown = Shutdown::new();
     let node = Node::start(config, &shutdown).await.context("starting the node")?;
-    let grpc_task = spawn_grpc(grpc, None, Some(node.clone()), None, stop_rx.clone()).await?;
+    let grpc_task = spawn_grpc(grpc, None, Some(node.clone()), Guards::internal(), stop_rx.clone()).await?;
 
     let advertise = args.advertise.clone().unwrap_or_else(|| local.to_string());
     let address = if advertise.starts_with("http") { advertise } else { format!("http://{advertise}") };
@@ -222,10 +228,11 @@ pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = watch::channel(false);
     let app = with_coordinator_routes(base_http_app(ready.clone(), telemetry.metrics.clone()), &coordinator);
-    let http_task = spawn_http(args.http, app, keys.clone(), stop_rx.clone()).await?;
+    let guards = Guards::public(keys, &args.coordinator);
+    let http_task = spawn_http(args.http, app, guards.clone(), stop_rx.clone()).await?;
     let grpc = tokio::net::TcpListener::bind(args.grpc).await.with_context(|| format!("binding gRPC {}", args.grpc))?;
     let local = grpc.local_addr()?;
-    let grpc_task = spawn_grpc(grpc, Some(coordinator), None, keys, stop_rx.clone()).await?;
+    let grpc_task = spawn_grpc(grpc, Some(coordinator), None, guards, stop_rx.clone()).await?;
     ready.store(true, Ordering::SeqCst);
     info!(grpc = %local, http = %args.http, nodes = nodes.all().len(), "tessera coordinator: serving");
 

@@ -3,6 +3,7 @@ mod auth;
 mod client;
 mod cluster;
 mod conversation;
+mod limit;
 mod server;
 mod telemetry;
 mod walk;

@@ -53,6 +53,10 @@ pub struct CoordinatorOpts {
     /// Replicas of a shard that must hold a write before it is acknowledged: majority, all or one.
     #[arg(long, default_value = "majority")]
     write_acks: String,
+    /// Requests in progress per public listener (gRPC and HTTP each) before new
+    /// ones are refused with RESOURCE_EXHAUSTED / 429.
+    #[arg(long, env = "TESSERA_MAX_CONCURRENT_REQUESTS", default_value_t = 512)]
+    pub max_concurrent_requests: usize,
 }
 
 /// Options of the node role (`up`, `node`).
@@ -222,17 +226,41 @@ pub fn with_coordinator_routes(app: axum::Router, coordinator: &Coordinator) -> 
         .merge(tessera_coordinator::status::router(coordinator.clone()))
 }
 
+/// What stands in front of a listener's handlers: API keys and the cap on
+/// requests in progress.
+#[derive(Clone)]
+pub struct Guards {
+    /// Keys to check (None: requests are not authenticated).
+    pub keys: Option<Arc<KeyFile>>,
+    /// Requests in progress.
+    pub cap: crate::limit::ConcurrencyCapLayer,
+}
+
+impl Guards {
+    /// For listeners only other Tessera processes call (and probes).
+    pub fn internal() -> Self {
+        Self { keys: None, cap: crate::limit::ConcurrencyCapLayer::unlimited() }
+    }
+
+    /// For a public listener.
+    pub fn public(keys: Option<Arc<KeyFile>>, opts: &CoordinatorOpts) -> Self {
+        Self { keys, cap: crate::limit::ConcurrencyCapLayer::new(opts.max_concurrent_requests) }
+    }
+}
+
 /// Serves an HTTP app until `stop` changes.
 pub async fn spawn_http(
     addr: SocketAddr,
     app: axum::Router,
-    keys: Option<Arc<KeyFile>>,
+    guards: Guards,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding HTTP {addr}"))?;
-    // Observed outermost, so refused requests are counted and traced too.
+    // Observed outermost, so refused requests are counted and traced too; keys
+    // are checked before a request takes one of the capped slots.
     let app = app
-        .layer(axum::middleware::from_fn_with_state(keys, crate::auth::http_auth))
+        .layer(axum::middleware::from_fn_with_state(guards.cap.http(), crate::limit::http_cap))
+        .layer(axum::middleware::from_fn_with_state(guards.keys, crate::auth::http_auth))
         .layer(axum::middleware::from_fn(crate::telemetry::http_observe));
     Ok(tokio::spawn(async move {
         axum::serve(listener, app)
@@ -248,7 +276,7 @@ pub async fn spawn_grpc(
     listener: tokio::net::TcpListener,
     coordinator: Option<Coordinator>,
     node: Option<Arc<Node>>,
-    keys: Option<Arc<KeyFile>>,
+    guards: Guards,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -274,7 +302,8 @@ pub async fn spawn_grpc(
     let router = tonic::transport::Server::builder()
         .trace_fn(crate::telemetry::grpc_span)
         .layer(crate::telemetry::GrpcMetricsLayer)
-        .layer(crate::auth::GrpcAuthLayer::new(keys))
+        .layer(crate::auth::GrpcAuthLayer::new(guards.keys))
+        .layer(guards.cap)
         .add_service(health_service)
         .add_service(reflection)
         .add_optional_service(coordinator.map(|c| c.into_server(MAX_MESSAGE_BYTES)))
@@ -349,12 +378,13 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let app = with_coordinator_routes(base_http_app(ready.clone(), telemetry.metrics.clone()), &coordinator);
-    let http_task = spawn_http(args.http, app, keys.clone(), stop_rx.clone()).await?;
+    let guards = Guards::public(keys, &args.coordinator);
+    let http_task = spawn_http(args.http, app, guards.clone(), stop_rx.clone()).await?;
 
     let config = build_node_config(&args.node, &args.data_dir.join("node"), "local", NodeRole::ALL.to_vec())?;
     let node = Node::start(config, &shutdown).await.context("starting the node")?;
-    let node_task = spawn_grpc(internal, None, Some(node.clone()), None, stop_rx.clone()).await?;
-    let grpc_task = spawn_grpc(grpc, Some(coordinator), None, keys, stop_rx.clone()).await?;
+    let node_task = spawn_grpc(internal, None, Some(node.clone()), Guards::internal(), stop_rx.clone()).await?;
+    let grpc_task = spawn_grpc(grpc, Some(coordinator), None, guards, stop_rx.clone()).await?;
     ready.store(true, Ordering::SeqCst);
     info!(grpc = %local, http = %args.http, internal = %internal_addr, data_dir = %args.data_dir.display(), "tessera up: serving");
 
