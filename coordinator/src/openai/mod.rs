@@ -10,7 +10,7 @@
 mod chat;
 mod embeddings;
 mod error;
-mod wire;
+pub mod wire;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
