@@ -10,27 +10,7 @@ mod common;
 use std::io::Write;
 
 use common::{doc_ids, tiny_pdf, Server};
-
-/// A PDF from its objects' bodies (1-based numbering), with a correct xref.
-fn pdf(objects: &[Vec<u8>]) -> Vec<u8> {
-    let mut out = b"%PDF-1.4\n".to_vec();
-    let mut offsets = Vec::new();
-    for (i, body) in objects.iter().enumerate() {
-        offsets.push(out.len());
-        out.extend_from_slice(format!("{} 0 obj\n", i + 1).as_bytes());
-        out.extend_from_slice(body);
-        out.extend_from_slice(b"\nendobj\n");
-    }
-    let xref = out.len();
-    out.extend_from_slice(format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes());
-    for off in offsets {
-        out.extend_from_slice(format!("{off:010} 00000 n \n").as_bytes());
-    }
-    out.extend_from_slice(
-        format!("trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n", objects.len() + 1).as_bytes(),
-    );
-    out
-}
+use tessera_node::load::testing::pdf_from_objects as pdf;
 
 fn stream(dict: &str, data: &[u8]) -> Vec<u8> {
     let mut body = format!("<< {dict} /Length {} >>\nstream\n", data.len()).into_bytes();
