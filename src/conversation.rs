@@ -313,7 +313,18 @@ pub async fn sessions(cmd: SessionsCmd) -> anyhow::Result<()> {
     match cmd {
         SessionsCmd::List { json, server } => {
             let mut c = connect(&server).await?;
-            let list = rpc(c.list_sessions(pb::ListSessionsRequest {}).await)?;
+            // Every page, in id order (bounded: a token that does not advance ends it).
+            let mut list = pb::ListSessionsResponse::default();
+            let mut token = String::new();
+            for _ in 0..100_000 {
+                let page =
+                    rpc(c.list_sessions(pb::ListSessionsRequest { page_size: 1000, page_token: token.clone() }).await)?;
+                list.sessions.extend(page.sessions);
+                if page.next_page_token.is_empty() || page.next_page_token == token {
+                    break;
+                }
+                token = page.next_page_token;
+            }
             if json {
                 let items: Vec<Value> = list
                     .sessions

@@ -82,6 +82,21 @@ fn answers_cite_sources_follow_ups_use_history_and_turns_survive_kill_9() {
         .map(|s| (s["session"].as_str().unwrap().to_string(), s["messages"].as_u64().unwrap()))
         .collect();
     assert_eq!(sessions, vec![("alice".to_string(), 4), ("张三".to_string(), 2)]);
+    // The same list a page at a time over gRPC, and a page too large refused.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        use tessera_proto::v1 as pb;
+        let mut c = tessera_proto::v1::tessera_client::TesseraClient::connect(server.url()).await.unwrap();
+        let page = |token: &str| pb::ListSessionsRequest { page_size: 1, page_token: token.into() };
+        let first = c.list_sessions(page("")).await.unwrap().into_inner();
+        assert_eq!((first.sessions[0].session.as_str(), first.next_page_token.as_str()), ("alice", "alice"));
+        let second = c.list_sessions(page("alice")).await.unwrap().into_inner();
+        assert_eq!(second.sessions.iter().map(|s| s.session.as_str()).collect::<Vec<_>>(), vec!["张三"]);
+        let last = c.list_sessions(page("张三")).await.unwrap().into_inner();
+        assert!(last.sessions.is_empty() && last.next_page_token.is_empty(), "{last:?}");
+        let big = pb::ListSessionsRequest { page_size: 5000, page_token: String::new() };
+        assert_eq!(c.list_sessions(big).await.unwrap_err().code(), tonic::Code::InvalidArgument);
+    });
 
     // The history is used after the restart too.
     let third = ask_json(&server, &["--session", "alice", "Can it also copy links?"]);

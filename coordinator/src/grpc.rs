@@ -68,9 +68,9 @@ impl pb::tessera_server::Tessera for Coordinator {
     #[instrument(skip_all, name = "Tessera/ListSessions")]
     async fn list_sessions(
         &self,
-        _req: Request<pb::ListSessionsRequest>,
+        req: Request<pb::ListSessionsRequest>,
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
-        Ok(Response::new(pb::ListSessionsResponse { sessions: Coordinator::list_sessions(self).await? }))
+        Ok(Response::new(Coordinator::list_sessions(self, req.into_inner()).await?))
     }
 
     #[instrument(skip_all, name = "Tessera/GetSession", fields(session = %req.get_ref().session))]

@@ -63,18 +63,41 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Sessions of every session node, by id.
-    pub(crate) async fn list_sessions(&self) -> Result<Vec<pb::SessionInfo>> {
+    /// A page of the sessions of every session node, by id: each node gives
+    /// its next `page_size` after the token, the merge keeps the first
+    /// `page_size`, and the last of them is the next token when any node may
+    /// hold more.
+    pub(crate) async fn list_sessions(&self, req: pb::ListSessionsRequest) -> Result<pb::ListSessionsResponse> {
+        use tessera_types::limits::{DEFAULT_SESSIONS_PAGE, MAX_SESSIONS_PAGE};
+        let size = if req.page_size == 0 { DEFAULT_SESSIONS_PAGE } else { req.page_size };
+        if size > MAX_SESSIONS_PAGE {
+            return Err(CoordinatorError::invalid(format!(
+                "page_size must be at most {MAX_SESSIONS_PAGE}, got {size}"
+            )));
+        }
+        let ask = pb::ListSessionsRequest { page_size: size, page_token: req.page_token };
         let mut sessions = Vec::new();
+        let mut more = false;
         for node in self.nodes.all() {
-            match node.client.clone().session_list(pb::ListSessionsRequest {}).await {
-                Ok(r) => sessions.extend(r.into_inner().sessions),
+            match node.client.clone().session_list(ask.clone()).await {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    more |= !r.next_page_token.is_empty();
+                    sessions.extend(r.sessions);
+                }
                 Err(s) if s.code() == Code::FailedPrecondition => {} // no session role
                 Err(s) => return Err(CoordinatorError::node(&node, s)),
             }
         }
         sessions.sort_by(|a, b| a.session.cmp(&b.session));
-        Ok(sessions)
+        sessions.dedup_by(|a, b| a.session == b.session);
+        more |= sessions.len() > size as usize;
+        sessions.truncate(size as usize);
+        let next_page_token = match sessions.last() {
+            Some(last) if more => last.session.clone(),
+            _ => String::new(),
+        };
+        Ok(pb::ListSessionsResponse { sessions, next_page_token })
     }
 
     /// A stored session; `NOT_FOUND` when it has no messages.

@@ -34,6 +34,11 @@ pub const MAX_STOP_SEQUENCES: usize = 16;
 /// See [`MAX_STOP_SEQUENCES`].
 pub const MAX_STOP_BYTES: usize = 256;
 
+/// Sessions per ListSessions page: the default, and the most one page may ask for.
+pub const DEFAULT_SESSIONS_PAGE: u32 = 100;
+/// See [`DEFAULT_SESSIONS_PAGE`].
+pub const MAX_SESSIONS_PAGE: u32 = 1000;
+
 /// Checks a filter's size: (key, JSON values) per condition.
 pub fn check_filter<'a>(conditions: impl ExactSizeIterator<Item = (&'a str, &'a [String])>) -> Result<(), String> {
     if conditions.len() > MAX_FILTER_CONDITIONS {

@@ -438,11 +438,22 @@ impl pb::node_server::Node for NodeService {
     #[instrument(skip_all, name = "Node/SessionList")]
     async fn session_list(
         &self,
-        _req: Request<pb::ListSessionsRequest>,
+        req: Request<pb::ListSessionsRequest>,
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
-        let sessions =
-            self.sessions()?.list().map_err(session_status)?.into_iter().map(pb::SessionInfo::from).collect();
-        Ok(Response::new(pb::ListSessionsResponse { sessions }))
+        use tessera_types::limits::{DEFAULT_SESSIONS_PAGE, MAX_SESSIONS_PAGE};
+        let req = req.into_inner();
+        let size = if req.page_size == 0 { DEFAULT_SESSIONS_PAGE } else { req.page_size };
+        if size > MAX_SESSIONS_PAGE {
+            return Err(Status::invalid_argument(format!("page_size must be at most {MAX_SESSIONS_PAGE}")));
+        }
+        let page = self.sessions()?.list_page(&req.page_token, size as usize).map_err(session_status)?;
+        let next_page_token = if page.len() == size as usize {
+            page.last().map(|s| s.session.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let sessions = page.into_iter().map(pb::SessionInfo::from).collect();
+        Ok(Response::new(pb::ListSessionsResponse { sessions, next_page_token }))
     }
 
     #[instrument(skip_all, name = "Node/SessionClear")]

@@ -111,6 +111,11 @@ impl SessionRegistry {
         self.store.list()
     }
 
+    /// A page of stored sessions (see [`super::store::SessionStore::list_page`]).
+    pub fn list_page(&self, after: &str, limit: usize) -> Result<Vec<SessionInfo>, SessionError> {
+        self.store.list_page(after, limit)
+    }
+
     /// Stops every live actor (their data is already durable).
     pub async fn shutdown(&self) {
         for (_, l) in self.live.lock().await.drain() {

@@ -159,8 +159,15 @@ impl SessionStore {
 
     /// Every stored session, by id.
     pub fn list(&self) -> Result<Vec<SessionInfo>, SessionError> {
+        self.list_page("", usize::MAX)
+    }
+
+    /// At most `limit` sessions with ids after `after` ("" = from the first), by id.
+    pub fn list_page(&self, after: &str, limit: usize) -> Result<Vec<SessionInfo>, SessionError> {
+        use std::ops::Bound;
         let mut out = Vec::new();
-        for item in self.meta.iter() {
+        let start = if after.is_empty() { Bound::Unbounded } else { Bound::Excluded(after.as_bytes()) };
+        for item in self.meta.range::<&[u8], _>((start, Bound::Unbounded)).take(limit) {
             let (k, v) = item?;
             let meta: Meta = serde_json::from_slice(&v).map_err(corrupt)?;
             out.push(SessionInfo {
@@ -179,6 +186,21 @@ mod tests {
 
     fn msg(role: &str, content: &str) -> ChatMessage {
         ChatMessage { role: role.parse().unwrap(), content: content.into() }
+    }
+
+    #[tokio::test]
+    async fn sessions_come_back_a_page_at_a_time_in_id_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SessionStore::open(&dir.path().join("p.sled")).unwrap();
+        for id in ["c", "a", "会话", "b", "d"] {
+            store.append(id, &[msg("user", id)]).await.unwrap();
+        }
+        let ids = |page: Vec<SessionInfo>| page.into_iter().map(|s| s.session).collect::<Vec<_>>();
+        assert_eq!(ids(store.list_page("", 2).unwrap()), vec!["a", "b"]);
+        assert_eq!(ids(store.list_page("b", 2).unwrap()), vec!["c", "d"]);
+        assert_eq!(ids(store.list_page("d", 2).unwrap()), vec!["会话"]);
+        assert!(store.list_page("会话", 2).unwrap().is_empty());
+        assert_eq!(store.list().unwrap().len(), 5);
     }
 
     #[tokio::test]
