@@ -31,9 +31,8 @@ use crate::{parse_addr, ServerArg};
 /// Arguments of `tessera node`.
 #[derive(Args, Debug)]
 pub struct NodeArgs {
-    /// etcd endpoints, comma-separated (http://host:2379,...).
-    #[arg(long, env = "TESSERA_ETCD", value_delimiter = ',', required = true)]
-    etcd: Vec<String>,
+    #[command(flatten)]
+    etcd: EtcdArgs,
     /// Node id, unique in the cluster (e.g. the pod name).
     #[arg(long, env = "TESSERA_NODE_ID")]
     id: String,
@@ -75,9 +74,8 @@ pub struct NodeArgs {
 /// Arguments of `tessera coordinator`.
 #[derive(Args, Debug)]
 pub struct CoordinatorArgs {
-    /// etcd endpoints, comma-separated.
-    #[arg(long, env = "TESSERA_ETCD", value_delimiter = ',', required = true)]
-    etcd: Vec<String>,
+    #[command(flatten)]
+    etcd: EtcdArgs,
     /// gRPC listen address of the public Tessera service.
     #[arg(long, env = "TESSERA_GRPC", value_parser = parse_addr)]
     grpc: SocketAddr,
@@ -105,15 +103,34 @@ pub struct StatusArgs {
     server: ServerArg,
 }
 
-async fn etcd(endpoints: &[String]) -> anyhow::Result<etcd_client::Client> {
-    let opts = etcd_client::ConnectOptions::new()
+/// Where etcd is and, when its authentication is on, who we are to it.
+#[derive(Args, Debug)]
+pub struct EtcdArgs {
+    /// etcd endpoints, comma-separated (http://host:2379,...).
+    #[arg(long, env = "TESSERA_ETCD", value_delimiter = ',', required = true)]
+    etcd: Vec<String>,
+    /// etcd user (with etcd's authentication enabled).
+    #[arg(long, env = "TESSERA_ETCD_USER", requires = "etcd_password_file")]
+    etcd_user: Option<String>,
+    /// File holding that user's password (not a flag, so it stays out of `ps`).
+    #[arg(long, env = "TESSERA_ETCD_PASSWORD_FILE", requires = "etcd_user")]
+    etcd_password_file: Option<std::path::PathBuf>,
+}
+
+async fn etcd(args: &EtcdArgs) -> anyhow::Result<etcd_client::Client> {
+    let endpoints = &args.etcd;
+    let mut opts = etcd_client::ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(3))
         .with_timeout(Duration::from_secs(5))
         .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+    if let (Some(user), Some(file)) = (&args.etcd_user, &args.etcd_password_file) {
+        let password = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        opts = opts.with_user(user.clone(), password.trim_end_matches(['\n', '\r']).to_string());
+    }
     let mut client = etcd_client::Client::connect(endpoints, Some(opts))
         .await
         .with_context(|| format!("connecting to etcd at {}", endpoints.join(",")))?;
-    // `connect` succeeds without a server; one call proves it is there.
+    // `connect` succeeds without a server; one call proves it is there (and that we may use it).
     client.status().await.with_context(|| format!("etcd at {} does not answer", endpoints.join(",")))?;
     Ok(client)
 }

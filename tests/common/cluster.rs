@@ -24,6 +24,10 @@ impl Proc {
         let child = cmd.stdout(Stdio::null()).stderr(file).spawn().expect("spawn");
         Proc { child: Some(child), log }
     }
+    /// True once the process has exited by itself.
+    pub fn exited(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
+    }
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             c.kill().unwrap();
