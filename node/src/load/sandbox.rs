@@ -64,11 +64,6 @@ impl Sandbox {
         Ok(Self::new(std::env::current_exe()?, vec![SANDBOX_ARG.to_string()], limits))
     }
 
-    /// The limits each run gets.
-    pub fn limits(&self) -> SandboxLimits {
-        self.limits
-    }
-
     /// Parses `bytes` as `format` in a fresh child and returns its text.
     pub fn extract(&self, format: &str, bytes: &[u8]) -> Result<String, LoadError> {
         let limits = self.limits;

@@ -13,8 +13,6 @@ use super::ShardError;
 pub struct AnnIndex {
     index: Index,
     dimension: usize,
-    /// Thread slots reserved in usearch: concurrent inserts and searches each hold one.
-    threads: usize,
 }
 
 /// The candidate list of a plain [`AnnIndex::search`].
@@ -37,9 +35,8 @@ impl AnnIndex {
             multi: false,
         };
         let index = Index::new(&options).map_err(ann_err)?;
-        let threads = rayon::current_num_threads().max(std::thread::available_parallelism().map_or(1, |n| n.get()));
-        index.reserve_capacity_and_threads(1024, threads).map_err(ann_err)?;
-        Ok(Self { index, dimension, threads })
+        index.reserve(1024).map_err(ann_err)?;
+        Ok(Self { index, dimension })
     }
 
     /// Vector dimension.
@@ -64,26 +61,9 @@ impl AnnIndex {
         }
         if self.index.size() + 1 > self.index.capacity() {
             let target = (self.index.capacity() * 2).max(1024);
-            self.index.reserve_capacity_and_threads(target, self.threads).map_err(ann_err)?;
+            self.index.reserve(target).map_err(ann_err)?;
         }
         self.index.add(key, vector).map_err(ann_err)
-    }
-
-    /// Adds many vectors at once (capacity reserved once). Keys must be new to the index.
-    pub fn add_many(&mut self, items: &[(u64, &[f32])]) -> Result<(), ShardError> {
-        if let Some((_, v)) = items.iter().find(|(_, v)| v.len() != self.dimension) {
-            return Err(ShardError::Dimension { expected: self.dimension, got: v.len() });
-        }
-        let needed = self.index.size() + items.len();
-        if needed > self.index.capacity() {
-            let target = needed.max(self.index.capacity() * 2);
-            self.index.reserve_capacity_and_threads(target, self.threads).map_err(ann_err)?;
-        }
-        // One at a time, in key order: inserting in parallel (rayon over usearch's
-        // thread slots) built 1.84x faster on 2 cores but made the graph depend on
-        // thread timing, and once cost recall on the real-text test (0.994 against
-        // 1.000 serially); a shard's index must be the same on every build.
-        items.iter().try_for_each(|(key, v)| self.index.add(*key, v).map_err(ann_err))
     }
 
     /// Removes a vector (absent keys are fine).

@@ -182,33 +182,24 @@ impl Shard {
         let mut chunks = HashMap::new();
         let mut docs: HashMap<String, Vec<u64>> = HashMap::new();
         // The scan is in ascending key order, which `attach` relies on.
-        let mut batch: Vec<(u64, Vec<f32>)> = Vec::new();
         for item in store.scan() {
             let (key, record, vector) = item?;
             if reuse {
                 vectors.attach(key, &vector);
             } else {
-                batch.push((key, vector));
-                if batch.len() == REBUILD_BATCH {
-                    add_batch(&mut vectors, &mut batch)?;
-                }
+                vectors.add(key, &vector)?;
             }
             bm25.insert(key, &record.text);
             docs.entry(record.doc_id.clone()).or_default().push(key);
             chunks.insert(key, ChunkMeta { doc_id: record.doc_id, metadata: record.metadata });
         }
-        add_batch(&mut vectors, &mut batch)?;
         if reuse && !vectors.consistent(chunks.len()) {
             warn!(stored = chunks.len(), "saved ANN index disagrees with sled; rebuilding");
             vectors = VectorSet::new(dimension)?;
             for item in store.scan() {
                 let (key, _, vector) = item?;
-                batch.push((key, vector));
-                if batch.len() == REBUILD_BATCH {
-                    add_batch(&mut vectors, &mut batch)?;
-                }
+                vectors.add(key, &vector)?;
             }
-            add_batch(&mut vectors, &mut batch)?;
         }
         let distinct = vectors.distinct();
         info!(chunks = chunks.len(), distinct, documents = docs.len(), sequence, reused_ann = reuse, "shard opened");
@@ -456,17 +447,6 @@ impl Shard {
         }
         Ok(())
     }
-}
-
-/// Chunks inserted into the graph together when a shard rebuilds its index.
-const REBUILD_BATCH: usize = 4096;
-
-/// Inserts and empties `batch` (keys ascending, as the store scans them).
-fn add_batch(vectors: &mut VectorSet, batch: &mut Vec<(u64, Vec<f32>)>) -> Result<(), ShardError> {
-    let items: Vec<(u64, &[f32])> = batch.iter().map(|(k, v)| (*k, v.as_slice())).collect();
-    vectors.add_many(&items)?;
-    batch.clear();
-    Ok(())
 }
 
 fn seq_path(ann: &std::path::Path) -> PathBuf {

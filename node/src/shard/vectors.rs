@@ -32,8 +32,6 @@ pub struct VectorSet {
     rep_of: HashMap<u64, u64>,
     /// Fingerprint -> representatives with that fingerprint.
     by_print: HashMap<u64, Vec<u64>>,
-    /// The largest chunk key ever joined (keys only grow in a shard).
-    largest: Option<u64>,
 }
 
 impl VectorSet {
@@ -43,7 +41,7 @@ impl VectorSet {
     }
 
     fn over(ann: AnnIndex) -> Self {
-        Self { ann, members: HashMap::new(), rep_of: HashMap::new(), by_print: HashMap::new(), largest: None }
+        Self { ann, members: HashMap::new(), rep_of: HashMap::new(), by_print: HashMap::new() }
     }
 
     /// A set over an index saved by [`VectorSet::save`]; chunks must then be
@@ -78,7 +76,6 @@ impl VectorSet {
         let at = list.partition_point(|k| *k < key);
         list.insert(at, key);
         self.rep_of.insert(key, rep);
-        self.largest = self.largest.max(Some(key));
     }
 
     /// Adds chunk `key` with `vector`: a new index entry only for a vector not held yet.
@@ -117,43 +114,10 @@ impl VectorSet {
         Ok(())
     }
 
-    /// Adds many chunks as [`VectorSet::add`] would one by one, inserting the
-    /// new distinct vectors into the graph in parallel. Copies are resolved
-    /// first, in order (against the index and within the batch), so the result
-    /// is the same set of entries and representatives.
+    /// Adds many chunks, as [`VectorSet::add`] one by one in order (the
+    /// graph is built serially so that it is the same on every build).
     pub fn add_many(&mut self, items: &[(u64, &[f32])]) -> Result<(), ShardError> {
-        let ascending = items.windows(2).all(|w| w[0].0 < w[1].0);
-        let first_new = items.first().is_none_or(|(k, _)| self.largest.is_none_or(|l| l < *k));
-        if !ascending || !first_new {
-            // Out-of-order or re-used keys: the rare path, one at a time.
-            return items.iter().try_for_each(|(key, v)| self.add(*key, v));
-        }
-        let mut fresh: Vec<(u64, &[f32])> = Vec::new();
-        // Fingerprint -> positions in `fresh`, for copies within the batch.
-        let mut pending: HashMap<u64, Vec<usize>> = HashMap::new();
-        for &(key, vector) in items {
-            if vector.len() != self.ann.dimension() {
-                return Err(ShardError::Dimension { expected: self.ann.dimension(), got: vector.len() });
-            }
-            // Every key here is larger than any held, so a copy of an indexed
-            // vector simply joins it.
-            if let Some(rep) = self.representative_for(vector) {
-                self.join(rep, key);
-                continue;
-            }
-            let print = fingerprint(vector);
-            let twin = pending.get(&print).and_then(|at| at.iter().map(|i| fresh[*i]).find(|(_, v)| *v == vector));
-            match twin {
-                Some((rep, _)) => self.join(rep, key),
-                None => {
-                    pending.entry(print).or_default().push(fresh.len());
-                    fresh.push((key, vector));
-                    self.by_print.entry(print).or_default().push(key);
-                    self.join(key, key);
-                }
-            }
-        }
-        self.ann.add_many(&fresh)
+        items.iter().try_for_each(|(key, v)| self.add(*key, v))
     }
 
     /// Registers chunk `key` of a loaded index (see [`VectorSet::load`]).
