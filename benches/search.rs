@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use common::{arg, models_dir, passage, percentile_ms, sentence, Rng};
 use serde_json::json;
 use tessera_node::embed::BertEmbedder;
-use tessera_node::shard::{ChunkRecord, Condition, DocWrite, Filter, SearchMode, Shard, ShardQuery};
+use tessera_node::shard::{ChunkRecord, Condition, DocWrite, Filter, FilterPlan, SearchMode, Shard, ShardQuery};
 use tessera_types::SearchSettings;
 
 fn normalize(mut v: Vec<f32>) -> Vec<f32> {
@@ -47,6 +47,7 @@ fn main() {
     let efs: String = arg("--efs", String::new());
     let efs: Vec<u32> = efs.split(',').filter_map(|s| s.parse().ok()).collect();
     let mut sweep_rows: Vec<String> = Vec::new();
+    let mut filter_rows: Vec<String> = Vec::new();
     let model =
         BertEmbedder::load(&models_dir().join("all-MiniLM-L6-v2")).expect("model (run scripts/fetch-models.sh)");
     let mut rng = Rng::new(11);
@@ -77,6 +78,9 @@ fn main() {
                     let doc_id = format!("doc-{i}");
                     let mut metadata = serde_json::Map::new();
                     metadata.insert("bucket".into(), json!(i % 10));
+                    metadata.insert("percent".into(), json!(i % 100));
+                    metadata.insert("half".into(), json!(i % 2));
+                    metadata.insert("quarter".into(), json!(i % 4));
                     let text = base_texts[i % base_texts.len()].clone() + " " + &sentence(&mut rng, 5);
                     let record =
                         ChunkRecord { chunk_id: format!("{doc_id}#0"), doc_id: doc_id.clone(), text, metadata };
@@ -147,6 +151,47 @@ fn main() {
         let bm25 = time(&|i| {
             shard.search(&query(&queries[i], &texts[i], SearchMode::Bm25, Filter::default())).unwrap();
         });
+        // Filtered vector search at 1 %, 10 % and 50 % of the chunks, by each plan:
+        // the planner's choice, the exact scan over the filter's bitmap (the
+        // reference for recall) and filtered HNSW, for the crossover.
+        for (label, key, modulo) in
+            [("1%", "percent", 100u64), ("10%", "bucket", 10), ("25%", "quarter", 4), ("50%", "half", 2)]
+        {
+            let filter = Filter { must: vec![Condition { key: key.into(), values: vec![json!(modulo / 2)] }] };
+            let planned = |q: &Vec<f32>, plan| ShardQuery {
+                filter_plan: plan,
+                ..query(q, "", SearchMode::Vector, filter.clone())
+            };
+            let reference: Vec<Vec<f32>> = queries
+                .iter()
+                .map(|q| shard.search(&planned(q, FilterPlan::Exact)).unwrap().vector.iter().map(|h| h.score).collect())
+                .collect();
+            let plans = [
+                ("auto", FilterPlan::Auto),
+                ("scan (int8, re-scored)", FilterPlan::Scan),
+                ("graph", FilterPlan::Graph),
+                ("exact f32", FilterPlan::Exact),
+            ];
+            for (plan_name, plan) in plans {
+                let t = time(&|i| {
+                    shard.search(&planned(&queries[i], plan)).unwrap();
+                });
+                let (mut hit, mut all) = (0usize, 0usize);
+                for (q, exact) in queries.iter().zip(&reference) {
+                    let got: Vec<f32> =
+                        shard.search(&planned(q, plan)).unwrap().vector.iter().map(|h| h.score).collect();
+                    let tenth = exact.last().copied().unwrap_or(f32::MIN);
+                    hit += got.iter().filter(|s| **s >= tenth - 1e-6).count().min(exact.len());
+                    all += exact.len();
+                }
+                filter_rows.push(format!(
+                    "| {size} | {label} | {plan_name} | {:.2} | {:.2} | {:.4} |",
+                    percentile_ms(&t, 50.0),
+                    percentile_ms(&t, 99.0),
+                    hit as f64 / all.max(1) as f64
+                ));
+            }
+        }
         // Throughput with every core searching.
         let per_thread = queries_n;
         let t = Instant::now();
@@ -222,6 +267,14 @@ fn main() {
         // Keep the shard alive until here.
         shard = Shard::open(db.open_tree("empty").unwrap(), 384, None).unwrap();
         drop(shard);
+    }
+    println!();
+    println!("Filtered vector search, k = 10, {queries_n} queries; recall@10 against the exact f32 scores of the filter's matches:");
+    println!();
+    println!("| chunks | filter keeps | plan | p50 ms | p99 ms | recall@10 |");
+    println!("|---:|---:|---|---:|---:|---:|");
+    for row in filter_rows {
+        println!("{row}");
     }
     if !sweep_rows.is_empty() {
         println!();

@@ -367,6 +367,7 @@ impl pb::node_server::Node for NodeService {
             with_vectors: req.with_vectors,
             settings: convert::search_settings(req.settings),
             exact: req.exact,
+            filter_plan: crate::shard::FilterPlan::Auto,
         };
         // Coordinators check these too; a direct caller of the internal service must not
         // be able to make a shard allocate for a billion hits or score with a negative b.

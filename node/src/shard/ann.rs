@@ -80,6 +80,12 @@ impl AnnIndex {
         }
     }
 
+    /// Copies the stored vector of `key` into `buf` (of the index's dimension);
+    /// false when the key is absent.
+    pub fn get_into(&self, key: u64, buf: &mut [f32]) -> bool {
+        buf.len() == self.dimension && matches!(self.index.get(key, buf), Ok(n) if n > 0)
+    }
+
     /// Approximate nearest neighbours: (key, cosine similarity), best first.
     pub fn search(&self, query: &[f32], k: usize) -> Result<Vec<(u64, f32)>, ShardError> {
         self.search_ef(query, k, DEFAULT_EF)

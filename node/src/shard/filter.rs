@@ -26,7 +26,9 @@ impl Filter {
         self.must.is_empty()
     }
 
-    /// Whether `metadata` satisfies every condition. Strings given for numeric or
+    /// Whether `metadata` satisfies every condition. Shards answer filters from
+    /// their payload index (`payload.rs`), which is tested to agree with this.
+    /// Numbers compare as `f64`; strings given for numeric or
     /// boolean values also match (`--filter year=2024` finds `"year": 2024`), since
     /// command-line filters cannot carry JSON types.
     pub fn matches(&self, metadata: &Metadata) -> bool {
@@ -37,7 +39,7 @@ impl Filter {
 }
 
 fn same(actual: &Value, want: &Value) -> bool {
-    if actual == want {
+    if json_eq(actual, want) {
         return true;
     }
     match (actual, want) {
@@ -45,6 +47,19 @@ fn same(actual: &Value, want: &Value) -> bool {
         (Value::Bool(a), Value::String(w)) => w.parse::<bool>().ok() == Some(*a),
         (Value::Array(items), w) => items.iter().any(|i| same(i, w)),
         _ => false,
+    }
+}
+
+/// JSON equality with numbers compared as `f64`, at any depth: 2024 and 2024.0
+/// are one value to a user (serde_json tells an integer from a float).
+pub(super) fn json_eq(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64().is_some_and(|x| y.as_f64() == Some(x)),
+        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(x, y)| json_eq(x, y)),
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w)))
+        }
+        _ => a == b,
     }
 }
 

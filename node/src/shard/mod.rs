@@ -2,7 +2,8 @@
 //!
 //! A shard replica is a sled tree, the source of truth for chunk text, metadata
 //! and vectors ([`ShardStore`]), plus indexes derived from it at open: an HNSW
-//! ANN index ([`AnnIndex`], usearch) and a BM25 inverted index ([`Bm25Index`]).
+//! ANN index ([`AnnIndex`], usearch), a BM25 inverted index ([`Bm25Index`]) and
+//! a payload index of metadata values ([`PayloadIndex`], roaring bitmaps).
 //! [`Shard`] (`replica.rs`) keeps the three in step; [`ShardActor`] serialises
 //! access to one shard; [`ShardRegistry`] opens, hosts and drops the shards of a
 //! node. Sending a primary's writes to its followers is `crate::replication`.
@@ -11,6 +12,8 @@ mod actor;
 mod ann;
 mod bm25;
 mod filter;
+mod payload;
+mod quantized;
 mod registry;
 mod replica;
 mod store;
@@ -20,8 +23,11 @@ pub use actor::{ShardActor, ShardHandle, ShardMsg};
 pub use ann::{cosine, AnnIndex};
 pub use bm25::{terms, Bm25Index, Bm25Params};
 pub use filter::{Condition, Filter};
+pub use payload::PayloadIndex;
 pub use registry::ShardRegistry;
-pub use replica::{DocWrite, SearchMode, Shard, ShardHit, ShardQuery, ShardResults, ShardStats, WriteOutcome};
+pub use replica::{
+    DocWrite, FilterPlan, SearchMode, Shard, ShardHit, ShardQuery, ShardResults, ShardStats, WriteOutcome,
+};
 pub use store::{ChunkRecord, ShardStore};
 pub use vectors::VectorSet;
 

@@ -2,18 +2,24 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+use roaring::RoaringTreemap;
 use sled::Batch;
 use tracing::{info, warn};
 
 use tessera_types::SearchSettings;
 
+use super::payload::PayloadIndex;
 use super::vectors::VectorSet;
 use super::{Bm25Index, Bm25Params, ChunkRecord, Filter, ShardError, ShardStore};
 use crate::load::Metadata;
 
-/// Below this many filter matches, filtered vector search is exact (brute force)
-/// instead of graph traversal, which can miss results when few nodes qualify.
-const EXACT_FILTER_LIMIT: usize = 4096;
+/// Up to this many distinct vectors among a filter's matches, filtered vector
+/// search scans them (int8 codes, the best re-scored exactly); above, it walks
+/// the HNSW graph with the filter. Measured at 100k chunks (BENCHMARKS.md,
+/// "Filtered vector search"): the scan's cost grows with the matches, filtered
+/// HNSW's with the share of chunks the filter rejects (the walk must step over
+/// them), and HNSW can miss results when few graph nodes qualify.
+const SCAN_FILTER_LIMIT: usize = 30_000;
 
 /// Which index answers a query (Hybrid: both lists, fused later over all shards by the coordinator).
 pub use tessera_types::SearchMode;
@@ -59,6 +65,24 @@ pub struct ShardQuery {
     pub settings: SearchSettings,
     /// Exact vector search whatever the shard size.
     pub exact: bool,
+    /// How a filtered vector search runs; [`FilterPlan::Auto`] outside measurements.
+    pub filter_plan: FilterPlan,
+}
+
+/// The two ways to run a filtered vector search. The planner picks one by the
+/// number of distinct vectors the filter keeps; the others exist so that the
+/// benchmark can time both sides of that crossover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FilterPlan {
+    /// Exact scan up to `EXACT_FILTER_LIMIT` distinct vectors, filtered HNSW above.
+    #[default]
+    Auto,
+    /// Always scan the matching chunks (int8 codes, the best re-scored in f32).
+    Scan,
+    /// Always score every matching chunk in f32 (the reference the scan is measured against).
+    Exact,
+    /// Always walk the HNSW graph with the filter.
+    Graph,
 }
 
 impl ShardQuery {
@@ -73,6 +97,7 @@ impl ShardQuery {
             with_vectors: false,
             settings: SearchSettings::default(),
             exact: false,
+            filter_plan: FilterPlan::Auto,
         }
     }
 }
@@ -120,6 +145,7 @@ pub struct Shard {
     store: ShardStore,
     vectors: VectorSet,
     bm25: Bm25Index,
+    payload: PayloadIndex,
     chunks: HashMap<u64, ChunkMeta>,
     docs: HashMap<String, Vec<u64>>,
     sequence: u64,
@@ -179,6 +205,7 @@ impl Shard {
             None => VectorSet::new(dimension)?,
         };
         let mut bm25 = Bm25Index::default();
+        let mut payload = PayloadIndex::default();
         let mut chunks = HashMap::new();
         let mut docs: HashMap<String, Vec<u64>> = HashMap::new();
         // The scan is in ascending key order, which `attach` relies on.
@@ -190,6 +217,7 @@ impl Shard {
                 vectors.add(key, &vector)?;
             }
             bm25.insert(key, &record.text);
+            payload.insert(key, &record.metadata);
             docs.entry(record.doc_id.clone()).or_default().push(key);
             chunks.insert(key, ChunkMeta { doc_id: record.doc_id, metadata: record.metadata });
         }
@@ -203,7 +231,7 @@ impl Shard {
         }
         let distinct = vectors.distinct();
         info!(chunks = chunks.len(), distinct, documents = docs.len(), sequence, reused_ann = reuse, "shard opened");
-        Ok(Self { store, vectors, bm25, chunks, docs, sequence, next_key, dimension, ann_path })
+        Ok(Self { store, vectors, bm25, payload, chunks, docs, sequence, next_key, dimension, ann_path })
     }
 
     /// Counters.
@@ -296,6 +324,7 @@ impl Shard {
         self.vectors.add_many(&items)?;
         for (doc_id, key, record, _) in staged.added {
             self.bm25.insert(key, &record.text);
+            self.payload.insert(key, &record.metadata);
             self.docs.entry(doc_id.clone()).or_default().push(key);
             self.chunks.insert(key, ChunkMeta { doc_id, metadata: record.metadata.clone() });
         }
@@ -347,6 +376,7 @@ impl Shard {
         for &key in removed {
             self.vectors.remove(key)?;
             if let Some(meta) = self.chunks.remove(&key) {
+                self.payload.remove(key, &meta.metadata);
                 if let Some(keys) = self.docs.get_mut(&meta.doc_id) {
                     keys.retain(|k| *k != key);
                     if keys.is_empty() {
@@ -364,46 +394,64 @@ impl Shard {
         &self.store
     }
 
-    /// Searches the shard.
+    /// Searches the shard. A filter is evaluated once, on the payload index, into
+    /// the bitmap of matching chunks that both lists then draw from.
     pub fn search(&self, q: &ShardQuery) -> Result<ShardResults, ShardError> {
-        let accept = |key: u64| self.chunks.get(&key).is_some_and(|m| q.filter.matches(&m.metadata));
+        let allowed = (!q.filter.is_empty()).then(|| self.payload.matching(&q.filter));
         let mut results = ShardResults::default();
         if q.mode.needs_vector() {
-            let keys = self.vector_search(q, &accept)?;
+            let keys = self.vector_search(q, allowed.as_ref())?;
             results.vector = self.hits(keys, q.with_vectors)?;
         }
         if matches!(q.mode, SearchMode::Bm25 | SearchMode::Hybrid) {
             let params = Bm25Params { k1: q.settings.bm25_k1, b: q.settings.bm25_b };
-            let keys = self.bm25.search_with(&q.text, q.top_k, params, accept);
+            let keys = match &allowed {
+                Some(set) => self.bm25.search_with(&q.text, q.top_k, params, |key| set.contains(key)),
+                None => self.bm25.search_with(&q.text, q.top_k, params, |_| true),
+            };
             results.bm25 = self.hits(keys, q.with_vectors)?;
         }
         Ok(results)
     }
 
-    /// Exact (brute force) when asked for, when the shard holds at most
-    /// `exact_below` chunks, or when a filter keeps at most
-    /// `EXACT_FILTER_LIMIT`; HNSW with a candidate list scaled with k otherwise.
-    /// Exact search is what recall is measured against, so below the limit the
-    /// index loses nothing; the limit is where brute force stops being as fast
+    /// Exact (brute force) when asked for or when the shard holds at most
+    /// `exact_below` chunks; HNSW with a candidate list scaled with k otherwise.
+    /// With a filter, the planner counts the distinct vectors among the matches
+    /// (bounded from bitmaps, counted only when the bounds disagree) and scans them when there are at
+    /// most `SCAN_FILTER_LIMIT` or the shard is small, else walks the graph
+    /// with the filter; `exact: true` scores every match in f32. Exact search
+    /// is what recall is measured against, so below the limits the index loses
+    /// nothing; the limits are where brute force stops being as fast
     /// (BENCHMARKS.md).
-    fn vector_search(&self, q: &ShardQuery, accept: &dyn Fn(u64) -> bool) -> Result<Vec<(u64, f32)>, ShardError> {
+    fn vector_search(&self, q: &ShardQuery, allowed: Option<&RoaringTreemap>) -> Result<Vec<(u64, f32)>, ShardError> {
+        if q.vector.len() != self.dimension {
+            return Err(ShardError::Dimension { expected: self.dimension, got: q.vector.len() });
+        }
         let exact = q.exact || self.chunks.len() <= q.settings.exact_below as usize;
         let ef = q.settings.ef_for(q.top_k);
-        if q.filter.is_empty() {
+        let Some(allowed) = allowed else {
             return if exact {
                 self.vectors.exact_search(&q.vector, q.top_k)
             } else {
                 self.vectors.search(&q.vector, q.top_k, ef)
             };
+        };
+        if allowed.is_empty() {
+            return Ok(Vec::new());
         }
-        let matching: Vec<u64> = self.chunks.keys().copied().filter(|k| accept(*k)).collect();
-        // Count distinct vectors, not chunks: HNSW filters graph entries, so a filter
-        // matching 4,000 copies of one vector and 100 others is a 101-entry search.
-        if exact || self.vectors.distinct_among(&matching) <= EXACT_FILTER_LIMIT {
-            self.exact_among(&q.vector, &matching, q.top_k)
-        } else {
-            self.vectors.filtered_search(&q.vector, q.top_k, ef, accept)
-        }
+        let plan = match q.filter_plan {
+            FilterPlan::Auto if q.exact => FilterPlan::Exact,
+            // Count distinct vectors, not chunks: HNSW filters graph entries, so a filter
+            // matching 40,000 copies of one vector and 100 others is a 101-entry search.
+            FilterPlan::Auto if exact || !self.vectors.distinct_exceed(allowed, SCAN_FILTER_LIMIT) => FilterPlan::Scan,
+            FilterPlan::Auto => FilterPlan::Graph,
+            chosen => chosen,
+        };
+        Ok(match plan {
+            FilterPlan::Exact => self.vectors.exact_among(&q.vector, allowed.iter(), q.top_k),
+            FilterPlan::Scan | FilterPlan::Auto => self.vectors.scan_among(&q.vector, allowed.iter(), q.top_k),
+            FilterPlan::Graph => self.vectors.filtered_search(&q.vector, q.top_k, ef, allowed)?,
+        })
     }
 
     /// Exact top-k of the whole shard (for recall measurements).
@@ -414,13 +462,6 @@ impl Shard {
     /// Approximate top-k keys of the whole shard (for recall measurements).
     pub fn ann_search(&self, vector: &[f32], k: usize) -> Result<Vec<(u64, f32)>, ShardError> {
         self.vectors.search(vector, k, super::ann::DEFAULT_EF)
-    }
-
-    fn exact_among(&self, query: &[f32], keys: &[u64], k: usize) -> Result<Vec<(u64, f32)>, ShardError> {
-        if query.len() != self.dimension {
-            return Err(ShardError::Dimension { expected: self.dimension, got: query.len() });
-        }
-        Ok(self.vectors.exact_among(query, keys, k))
     }
 
     fn hits(&self, keys: Vec<(u64, f32)>, with_vectors: bool) -> Result<Vec<ShardHit>, ShardError> {

@@ -1,0 +1,244 @@
+//! Int8 codes of a shard's chunk vectors, held densely for scans.
+//!
+//! A filtered search that keeps a few thousand chunks is answered by scanning
+//! exactly those chunks. Reading each f32 vector back out of usearch costs
+//! ~1.6 µs per vector (a key lookup and a copy through the C++ API: 16 ms for
+//! 10,000 matches, BENCHMARKS.md); here each distinct vector also has 384
+//! bytes of int8 code in one array, scored with an integer dot product, and
+//! only the best candidates are re-scored exactly in f32. Costs one byte per
+//! dimension per chunk (a quarter of the f32 vector) and a 4-byte slot per key.
+//!
+//! Codes are of the L2-normalised vector, scaled by its largest component so
+//! that it maps to ±127: the dot product of two codes times their scales
+//! approximates the cosine, with an error of the order of 1e-3, far below
+//! the gaps the re-scoring list has to bridge (the benchmark measures recall
+//! against the f32 scan).
+
+/// One vector's code: int8 components and the scale that maps them back.
+pub struct Code {
+    values: Vec<i8>,
+    scale: f32,
+}
+
+/// Quantises `v` (see the module documentation); the zero vector gets scale 0.
+pub fn quantize(v: &[f32]) -> Code {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let max = v.iter().fold(0f32, |m, x| m.max(x.abs())) / norm.max(f32::MIN_POSITIVE);
+    if norm == 0.0 || max == 0.0 || !max.is_finite() {
+        return Code { values: vec![0; v.len()], scale: 0.0 };
+    }
+    let scale = max / 127.0;
+    let inv = 1.0 / (norm * scale);
+    Code { values: v.iter().map(|x| (x * inv).round().clamp(-127.0, 127.0) as i8).collect(), scale }
+}
+
+/// No slot.
+const NONE: u32 = u32::MAX;
+
+/// Codes scored ahead of the one being scored are fetched this far ahead.
+const PREFETCH_AHEAD: usize = 8;
+
+/// See the module documentation.
+pub struct QuantizedVectors {
+    dimension: usize,
+    /// Slot-major codes: slot `s` is `codes[s * dimension..][..dimension]`.
+    codes: Vec<i8>,
+    scales: Vec<f32>,
+    /// Slot -> the chunk key it holds.
+    keys: Vec<u64>,
+    /// Chunk key -> slot (`NONE` for none). A table indexed by key, not a hash
+    /// map: a scan walks a filter's keys in ascending order, so its lookups
+    /// here are sequential reads instead of one cache miss each (a hash
+    /// lookup per key made the scan 5x slower at 100k chunks). Chunk keys are
+    /// the shard's own counter, so the table is 4 bytes per key allocated
+    /// since the shard was opened empty.
+    slot_of: Vec<u32>,
+    avx2: bool,
+}
+
+impl QuantizedVectors {
+    /// An empty set of `dimension`-dimensional codes.
+    pub fn new(dimension: usize) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        let avx2 = std::arch::is_x86_feature_detected!("avx2");
+        #[cfg(not(target_arch = "x86_64"))]
+        let avx2 = false;
+        Self { dimension, codes: Vec::new(), scales: Vec::new(), keys: Vec::new(), slot_of: Vec::new(), avx2 }
+    }
+
+    /// Codes held.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    fn slot(&self, key: u64) -> Option<usize> {
+        let slot = *self.slot_of.get(usize::try_from(key).ok()?)?;
+        (slot != NONE).then_some(slot as usize)
+    }
+
+    /// Stores the code of `vector` under chunk `key` (replacing what `key` had).
+    pub fn insert(&mut self, key: u64, vector: &[f32]) {
+        let code = quantize(vector);
+        if let Some(slot) = self.slot(key) {
+            let at = slot * self.dimension;
+            self.codes[at..at + self.dimension].copy_from_slice(&code.values);
+            self.scales[slot] = code.scale;
+            return;
+        }
+        let Ok(index) = usize::try_from(key) else { return };
+        if index >= self.slot_of.len() {
+            self.slot_of.resize((index + 1).max(self.slot_of.len() * 5 / 4), NONE);
+        }
+        self.slot_of[index] = self.keys.len() as u32;
+        self.keys.push(key);
+        self.codes.extend_from_slice(&code.values);
+        self.scales.push(code.scale);
+    }
+
+    /// Drops `key`'s code; the last slot moves into the hole, so the array stays dense.
+    pub fn remove(&mut self, key: u64) {
+        let Some(slot) = self.slot(key) else { return };
+        self.slot_of[key as usize] = NONE;
+        let last = self.keys.len() - 1;
+        if slot != last {
+            let moved = self.keys[last];
+            self.codes.copy_within(last * self.dimension..(last + 1) * self.dimension, slot * self.dimension);
+            self.scales[slot] = self.scales[last];
+            self.keys[slot] = moved;
+            self.slot_of[moved as usize] = slot as u32;
+        }
+        self.keys.pop();
+        self.scales.pop();
+        self.codes.truncate(last * self.dimension);
+    }
+
+    /// Approximate cosine between the query's code and `key`'s; None when `key` has no code.
+    #[cfg(test)]
+    fn score(&self, query: &Code, key: u64) -> Option<f32> {
+        self.slot(key).map(|slot| self.score_slot(query, slot))
+    }
+
+    fn score_slot(&self, query: &Code, slot: usize) -> f32 {
+        let code = &self.codes[slot * self.dimension..(slot + 1) * self.dimension];
+        self.dot(&query.values, code) as f32 * query.scale * self.scales[slot]
+    }
+
+    /// Approximate cosines of every key in `keys` that has a code, in order.
+    /// The codes of the keys a few places ahead are prefetched: for a filter
+    /// that keeps a tenth of the chunks, each code is a fresh cache miss.
+    pub fn score_all(&self, query: &Code, keys: impl IntoIterator<Item = u64>) -> Vec<(u64, f32)> {
+        let slots: Vec<(u64, usize)> = keys.into_iter().filter_map(|k| self.slot(k).map(|s| (k, s))).collect();
+        let mut out = Vec::with_capacity(slots.len());
+        for (i, &(key, slot)) in slots.iter().enumerate() {
+            if let Some(&(_, ahead)) = slots.get(i + PREFETCH_AHEAD) {
+                self.prefetch(ahead);
+            }
+            out.push((key, self.score_slot(query, slot)));
+        }
+        out
+    }
+
+    fn prefetch(&self, slot: usize) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let code = &self.codes[slot * self.dimension..(slot + 1) * self.dimension];
+            for line in code.chunks(64) {
+                // SAFETY: a prefetch of a valid address; it has no other effect.
+                unsafe { _mm_prefetch(line.as_ptr(), _MM_HINT_T0) };
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = slot;
+    }
+
+    fn dot(&self, a: &[i8], b: &[i8]) -> i32 {
+        #[cfg(target_arch = "x86_64")]
+        if self.avx2 {
+            // SAFETY: AVX2 was detected at construction.
+            return unsafe { dot_avx2(a, b) };
+        }
+        dot_plain(a, b)
+    }
+}
+
+/// The portable dot product (the compiler vectorises it: integer sums may be reordered).
+#[inline(always)]
+fn dot_plain(a: &[i8], b: &[i8]) -> i32 {
+    a.iter().zip(b).map(|(x, y)| *x as i32 * *y as i32).sum()
+}
+
+/// 32 components per step: sign-extended to i16, multiplied and summed in
+/// pairs into i32 lanes (`vpmaddwd`), one horizontal sum at the end.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn dot_avx2(a: &[i8], b: &[i8]) -> i32 {
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    let mut acc = _mm256_setzero_si256();
+    let mut i = 0;
+    while i + 32 <= n {
+        // SAFETY: i + 32 <= n bounds both 32-byte loads.
+        let (va, vb) = unsafe {
+            (
+                _mm256_loadu_si256(a.as_ptr().add(i) as *const __m256i),
+                _mm256_loadu_si256(b.as_ptr().add(i) as *const __m256i),
+            )
+        };
+        let a_lo = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(va));
+        let a_hi = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(va, 1));
+        let b_lo = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(vb));
+        let b_hi = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(vb, 1));
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(a_lo, b_lo));
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(a_hi, b_hi));
+        i += 32;
+    }
+    let sum128 = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+    let sum64 = _mm_add_epi32(sum128, _mm_unpackhi_epi64(sum128, sum128));
+    let sum32 = _mm_add_epi32(sum64, _mm_shuffle_epi32(sum64, 1));
+    _mm_cvtsi128_si32(sum32) + dot_plain(&a[i..n], &b[i..n])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unit(i: usize, dim: usize) -> Vec<f32> {
+        crate::shard::ann::tests::unit(i, dim)
+    }
+
+    #[test]
+    fn scores_approximate_the_cosine_and_removal_keeps_slots_dense() {
+        let dim = 384;
+        let mut q = QuantizedVectors::new(dim);
+        for i in 0..50 {
+            // Not normalised on purpose: codes are of the normalised vector.
+            let v: Vec<f32> = unit(i, dim).iter().map(|x| x * (1.0 + i as f32)).collect();
+            q.insert(i as u64, &v);
+        }
+        let query = unit(7, dim);
+        let code = quantize(&query);
+        for i in [0usize, 7, 13, 49] {
+            let exact = tessera_types::cosine(&query, &unit(i, dim));
+            let approx = q.score(&code, i as u64).unwrap();
+            assert!((approx - exact).abs() < 0.01, "vector {i}: {approx} vs {exact}");
+        }
+        q.remove(3);
+        q.remove(49); // the last slot
+        q.remove(3); // twice is fine
+        assert_eq!(q.len(), 48);
+        assert!(q.score(&code, 3).is_none());
+        let after = q.score(&code, 48).unwrap();
+        assert!((after - tessera_types::cosine(&query, &unit(48, dim))).abs() < 0.01);
+        // The zero vector scores 0, as cosine says.
+        q.insert(100, &vec![0.0; dim]);
+        assert_eq!(q.score(&code, 100), Some(0.0));
+        assert_eq!(dot_plain(&[1, -2, 3], &[4, 5, -6]), 4 - 10 - 18);
+        // The AVX2 kernel agrees with the plain loop, extremes and a tail included.
+        let a: Vec<i8> = (0..397).map(|i| ((i * 37) % 255) as u8 as i8).chain([-127, 127]).collect();
+        let b: Vec<i8> = (0..397).map(|i| ((i * 91 + 7) % 255) as u8 as i8).chain([-127, -127]).collect();
+        let q = QuantizedVectors::new(a.len());
+        assert_eq!(q.dot(&a, &b), dot_plain(&a, &b));
+    }
+}
