@@ -11,6 +11,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
 use tonic::transport::Channel;
 
+use crate::progress::IngestProgress;
 use crate::walk::expand;
 use crate::{CollectionsCmd, DeleteArgs, GenerateArgs, IngestArgs, SearchArgs, ServerArg};
 
@@ -58,10 +59,12 @@ pub(crate) async fn connect(server: &ServerArg) -> anyhow::Result<Client> {
 
 /// Turns a gRPC status into a one-line error.
 pub(crate) fn rpc<T>(r: Result<tonic::Response<T>, tonic::Status>) -> anyhow::Result<T> {
-    match r {
-        Ok(r) => Ok(r.into_inner()),
-        Err(s) => bail!("{:?}: {}", s.code(), s.message()),
-    }
+    r.map(tonic::Response::into_inner).map_err(status_error)
+}
+
+/// A status as the one-line error `rpc` prints.
+pub(crate) fn status_error(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", s.code(), s.message())
 }
 
 pub async fn collections(cmd: CollectionsCmd) -> anyhow::Result<()> {
@@ -131,6 +134,8 @@ pub async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         })
         .collect();
     let mut client = connect(&args.server).await?;
+    let bytes_total: u64 = files.iter().filter_map(|f| std::fs::metadata(&f.path).ok()).map(|m| m.len()).sum();
+    let mut progress = IngestProgress::new(files.len() as u64, bytes_total, args.json);
     let (mut documents, mut chunks) = (0u64, 0u64);
     let mut batch: Vec<pb::FileInput> = Vec::new();
     let mut batch_bytes = 0usize;
@@ -155,21 +160,41 @@ pub async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
                 chunk_overlap: args.chunk_overlap,
                 splitter: args.splitter.clone(),
             };
+            let files_in_request = request.files.len() as u64;
+            progress.request_started(batch_bytes as u64);
             batch_bytes = 0;
-            let resp = rpc(client.ingest(request).await)?;
+            let mut stream = rpc(client.ingest_stream(request).await)?;
+            let mut done = None;
+            while let Some(message) = stream.message().await.map_err(status_error)? {
+                match message.done {
+                    Some(resp) => done = Some(resp),
+                    None => progress.update(message),
+                }
+            }
+            let resp = done.context("the server ended the ingest stream without a result")?;
             documents += resp.documents;
             chunks += resp.chunks;
+            progress.request_done(files_in_request, resp.chunks);
             errors.extend(resp.errors.into_iter().map(|e| (e.source, e.message)));
         }
     }
-    for (source, message) in &errors {
-        eprintln!("error: {source}: {message}");
+    progress.finish();
+    if args.json {
+        let errors: Vec<Value> = errors.iter().map(|(s, m)| json!({"source": s, "message": m})).collect();
+        println!(
+            "{}",
+            json!({"collection": args.collection, "documents": documents, "chunks": chunks, "errors": errors})
+        );
+    } else {
+        for (source, message) in &errors {
+            eprintln!("error: {source}: {message}");
+        }
+        println!(
+            "stored {documents} documents, {chunks} chunks in '{}'{}",
+            args.collection,
+            if errors.is_empty() { String::new() } else { format!("; {} files failed", errors.len()) }
+        );
     }
-    println!(
-        "stored {documents} documents, {chunks} chunks in '{}'{}",
-        args.collection,
-        if errors.is_empty() { String::new() } else { format!("; {} files failed", errors.len()) }
-    );
     if !errors.is_empty() {
         std::process::exit(if documents > 0 { 2 } else { 1 });
     }

@@ -4,6 +4,7 @@ mod client;
 mod cluster;
 mod conversation;
 mod limit;
+mod progress;
 mod server;
 mod telemetry;
 mod walk;
@@ -130,6 +131,10 @@ struct IngestArgs {
     /// Splitter: recursive (characters) or token (embedder word pieces).
     #[arg(long, default_value = "recursive")]
     splitter: String,
+    /// Progress as JSON lines on stderr and the result as JSON on stdout
+    /// (without it: a progress bar on a terminal, text lines otherwise).
+    #[arg(long)]
+    json: bool,
     /// Files and folders (folders are walked recursively).
     #[arg(required = true)]
     paths: Vec<PathBuf>,

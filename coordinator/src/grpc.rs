@@ -7,13 +7,15 @@ use futures::StreamExt;
 use tessera_proto::v1 as pb;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
-use tracing::instrument;
+use tracing::{instrument, Instrument};
 
 use crate::convert::collection_info;
 use crate::coordinator::Coordinator;
 
 /// The stream type of Generate.
 pub type GenerateStream = Pin<Box<dyn futures::Stream<Item = Result<pb::GenerateChunk, Status>> + Send>>;
+/// The stream type of IngestStream.
+pub type IngestStream = Pin<Box<dyn futures::Stream<Item = Result<pb::IngestProgress, Status>> + Send>>;
 /// The stream type of Ask.
 pub type AskStream = Pin<Box<dyn futures::Stream<Item = Result<pb::AskChunk, Status>> + Send>>;
 
@@ -50,6 +52,7 @@ fn forward(mut upstream: tonic::Streaming<pb::GenerateChunk>) -> GenerateStream 
 impl pb::tessera_server::Tessera for Coordinator {
     type GenerateStream = GenerateStream;
     type AskStream = AskStream;
+    type IngestStreamStream = IngestStream;
 
     #[instrument(skip_all, name = "Tessera/Ask", fields(collection = %req.get_ref().collection, session = %req.get_ref().session))]
     async fn ask(&self, req: Request<pb::AskRequest>) -> Result<Response<AskStream>, Status> {
@@ -122,6 +125,36 @@ impl pb::tessera_server::Tessera for Coordinator {
     #[instrument(skip_all, name = "Tessera/Ingest", fields(collection = %req.get_ref().collection, files = req.get_ref().files.len(), documents = req.get_ref().documents.len()))]
     async fn ingest(&self, req: Request<pb::IngestRequest>) -> Result<Response<pb::IngestResponse>, Status> {
         Ok(Response::new(Coordinator::ingest(self, req.into_inner()).await?))
+    }
+
+    #[instrument(skip_all, name = "Tessera/IngestStream", fields(collection = %req.get_ref().collection, files = req.get_ref().files.len(), documents = req.get_ref().documents.len()))]
+    async fn ingest_stream(&self, req: Request<pb::IngestRequest>) -> Result<Response<IngestStream>, Status> {
+        // The ingest runs to its end even if the client goes away: stopping between
+        // shard writes would leave a request half stored for no gain.
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let me = self.clone();
+        let span = tracing::Span::current();
+        tokio::spawn(
+            async move {
+                let progress = tx.clone();
+                let report = move |p: pb::IngestProgress| {
+                    let _ = progress.send(Ok(p));
+                };
+                let last = match Coordinator::ingest_with_progress(&me, req.into_inner(), &report).await {
+                    Ok(done) => Ok(pb::IngestProgress {
+                        chunks_total: done.chunks,
+                        chunks_embedded: done.chunks,
+                        chunks_written: done.chunks,
+                        documents_written: done.documents,
+                        done: Some(done),
+                    }),
+                    Err(e) => Err(Status::from(e)),
+                };
+                let _ = tx.send(last);
+            }
+            .instrument(span),
+        );
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))))
     }
 
     #[instrument(skip_all, name = "Tessera/Delete", fields(collection = %req.get_ref().collection))]

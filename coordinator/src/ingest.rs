@@ -1,9 +1,13 @@
 //! Writes: ingest (load and split on a loader, embed, write per shard) and delete.
 use std::collections::BTreeMap;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use futures::future::try_join_all;
+use futures::{stream, StreamExt};
 use tessera_proto::v1 as pb;
 use tessera_types::{NodeRole, SearchSettings};
+use tokio::sync::mpsc;
 use tracing::info;
 
 use crate::catalog::{shard_for, validate_name, CollectionMeta};
@@ -12,6 +16,39 @@ use crate::error::{CoordinatorError, Result};
 
 /// Document writes grouped by shard number.
 type PerShard = BTreeMap<u32, Vec<pb::DocumentWrite>>;
+
+/// The counters of one ingest, shared by its embedding loop and shard writers.
+struct Progress {
+    total: u64,
+    embedded: AtomicU64,
+    written: AtomicU64,
+    documents: AtomicU64,
+}
+
+impl Progress {
+    fn new(total: u64) -> Self {
+        Self { total, embedded: AtomicU64::new(0), written: AtomicU64::new(0), documents: AtomicU64::new(0) }
+    }
+
+    fn embedded(&self, n: u64) {
+        self.embedded.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn written(&self, chunks: u64, documents: u64) {
+        self.written.fetch_add(chunks, Ordering::Relaxed);
+        self.documents.fetch_add(documents, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> pb::IngestProgress {
+        pb::IngestProgress {
+            chunks_total: self.total,
+            chunks_embedded: self.embedded.load(Ordering::Relaxed),
+            chunks_written: self.written.load(Ordering::Relaxed),
+            documents_written: self.documents.load(Ordering::Relaxed),
+            done: None,
+        }
+    }
+}
 
 /// Chunk size and overlap of a request: 0 means the defaults (1000 / 200).
 fn chunking(req: &pb::IngestRequest) -> Result<(u32, u32)> {
@@ -37,6 +74,24 @@ impl Coordinator {
     /// Loads, splits, embeds and writes files and documents, creating the
     /// collection if needed. Files that fail to load are reported, not fatal.
     pub(crate) async fn ingest(&self, req: pb::IngestRequest) -> Result<pb::IngestResponse> {
+        self.ingest_with_progress(req, &|_| {}).await
+    }
+
+    /// [`Coordinator::ingest`], calling `report` with the counters each time a
+    /// batch of chunks is embedded or a shard write is durable.
+    ///
+    /// Embedding and writing overlap: chunks are embedded in batches in
+    /// document order, a document goes to its shard's queue as soon as its last
+    /// chunk has a vector, and one writer per shard drains its queue (in order,
+    /// so a document repeated in one request still ends as its last version;
+    /// whatever queued during a write goes out as the next one) while the next
+    /// batches embed. Before, every write waited for the whole
+    /// request's embedding.
+    pub(crate) async fn ingest_with_progress(
+        &self,
+        req: pb::IngestRequest,
+        report: &(dyn Fn(pb::IngestProgress) + Sync),
+    ) -> Result<pb::IngestResponse> {
         validate_name(&req.collection)?;
         if req.files.is_empty() && req.documents.is_empty() {
             return Err(CoordinatorError::invalid("nothing to ingest: give files or documents"));
@@ -64,24 +119,97 @@ impl Coordinator {
                 tessera_types::limits::MAX_CHUNKS_PER_REQUEST
             )));
         }
-        let texts: Vec<String> =
-            loaded.documents.iter().flat_map(|d| d.chunks.iter().map(|c| c.text.clone())).collect();
-        let mut vectors = self.embed_texts(texts).await?.vectors.into_iter().map(|v| v.values);
+        let progress = Progress::new(chunk_count as u64);
+        report(progress.snapshot());
 
-        let mut per_shard = PerShard::new();
-        for doc in loaded.documents {
-            let chunks = doc
-                .chunks
-                .into_iter()
-                .map(|chunk| pb::ChunkWithVector { vector: vectors.next().unwrap_or_default(), chunk: Some(chunk) })
-                .collect();
-            per_shard.entry(shard_for(&doc.doc_id, meta.shards)).or_default().push(pb::DocumentWrite {
-                doc_id: doc.doc_id,
-                delete: false,
-                chunks,
-            });
+        // One queue and one writer per shard touched.
+        let mut queues: BTreeMap<u32, mpsc::UnboundedSender<Vec<pb::DocumentWrite>>> = BTreeMap::new();
+        let mut writers = Vec::new();
+        for doc in &loaded.documents {
+            let shard = shard_for(&doc.doc_id, meta.shards);
+            if let std::collections::btree_map::Entry::Vacant(slot) = queues.entry(shard) {
+                let (tx, mut rx) = mpsc::unbounded_channel::<Vec<pb::DocumentWrite>>();
+                slot.insert(tx);
+                let (meta, progress) = (&meta, &progress);
+                writers.push(async move {
+                    let mut outcomes = Vec::new();
+                    while let Some(mut writes) = rx.recv().await {
+                        // What queued up while the last write ran goes out as one write.
+                        while let Ok(more) = rx.try_recv() {
+                            writes.extend(more);
+                        }
+                        let outcome = self.write_shard(meta, shard, writes).await?;
+                        progress.written(outcome.chunks, outcome.documents);
+                        report(progress.snapshot());
+                        outcomes.push(outcome);
+                    }
+                    Ok::<_, CoordinatorError>(outcomes)
+                });
+            }
         }
-        let outcomes = self.write_shards(&meta, per_shard).await?;
+
+        let embed_and_queue = async {
+            let batch_size = self.config.embed_batch.max(1);
+            let texts: Vec<String> =
+                loaded.documents.iter().flat_map(|d| d.chunks.iter().map(|c| c.text.clone())).collect();
+            let batches: Vec<Vec<String>> = texts.chunks(batch_size).map(|c| c.to_vec()).collect();
+            let mut embedded = stream::iter(batches.into_iter().map(|batch| self.embed_texts(batch)))
+                .buffered(self.config.embed_parallelism.max(1));
+            let mut vectors: Vec<Vec<f32>> = Vec::with_capacity(chunk_count);
+            let mut docs = loaded.documents.into_iter().peekable();
+            // Chunks of the documents already queued.
+            let mut queued = 0usize;
+            let mut pending = PerShard::new();
+            let flush = |pending: &mut PerShard| -> Result<()> {
+                for (shard, writes) in std::mem::take(pending) {
+                    let queue =
+                        queues.get(&shard).ok_or_else(|| CoordinatorError::Internal("no writer for shard".into()))?;
+                    queue.send(writes).map_err(|_| CoordinatorError::Internal("shard writer stopped".into()))?;
+                }
+                Ok(())
+            };
+            while let Some(batch) = embedded.next().await {
+                let batch = batch?;
+                progress.embedded(batch.vectors.len() as u64);
+                report(progress.snapshot());
+                vectors.extend(batch.vectors.into_iter().map(|v| v.values));
+                // Every document whose chunks all have vectors now is ready.
+                while let Some(doc) = docs.next_if(|d| queued + d.chunks.len() <= vectors.len()) {
+                    let chunks: Vec<pb::ChunkWithVector> = doc
+                        .chunks
+                        .into_iter()
+                        .zip(vectors[queued..].iter_mut())
+                        .map(|(chunk, v)| pb::ChunkWithVector { vector: std::mem::take(v), chunk: Some(chunk) })
+                        .collect();
+                    queued += chunks.len();
+                    pending.entry(shard_for(&doc.doc_id, meta.shards)).or_default().push(pb::DocumentWrite {
+                        doc_id: doc.doc_id,
+                        delete: false,
+                        chunks,
+                    });
+                }
+                // Ready documents go to their writers at once; a writer that is busy
+                // coalesces what queues up meanwhile into its next write.
+                flush(&mut pending)?;
+            }
+            // Documents without chunks (empty files) and the rest.
+            for doc in docs {
+                pending.entry(shard_for(&doc.doc_id, meta.shards)).or_default().push(pb::DocumentWrite {
+                    doc_id: doc.doc_id,
+                    delete: false,
+                    chunks: vec![],
+                });
+            }
+            flush(&mut pending)?;
+            drop(queues);
+            Ok::<_, CoordinatorError>(())
+        };
+        // Both sides run until done or the first error; a failed embedding stops
+        // the writers (their queues close), a failed write fails the request.
+        let (embedding, written) = futures::join!(embed_and_queue, try_join_all(writers));
+        // A failed write first: it is why the embedding loop's queue closed.
+        let outcomes: Vec<pb::ShardWriteResponse> = written?.into_iter().flatten().collect();
+        embedding?;
         let documents = outcomes.iter().map(|o| o.documents).sum();
         let chunks = outcomes.iter().map(|o| o.chunks).sum();
         info!(documents, chunks, errors = errors.len(), "ingested");
