@@ -111,6 +111,15 @@ async fn bad_requests_get_clear_errors_and_lose_nothing() {
     assert_eq!(e.code(), Code::InvalidArgument);
     let e = c.ingest(pb::IngestRequest { collection: "kb".into(), ..Default::default() }).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
+    // The streaming form reports the same refusal as the stream's error, with no result message.
+    let mut stream = c
+        .ingest_stream(pb::IngestRequest { collection: "kb".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    let e = stream.message().await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("nothing to ingest"), "{}", e.message());
     let e = c
         .create_collection(pb::CreateCollectionRequest { name: "kb".into(), shards: 2, replication: 1, settings: None })
         .await

@@ -87,7 +87,8 @@ fn metrics_after_traffic_dashboard_names_and_status_page() {
     assert!(names.iter().all(|n| n.starts_with("tessera_")), "{names:?}");
 
     // Sane values.
-    assert_eq!(sample(&s, r#"tessera_grpc_requests_total{method="/tessera.v1.Tessera/Ingest",code="Ok"}"#), 1.0);
+    // `tessera ingest` uses the streaming form (progress), one call for the one folder.
+    assert_eq!(sample(&s, r#"tessera_grpc_requests_total{method="/tessera.v1.Tessera/IngestStream",code="Ok"}"#), 1.0);
     assert_eq!(
         sample(&s, r#"tessera_grpc_requests_total{method="/tessera.v1.Tessera/Search",code="InvalidArgument"}"#),
         1.0
@@ -142,7 +143,7 @@ fn metrics_after_traffic_dashboard_names_and_status_page() {
     assert!(dom.contains(r#"data-healthy="true""#), "{dom}");
     assert!(dom.contains(r#"data-collection="docs""#), "{dom}");
     assert!(dom.contains("SmolLM2-135M-Instruct.Q4_1"), "{dom}");
-    assert!(dom.contains("/tessera.v1.Tessera/Ingest"), "request table rendered from /metrics: {dom}");
+    assert!(dom.contains("/tessera.v1.Tessera/IngestStream"), "request table rendered from /metrics: {dom}");
     let png = common::browser::screenshot(browser, &profile, &url, "status-page.png");
     assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "screenshot of {} bytes", png.len());
 }

@@ -242,7 +242,9 @@ pub fn grpc_access(path: &str) -> Access {
         return Access::Open;
     };
     Access::Needs(match method {
-        "CreateCollection" | "DropCollection" | "Ingest" | "Delete" | "ClearSession" => Role::ReadWrite,
+        "CreateCollection" | "DropCollection" | "Ingest" | "IngestStream" | "Delete" | "ClearSession" => {
+            Role::ReadWrite
+        }
         "ClusterStatus" => Role::Admin,
         // Queries and conversation, and any method added later until classified.
         "ListCollections" | "Search" | "Embed" | "Generate" | "Ask" | "ListSessions" | "GetSession" => Role::ReadOnly,
@@ -310,6 +312,7 @@ mod tests {
     fn routes_are_classified() {
         assert_eq!(grpc_access("/tessera.v1.Tessera/Search"), Access::Needs(Role::ReadOnly));
         assert_eq!(grpc_access("/tessera.v1.Tessera/Ingest"), Access::Needs(Role::ReadWrite));
+        assert_eq!(grpc_access("/tessera.v1.Tessera/IngestStream"), Access::Needs(Role::ReadWrite));
         assert_eq!(grpc_access("/tessera.v1.Tessera/ClusterStatus"), Access::Needs(Role::Admin));
         assert_eq!(grpc_access("/tessera.v1.Tessera/SomethingNew"), Access::Needs(Role::Admin));
         assert_eq!(grpc_access("/grpc.health.v1.Health/Check"), Access::Open);
