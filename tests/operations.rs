@@ -53,12 +53,15 @@ fn metrics_after_traffic_dashboard_names_and_status_page() {
         "tessera_model_running_requests",
         "tessera_model_kv_cache_bytes",
         "tessera_model_time_to_first_token_seconds_count",
+        r#"tessera_shard_filtered_searches_total{plan="scan"}"#,
+        r#"tessera_shard_filtered_searches_total{plan="graph"}"#,
     ] {
         assert_eq!(sample(&fresh, series), 0.0, "{series} at start-up");
     }
     assert!(sample(&fresh, "tessera_model_weight_bytes") > 1e7);
     server.cli_ok(&["ingest", "--collection", "docs", tmp.path().join("docs").to_str().unwrap()]);
     server.search_json("docs", &[], "copy a folder");
+    server.search_json("docs", &["--filter", "chunk_index=0"], "copy a folder");
     let bad = server.cli(&["search", "--collection", "docs", "--top-k", "0", "x"]);
     assert!(!bad.status.success());
     server.cli_ok(&[
@@ -87,6 +90,10 @@ fn metrics_after_traffic_dashboard_names_and_status_page() {
     assert!(names.iter().all(|n| n.starts_with("tessera_")), "{names:?}");
 
     // Sane values.
+    assert!(
+        sample(&s, r#"tessera_shard_filtered_searches_total{plan="scan"}"#) >= 1.0,
+        "the filtered search was a scan of its matches"
+    );
     // `tessera ingest` uses the streaming form (progress), one call for the one folder.
     assert_eq!(sample(&s, r#"tessera_grpc_requests_total{method="/tessera.v1.Tessera/IngestStream",code="Ok"}"#), 1.0);
     assert_eq!(
@@ -107,8 +114,8 @@ fn metrics_after_traffic_dashboard_names_and_status_page() {
     assert_eq!(chunks, 4.0, "4 one-chunk documents over the shards");
     assert_eq!(
         sample(&s, "tessera_embedder_texts_total"),
-        4.0 + 1.0 + 1.0 + 1.0,
-        "4 chunks, 1 search, 1 ask, 1 embedding"
+        4.0 + 2.0 + 1.0 + 1.0,
+        "4 chunks, 2 searches, 1 ask, 1 embedding"
     );
     assert_eq!(sample(&s, "tessera_session_messages_appended_total"), 2.0);
     assert_eq!(sample(&s, "tessera_sessions_live"), 1.0);

@@ -38,6 +38,7 @@ impl ShardRegistry {
     pub async fn open(data_dir: &Path) -> Result<Self, ShardError> {
         std::fs::create_dir_all(data_dir).map_err(|e| ShardError::Invalid(format!("{}: {e}", data_dir.display())))?;
         let db = sled::open(data_dir.join("shards.sled"))?;
+        super::replica::register_metrics_at_zero();
         let me = Self { db, ann_dir: data_dir.join("ann"), shards: Arc::default() };
         let catalog = me.db.open_tree(CATALOG)?;
         for item in catalog.iter() {

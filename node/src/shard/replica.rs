@@ -21,6 +21,17 @@ use crate::load::Metadata;
 /// them), and HNSW can miss results when few graph nodes qualify.
 const SCAN_FILTER_LIMIT: usize = 30_000;
 
+/// The filtered-search plans, as the `plan` label of `tessera_shard_filtered_searches_total`.
+const PLAN_LABELS: [&str; 3] = ["scan", "graph", "exact"];
+
+/// Registers the shard metrics that count by label at zero, so that a fresh
+/// dashboard shows zeros for each filtered-search plan before the first filter.
+pub(super) fn register_metrics_at_zero() {
+    for plan in PLAN_LABELS {
+        metrics::counter!("tessera_shard_filtered_searches_total", "plan" => plan).absolute(0);
+    }
+}
+
 /// Which index answers a query (Hybrid: both lists, fused later over all shards by the coordinator).
 pub use tessera_types::SearchMode;
 
@@ -447,6 +458,13 @@ impl Shard {
             FilterPlan::Auto => FilterPlan::Graph,
             chosen => chosen,
         };
+        // Which way filters go is what a user tunes filters and SCAN_FILTER_LIMIT by.
+        let label = match plan {
+            FilterPlan::Graph => PLAN_LABELS[1],
+            FilterPlan::Exact => PLAN_LABELS[2],
+            FilterPlan::Scan | FilterPlan::Auto => PLAN_LABELS[0],
+        };
+        metrics::counter!("tessera_shard_filtered_searches_total", "plan" => label).increment(1);
         Ok(match plan {
             FilterPlan::Exact => self.vectors.exact_among(&q.vector, allowed.iter(), q.top_k),
             FilterPlan::Scan | FilterPlan::Auto => self.vectors.scan_among(&q.vector, allowed.iter(), q.top_k),

@@ -476,6 +476,9 @@ mod tests {
         let hits = back.exact_search(&v(0), 10).unwrap();
         assert_eq!(hits.len(), 10);
         assert!(hits[..7].iter().all(|(k, _)| k % 4 == 0 && *k != 0), "the 7 live copies of v(0) first: {hits:?}");
+        // Attaching rebuilt the int8 codes and the copies: the scan agrees with the exact scan.
+        assert_eq!(back.scan_among(&v(1), 1..30, 5), back.exact_among(&v(1), 1..30, 5));
+        assert_eq!(back.copies.len(), 29 - 4);
         let mut wrong = VectorSet::load(&path, 8).unwrap();
         wrong.attach(1, &v(9));
         assert!(!wrong.consistent(1));
