@@ -170,6 +170,7 @@ fn main() {
                 ("auto", FilterPlan::Auto),
                 ("scan (int8, re-scored)", FilterPlan::Scan),
                 ("graph", FilterPlan::Graph),
+                ("post-filter", FilterPlan::PostFilter),
                 ("exact f32", FilterPlan::Exact),
             ];
             for (plan_name, plan) in plans {
