@@ -150,9 +150,13 @@ impl Coordinator {
 
         let embed_and_queue = async {
             let batch_size = self.config.embed_batch.max(1);
-            let texts: Vec<String> =
-                loaded.documents.iter().flat_map(|d| d.chunks.iter().map(|c| c.text.clone())).collect();
-            let batches: Vec<Vec<String>> = texts.chunks(batch_size).map(|c| c.to_vec()).collect();
+            let mut batches: Vec<Vec<String>> = Vec::new();
+            for text in loaded.documents.iter().flat_map(|d| d.chunks.iter().map(|c| c.text.clone())) {
+                match batches.last_mut() {
+                    Some(batch) if batch.len() < batch_size => batch.push(text),
+                    _ => batches.push(vec![text]),
+                }
+            }
             let mut embedded = stream::iter(batches.into_iter().map(|batch| self.embed_texts(batch)))
                 .buffered(self.config.embed_parallelism.max(1));
             let mut vectors: Vec<Vec<f32>> = Vec::with_capacity(chunk_count);
@@ -168,12 +172,9 @@ impl Coordinator {
                 }
                 Ok(())
             };
-            while let Some(batch) = embedded.next().await {
-                let batch = batch?;
-                progress.embedded(batch.vectors.len() as u64);
-                report(progress.snapshot());
-                vectors.extend(batch.vectors.into_iter().map(|v| v.values));
-                // Every document whose chunks all have vectors now is ready.
+            // Every document whose chunks all have vectors (documents without chunks at
+            // once) goes to its shard's queue.
+            let mut queue_ready = |vectors: &mut Vec<Vec<f32>>| -> Result<()> {
                 while let Some(doc) = docs.next_if(|d| queued + d.chunks.len() <= vectors.len()) {
                     let chunks: Vec<pb::ChunkWithVector> = doc
                         .chunks
@@ -190,17 +191,22 @@ impl Coordinator {
                 }
                 // Ready documents go to their writers at once; a writer that is busy
                 // coalesces what queues up meanwhile into its next write.
-                flush(&mut pending)?;
+                flush(&mut pending)
+            };
+            queue_ready(&mut vectors)?;
+            while let Some(batch) = embedded.next().await {
+                let batch = batch?;
+                progress.embedded(batch.vectors.len() as u64);
+                report(progress.snapshot());
+                vectors.extend(batch.vectors.into_iter().map(|v| v.values));
+                queue_ready(&mut vectors)?;
             }
-            // Documents without chunks (empty files) and the rest.
-            for doc in docs {
-                pending.entry(shard_for(&doc.doc_id, meta.shards)).or_default().push(pb::DocumentWrite {
-                    doc_id: doc.doc_id,
-                    delete: false,
-                    chunks: vec![],
-                });
+            if docs.peek().is_some() {
+                return Err(CoordinatorError::Internal(format!(
+                    "the embedder returned {} vectors for {chunk_count} chunks",
+                    vectors.len()
+                )));
             }
-            flush(&mut pending)?;
             drop(queues);
             Ok::<_, CoordinatorError>(())
         };

@@ -21,9 +21,6 @@ use crate::load::Metadata;
 /// them), and HNSW can miss results when few graph nodes qualify.
 const SCAN_FILTER_LIMIT: usize = 30_000;
 
-/// The filtered-search plans, as the `plan` label of `tessera_shard_filtered_searches_total`.
-const PLAN_LABELS: [&str; 4] = ["scan", "graph", "exact", "post"];
-
 /// From this share of a shard's chunks on, a filter too large to scan is
 /// answered by an unfiltered search that keeps the allowed results. Measured
 /// at 100k chunks (BENCHMARKS.md): at 25 % and 50 % it took 2.5–2.7 ms p50
@@ -34,8 +31,8 @@ const POST_FILTER_SHARE: f64 = 0.2;
 /// Registers the shard metrics that count by label at zero, so that a fresh
 /// dashboard shows zeros for each filtered-search plan before the first filter.
 pub(super) fn register_metrics_at_zero() {
-    for plan in PLAN_LABELS {
-        metrics::counter!("tessera_shard_filtered_searches_total", "plan" => plan).absolute(0);
+    for plan in [FilterPlan::Scan, FilterPlan::Graph, FilterPlan::Exact, FilterPlan::PostFilter] {
+        metrics::counter!("tessera_shard_filtered_searches_total", "plan" => plan.label()).absolute(0);
     }
 }
 
@@ -87,12 +84,14 @@ pub struct ShardQuery {
     pub filter_plan: FilterPlan,
 }
 
-/// The two ways to run a filtered vector search. The planner picks one by the
-/// number of distinct vectors the filter keeps; the others exist so that the
-/// benchmark can time both sides of that crossover.
+/// The ways to run a filtered vector search. The planner (`Auto`) picks one
+/// by the distinct vectors the filter keeps and its share of the shard; the
+/// others can be forced so that the benchmark can time each side of the
+/// crossovers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FilterPlan {
-    /// Exact scan up to `EXACT_FILTER_LIMIT` distinct vectors, filtered HNSW above.
+    /// Scan up to `SCAN_FILTER_LIMIT` distinct vectors, post-filter from
+    /// `POST_FILTER_SHARE` of the shard, filtered HNSW otherwise.
     #[default]
     Auto,
     /// Always scan the matching chunks (int8 codes, the best re-scored in f32).
@@ -104,6 +103,19 @@ pub enum FilterPlan {
     /// An unfiltered HNSW search for more neighbours, the allowed ones kept
     /// (the graph walk when too few survive).
     PostFilter,
+}
+
+impl FilterPlan {
+    /// The `plan` label of `tessera_shard_filtered_searches_total` (`Auto` is
+    /// resolved before anything is counted; it is labelled as the scan it runs as).
+    fn label(self) -> &'static str {
+        match self {
+            FilterPlan::Auto | FilterPlan::Scan => "scan",
+            FilterPlan::Graph => "graph",
+            FilterPlan::Exact => "exact",
+            FilterPlan::PostFilter => "post",
+        }
+    }
 }
 
 impl ShardQuery {
@@ -439,8 +451,10 @@ impl Shard {
     /// `exact_below` chunks; HNSW with a candidate list scaled with k otherwise.
     /// With a filter, the planner counts the distinct vectors among the matches
     /// (bounded from bitmaps, counted only when the bounds disagree) and scans them when there are at
-    /// most `SCAN_FILTER_LIMIT` or the shard is small, else walks the graph
-    /// with the filter; `exact: true` scores every match in f32. Exact search
+    /// most `SCAN_FILTER_LIMIT` or the shard is small, post-filters an
+    /// unfiltered search when it keeps at least `POST_FILTER_SHARE` of the
+    /// shard, else walks the graph with the filter; `exact: true` scores every
+    /// match in f32. Exact search
     /// is what recall is measured against, so below the limits the index loses
     /// nothing; the limits are where brute force stops being as fast
     /// (BENCHMARKS.md).
@@ -471,33 +485,20 @@ impl Shard {
             FilterPlan::Auto => FilterPlan::Graph,
             chosen => chosen,
         };
-        let share = allowed.len() as f64 / self.chunks.len().max(1) as f64;
-        let post = match plan {
-            FilterPlan::PostFilter => self.vectors.post_filtered_search(&q.vector, q.top_k, ef, allowed, share)?,
-            _ => None,
-        };
-        let plan = match (plan, &post) {
-            (FilterPlan::PostFilter, None) => FilterPlan::Graph,
-            (plan, _) => plan,
+        let (ran, found) = match plan {
+            FilterPlan::Exact => (plan, self.vectors.exact_among(&q.vector, allowed.iter(), q.top_k)),
+            FilterPlan::Scan | FilterPlan::Auto => {
+                (FilterPlan::Scan, self.vectors.scan_among(&q.vector, allowed.iter(), q.top_k))
+            }
+            FilterPlan::PostFilter => match self.vectors.post_filtered_search(&q.vector, q.top_k, ef, allowed)? {
+                Some(found) => (plan, found),
+                None => (FilterPlan::Graph, self.vectors.filtered_search(&q.vector, q.top_k, ef, allowed)?),
+            },
+            FilterPlan::Graph => (plan, self.vectors.filtered_search(&q.vector, q.top_k, ef, allowed)?),
         };
         // Which way filters go is what a user tunes filters and SCAN_FILTER_LIMIT by.
-        let label = match plan {
-            FilterPlan::Graph => PLAN_LABELS[1],
-            FilterPlan::Exact => PLAN_LABELS[2],
-            FilterPlan::PostFilter => PLAN_LABELS[3],
-            FilterPlan::Scan | FilterPlan::Auto => PLAN_LABELS[0],
-        };
-        metrics::counter!("tessera_shard_filtered_searches_total", "plan" => label).increment(1);
-        if let Some(found) = post {
-            return Ok(found);
-        }
-        Ok(match plan {
-            FilterPlan::Exact => self.vectors.exact_among(&q.vector, allowed.iter(), q.top_k),
-            FilterPlan::Scan | FilterPlan::Auto => self.vectors.scan_among(&q.vector, allowed.iter(), q.top_k),
-            FilterPlan::Graph | FilterPlan::PostFilter => {
-                self.vectors.filtered_search(&q.vector, q.top_k, ef, allowed)?
-            }
-        })
+        metrics::counter!("tessera_shard_filtered_searches_total", "plan" => ran.label()).increment(1);
+        Ok(found)
     }
 
     /// Exact top-k of the whole shard (for recall measurements).

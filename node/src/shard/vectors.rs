@@ -22,6 +22,11 @@ use super::{AnnIndex, ShardError};
 /// A scan re-scores at least this many of its best int8 candidates exactly.
 const RESCORE_MIN: usize = 64;
 
+/// Higher score first, then the smaller key.
+fn best_first(a: &(u64, f32), b: &(u64, f32)) -> std::cmp::Ordering {
+    b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
+}
+
 /// A vector's bit pattern hashed (equal vectors, equal hashes; equality is checked).
 fn fingerprint(v: &[f32]) -> u64 {
     let mut h = ahash::AHasher::default();
@@ -271,12 +276,11 @@ impl VectorSet {
             };
             scored.push((key, score));
         }
-        let order = |a: &(u64, f32), b: &(u64, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
         if scored.len() > k {
-            scored.select_nth_unstable_by(k - 1, order);
+            scored.select_nth_unstable_by(k - 1, best_first);
             scored.truncate(k);
         }
-        scored.sort_by(order);
+        scored.sort_by(best_first);
         scored
     }
 
@@ -292,28 +296,10 @@ impl VectorSet {
         let mut approx = self.codes.score_all(&code, keys);
         let keep = (8 * k).max(RESCORE_MIN);
         if approx.len() > keep {
-            approx.select_nth_unstable_by(keep - 1, |a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            approx.select_nth_unstable_by(keep - 1, best_first);
             approx.truncate(keep);
         }
-        let mut exact: HashMap<u64, f32> = HashMap::default();
-        let mut buf = vec![0f32; self.ann.dimension()];
-        let mut scored: Vec<(u64, f32)> = Vec::with_capacity(approx.len());
-        for (key, _) in approx {
-            let Some(&rep) = self.rep_of.get(&key) else { continue };
-            let score = match exact.get(&rep) {
-                Some(s) => *s,
-                None if self.ann.get_into(rep, &mut buf) => {
-                    let s = super::ann::cosine(query, &buf);
-                    exact.insert(rep, s);
-                    s
-                }
-                None => continue,
-            };
-            scored.push((key, score));
-        }
-        scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        scored.truncate(k);
-        scored
+        self.exact_among(query, approx.into_iter().map(|(key, _)| key), k)
     }
 
     /// Exact nearest chunks (brute force over the distinct vectors).
@@ -352,7 +338,8 @@ impl VectorSet {
     }
 
     /// For a filter that keeps a large share of the chunks: an unfiltered HNSW
-    /// search for `2 k / share` neighbours, of which the allowed ones are kept.
+    /// search for `2 k / share` neighbours (share = allowed / all chunks), of
+    /// which the allowed ones are kept.
     /// None when fewer than `k` survive (the caller then walks the graph with
     /// the filter). An unfiltered walk does not step over rejected nodes, so
     /// where most chunks pass it is cheaper than a filtered one.
@@ -362,8 +349,8 @@ impl VectorSet {
         k: usize,
         ef: usize,
         allowed: &RoaringTreemap,
-        share: f64,
     ) -> Result<Option<Vec<(u64, f32)>>, ShardError> {
+        let share = allowed.len() as f64 / self.len().max(1) as f64;
         let wide = ((2.0 * k as f64 / share.max(1e-3)).ceil() as usize).max(k);
         let found = self.ann.search_ef(query, wide, ef.max(wide))?;
         let kept = self.expand(found, k, &|key| allowed.contains(key));
@@ -524,6 +511,10 @@ mod tests {
         }
     }
 
+    fn cosine_to(s: &VectorSet, query: &[f32], key: u64) -> f32 {
+        crate::shard::ann::cosine(query, &s.get(key).unwrap())
+    }
+
     #[test]
     fn post_filtering_keeps_only_allowed_chunks_or_declines() {
         let dim = 32;
@@ -535,7 +526,7 @@ mod tests {
         let mut agree = 0;
         for q in 0..20usize {
             let query = crate::shard::ann::tests::unit(9000 + q, dim);
-            let got = s.post_filtered_search(&query, 10, 128, &half, 0.5).unwrap().expect("half the chunks pass");
+            let got = s.post_filtered_search(&query, 10, 128, &half).unwrap().expect("half the chunks pass");
             assert_eq!(got.len(), 10);
             assert!(got.iter().all(|(k, _)| k % 2 == 0), "only allowed chunks: {got:?}");
             // Keys, not scores: usearch's distance and `cosine` differ in the last bits.
@@ -543,9 +534,12 @@ mod tests {
             agree += usize::from(keys(&got) == keys(&s.exact_among(&query, half.iter(), 10)));
         }
         assert!(agree >= 18, "post-filtered HNSW agrees with the exact scan on {agree} of 20 queries");
-        // Three allowed chunks far down the ranking: too few survive, the caller must walk the graph.
-        let few: RoaringTreemap = [5u64, 500, 1500].into_iter().collect();
-        let far = s.post_filtered_search(&crate::shard::ann::tests::unit(77, dim), 10, 64, &few, 0.9).unwrap();
+        // A fifth of the chunks, all far down the ranking: none survive, the caller must walk the graph.
+        let query = crate::shard::ann::tests::unit(77, dim);
+        let mut ranked: Vec<(u64, f32)> = (0..2000u64).map(|k| (k, cosine_to(&s, &query, k))).collect();
+        ranked.sort_by(best_first);
+        let far_away: RoaringTreemap = ranked[1600..].iter().map(|(k, _)| *k).collect();
+        let far = s.post_filtered_search(&query, 10, 64, &far_away).unwrap();
         assert!(far.is_none(), "{far:?}");
     }
 }

@@ -30,6 +30,14 @@ impl Default for Bm25Params {
     }
 }
 
+/// A query's distinct terms, sorted (a term repeated in a query counts once).
+fn query_terms(query: &str) -> Vec<String> {
+    let mut terms = terms(query);
+    terms.sort();
+    terms.dedup();
+    terms
+}
+
 /// One chunk in one term's list.
 #[derive(Debug, Clone, Copy)]
 struct Posting {
@@ -194,10 +202,7 @@ impl Bm25Index {
         if n == 0.0 || k == 0 {
             return Vec::new();
         }
-        let mut query_terms = terms(query);
-        query_terms.sort();
-        query_terms.dedup();
-        let lists: Vec<&PostingList> = query_terms
+        let lists: Vec<&PostingList> = query_terms(query)
             .iter()
             .filter_map(|t| self.term_ids.get(t))
             .map(|id| &self.lists[*id as usize])
@@ -245,9 +250,7 @@ mod tests {
     ) -> Vec<(u64, f32)> {
         let n = idx.chunks.len() as f64;
         let avg = idx.total_length as f64 / n;
-        let mut q = terms(query);
-        q.sort();
-        q.dedup();
+        let q = query_terms(query);
         let mut scores: HashMap<u64, f64> = HashMap::new();
         for term in &q {
             let Some(id) = idx.term_ids.get(term) else { continue };
