@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::cluster::{alive, cli_ok, coordinator, etcd, free_port, node_with, status, wait_for, Proc};
+use common::cluster::{alive, cli_ok, coordinator, etcd, free_port, node_with, status, wait_for, wait_for_procs, Proc};
 use serde_json::Value;
 use tessera_proto::v1 as pb;
 use tessera_proto::v1::tessera_client::TesseraClient;
@@ -40,10 +40,11 @@ fn primary_loss_under_load_loses_no_acknowledged_write_and_the_node_catches_up()
     };
     let mut nodes: Vec<Option<Proc>> = (0..3).map(|i| Some(start(i))).collect();
     let (c1, c2) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
-    let _coordinators: Vec<Proc> =
+    let mut coordinators: Vec<Proc> =
         [(&c1, "c1"), (&c2, "c2")].iter().map(|(g, name)| coordinator(tmp.path(), &etcd_url, g, name)).collect();
     let all_up = vec![("n1".to_string(), true), ("n2".to_string(), true), ("n3".to_string(), true)];
-    wait_for("three nodes", Duration::from_secs(90), || {
+    let procs = nodes.iter_mut().flatten().chain(coordinators.iter_mut());
+    wait_for_procs("three nodes", Duration::from_secs(180), procs, || {
         [&c1, &c2].iter().all(|c| {
             let out = common::cluster::cli(c, &["status", "--json"]);
             out.status.success() && serde_json::from_slice::<Value>(&out.stdout).is_ok_and(|s| alive(&s) == all_up)

@@ -1,16 +1,13 @@
 //! Cluster processes for tests: etcd from Debian's etcd-server on free loopback
 //! ports, `tessera node` and `tessera coordinator` processes, CLI helpers.
 #![allow(dead_code)]
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+pub use super::free_port;
 
 /// A child process killed on drop, its stderr in a log file.
 pub struct Proc {
@@ -133,6 +130,36 @@ pub fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Like [`wait_for`], for a condition on running processes: a process that
+/// exits fails the wait at once, and a timeout shows the end of every log, so
+/// a failure says why instead of only how long it waited.
+pub fn wait_for_procs<'a>(
+    what: &str,
+    timeout: Duration,
+    procs: impl IntoIterator<Item = &'a mut Proc>,
+    mut ok: impl FnMut() -> bool,
+) {
+    let mut procs: Vec<&mut Proc> = procs.into_iter().collect();
+    let tails = |procs: &[&mut Proc]| {
+        procs.iter().map(|p| format!("--- {}\n{}", p.log.display(), tail(&p.log(), 30))).collect::<Vec<_>>().join("\n")
+    };
+    let deadline = Instant::now() + timeout;
+    while !ok() {
+        for p in procs.iter_mut() {
+            if p.exited() {
+                panic!("waiting for {what}: {} exited\n{}", p.log.display(), tail(&p.log(), 40));
+            }
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}\n{}", tails(&procs));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// The id of the best BM25 hit for `query` in collection `docs`, through a coordinator client.

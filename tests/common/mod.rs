@@ -28,8 +28,26 @@ pub fn models() -> Option<PathBuf> {
     None
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// A loopback port nothing listens on, below the kernel's ephemeral range
+/// (32768-60999 on Linux). Ports from `bind(:0)` come from that range, where any
+/// outgoing connection (a node to etcd, the CLI to a coordinator) may take one as
+/// its source port between the test choosing it and the child binding it; a node
+/// that cannot bind never joins (a CI run waited 90 s for three nodes). Each test
+/// process walks its own stretch (by pid), threads share one counter.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    let start = (std::process::id() * 97) % SPAN;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < SPAN, "no free loopback port left below the ephemeral range");
+        let port = (LOW + (start + n) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A running `tessera up`.
