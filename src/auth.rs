@@ -79,16 +79,24 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: axum::http::Request<B>) -> Self::Future {
         if let Some(keys) = &self.keys {
             let header = req.headers().get("authorization").and_then(|v| v.to_str().ok());
-            if let Err(e) = keys.authorize(header, grpc_access(req.uri().path())) {
-                let status = match e {
-                    AuthError::Forbidden { .. } => tonic::Status::permission_denied(e.to_string()),
-                    _ => tonic::Status::unauthenticated(e.to_string()),
-                };
-                let response = status.into_http::<R>();
-                return Box::pin(async move { Ok(response) });
+            match keys.authorize(header, grpc_access(req.uri().path())) {
+                // The handlers read the principal from the request's extensions
+                // (tonic carries them over) to scope names to its tenant.
+                Ok(Some(principal)) => {
+                    req.extensions_mut().insert(principal);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    let status = match e {
+                        AuthError::Forbidden { .. } => tonic::Status::permission_denied(e.to_string()),
+                        _ => tonic::Status::unauthenticated(e.to_string()),
+                    };
+                    let response = status.into_http::<R>();
+                    return Box::pin(async move { Ok(response) });
+                }
             }
         }
         Box::pin(self.inner.call(req))
@@ -96,10 +104,14 @@ where
 }
 
 /// The HTTP side: 401 / 403 in the OpenAI error shape (SDKs show its message).
-pub async fn http_auth(State(keys): State<Option<Arc<KeyFile>>>, req: Request, next: Next) -> Response {
+pub async fn http_auth(State(keys): State<Option<Arc<KeyFile>>>, mut req: Request, next: Next) -> Response {
     if let Some(keys) = keys {
         let header = req.headers().get("authorization").and_then(|v| v.to_str().ok());
-        if let Err(e) = keys.authorize(header, http_access(req.uri().path())) {
+        let checked = keys.authorize(header, http_access(req.uri().path()));
+        if let Ok(Some(principal)) = &checked {
+            req.extensions_mut().insert(principal.clone());
+        }
+        if let Err(e) = checked {
             let (status, code) = match e {
                 AuthError::Forbidden { .. } => (axum::http::StatusCode::FORBIDDEN, "permission_denied"),
                 _ => (axum::http::StatusCode::UNAUTHORIZED, "invalid_api_key"),

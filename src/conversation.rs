@@ -317,8 +317,13 @@ pub async fn sessions(cmd: SessionsCmd) -> anyhow::Result<()> {
             let mut list = pb::ListSessionsResponse::default();
             let mut token = String::new();
             for _ in 0..100_000 {
-                let page =
-                    rpc(c.list_sessions(pb::ListSessionsRequest { page_size: 1000, page_token: token.clone() }).await)?;
+                let page = rpc(c
+                    .list_sessions(pb::ListSessionsRequest {
+                        page_size: 1000,
+                        page_token: token.clone(),
+                        ..Default::default()
+                    })
+                    .await)?;
                 list.sessions.extend(page.sessions);
                 if page.next_page_token.is_empty() || page.next_page_token == token {
                     break;

@@ -87,14 +87,15 @@ fn answers_cite_sources_follow_ups_use_history_and_turns_survive_kill_9() {
     rt.block_on(async {
         use tessera_proto::v1 as pb;
         let mut c = tessera_proto::v1::tessera_client::TesseraClient::connect(server.url()).await.unwrap();
-        let page = |token: &str| pb::ListSessionsRequest { page_size: 1, page_token: token.into() };
+        let page =
+            |token: &str| pb::ListSessionsRequest { page_size: 1, page_token: token.into(), ..Default::default() };
         let first = c.list_sessions(page("")).await.unwrap().into_inner();
         assert_eq!((first.sessions[0].session.as_str(), first.next_page_token.as_str()), ("alice", "alice"));
         let second = c.list_sessions(page("alice")).await.unwrap().into_inner();
         assert_eq!(second.sessions.iter().map(|s| s.session.as_str()).collect::<Vec<_>>(), vec!["张三"]);
         let last = c.list_sessions(page("张三")).await.unwrap().into_inner();
         assert!(last.sessions.is_empty() && last.next_page_token.is_empty(), "{last:?}");
-        let big = pb::ListSessionsRequest { page_size: 5000, page_token: String::new() };
+        let big = pb::ListSessionsRequest { page_size: 5000, ..Default::default() };
         assert_eq!(c.list_sessions(big).await.unwrap_err().code(), tonic::Code::InvalidArgument);
     });
 

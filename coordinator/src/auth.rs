@@ -7,9 +7,8 @@
 //! on SIGHUP through [`KeyFile::reload`]; a file that does not parse leaves the
 //! keys in force as they were.
 //!
-//! Tenants are parsed and carried, but collections and sessions are not yet
-//! namespaced by tenant: so that nobody believes two tenants are isolated, a
-//! file naming more than one tenant for non-admin keys is refused.
+//! A key's tenant scopes the collections and sessions it names (see
+//! [`crate::tenancy`]); admin keys see every tenant's.
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
@@ -86,9 +85,6 @@ pub enum KeyFileError {
     /// No key at all: the server would refuse every request.
     #[error("the API key file holds no keys")]
     Empty,
-    /// See the module documentation.
-    #[error("the API key file names several tenants ({0}); tenant namespacing is not built yet, so keys of different tenants would see each other's collections")]
-    SeveralTenants(String),
 }
 
 /// Why a request was refused.
@@ -132,6 +128,7 @@ impl ApiKeys {
             };
             let role = Role::parse(role)
                 .ok_or_else(|| bad(format!("unknown role '{role}' (use admin, read-write or read-only)")))?;
+            crate::tenancy::validate_tenant(tenant).map_err(bad)?;
             if key.len() < 16 {
                 return Err(bad("keys must be at least 16 characters".into()));
             }
@@ -142,13 +139,6 @@ impl ApiKeys {
         }
         if keys.is_empty() {
             return Err(KeyFileError::Empty);
-        }
-        let mut tenants: Vec<&str> =
-            keys.iter().filter(|(_, p)| p.role != Role::Admin).map(|(_, p)| p.tenant.as_str()).collect();
-        tenants.sort_unstable();
-        tenants.dedup();
-        if tenants.len() > 1 {
-            return Err(KeyFileError::SeveralTenants(tenants.join(", ")));
         }
         Ok(Self { keys })
     }
@@ -302,10 +292,10 @@ mod tests {
         assert!(err.contains("line 3") && err.contains("found 2 fields"), "{err}");
         assert!(matches!(ApiKeys::parse("# none\n"), Err(KeyFileError::Empty)));
         assert!(ApiKeys::parse("short acme admin").unwrap_err().to_string().contains("16 characters"));
+        let err = ApiKeys::parse("k-0123456789abcdef ac:me read-only").unwrap_err().to_string();
+        assert!(err.contains("line 1") && err.contains("tenant 'ac:me'"), "{err}");
         let two = "a-0123456789abcdef acme read-only\nb-0123456789abcdef globex read-only\n";
-        assert!(matches!(ApiKeys::parse(two), Err(KeyFileError::SeveralTenants(_))));
-        // Admins may sit in another tenant: they see everything anyway.
-        assert!(ApiKeys::parse("a-0123456789abcdef acme read-only\nb-0123456789abcdef ops admin\n").is_ok());
+        assert_eq!(ApiKeys::parse(two).unwrap().len(), 2);
     }
 
     #[test]

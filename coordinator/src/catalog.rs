@@ -251,7 +251,15 @@ pub enum InvalidName {
 }
 
 /// Checks a collection name (it becomes part of storage keys and file names).
-pub fn validate_name(name: &str) -> Result<(), InvalidName> {
+/// A stored name may carry its tenant, `tenant:name` (see [`crate::tenancy`]).
+pub fn validate_name(stored: &str) -> Result<(), InvalidName> {
+    let name = match stored.split_once(crate::tenancy::SEPARATOR) {
+        Some((tenant, name)) => {
+            crate::tenancy::validate_tenant(tenant).map_err(|_| InvalidName::Characters(stored.to_string()))?;
+            name
+        }
+        None => stored,
+    };
     if name.is_empty() {
         return Err(InvalidName::Empty);
     }
@@ -259,7 +267,7 @@ pub fn validate_name(name: &str) -> Result<(), InvalidName> {
         return Err(InvalidName::TooLong);
     }
     if !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) || name.starts_with('.') {
-        return Err(InvalidName::Characters(name.to_string()));
+        return Err(InvalidName::Characters(stored.to_string()));
     }
     Ok(())
 }
@@ -282,7 +290,8 @@ mod tests {
     #[test]
     fn names_are_checked() {
         assert!(validate_name("docs_v2.en-1").is_ok());
-        for bad in ["", "a/b", "../x", "中文", ".hidden", &"x".repeat(129)] {
+        assert!(validate_name("acme:docs_v2.en-1").is_ok());
+        for bad in ["", "a/b", "../x", "中文", ".hidden", &"x".repeat(129), "a:b:c", "a b:docs", ":docs", "acme:"] {
             assert!(validate_name(bad).is_err(), "{bad}");
         }
     }

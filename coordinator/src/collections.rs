@@ -37,6 +37,14 @@ impl Coordinator {
         if let Some(existing) = self.catalog.get(name)? {
             return exists(existing, if_missing);
         }
+        let tenant = |n: &str| n.split_once(crate::tenancy::SEPARATOR).map(|(t, _)| t.to_string());
+        let held = self.catalog.list()?.iter().filter(|m| tenant(&m.name) == tenant(name)).count();
+        if held >= self.config.max_collections_per_tenant {
+            return Err(CoordinatorError::TooLarge(format!(
+                "this tenant already holds {held} collections, the most allowed ({}); drop one first",
+                self.config.max_collections_per_tenant
+            )));
+        }
         let (dimension, embedder) = self.embedder_dimension().await?;
         let meta = CollectionMeta {
             name: name.to_string(),

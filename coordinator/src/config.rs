@@ -15,6 +15,9 @@ pub struct CoordinatorConfig {
     pub default_shards: u32,
     /// Most shards a collection may have.
     pub max_shards: u32,
+    /// Most collections one tenant may hold (the global namespace counts as
+    /// one tenant); with `max_shards` this bounds the shards a tenant opens.
+    pub max_collections_per_tenant: usize,
     /// Texts per embedding RPC during ingest.
     pub embed_batch: usize,
     /// Embedding RPCs in flight per ingest.
@@ -88,6 +91,7 @@ impl Default for CoordinatorConfig {
             max_query_bytes: 16 * 1024,
             default_shards: 2,
             max_shards: 256,
+            max_collections_per_tenant: 1000,
             embed_batch: 32,
             embed_parallelism: 4,
             max_embed_texts: 1024,

@@ -9,8 +9,16 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::{instrument, Instrument};
 
+use crate::auth::Principal;
 use crate::convert::collection_info;
 use crate::coordinator::Coordinator;
+use crate::tenancy::Scope;
+
+/// The tenant scope of a request: the auth layer in front of the router puts
+/// the key's [`Principal`] in the request's extensions; none means keys are off.
+fn scope<T>(req: &Request<T>) -> Scope {
+    Scope::of(req.extensions().get::<Principal>())
+}
 
 /// The stream type of Generate.
 pub type GenerateStream = Pin<Box<dyn futures::Stream<Item = Result<pb::GenerateChunk, Status>> + Send>>;
@@ -56,8 +64,18 @@ impl pb::tessera_server::Tessera for Coordinator {
 
     #[instrument(skip_all, name = "Tessera/Ask", fields(collection = %req.get_ref().collection, session = %req.get_ref().session))]
     async fn ask(&self, req: Request<pb::AskRequest>) -> Result<Response<AskStream>, Status> {
-        let rx = Coordinator::ask(self, req.into_inner()).await?;
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(|r| r.map_err(Status::from)))))
+        let scope = scope(&req);
+        let mut req = req.into_inner();
+        req.collection = scope.collection(&req.collection)?;
+        req.session = scope.session(&req.session)?;
+        let rx = Coordinator::ask(self, req).await?;
+        let shown = move |mut chunk: pb::AskChunk| {
+            if let Some(result) = chunk.result.as_mut() {
+                result.session = scope.shown_session(&result.session).unwrap_or_default();
+            }
+            chunk
+        };
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(move |r| r.map(&shown).map_err(Status::from)))))
     }
 
     #[instrument(skip_all, name = "Tessera/ClusterStatus")]
@@ -73,12 +91,24 @@ impl pb::tessera_server::Tessera for Coordinator {
         &self,
         req: Request<pb::ListSessionsRequest>,
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
-        Ok(Response::new(Coordinator::list_sessions(self, req.into_inner()).await?))
+        let scope = scope(&req);
+        let mut req = req.into_inner();
+        req.prefix = format!("{}{}", scope.prefix(), req.prefix);
+        if !req.page_token.is_empty() {
+            req.page_token = format!("{}{}", scope.prefix(), req.page_token);
+        }
+        let mut page = Coordinator::list_sessions(self, req).await?;
+        page.sessions.retain_mut(|s| scope.shown_session(&s.session).map(|id| s.session = id).is_some());
+        page.next_page_token = scope.shown_session(&page.next_page_token).unwrap_or_default();
+        Ok(Response::new(page))
     }
 
     #[instrument(skip_all, name = "Tessera/GetSession", fields(session = %req.get_ref().session))]
     async fn get_session(&self, req: Request<pb::GetSessionRequest>) -> Result<Response<pb::SessionState>, Status> {
-        Ok(Response::new(Coordinator::get_session(self, &req.into_inner().session).await?))
+        let scope = scope(&req);
+        let mut state = Coordinator::get_session(self, &scope.session(&req.into_inner().session)?).await?;
+        state.session = scope.shown_session(&state.session).unwrap_or_default();
+        Ok(Response::new(state))
     }
 
     #[instrument(skip_all, name = "Tessera/ClearSession", fields(session = %req.get_ref().session))]
@@ -86,7 +116,8 @@ impl pb::tessera_server::Tessera for Coordinator {
         &self,
         req: Request<pb::ClearSessionRequest>,
     ) -> Result<Response<pb::ClearSessionResponse>, Status> {
-        Ok(Response::new(Coordinator::clear_session(self, &req.into_inner().session).await?))
+        let scope = scope(&req);
+        Ok(Response::new(Coordinator::clear_session(self, &scope.session(&req.into_inner().session)?).await?))
     }
 
     #[instrument(skip_all, name = "Tessera/Generate", fields(max_tokens = req.get_ref().max_tokens))]
@@ -99,18 +130,24 @@ impl pb::tessera_server::Tessera for Coordinator {
         &self,
         req: Request<pb::CreateCollectionRequest>,
     ) -> Result<Response<pb::CollectionInfo>, Status> {
+        let scope = scope(&req);
         let req = req.into_inner();
         let settings = tessera_proto::convert::search_settings(req.settings);
-        let meta = self.create(&req.name, req.shards, req.replication, settings, false).await?;
-        Ok(Response::new(collection_info(&meta, 0, 0)))
+        let meta = self.create(&scope.collection(&req.name)?, req.shards, req.replication, settings, false).await?;
+        let mut info = collection_info(&meta, 0, 0);
+        info.name = req.name;
+        Ok(Response::new(info))
     }
 
     #[instrument(skip_all, name = "Tessera/ListCollections")]
     async fn list_collections(
         &self,
-        _req: Request<pb::ListCollectionsRequest>,
+        req: Request<pb::ListCollectionsRequest>,
     ) -> Result<Response<pb::ListCollectionsResponse>, Status> {
-        Ok(Response::new(pb::ListCollectionsResponse { collections: Coordinator::list_collections(self).await? }))
+        let scope = scope(&req);
+        let mut collections = Coordinator::list_collections(self).await?;
+        collections.retain_mut(|c| scope.shown_collection(&c.name).map(|name| c.name = name).is_some());
+        Ok(Response::new(pb::ListCollectionsResponse { collections }))
     }
 
     #[instrument(skip_all, name = "Tessera/DropCollection", fields(collection = %req.get_ref().name))]
@@ -118,19 +155,26 @@ impl pb::tessera_server::Tessera for Coordinator {
         &self,
         req: Request<pb::DropCollectionRequest>,
     ) -> Result<Response<pb::DropCollectionResponse>, Status> {
-        let dropped = Coordinator::drop_collection(self, &req.into_inner().name).await?;
+        let scope = scope(&req);
+        let dropped = Coordinator::drop_collection(self, &scope.collection(&req.into_inner().name)?).await?;
         Ok(Response::new(pb::DropCollectionResponse { dropped }))
     }
 
     #[instrument(skip_all, name = "Tessera/Ingest", fields(collection = %req.get_ref().collection, files = req.get_ref().files.len(), documents = req.get_ref().documents.len()))]
     async fn ingest(&self, req: Request<pb::IngestRequest>) -> Result<Response<pb::IngestResponse>, Status> {
-        Ok(Response::new(Coordinator::ingest(self, req.into_inner()).await?))
+        let scope = scope(&req);
+        let mut req = req.into_inner();
+        req.collection = scope.collection(&req.collection)?;
+        Ok(Response::new(Coordinator::ingest(self, req).await?))
     }
 
     #[instrument(skip_all, name = "Tessera/IngestStream", fields(collection = %req.get_ref().collection, files = req.get_ref().files.len(), documents = req.get_ref().documents.len()))]
     async fn ingest_stream(&self, req: Request<pb::IngestRequest>) -> Result<Response<IngestStream>, Status> {
         // The ingest runs to its end even if the client goes away: stopping between
         // shard writes would leave a request half stored for no gain.
+        let scope = scope(&req);
+        let mut req = req.into_inner();
+        req.collection = scope.collection(&req.collection)?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let me = self.clone();
         let span = tracing::Span::current();
@@ -140,7 +184,7 @@ impl pb::tessera_server::Tessera for Coordinator {
                 let report = move |p: pb::IngestProgress| {
                     let _ = progress.send(Ok(p));
                 };
-                let last = match Coordinator::ingest_with_progress(&me, req.into_inner(), &report).await {
+                let last = match Coordinator::ingest_with_progress(&me, req, &report).await {
                     Ok(done) => Ok(pb::IngestProgress {
                         chunks_total: done.chunks,
                         chunks_embedded: done.chunks,
@@ -159,12 +203,18 @@ impl pb::tessera_server::Tessera for Coordinator {
 
     #[instrument(skip_all, name = "Tessera/Delete", fields(collection = %req.get_ref().collection))]
     async fn delete(&self, req: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
-        Ok(Response::new(Coordinator::delete(self, req.into_inner()).await?))
+        let scope = scope(&req);
+        let mut req = req.into_inner();
+        req.collection = scope.collection(&req.collection)?;
+        Ok(Response::new(Coordinator::delete(self, req).await?))
     }
 
     #[instrument(skip_all, name = "Tessera/Search", fields(collection = %req.get_ref().collection, top_k = req.get_ref().top_k))]
     async fn search(&self, req: Request<pb::SearchRequest>) -> Result<Response<pb::SearchResponse>, Status> {
-        let hits = Coordinator::search(self, req.into_inner()).await?;
+        let scope = scope(&req);
+        let mut req = req.into_inner();
+        req.collection = scope.collection(&req.collection)?;
+        let hits = Coordinator::search(self, req).await?;
         Ok(Response::new(pb::SearchResponse { hits: hits.into_iter().map(pb::Hit::from).collect() }))
     }
 

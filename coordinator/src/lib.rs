@@ -29,6 +29,7 @@ pub mod placement;
 mod search;
 mod sessions;
 pub mod status;
+pub mod tenancy;
 
 pub use catalog::{Catalog, CollectionMeta};
 pub use config::{CoordinatorConfig, WriteAcks};

@@ -75,7 +75,7 @@ impl Coordinator {
                 "page_size must be at most {MAX_SESSIONS_PAGE}, got {size}"
             )));
         }
-        let ask = pb::ListSessionsRequest { page_size: size, page_token: req.page_token };
+        let ask = pb::ListSessionsRequest { page_size: size, page_token: req.page_token, prefix: req.prefix };
         let mut sessions = Vec::new();
         let mut more = false;
         for node in self.nodes.all() {

@@ -296,7 +296,14 @@ fn model_request(
 }
 
 #[tracing::instrument(skip_all, name = "openai.chat_completions")]
-pub(crate) async fn chat_completions(State(state): State<ApiState>, body: Bytes) -> Result<Response, ApiError> {
+pub(crate) async fn chat_completions(
+    State(state): State<ApiState>,
+    principal: Option<axum::Extension<crate::auth::Principal>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    // The auth middleware leaves the key's principal here; its tenant scopes
+    // the collection and session named in the body.
+    let scope = crate::tenancy::Scope::of(principal.as_ref().map(|p| &p.0));
     let req: ChatRequest = parse_body(&body)?;
     let model = state.chat_model(&req.model).await?;
     check_sampling(req.temperature, req.top_p, req.n)?;
@@ -305,7 +312,9 @@ pub(crate) async fn chat_completions(State(state): State<ApiState>, body: Bytes)
     let c = &state.coordinator;
     let pieces = match req.collection.clone() {
         Some(collection) => {
-            let ask = ask_request(&req, collection, &messages, json.as_ref().map(|(_, s)| s.as_str()))?;
+            let mut ask = ask_request(&req, collection, &messages, json.as_ref().map(|(_, s)| s.as_str()))?;
+            ask.collection = scope.collection(&ask.collection)?;
+            ask.session = scope.session(&ask.session)?;
             from_ask(c.ask(ask).await?)
         }
         None => from_model(c.generate_checked(model_request(&req, messages, json.as_ref().map(|(p, _)| p))?).await?),

@@ -447,7 +447,7 @@ impl pb::node_server::Node for NodeService {
         if size > MAX_SESSIONS_PAGE {
             return Err(Status::invalid_argument(format!("page_size must be at most {MAX_SESSIONS_PAGE}")));
         }
-        let page = self.sessions()?.list_page(&req.page_token, size as usize).map_err(session_status)?;
+        let page = self.sessions()?.list_page(&req.prefix, &req.page_token, size as usize).map_err(session_status)?;
         let next_page_token = if page.len() == size as usize {
             page.last().map(|s| s.session.clone()).unwrap_or_default()
         } else {

@@ -112,8 +112,8 @@ impl SessionRegistry {
     }
 
     /// A page of stored sessions (see [`super::store::SessionStore::list_page`]).
-    pub fn list_page(&self, after: &str, limit: usize) -> Result<Vec<SessionInfo>, SessionError> {
-        self.store.list_page(after, limit)
+    pub fn list_page(&self, prefix: &str, after: &str, limit: usize) -> Result<Vec<SessionInfo>, SessionError> {
+        self.store.list_page(prefix, after, limit)
     }
 
     /// Stops every live actor (their data is already durable).

@@ -159,15 +159,19 @@ impl SessionStore {
 
     /// Every stored session, by id.
     pub fn list(&self) -> Result<Vec<SessionInfo>, SessionError> {
-        self.list_page("", usize::MAX)
+        self.list_page("", "", usize::MAX)
     }
 
-    /// At most `limit` sessions with ids after `after` ("" = from the first), by id.
-    pub fn list_page(&self, after: &str, limit: usize) -> Result<Vec<SessionInfo>, SessionError> {
+    /// At most `limit` sessions whose ids start with `prefix` and sort after
+    /// `after` ("" = from the first), by id. The prefix is how a tenant's
+    /// sessions are listed without reading anyone else's.
+    pub fn list_page(&self, prefix: &str, after: &str, limit: usize) -> Result<Vec<SessionInfo>, SessionError> {
         use std::ops::Bound;
         let mut out = Vec::new();
-        let start = if after.is_empty() { Bound::Unbounded } else { Bound::Excluded(after.as_bytes()) };
-        for item in self.meta.range::<&[u8], _>((start, Bound::Unbounded)).take(limit) {
+        let start = if after > prefix { Bound::Excluded(after.as_bytes()) } else { Bound::Included(prefix.as_bytes()) };
+        let range = self.meta.range::<&[u8], _>((start, Bound::Unbounded));
+        for item in range.take_while(|i| i.as_ref().map_or(true, |(k, _)| k.starts_with(prefix.as_bytes()))).take(limit)
+        {
             let (k, v) = item?;
             let meta: Meta = serde_json::from_slice(&v).map_err(corrupt)?;
             out.push(SessionInfo {
@@ -196,11 +200,19 @@ mod tests {
             store.append(id, &[msg("user", id)]).await.unwrap();
         }
         let ids = |page: Vec<SessionInfo>| page.into_iter().map(|s| s.session).collect::<Vec<_>>();
-        assert_eq!(ids(store.list_page("", 2).unwrap()), vec!["a", "b"]);
-        assert_eq!(ids(store.list_page("b", 2).unwrap()), vec!["c", "d"]);
-        assert_eq!(ids(store.list_page("d", 2).unwrap()), vec!["会话"]);
-        assert!(store.list_page("会话", 2).unwrap().is_empty());
+        assert_eq!(ids(store.list_page("", "", 2).unwrap()), vec!["a", "b"]);
+        assert_eq!(ids(store.list_page("", "b", 2).unwrap()), vec!["c", "d"]);
+        assert_eq!(ids(store.list_page("", "d", 2).unwrap()), vec!["会话"]);
+        assert!(store.list_page("", "会话", 2).unwrap().is_empty());
         assert_eq!(store.list().unwrap().len(), 5);
+        // A prefix keeps one tenant's ids, from its first one or after a token.
+        for id in ["acme:s2", "acme:s1", "acme2:s1", "globex:s1"] {
+            store.append(id, &[msg("user", id)]).await.unwrap();
+        }
+        assert_eq!(ids(store.list_page("acme:", "", 10).unwrap()), vec!["acme:s1", "acme:s2"]);
+        assert_eq!(ids(store.list_page("acme:", "acme:s1", 10).unwrap()), vec!["acme:s2"]);
+        assert_eq!(ids(store.list_page("acme:", "", 1).unwrap()), vec!["acme:s1"]);
+        assert!(store.list_page("acme:", "acme:s2", 10).unwrap().is_empty());
     }
 
     #[tokio::test]

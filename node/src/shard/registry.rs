@@ -26,8 +26,11 @@ fn tree_name(collection: &str, shard: u32) -> String {
     format!("shard/{collection}/{shard}")
 }
 
+/// Stored collection names reach file names: ASCII letters, digits, `-_.` and
+/// the `:` between a tenant and its name (the coordinator checks the full rule).
 fn valid_collection(name: &str) -> Result<(), ShardError> {
-    if name.is_empty() || name.len() > 128 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "-_.:".contains(c);
+    if name.is_empty() || name.len() > 200 || name.starts_with('.') || !name.chars().all(allowed) {
         return Err(ShardError::Invalid(format!("invalid collection name '{name}'")));
     }
     Ok(())
