@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system packages Tessera's build and tests use, when missing:
 #   protobuf-compiler (protoc, for etcd-client's build), etcd-server (cluster tests),
-#   chromium (the status page test renders the page in a real headless browser).
+#   chromium (the status page test renders the page in a real headless browser),
+#   openssl (scripts/make-certs.sh, for the TLS tests), curl (HTTPS checks in tests).
 # Rust comes with the machine (rustup); Python 3 with pip is used to fetch models.
 set -euo pipefail
 
@@ -9,6 +10,8 @@ need=()
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v curl >/dev/null 2>&1 || need+=(curl)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -37,15 +37,19 @@ impl Interceptor for Bearer {
 
 pub(crate) async fn connect(server: &ServerArg) -> anyhow::Result<Client> {
     let url = &server.server;
-    let channel = tonic::transport::Endpoint::from_shared(url.clone())
-        .with_context(|| format!("invalid server URL {url}"))?
-        .connect()
-        .await
-        .with_context(|| {
-            format!(
-                "cannot reach the Tessera server at {url} (is `tessera up` running? set --server or TESSERA_SERVER)"
-            )
+    let mut endpoint =
+        tonic::transport::Endpoint::from_shared(url.clone()).with_context(|| format!("invalid server URL {url}"))?;
+    if url.starts_with("https://") {
+        let ca = server.tls_ca.as_ref().with_context(|| {
+            format!("{url} is https: give --tls-ca (or TESSERA_TLS_CA), the CA that signed the server's certificate")
         })?;
+        let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+        let tls = tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(pem));
+        endpoint = endpoint.tls_config(tls).context("TLS settings")?;
+    }
+    let channel = endpoint.connect().await.with_context(|| {
+        format!("cannot reach the Tessera server at {url} (is `tessera up` running? set --server or TESSERA_SERVER)")
+    })?;
     let bearer = match &server.api_key {
         Some(key) => Some(
             format!("Bearer {key}").parse::<MetadataValue<Ascii>>().context("the API key must be printable ASCII")?,

@@ -67,6 +67,9 @@ pub struct NodeArgs {
     /// rank: joining ranks and rank 0 prove it to each other.
     #[arg(long, env = "TESSERA_MODEL_GROUP_SECRET_FILE")]
     model_group_secret_file: Option<std::path::PathBuf>,
+    /// mTLS on the Node listener: --tls-cert, --tls-key and --tls-ca together.
+    #[command(flatten)]
+    tls: crate::tls::TlsArgs,
     #[command(flatten)]
     node: NodeOpts,
 }
@@ -89,6 +92,10 @@ pub struct CoordinatorArgs {
     /// read-only; `#` comments); re-read on SIGHUP.
     #[arg(long, env = "TESSERA_API_KEYS_FILE")]
     api_keys: Option<std::path::PathBuf>,
+    /// TLS on the public listeners (--tls-cert, --tls-key); with --tls-ca the
+    /// same certificate is shown to the nodes, whose certificates the CA checks.
+    #[command(flatten)]
+    tls: crate::tls::TlsArgs,
     #[command(flatten)]
     coordinator: CoordinatorOpts,
 }
@@ -115,6 +122,15 @@ pub struct EtcdArgs {
     /// File holding that user's password (not a flag, so it stays out of `ps`).
     #[arg(long, env = "TESSERA_ETCD_PASSWORD_FILE", requires = "etcd_user")]
     etcd_password_file: Option<std::path::PathBuf>,
+    /// PEM CA that signed etcd's certificate (for https:// endpoints).
+    #[arg(long, env = "TESSERA_ETCD_CA")]
+    etcd_ca: Option<std::path::PathBuf>,
+    /// PEM client certificate for etcd's --client-cert-auth (needs --etcd-key).
+    #[arg(long, env = "TESSERA_ETCD_CERT", requires = "etcd_key")]
+    etcd_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --etcd-cert.
+    #[arg(long, env = "TESSERA_ETCD_KEY", requires = "etcd_cert")]
+    etcd_key: Option<std::path::PathBuf>,
 }
 
 async fn etcd(args: &EtcdArgs) -> anyhow::Result<etcd_client::Client> {
@@ -126,6 +142,19 @@ async fn etcd(args: &EtcdArgs) -> anyhow::Result<etcd_client::Client> {
     if let (Some(user), Some(file)) = (&args.etcd_user, &args.etcd_password_file) {
         let password = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
         opts = opts.with_user(user.clone(), password.trim_end_matches(['\n', '\r']).to_string());
+    }
+    let read = |p: &std::path::Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    if args.etcd_ca.is_some() || args.etcd_cert.is_some() {
+        let mut tls = etcd_client::TlsOptions::new();
+        if let Some(ca) = &args.etcd_ca {
+            tls = tls.ca_certificate(etcd_client::Certificate::from_pem(read(ca)?));
+        }
+        if let (Some(cert), Some(key)) = (&args.etcd_cert, &args.etcd_key) {
+            tls = tls.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
+        }
+        opts = opts.with_tls(tls);
+    } else if endpoints.iter().any(|e| e.starts_with("https://")) {
+        anyhow::bail!("https:// etcd endpoints need --etcd-ca (the CA that signed etcd's certificate)");
     }
     let mut client = etcd_client::Client::connect(endpoints, Some(opts))
         .await
@@ -140,6 +169,12 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
     let telemetry = crate::telemetry::init(&format!("tessera-node-{}", args.id))?;
     let roles = NodeRole::parse_list(&args.roles)?;
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let tls = crate::tls::Tls::cluster(&args.tls)?;
+    if let Some(t) = &tls {
+        anyhow::ensure!(t.has_ca(), "a node with --tls-cert needs --tls-ca: it accepts Node calls only from clients whose certificate that CA signed");
+        // Replication and shard transfers call other nodes as this node.
+        tessera_proto::client::use_tls(t.grpc_client().context("client TLS settings")?);
+    }
     let client = etcd(&args.etcd).await?;
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -149,6 +184,7 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
                 addr,
                 base_http_app(ready.clone(), telemetry.metrics.clone()),
                 Guards::internal(),
+                None,
                 stop_rx.clone(),
             )
             .await?,
@@ -174,10 +210,14 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
     }
     let shutdown = Shutdown::new();
     let node = Node::start(config, &shutdown).await.context("starting the node")?;
-    let grpc_task = spawn_grpc(grpc, None, Some(node.clone()), Guards::internal(), stop_rx.clone()).await?;
+    // Mutual TLS: only holders of a certificate the cluster CA signed may call
+    // the Node service (it writes, drops and dumps shards).
+    let grpc_tls = tls.as_ref().map(|t| t.grpc_server(true)).transpose()?;
+    let grpc_task = spawn_grpc(grpc, None, Some(node.clone()), Guards::internal(), grpc_tls, stop_rx.clone()).await?;
 
     let advertise = args.advertise.clone().unwrap_or_else(|| local.to_string());
-    let address = if advertise.starts_with("http") { advertise } else { format!("http://{advertise}") };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let address = if advertise.starts_with("http") { advertise } else { format!("{scheme}://{advertise}") };
     // A model rank other than 0 computes for its group but serves no model requests itself.
     let served: Vec<NodeRole> =
         roles.iter().filter(|r| !(args.model_rank > 0 && **r == NodeRole::Model)).copied().collect();
@@ -208,6 +248,10 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
 pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     let telemetry = crate::telemetry::init("tessera-coordinator")?;
     check_listen(&[args.grpc, args.http], args.insecure_listen_any || args.api_keys.is_some())?;
+    let tls = crate::tls::Tls::cluster(&args.tls)?;
+    if let Some(client_tls) = tls.as_ref().and_then(|t| t.grpc_client()) {
+        tessera_proto::client::use_tls(client_tls);
+    }
     let client = etcd(&args.etcd).await?;
     let nodes = NodeSet::empty(MAX_MESSAGE_BYTES);
     let shutdown = Shutdown::new();
@@ -246,10 +290,12 @@ pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let app = with_coordinator_routes(base_http_app(ready.clone(), telemetry.metrics.clone()), &coordinator);
     let guards = Guards::public(keys, &args.coordinator);
-    let http_task = spawn_http(args.http, app, guards.clone(), stop_rx.clone()).await?;
+    let http_tls = tls.as_ref().map(|t| t.http_acceptor()).transpose()?;
+    let http_task = spawn_http(args.http, app, guards.clone(), http_tls, stop_rx.clone()).await?;
     let grpc = tokio::net::TcpListener::bind(args.grpc).await.with_context(|| format!("binding gRPC {}", args.grpc))?;
     let local = grpc.local_addr()?;
-    let grpc_task = spawn_grpc(grpc, Some(coordinator), None, guards, stop_rx.clone()).await?;
+    let grpc_tls = tls.as_ref().map(|t| t.grpc_server(false)).transpose()?;
+    let grpc_task = spawn_grpc(grpc, Some(coordinator), None, guards, grpc_tls, stop_rx.clone()).await?;
     ready.store(true, Ordering::SeqCst);
     info!(grpc = %local, http = %args.http, nodes = nodes.all().len(), "tessera coordinator: serving");
 

@@ -7,6 +7,7 @@ mod limit;
 mod progress;
 mod server;
 mod telemetry;
+mod tls;
 mod walk;
 
 use std::net::SocketAddr;
@@ -68,6 +69,9 @@ pub(crate) struct ServerArg {
     /// API key sent as `authorization: Bearer KEY` (servers started with --api-keys).
     #[arg(long, env = "TESSERA_API_KEY", global = true, hide_env_values = true)]
     pub(crate) api_key: Option<String>,
+    /// PEM CA that signed the server's certificate (for https:// servers).
+    #[arg(long = "tls-ca", env = "TESSERA_TLS_CA", global = true)]
+    pub(crate) tls_ca: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]

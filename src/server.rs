@@ -111,6 +111,9 @@ pub struct UpArgs {
     /// read-only; `#` comments); re-read on SIGHUP.
     #[arg(long, env = "TESSERA_API_KEYS_FILE")]
     api_keys: Option<PathBuf>,
+    /// TLS on the public gRPC and HTTP listeners.
+    #[command(flatten)]
+    tls: crate::tls::ListenTlsArgs,
     #[command(flatten)]
     coordinator: CoordinatorOpts,
     #[command(flatten)]
@@ -253,6 +256,7 @@ pub async fn spawn_http(
     addr: SocketAddr,
     app: axum::Router,
     guards: Guards,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding HTTP {addr}"))?;
@@ -262,13 +266,16 @@ pub async fn spawn_http(
         .layer(axum::middleware::from_fn_with_state(guards.cap.http(), crate::limit::http_cap))
         .layer(axum::middleware::from_fn_with_state(guards.keys, crate::auth::http_auth))
         .layer(axum::middleware::from_fn(crate::telemetry::http_observe));
-    Ok(tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop.changed().await;
-            })
-            .await
-    }))
+    let stopped = async move {
+        let _ = stop.changed().await;
+    };
+    Ok(match tls {
+        None => tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stopped).await }),
+        Some(acceptor) => {
+            let listener = crate::tls::TlsListener::new(listener, acceptor)?;
+            tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stopped).await })
+        }
+    })
 }
 
 /// Serves gRPC on `listener` with health, reflection, tracing and metrics until `stop` changes.
@@ -277,6 +284,7 @@ pub async fn spawn_grpc(
     coordinator: Option<Coordinator>,
     node: Option<Arc<Node>>,
     guards: Guards,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -299,7 +307,11 @@ pub async fn spawn_grpc(
         reflection = reflection.with_service_name("tessera.v1.Node");
     }
     let reflection = reflection.build_v1()?;
-    let router = tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls).context("gRPC TLS settings")?;
+    }
+    let router = server
         .trace_fn(crate::telemetry::grpc_span)
         .layer(crate::telemetry::GrpcMetricsLayer)
         .layer(crate::auth::GrpcAuthLayer::new(guards.keys))
@@ -357,6 +369,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     // Listeners and the coordinator first (it reaches the node lazily), so HTTP
     // probes get an answer (503) while models load.
     check_listen(&[args.grpc, args.http], args.insecure_listen_any || args.api_keys.is_some())?;
+    let tls = crate::tls::Tls::listener(&args.tls)?;
     let grpc = tokio::net::TcpListener::bind(args.grpc).await.with_context(|| format!("binding gRPC {}", args.grpc))?;
     let local = grpc.local_addr()?;
     // The internal Node service (shard writes, snapshots, transfers) is never on
@@ -379,14 +392,17 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let app = with_coordinator_routes(base_http_app(ready.clone(), telemetry.metrics.clone()), &coordinator);
     let guards = Guards::public(keys, &args.coordinator);
-    let http_task = spawn_http(args.http, app, guards.clone(), stop_rx.clone()).await?;
+    let http_tls = tls.as_ref().map(|t| t.http_acceptor()).transpose()?;
+    let http_task = spawn_http(args.http, app, guards.clone(), http_tls, stop_rx.clone()).await?;
 
     let config = build_node_config(&args.node, &args.data_dir.join("node"), "local", NodeRole::ALL.to_vec())?;
     let node = Node::start(config, &shutdown).await.context("starting the node")?;
-    let node_task = spawn_grpc(internal, None, Some(node.clone()), Guards::internal(), stop_rx.clone()).await?;
-    let grpc_task = spawn_grpc(grpc, Some(coordinator), None, guards, stop_rx.clone()).await?;
+    // In-process and loopback-only: no TLS on the internal listener.
+    let node_task = spawn_grpc(internal, None, Some(node.clone()), Guards::internal(), None, stop_rx.clone()).await?;
+    let grpc_tls = tls.as_ref().map(|t| t.grpc_server(false)).transpose()?;
+    let grpc_task = spawn_grpc(grpc, Some(coordinator), None, guards, grpc_tls, stop_rx.clone()).await?;
     ready.store(true, Ordering::SeqCst);
-    info!(grpc = %local, http = %args.http, internal = %internal_addr, data_dir = %args.data_dir.display(), "tessera up: serving");
+    info!(grpc = %local, http = %args.http, internal = %internal_addr, tls = tls.is_some(), data_dir = %args.data_dir.display(), "tessera up: serving");
 
     shutdown_signal().await;
     info!("shutting down");

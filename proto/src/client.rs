@@ -4,13 +4,14 @@
 //! service; building the client in one place means every caller gets the same
 //! connect timeout, the same message limits and the trace-context interceptor,
 //! so a node-to-node call joins the trace of the request that caused it.
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use opentelemetry::propagation::Injector;
 use tessera_types::limits::MAX_MESSAGE_BYTES;
 use tonic::metadata::{MetadataKey, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::v1::node_client;
@@ -33,10 +34,29 @@ impl Default for ClientOptions {
     }
 }
 
+/// The TLS settings of every `Node` client of this process (see [`use_tls`]).
+static CLIENT_TLS: OnceLock<ClientTlsConfig> = OnceLock::new();
+
+/// Sets the CA and client certificate every `Node` client of this process uses
+/// for `https://` node addresses; once, at start (a later call changes nothing
+/// and returns false). A process has one identity in a cluster, and nodes are
+/// dialled from several places (the coordinator's node set, replication, shard
+/// transfer): one setting for all of them leaves none a way to forget it.
+pub fn use_tls(config: ClientTlsConfig) -> bool {
+    CLIENT_TLS.set(config).is_ok()
+}
+
 /// A channel to `url` that connects on first use, with TCP_NODELAY (without it
-/// every loopback hop waits ~40 ms for a delayed ACK).
+/// every loopback hop waits ~40 ms for a delayed ACK); `https://` URLs use the
+/// TLS settings given to [`use_tls`].
 pub fn lazy_channel(url: &str, connect_timeout: Duration) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(url.to_string())?.connect_timeout(connect_timeout).tcp_nodelay(true).connect_lazy())
+    let mut endpoint = Endpoint::from_shared(url.to_string())?.connect_timeout(connect_timeout).tcp_nodelay(true);
+    if url.starts_with("https://") {
+        if let Some(tls) = CLIENT_TLS.get() {
+            endpoint = endpoint.tls_config(tls.clone())?;
+        }
+    }
+    Ok(endpoint.connect_lazy())
 }
 
 /// A `Node` client for `url`; the connection is made on first use.
