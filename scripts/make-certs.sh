@@ -7,8 +7,8 @@
 #   scripts/make-certs.sh DIR [--san DNS:name | --san IP:addr]... [--k8s-secret FILE [--namespace NS]]
 #
 # The certificate always names localhost and 127.0.0.1; add the names clients
-# dial with --san (in Kubernetes, the Services: tessera-coordinator,
-# *.tessera-node, *.tessera-node.NS.svc.cluster.local, which --k8s-secret adds).
+# dial with --san (in Kubernetes, the Services of deploy/k8s: tessera,
+# *.tessera-node and their .NS.svc.cluster.local names, which --k8s-secret adds).
 # --k8s-secret writes a Secret `tessera-tls` (ca.crt, tls.crt, tls.key) for the
 # deploy/k8s overlays. An existing CA in DIR is reused, so several runs give
 # several certificates one CA trusts; a fresh DIR gives a CA nobody else trusts.
@@ -29,9 +29,8 @@ while [ $# -gt 0 ]; do
   esac
 done
 if [ -n "$secret" ]; then
-  sans="$sans,DNS:tessera-coordinator,DNS:tessera-coordinator.$namespace.svc.cluster.local"
-  sans="$sans,DNS:*.tessera-node,DNS:*.tessera-node.$namespace.svc.cluster.local"
-  sans="$sans,DNS:tessera-etcd,DNS:*.tessera-etcd.$namespace.svc.cluster.local"
+  sans="$sans,DNS:tessera,DNS:tessera.$namespace.svc,DNS:tessera.$namespace.svc.cluster.local"
+  sans="$sans,DNS:*.tessera-node,DNS:*.tessera-node.$namespace.svc,DNS:*.tessera-node.$namespace.svc.cluster.local"
 fi
 command -v openssl >/dev/null || { echo "openssl missing: run scripts/setup.sh" >&2; exit 1; }
 mkdir -p "$dir"

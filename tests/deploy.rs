@@ -113,6 +113,12 @@ fn overlays_render_validate_and_pass_their_arguments_to_the_binary() {
                 assert_eq!(c["probes"]["liveness"], "/healthz", "{c}");
                 assert!(c["requests"]["cpu"].is_string() && c["requests"]["memory"].is_string(), "{c}");
                 assert_eq!(c["run_as_non_root"], true, "{c}");
+                // Node calls are mutual TLS, the coordinators' listeners TLS, from the Secret.
+                for (var, file) in
+                    [("TESSERA_TLS_CERT", "tls.crt"), ("TESSERA_TLS_KEY", "tls.key"), ("TESSERA_TLS_CA", "ca.crt")]
+                {
+                    assert_eq!(env[var], format!("/etc/tessera/tls/{file}"), "{overlay} {}: {var}", c["name"]);
+                }
                 if args.first().map(String::as_str) == Some("coordinator") {
                     assert_eq!(env["TESSERA_API_KEYS_FILE"], "/etc/tessera/api-keys/keys", "{overlay}: API keys on");
                     assert!(!args.iter().any(|a| a == "--insecure-listen-any"), "{overlay}: {args:?}");
@@ -120,6 +126,28 @@ fn overlays_render_validate_and_pass_their_arguments_to_the_binary() {
             }
         }
     }
+    // The TLS Secret the manifests mount comes from scripts/make-certs.sh and validates too.
+    let secret = tmp.path().join("tessera-tls.yaml");
+    let made = Command::new("bash")
+        .arg(common::workspace().join("scripts/make-certs.sh"))
+        .arg(tmp.path().join("pki"))
+        .args(["--k8s-secret", secret.to_str().unwrap(), "--namespace", "tessera"])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let valid = Command::new(python.join(".venv/bin/kubernetes-validate"))
+        .args(["--strict", "--kubernetes-version", "1.30.0", "--quiet"])
+        .arg(&secret)
+        .output()
+        .unwrap();
+    assert!(valid.status.success(), "the TLS Secret does not validate: {}", String::from_utf8_lossy(&valid.stdout));
+    let text = std::fs::read_to_string(&secret).unwrap();
+    assert!(text.contains("name: tessera-tls") && text.contains("ca.crt:") && text.contains("tls.key:"), "{text}");
+    for overlay in ["small", "production"] {
+        let rendered = std::fs::read_to_string(tmp.path().join(format!("{overlay}.yaml"))).unwrap();
+        assert_eq!(rendered.matches("secretName: tessera-tls").count(), 2, "{overlay}: coordinator and node mount it");
+    }
+
     // The checker itself refuses what the binary would refuse.
     let bad = Command::new(env!("CARGO_BIN_EXE_tessera"))
         .args(["check-args", "node", "--grpc", "0.0.0.0:1", "--no-such-flag"])
