@@ -134,6 +134,9 @@ async fn bad_requests_get_clear_errors_and_lose_nothing() {
     assert_eq!(e.code(), Code::InvalidArgument);
     let e = c.embed(pb::EmbedRequest { texts: vec![] }).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
+    let e = c.embed(pb::EmbedRequest { texts: vec!["词".repeat(800_000), "x".repeat(2_000_000)] }).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("at most 4194304 bytes"), "{}", e.message());
 
     // Caps on work per request (the limits table in ARCHITECTURE.md).
     let e = code(c.search(pb::SearchRequest { mmr: true, ..search("kb", "copy", 1000) }).await);

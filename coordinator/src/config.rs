@@ -24,6 +24,9 @@ pub struct CoordinatorConfig {
     pub embed_parallelism: usize,
     /// Texts one Embed request may carry.
     pub max_embed_texts: usize,
+    /// Bytes of all texts of one Embed request together: the tokenizer reads
+    /// a whole text before the model truncates it, so size costs CPU.
+    pub max_embed_bytes: usize,
     /// Largest prompt (or sum of chat message contents) of Generate, in bytes.
     pub max_prompt_bytes: usize,
     /// Largest question of Ask, in bytes.
@@ -95,6 +98,7 @@ impl Default for CoordinatorConfig {
             embed_batch: 32,
             embed_parallelism: 4,
             max_embed_texts: 1024,
+            max_embed_bytes: 4 << 20,
             max_prompt_bytes: 256 * 1024,
             max_question_bytes: 8 * 1024,
             ask_top_k: 4,

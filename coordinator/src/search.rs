@@ -205,6 +205,13 @@ impl Coordinator {
                 self.config.max_embed_texts
             )));
         }
+        let bytes: usize = texts.iter().map(String::len).sum();
+        if bytes > self.config.max_embed_bytes {
+            return Err(CoordinatorError::TooLarge(format!(
+                "the texts of one embed request may hold at most {} bytes together, got {bytes}",
+                self.config.max_embed_bytes
+            )));
+        }
         self.embed_texts(texts).await
     }
 
