@@ -217,6 +217,10 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
 
     let advertise = args.advertise.clone().unwrap_or_else(|| local.to_string());
     let scheme = if tls.is_some() { "https" } else { "http" };
+    anyhow::ensure!(
+        tls.is_none() || !advertise.starts_with("http://"),
+        "--advertise {advertise} is plaintext but this node serves TLS: give host:port or https://host:port"
+    );
     let address = if advertise.starts_with("http") { advertise } else { format!("{scheme}://{advertise}") };
     // A model rank other than 0 computes for its group but serves no model requests itself.
     let served: Vec<NodeRole> =

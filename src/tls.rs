@@ -105,7 +105,10 @@ impl Tls {
     /// tonic's server settings; `client_auth` requires a client certificate
     /// signed by the CA.
     pub fn grpc_server(&self, client_auth: bool) -> anyhow::Result<ServerTlsConfig> {
-        let mut config = ServerTlsConfig::new().identity(Identity::from_pem(&self.cert, &self.key));
+        // Without a limit a client that connects and never says hello holds
+        // a descriptor and a task for ever, before any key is checked.
+        let mut config =
+            ServerTlsConfig::new().identity(Identity::from_pem(&self.cert, &self.key)).timeout(HANDSHAKE_TIMEOUT);
         if client_auth {
             let ca = self.ca.as_ref().context("mutual TLS needs --tls-ca")?;
             config = config.client_ca_root(Certificate::from_pem(ca));

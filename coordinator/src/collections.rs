@@ -7,6 +7,7 @@ use crate::catalog::{validate_name, CollectionMeta};
 use crate::coordinator::{with_deadline, Coordinator};
 use crate::error::{CoordinatorError, Result};
 use crate::placement::place;
+use crate::tenancy::Scope;
 
 impl Coordinator {
     /// Creates a collection and opens its shards on the nodes its placement
@@ -102,12 +103,18 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Every collection with its chunk and document counts.
-    pub(crate) async fn list_collections(&self) -> Result<Vec<pb::CollectionInfo>> {
+    /// The collections `scope` sees, under the names it knows them by, with
+    /// their chunk and document counts. Others' collections are left out before
+    /// any shard is asked for counts: one tenant's listing costs nothing on
+    /// another tenant's shards.
+    pub(crate) async fn list_collections(&self, scope: &Scope) -> Result<Vec<pb::CollectionInfo>> {
         let mut collections = Vec::new();
         for meta in self.catalog.list()? {
+            let Some(shown) = scope.shown_collection(&meta.name) else { continue };
             let (chunks, documents) = self.counts(&meta).await;
-            collections.push(crate::convert::collection_info(&meta, chunks, documents));
+            let mut info = crate::convert::collection_info(&meta, chunks, documents);
+            info.name = shown;
+            collections.push(info);
         }
         Ok(collections)
     }

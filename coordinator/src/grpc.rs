@@ -145,9 +145,9 @@ impl pb::tessera_server::Tessera for Coordinator {
         req: Request<pb::ListCollectionsRequest>,
     ) -> Result<Response<pb::ListCollectionsResponse>, Status> {
         let scope = scope(&req);
-        let mut collections = Coordinator::list_collections(self).await?;
-        collections.retain_mut(|c| scope.shown_collection(&c.name).map(|name| c.name = name).is_some());
-        Ok(Response::new(pb::ListCollectionsResponse { collections }))
+        Ok(Response::new(pb::ListCollectionsResponse {
+            collections: Coordinator::list_collections(self, &scope).await?,
+        }))
     }
 
     #[instrument(skip_all, name = "Tessera/DropCollection", fields(collection = %req.get_ref().name))]

@@ -40,7 +40,7 @@ pub struct NodeSet {
     next: Arc<AtomicUsize>,
 }
 
-fn client(url: &str, max_message_bytes: usize) -> Result<NodeClient, tonic::transport::Error> {
+fn client(url: &str, max_message_bytes: usize) -> Result<NodeClient, tessera_proto::client::ClientError> {
     node_client(url, ClientOptions { max_message_bytes, ..ClientOptions::default() })
 }
 
@@ -51,7 +51,10 @@ impl NodeSet {
     }
 
     /// Clients for `(id, url)` pairs with every role; connections are made on first use.
-    pub fn connect_lazy(nodes: &[(String, String)], max_message_bytes: usize) -> Result<Self, tonic::transport::Error> {
+    pub fn connect_lazy(
+        nodes: &[(String, String)],
+        max_message_bytes: usize,
+    ) -> Result<Self, tessera_proto::client::ClientError> {
         let set = Self::empty(max_message_bytes);
         for (id, url) in nodes {
             set.upsert(id, url, NodeRole::ALL.to_vec())?;
@@ -60,7 +63,7 @@ impl NodeSet {
     }
 
     /// Adds a node, or updates its address and roles (a new client only when the address changed).
-    pub fn upsert(&self, id: &str, url: &str, roles: Vec<NodeRole>) -> Result<(), tonic::transport::Error> {
+    pub fn upsert(&self, id: &str, url: &str, roles: Vec<NodeRole>) -> Result<(), tessera_proto::client::ClientError> {
         let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = nodes.iter_mut().find(|n| n.id == id) {
             if n.url != url {

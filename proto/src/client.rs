@@ -34,6 +34,17 @@ impl Default for ClientOptions {
     }
 }
 
+/// Why a `Node` client could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// A URL tonic refuses.
+    #[error(transparent)]
+    Transport(#[from] tonic::transport::Error),
+    /// A plaintext address in a process that speaks TLS to nodes.
+    #[error("refusing plaintext node address {0}: this process talks to nodes over TLS only (https://)")]
+    Plaintext(String),
+}
+
 /// The TLS settings of every `Node` client of this process (see [`use_tls`]).
 static CLIENT_TLS: OnceLock<ClientTlsConfig> = OnceLock::new();
 
@@ -49,18 +60,22 @@ pub fn use_tls(config: ClientTlsConfig) -> bool {
 /// A channel to `url` that connects on first use, with TCP_NODELAY (without it
 /// every loopback hop waits ~40 ms for a delayed ACK); `https://` URLs use the
 /// TLS settings given to [`use_tls`].
-pub fn lazy_channel(url: &str, connect_timeout: Duration) -> Result<Channel, tonic::transport::Error> {
+pub fn lazy_channel(url: &str, connect_timeout: Duration) -> Result<Channel, ClientError> {
     let mut endpoint = Endpoint::from_shared(url.to_string())?.connect_timeout(connect_timeout).tcp_nodelay(true);
-    if url.starts_with("https://") {
-        if let Some(tls) = CLIENT_TLS.get() {
-            endpoint = endpoint.tls_config(tls.clone())?;
+    if let Some(tls) = CLIENT_TLS.get() {
+        // A process that speaks TLS to nodes never falls back to plaintext for
+        // one that registered an http:// address: the call fails instead (as
+        // an https:// URL without TLS settings fails in tonic itself).
+        if !url.starts_with("https://") {
+            return Err(ClientError::Plaintext(url.to_string()));
         }
+        endpoint = endpoint.tls_config(tls.clone())?;
     }
     Ok(endpoint.connect_lazy())
 }
 
 /// A `Node` client for `url`; the connection is made on first use.
-pub fn node_client(url: &str, options: ClientOptions) -> Result<NodeClient, tonic::transport::Error> {
+pub fn node_client(url: &str, options: ClientOptions) -> Result<NodeClient, ClientError> {
     let channel = lazy_channel(url, options.connect_timeout)?;
     Ok(node_client::NodeClient::with_interceptor(channel, TraceContextInjector)
         .max_decoding_message_size(options.max_message_bytes)
@@ -89,5 +104,21 @@ impl tonic::service::Interceptor for TraceContextInjector {
             p.inject_context(&cx, &mut MetadataInjector(req.metadata_mut()))
         });
         Ok(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The only test in this crate that sets the process-wide TLS settings.
+    #[tokio::test]
+    async fn with_tls_on_plaintext_node_addresses_are_refused() {
+        assert!(lazy_channel("http://127.0.0.1:1", Duration::from_secs(1)).is_ok(), "plaintext is fine without TLS");
+        assert!(use_tls(ClientTlsConfig::new()));
+        assert!(!use_tls(ClientTlsConfig::new()), "set once");
+        let err = lazy_channel("http://127.0.0.1:1", Duration::from_secs(1)).unwrap_err();
+        assert!(matches!(err, ClientError::Plaintext(_)), "{err}");
+        assert!(lazy_channel("https://127.0.0.1:1", Duration::from_secs(1)).is_ok());
     }
 }
