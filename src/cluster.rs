@@ -294,7 +294,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let app = with_coordinator_routes(base_http_app(ready.clone(), telemetry.metrics.clone()), &coordinator);
     let guards = Guards::public(keys, &args.coordinator);
-    let http_tls = tls.as_ref().map(|t| t.http_acceptor()).transpose()?;
+    let http_tls = tls.as_ref().map(|t| t.http_acceptor());
     let http_task = spawn_http(args.http, app, guards.clone(), http_tls, stop_rx.clone()).await?;
     let grpc = tokio::net::TcpListener::bind(args.grpc).await.with_context(|| format!("binding gRPC {}", args.grpc))?;
     let local = grpc.local_addr()?;

@@ -17,8 +17,7 @@ use clap::Args;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_rustls::rustls::server::WebPkiClientVerifier;
-use tokio_rustls::rustls::{RootCertStore, ServerConfig};
+use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
@@ -54,6 +53,8 @@ pub struct Tls {
     cert: Vec<u8>,
     key: Vec<u8>,
     ca: Option<Vec<u8>>,
+    /// The HTTP listener's rustls settings, built (and so checked) once at start.
+    http: Arc<ServerConfig>,
 }
 
 fn read(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
@@ -72,10 +73,10 @@ impl Tls {
     /// The certificate of `args`, None when TLS is off.
     pub fn listener(args: &ListenTlsArgs) -> anyhow::Result<Option<Self>> {
         let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else { return Ok(None) };
-        let tls = Self { cert: read(cert, "TLS certificate")?, key: read(key, "TLS key")?, ca: None };
-        tls.rustls_server(false)
+        let (cert_pem, key_pem) = (read(cert, "TLS certificate")?, read(key, "TLS key")?);
+        let http = rustls_server(&cert_pem, &key_pem)
             .with_context(|| format!("TLS certificate {} with key {}", cert.display(), key.display()))?;
-        Ok(Some(tls))
+        Ok(Some(Self { cert: cert_pem, key: key_pem, ca: None, http: Arc::new(http) }))
     }
 
     /// The certificates of a cluster process; a CA without a certificate
@@ -127,32 +128,25 @@ impl Tls {
         )
     }
 
-    fn rustls_server(&self, client_auth: bool) -> anyhow::Result<ServerConfig> {
-        let certs = certificates(&self.cert, "the TLS certificate")?;
-        let key = PrivateKeyDer::from_pem_slice(&self.key).context("the TLS key is not a PEM private key")?;
-        let builder =
-            ServerConfig::builder_with_provider(Arc::new(tokio_rustls::rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()?;
-        let builder = if client_auth {
-            let mut roots = RootCertStore::empty();
-            for ca in certificates(self.ca.as_deref().context("mutual TLS needs --tls-ca")?, "the TLS CA")? {
-                roots.add(ca)?;
-            }
-            let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-            builder
-                .with_client_cert_verifier(WebPkiClientVerifier::builder_with_provider(roots.into(), provider).build()?)
-        } else {
-            builder.with_no_client_auth()
-        };
-        let mut config = builder.with_single_cert(certs, key).context("the TLS certificate does not match its key")?;
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Ok(config)
-    }
-
     /// The HTTP listener's handshake.
-    pub fn http_acceptor(&self) -> anyhow::Result<TlsAcceptor> {
-        Ok(TlsAcceptor::from(Arc::new(self.rustls_server(false)?)))
+    pub fn http_acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.http.clone())
     }
+}
+
+/// rustls server settings for `cert`/`key` (the HTTP listeners; no client
+/// certificates there: probes and API clients have none).
+fn rustls_server(cert: &[u8], key: &[u8]) -> anyhow::Result<ServerConfig> {
+    let certs = certificates(cert, "the TLS certificate")?;
+    let key = PrivateKeyDer::from_pem_slice(key).context("the TLS key is not a PEM private key")?;
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("the TLS certificate does not match its key")?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
 }
 
 /// How long a client gets to finish its TLS handshake.

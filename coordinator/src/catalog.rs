@@ -253,10 +253,10 @@ pub enum InvalidName {
 /// Checks a collection name (it becomes part of storage keys and file names).
 /// A stored name may carry its tenant, `tenant:name` (see [`crate::tenancy`]).
 pub fn validate_name(stored: &str) -> Result<(), InvalidName> {
-    let name = match stored.split_once(crate::tenancy::SEPARATOR) {
-        Some((tenant, name)) => {
+    let name = match crate::tenancy::tenant_of(stored) {
+        Some(tenant) => {
             crate::tenancy::validate_tenant(tenant).map_err(|_| InvalidName::Characters(stored.to_string()))?;
-            name
+            &stored[tenant.len() + 1..]
         }
         None => stored,
     };

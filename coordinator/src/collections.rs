@@ -38,8 +38,8 @@ impl Coordinator {
         if let Some(existing) = self.catalog.get(name)? {
             return exists(existing, if_missing);
         }
-        let tenant = |n: &str| n.split_once(crate::tenancy::SEPARATOR).map(|(t, _)| t.to_string());
-        let held = self.catalog.list()?.iter().filter(|m| tenant(&m.name) == tenant(name)).count();
+        let tenant = crate::tenancy::tenant_of(name);
+        let held = self.catalog.list()?.iter().filter(|m| crate::tenancy::tenant_of(&m.name) == tenant).count();
         if held >= self.config.max_collections_per_tenant {
             return Err(CoordinatorError::TooLarge(format!(
                 "this tenant already holds {held} collections, the most allowed ({}); drop one first",

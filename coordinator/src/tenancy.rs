@@ -39,9 +39,6 @@ impl Scope {
     /// The stored name of the collection this scope calls `name`; "" (none
     /// named) stays "" so that the request gets the usual error for it.
     pub fn collection(&self, name: &str) -> Result<String> {
-        if name.is_empty() {
-            return Ok(String::new());
-        }
         self.qualify(name, "collection name")
     }
 
@@ -53,9 +50,6 @@ impl Scope {
 
     /// The stored id of the session this scope calls `id`; "" (no session) stays "".
     pub fn session(&self, id: &str) -> Result<String> {
-        if id.is_empty() {
-            return Ok(String::new());
-        }
         self.qualify(id, "session id")
     }
 
@@ -74,6 +68,7 @@ impl Scope {
 
     fn qualify(&self, name: &str, what: &str) -> Result<String> {
         match self {
+            _ if name.is_empty() => Ok(String::new()),
             Self::All => Ok(name.to_string()),
             Self::Tenant(t) => {
                 if name.contains(SEPARATOR) {
@@ -92,6 +87,11 @@ impl Scope {
             Self::Tenant(t) => stored.strip_prefix(t.as_str())?.strip_prefix(SEPARATOR).map(str::to_string),
         }
     }
+}
+
+/// The tenant of a stored name (None: the global namespace).
+pub fn tenant_of(stored: &str) -> Option<&str> {
+    stored.split_once(SEPARATOR).map(|(tenant, _)| tenant)
 }
 
 /// Why a tenant name in the key file is refused.

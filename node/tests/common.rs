@@ -37,29 +37,28 @@ pub fn fixture(name: &str) -> Option<PathBuf> {
     None
 }
 
-/// The default GGUF chat model, or None (skip) outside CI when absent.
-pub fn smollm_path() -> Option<PathBuf> {
+/// A file under the models folder, or None (skip) outside CI when absent;
+/// `fetch` is the command that brings it.
+fn model_file(rel: &str, fetch: &str) -> Option<PathBuf> {
     let base = std::env::var_os("TESSERA_MODELS").map(PathBuf::from).unwrap_or_else(|| workspace().join("models"));
-    let path = base.join("SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let path = base.join(rel);
     if path.exists() {
         return Some(path);
     }
-    assert!(!in_ci(), "model missing at {} under CI: run scripts/fetch-models.sh", path.display());
-    eprintln!("skipping: {} missing (run scripts/fetch-models.sh)", path.display());
+    assert!(!in_ci(), "model missing at {} under CI: run {fetch}", path.display());
+    eprintln!("skipping: {} missing (run {fetch})", path.display());
     None
 }
 
-/// The optional Gemma 3 GGUF (`scripts/fetch-models.sh models --with gemma3`), or
-/// None (skip) outside CI when absent; CI fetches it (scripts/test.sh).
+/// The default GGUF chat model, or None (skip) outside CI when absent.
+pub fn smollm_path() -> Option<PathBuf> {
+    model_file("SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf", "scripts/fetch-models.sh")
+}
+
+/// The optional Gemma 3 GGUF, or None (skip) outside CI when absent; CI
+/// fetches it (scripts/test.sh).
 pub fn gemma_path() -> Option<PathBuf> {
-    let base = std::env::var_os("TESSERA_MODELS").map(PathBuf::from).unwrap_or_else(|| workspace().join("models"));
-    let path = base.join("gemma-3-270m/gemma-3-270m-q4_k_m.gguf");
-    if path.exists() {
-        return Some(path);
-    }
-    assert!(!in_ci(), "model missing at {} under CI: run scripts/fetch-models.sh models --with gemma3", path.display());
-    eprintln!("skipping: {} missing (run scripts/fetch-models.sh models --with gemma3)", path.display());
-    None
+    model_file("gemma-3-270m/gemma-3-270m-q4_k_m.gguf", "scripts/fetch-models.sh models --with gemma3")
 }
 
 /// A reference made by a script of this project (tests/fixtures), e.g. from llama.cpp.

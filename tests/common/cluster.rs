@@ -124,12 +124,8 @@ pub fn alive(status: &Value) -> Vec<(String, bool)> {
         .collect()
 }
 
-pub fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+pub fn wait_for(what: &str, timeout: Duration, ok: impl FnMut() -> bool) {
+    wait_for_procs(what, timeout, std::iter::empty(), ok)
 }
 
 /// Like [`wait_for`], for a condition on running processes: a process that

@@ -13,8 +13,7 @@ use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer};
 
-use super::spm::{TYPE_CONTROL, TYPE_USER_DEFINED};
-use super::{meta, strings, ModelError};
+use super::{meta, strings, ModelError, TYPE_CONTROL, TYPE_USER_DEFINED};
 
 /// The pre-tokenizer regex llama.cpp uses for a `tokenizer.ggml.pre` value.
 fn pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper, ModelError> {

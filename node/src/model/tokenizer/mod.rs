@@ -19,6 +19,12 @@ use tokenizers::Tokenizer;
 use super::ModelError;
 use spm::SpmVocab;
 
+/// GGUF token types (llama.cpp's `llama_token_type`), shared by both kinds.
+const TYPE_UNKNOWN: u32 = 2;
+const TYPE_CONTROL: u32 = 3;
+const TYPE_USER_DEFINED: u32 = 4;
+const TYPE_BYTE: u32 = 6;
+
 /// The two tokenizer kinds.
 #[derive(Clone)]
 enum Kind {

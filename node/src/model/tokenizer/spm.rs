@@ -17,13 +17,7 @@ use std::collections::{BinaryHeap, HashMap};
 
 use aho_corasick::AhoCorasick;
 
-use super::ModelError;
-
-/// GGUF token types (llama.cpp's `llama_token_type`).
-pub(super) const TYPE_UNKNOWN: u32 = 2;
-pub(super) const TYPE_CONTROL: u32 = 3;
-pub(super) const TYPE_USER_DEFINED: u32 = 4;
-pub(super) const TYPE_BYTE: u32 = 6;
+use super::{ModelError, TYPE_BYTE, TYPE_CONTROL, TYPE_UNKNOWN, TYPE_USER_DEFINED};
 
 /// SentencePiece's space marker.
 const SPACE: char = '\u{2581}';
