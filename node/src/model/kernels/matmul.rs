@@ -1,18 +1,20 @@
-//! Quantised weight matrices with this crate's own kernels: `x · Wᵀ` for Q4_1
-//! and Q8_0 weights (the types of the default model), parallel over weight
-//! rows, each weight row read once per step for every activation row.
+//! Quantised weight matrices with this crate's own kernels: `x · Wᵀ` for Q4_1,
+//! Q5_0 and Q8_0 weights (the types of the default model, and Gemma 3's q, k,
+//! gate, up and embedding), parallel over weight rows, each weight row read
+//! once per step for every activation row.
 //!
-//! Other GGUF types go through candle (see `model::linear`); these two are the
-//! ones whose candle CPU path is slow (Q4_1: the scalar `vec_dot_unopt`; Q8_0:
-//! no register blocking) and that the default model streams every token.
+//! Other GGUF types go through candle (see `model::linear`); these three are
+//! the ones whose candle CPU path is slow (Q4_1 and Q5_0: the scalar
+//! `vec_dot_unopt`; Q8_0: no register blocking).
 use candle_core::quantized::{GgmlDType, QTensor};
 use half::f16;
 use rayon::prelude::*;
 
 use super::q4_1::Q41Row;
+use super::q5_0::Q50Row;
 use super::q8_0::Q80Row;
 use super::quantize::{Q8Acts, BLOCK};
-use super::{q4_1, q8_0, simd};
+use super::{q4_1, q5_0, q8_0, simd};
 use crate::model::ModelError;
 
 /// The block formats with a kernel here.
@@ -20,6 +22,8 @@ use crate::model::ModelError;
 pub enum QuantKind {
     /// 4-bit values with a scale and a minimum per block.
     Q4_1,
+    /// 5-bit values (a nibble and a high bit) with a scale per block.
+    Q5_0,
     /// 8-bit values with a scale per block.
     Q8_0,
 }
@@ -29,6 +33,7 @@ impl QuantKind {
     fn block_bytes(self) -> usize {
         match self {
             QuantKind::Q4_1 => 20,
+            QuantKind::Q5_0 => 22,
             QuantKind::Q8_0 => 34,
         }
     }
@@ -36,15 +41,15 @@ impl QuantKind {
     /// Bytes of quantised values in one block.
     fn value_bytes(self) -> usize {
         match self {
-            QuantKind::Q4_1 => 16,
+            QuantKind::Q4_1 | QuantKind::Q5_0 => 16,
             QuantKind::Q8_0 => 32,
         }
     }
 }
 
 /// A `[rows, cols]` weight matrix: the GGUF blocks row after row, split into
-/// their values, scales and (Q4_1) minimums — the same bytes as the file, laid
-/// out so the kernels widen eight scales at once.
+/// their values, scales, (Q4_1) minimums and (Q5_0) high bits — the same
+/// bytes as the file, laid out so the kernels widen eight scales at once.
 pub struct QuantMatrix {
     kind: QuantKind,
     rows: usize,
@@ -52,6 +57,7 @@ pub struct QuantMatrix {
     qs: Vec<u8>,
     d: Vec<u16>,
     m: Vec<u16>,
+    qh: Vec<u32>,
 }
 
 /// Weight rows per parallel task: enough work to amortise the hand-off.
@@ -67,6 +73,7 @@ impl QuantMatrix {
     pub fn from_qtensor(t: &QTensor) -> Result<Option<Self>, ModelError> {
         let kind = match t.dtype() {
             GgmlDType::Q4_1 => QuantKind::Q4_1,
+            GgmlDType::Q5_0 => QuantKind::Q5_0,
             GgmlDType::Q8_0 => QuantKind::Q8_0,
             _ => return Ok(None),
         };
@@ -89,6 +96,7 @@ impl QuantMatrix {
             qs: Vec::with_capacity(n * kind.value_bytes()),
             d: Vec::with_capacity(n),
             m: Vec::with_capacity(if kind == QuantKind::Q4_1 { n } else { 0 }),
+            qh: Vec::with_capacity(if kind == QuantKind::Q5_0 { n } else { 0 }),
         };
         for blk in data.chunks_exact(kind.block_bytes()) {
             me.d.push(u16::from_le_bytes([blk[0], blk[1]]));
@@ -96,6 +104,10 @@ impl QuantMatrix {
                 QuantKind::Q4_1 => {
                     me.m.push(u16::from_le_bytes([blk[2], blk[3]]));
                     me.qs.extend_from_slice(&blk[4..]);
+                }
+                QuantKind::Q5_0 => {
+                    me.qh.push(u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]));
+                    me.qs.extend_from_slice(&blk[6..]);
                 }
                 QuantKind::Q8_0 => me.qs.extend_from_slice(&blk[2..]),
             }
@@ -113,11 +125,12 @@ impl QuantMatrix {
             return None;
         }
         let rows = parts.iter().map(|p| p.rows).sum();
-        let mut me = Self { kind, rows, cols, qs: Vec::new(), d: Vec::new(), m: Vec::new() };
+        let mut me = Self { kind, rows, cols, qs: Vec::new(), d: Vec::new(), m: Vec::new(), qh: Vec::new() };
         for p in parts {
             me.qs.extend_from_slice(&p.qs);
             me.d.extend_from_slice(&p.d);
             me.m.extend_from_slice(&p.m);
+            me.qh.extend_from_slice(&p.qh);
         }
         Some(me)
     }
@@ -134,7 +147,7 @@ impl QuantMatrix {
 
     /// Bytes of weights (what a decode step streams from memory).
     pub fn bytes(&self) -> usize {
-        self.qs.len() + 2 * (self.d.len() + self.m.len())
+        self.qs.len() + 2 * (self.d.len() + self.m.len()) + 4 * self.qh.len()
     }
 
     /// Blocks per row.
@@ -206,6 +219,15 @@ impl QuantMatrix {
                 }
                 q4_1::dot_rows_portable(&w, acts, rows)
             }
+            QuantKind::Q5_0 => {
+                let w = Q50Row { qs, qh: &self.qh[j * nb..(j + 1) * nb], d };
+                #[cfg(target_arch = "x86_64")]
+                if avx2 {
+                    // SAFETY: as above.
+                    return unsafe { q5_0::dot_rows_avx2(&w, acts, rows) };
+                }
+                q5_0::dot_rows_portable(&w, acts, rows)
+            }
             QuantKind::Q8_0 => {
                 let w = Q80Row { qs, d };
                 #[cfg(target_arch = "x86_64")]
@@ -235,6 +257,7 @@ impl QuantMatrix {
                     out.extend(qs.iter().map(|q| (q & 0x0F) as f32 * d + m));
                     out.extend(qs.iter().map(|q| (q >> 4) as f32 * d + m));
                 }
+                QuantKind::Q5_0 => out.extend((0..BLOCK).map(|j| q5_0::value(qs, self.qh[b], j) as f32 * d)),
                 QuantKind::Q8_0 => out.extend(qs.iter().map(|&q| q as i8 as f32 * d)),
             }
         }
@@ -253,7 +276,7 @@ mod tests {
     #[test]
     fn matches_dequantised_matmul() {
         let dev = Device::Cpu;
-        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q8_0] {
             for (m, rows, cols) in [(1, 64, 128), (5, 96, 576), (37, 33, 1536)] {
                 let w = Tensor::randn(0f32, 1.0, (rows, cols), &dev).unwrap();
                 let q = QTensor::quantize(&w, dtype).unwrap();
@@ -285,7 +308,7 @@ mod tests {
         let dev = Device::Cpu;
         let w = Tensor::randn(0f32, 1.0, (8, 256), &dev).unwrap();
         let x: Vec<f32> = (0..5 * 256).map(|i| ((i * 13 % 29) as f32 - 14.0) / 3.0).collect();
-        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q8_0] {
             let m = QuantMatrix::from_qtensor(&QTensor::quantize(&w, dtype).unwrap()).unwrap().unwrap();
             let acts = Q8Acts::new(&x, 5, 256);
             for j in 0..8 {

@@ -7,6 +7,7 @@ pub(crate) mod attention;
 pub mod matmul;
 pub(crate) mod norm;
 pub(crate) mod q4_1;
+pub(crate) mod q5_0;
 pub(crate) mod q8_0;
 pub(crate) mod quantize;
 pub(crate) mod rope;
