@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tessera_node::model::comm::{Communicator, LocalGroup};
+use tessera_node::model::decoder::{RankModel, SeqStep};
 use tessera_node::model::engine::load_tokenizer;
-use tessera_node::model::llama::{RankModel, SeqStep};
 use tessera_node::model::sampler::argmax;
 use tessera_node::model::serving::chat_template;
 use tessera_node::model::tcp::{GroupSecret, TcpCommunicator};

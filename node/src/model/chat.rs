@@ -18,6 +18,11 @@ pub struct ChatTemplate {
 /// ChatML, for models whose GGUF carries no template.
 pub const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
 
+/// Gemma's turn format, for Gemma GGUFs without a template (the pretrained
+/// base): a system message joins the first user turn, the assistant is
+/// `model`. No BOS here: the tokenizer adds it as the GGUF says.
+pub const GEMMA_TURNS: &str = "{% if messages[0]['role'] == 'system' %}{% set prefix = messages[0]['content'] + '\n\n' %}{% set turns = messages[1:] %}{% else %}{% set prefix = '' %}{% set turns = messages %}{% endif %}{% for message in turns %}{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}{{ '<start_of_turn>' + role + '\n' + (prefix if loop.first else '') + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}";
+
 impl ChatTemplate {
     /// Compiles `source`; `bos`/`eos` are the model's special token strings.
     pub fn new(source: &str, bos: &str, eos: &str) -> Result<Self, ModelError> {
@@ -64,6 +69,22 @@ mod tests {
         assert_eq!(
             out,
             "<|im_start|>system\nDefault<|im_end|>\n<|im_start|>user\n你好<|im_end|>\n<|im_start|>assistant\n"
+        );
+    }
+
+    #[test]
+    fn gemma_turns_fold_the_system_prompt_into_the_first_user_turn() {
+        let t = ChatTemplate::new(GEMMA_TURNS, "<bos>", "<eos>").unwrap();
+        let msgs = [
+            ChatMessage { role: Role::System, content: "Be brief.".into() },
+            ChatMessage { role: Role::User, content: "Hi ".into() },
+            ChatMessage { role: Role::Assistant, content: "Hello.".into() },
+            ChatMessage { role: Role::User, content: "向量?".into() },
+        ];
+        assert_eq!(
+            t.render(&msgs).unwrap(),
+            "<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello.<end_of_turn>\n\
+             <start_of_turn>user\n向量?<end_of_turn>\n<start_of_turn>model\n"
         );
     }
 

@@ -1,8 +1,8 @@
-//! Language models on candle: GGUF llama-family decoders split over
+//! Language models on candle: GGUF decoders (llama family, Gemma 3) split over
 //! tensor-parallel ranks, with continuous batching and streamed generation.
 //!
 //! - [`tokenizer`]: the tokenizer from GGUF metadata; [`chat`]: chat templates.
-//! - [`partition`]: how quantized weights are divided; [`llama`]: one rank's model;
+//! - [`partition`]: how quantized weights are divided; [`decoder`]: one rank's model;
 //!   [`linear`]: its weight matrices; [`kernels`]: the CPU kernels; [`kv_cache`]: per-sequence caches.
 //! - [`comm`] / [`tcp`] / `nccl` (feature `cuda`): the [`Communicator`] trait and its backends.
 //! - [`sampler`]: next-token choice; [`engine`]: the rank threads; `scheduler`: rank 0's continuous batching.
@@ -10,11 +10,11 @@
 
 pub mod chat;
 pub mod comm;
+pub mod decoder;
 pub mod engine;
 pub mod kernels;
 pub mod kv_cache;
 pub mod linear;
-pub mod llama;
 mod metrics;
 #[cfg(feature = "cuda")]
 pub mod nccl;

@@ -33,6 +33,11 @@ pub fn share(total: usize, world: usize, rank: usize) -> Range<usize> {
 /// differences of ~1% by the last layer.) The price is two all-gathers per
 /// sub-layer instead of one all-reduce, which is small next to the matmuls on
 /// a CPU.
+///
+/// With more ranks than key/value heads (Gemma 3 270M has one), each group is
+/// replicated: `world / n_kv_head` ranks compute the group's key and value
+/// head (a small matrix, computed identically on each) and split its query
+/// heads, so every rank still reads only its own group.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Partition {
     /// Key/value head groups of this rank (each group = its query heads + one k/v head).
@@ -43,11 +48,27 @@ pub struct Partition {
     pub ffn: Range<usize>,
     /// Output features (model width) of this rank's o_proj and down rows.
     pub hidden: Range<usize>,
+    q: Range<usize>,
     world: usize,
+    n_head: usize,
     n_kv_head: usize,
     ffn_total: usize,
     hidden_total: usize,
     block: usize,
+}
+
+/// The key/value groups and query heads of `rank`.
+fn heads_of(n_head: usize, n_kv_head: usize, world: usize, rank: usize) -> (Range<usize>, Range<usize>) {
+    let per_group = n_head / n_kv_head;
+    if world <= n_kv_head {
+        let kv = share(n_kv_head, world, rank);
+        let q = kv.start * per_group..kv.end * per_group;
+        return (kv, q);
+    }
+    let replicas = world / n_kv_head;
+    let (group, sub) = (rank / replicas, rank % replicas);
+    let q = share(per_group, replicas, sub);
+    (group..group + 1, group * per_group + q.start..group * per_group + q.end)
 }
 
 impl Partition {
@@ -67,9 +88,11 @@ impl Partition {
         if n_kv_head == 0 || !n_head.is_multiple_of(n_kv_head) {
             return Err(ModelError::Config(format!("{n_head} query heads do not group over {n_kv_head} k/v heads")));
         }
-        if world > n_kv_head {
+        let per_group = n_head / n_kv_head;
+        if world > n_kv_head && (!world.is_multiple_of(n_kv_head) || world / n_kv_head > per_group) {
             return Err(ModelError::Config(format!(
-                "tensor-parallel world size {world} is larger than the model's {n_kv_head} key/value heads"
+                "tensor-parallel world size {world} does not fit the model's {n_kv_head} key/value heads and \
+                 {n_head} query heads: use a divisor of {n_kv_head}, or a multiple of it no larger than {n_head}"
             )));
         }
         if !ffn.is_multiple_of(block) {
@@ -78,12 +101,15 @@ impl Partition {
             )));
         }
         let units = share(ffn / block, world, rank);
+        let (kv_groups, q) = heads_of(n_head, n_kv_head, world, rank);
         Ok(Self {
-            kv_groups: share(n_kv_head, world, rank),
-            heads_per_group: n_head / n_kv_head,
+            kv_groups,
+            heads_per_group: per_group,
             ffn: units.start * block..units.end * block,
             hidden: share(hidden, world, rank),
+            q,
             world,
+            n_head,
             n_kv_head,
             ffn_total: ffn,
             hidden_total: hidden,
@@ -93,12 +119,12 @@ impl Partition {
 
     /// Query heads of this rank.
     pub fn q_heads(&self) -> Range<usize> {
-        self.kv_groups.start * self.heads_per_group..self.kv_groups.end * self.heads_per_group
+        self.q.clone()
     }
 
     /// Query heads of every rank, in rank order (to reassemble gathered attention outputs).
     pub fn heads_per_rank(&self) -> Vec<usize> {
-        (0..self.world).map(|r| share(self.n_kv_head, self.world, r).len() * self.heads_per_group).collect()
+        (0..self.world).map(|r| heads_of(self.n_head, self.n_kv_head, self.world, r).1.len()).collect()
     }
 
     /// Feed-forward features of every rank, in rank order.
@@ -152,6 +178,28 @@ mod tests {
             (vec![6, 3], vec![768, 768], vec![288, 288])
         );
         assert!(Partition::new(9, 3, 1536, 576, 32, 4, 0).is_err());
+    }
+
+    #[test]
+    fn a_single_kv_head_is_replicated_and_its_query_heads_split() {
+        // Gemma 3 270M: 4 query heads, 1 k/v head.
+        let ranks: Vec<_> = (0..2).map(|r| Partition::new(4, 1, 2048, 640, 256, 2, r).unwrap()).collect();
+        assert_eq!((ranks[0].kv_groups.clone(), ranks[0].q_heads()), (0..1, 0..2));
+        assert_eq!((ranks[1].kv_groups.clone(), ranks[1].q_heads()), (0..1, 2..4));
+        assert_eq!(ranks[1].heads_per_rank(), vec![2, 2]);
+        let four: Vec<_> = (0..4).map(|r| Partition::new(4, 1, 2048, 640, 256, 4, r).unwrap().q_heads()).collect();
+        assert_eq!(four, vec![0..1, 1..2, 2..3, 3..4]);
+        // 2 groups of 3 over 6 ranks: each group on 3 ranks, one query head each.
+        let p = Partition::new(6, 2, 64, 64, 32, 6, 4).unwrap();
+        assert_eq!((p.kv_groups.clone(), p.q_heads()), (1..2, 4..5));
+        // Query heads may split unevenly; more ranks than query heads, or a
+        // world size that is not a multiple of the k/v heads, is refused with a reason.
+        let three: Vec<_> = (0..3).map(|r| Partition::new(4, 1, 2048, 640, 256, 3, r).unwrap().q_heads()).collect();
+        assert_eq!(three, vec![0..2, 2..3, 3..4]);
+        for (world, heads, kv) in [(8, 4, 1), (3, 4, 2)] {
+            let e = Partition::new(heads, kv, 2048, 640, 256, world, 0).unwrap_err().to_string();
+            assert!(e.contains("does not fit"), "{e}");
+        }
     }
 
     #[test]

@@ -16,8 +16,8 @@ use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, info_span, warn};
 
 use super::comm::Communicator;
+use super::decoder::{RankModel, SeqStep};
 use super::engine::{Command, EngineLimits, Event, FinishReason, GroupStats, Job};
-use super::llama::{RankModel, SeqStep};
 use super::sampler::Sampler;
 use super::sampler::SamplingParams;
 use super::tokenizer::GgufTokenizer;

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use super::chat::{ChatMessage, ChatTemplate, CHATML};
+use super::chat::{ChatMessage, ChatTemplate, CHATML, GEMMA_TURNS};
 use super::engine::{EngineLimits, Event, ModelGroup};
 use super::sampler::SamplingParams;
 use super::tokenizer::GgufTokenizer;
@@ -65,17 +65,20 @@ impl ModelServing {
     }
 }
 
-/// The GGUF's chat template (ChatML when it has none).
+/// The GGUF's chat template; without one, Gemma's turn format for Gemma
+/// models and ChatML for the rest.
 pub fn chat_template(path: &Path, tok: &GgufTokenizer) -> Result<ChatTemplate, ModelError> {
     let mut file = std::fs::File::open(path).map_err(|e| ModelError::Io(format!("{}: {e}", path.display())))?;
     let ct =
         candle_core::quantized::gguf_file::Content::read(&mut file).map_err(|e| ModelError::Format(e.to_string()))?;
+    let arch = ct.metadata.get("general.architecture").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
+    let fallback = if arch.starts_with("gemma") { GEMMA_TURNS } else { CHATML };
     let source = ct
         .metadata
         .get("tokenizer.chat_template")
         .and_then(|v| v.to_string().ok())
         .cloned()
-        .unwrap_or_else(|| CHATML.to_string());
+        .unwrap_or_else(|| fallback.to_string());
     let piece = |id: Option<u32>| id.and_then(|i| tok.token(i)).unwrap_or("").to_string();
     ChatTemplate::new(&source, &piece(tok.bos_id), &piece(tok.eos_id))
 }

@@ -12,6 +12,10 @@
 //!
 //! Pairs run in parallel (sequences × tokens × heads), so a batch of decoding
 //! sequences uses every core, not only the first sequence's heads.
+//!
+//! A sliding-window layer (Gemma 3's local layers) sees only the last `window`
+//! positions up to and including its own, as llama.cpp masks them (a key at
+//! `p0` is visible from `p1` when `p1 - p0 < window`).
 use half::f16;
 use rayon::prelude::*;
 
@@ -48,8 +52,9 @@ pub(crate) struct SeqView<'a> {
 }
 
 /// Attention output `tokens × (n_q · head_dim)` for the fused, roped `qkv`
-/// rows of every sequence in `seqs` order; scores are multiplied by `scale`.
-pub(crate) fn attend(heads: Heads, qkv: &[f32], seqs: &[SeqView<'_>], scale: f32) -> Vec<f32> {
+/// rows of every sequence in `seqs` order; scores are multiplied by `scale`;
+/// `window` limits each token to that many positions (itself included).
+pub(crate) fn attend(heads: Heads, qkv: &[f32], seqs: &[SeqView<'_>], scale: f32, window: Option<usize>) -> Vec<f32> {
     let hd = heads.head_dim;
     let owners: Vec<(usize, usize)> =
         seqs.iter().enumerate().flat_map(|(i, s)| (s.start..s.start + s.len).map(move |p| (i, p))).collect();
@@ -66,7 +71,8 @@ pub(crate) fn attend(heads: Heads, qkv: &[f32], seqs: &[SeqView<'_>], scale: f32
         for (q, &x) in q.iter_mut().zip(&qkv[tok * w + h * hd..][..hd]) {
             *q = f16::from_f32(x).to_f32();
         }
-        let one = One { q, kv: seqs[si].kv, stride: kv_w, offset: (h / group) * hd, n: pos + 1, scale };
+        let first = window.map_or(0, |w| (pos + 1).saturating_sub(w));
+        let one = One { q, kv: seqs[si].kv, stride: kv_w, offset: (h / group) * hd, first, n: pos + 1, scale };
         #[cfg(target_arch = "x86_64")]
         if avx2 {
             // SAFETY: AVX2/FMA/F16C were detected at run time and `hd` is a
@@ -86,12 +92,13 @@ pub(crate) fn attend(heads: Heads, qkv: &[f32], seqs: &[SeqView<'_>], scale: f32
     out
 }
 
-/// One query head of one token against `n` cached positions.
+/// One query head of one token against cached positions `first..n`.
 struct One<'a> {
     q: &'a [f32],
     kv: &'a LayerKv,
     stride: usize,
     offset: usize,
+    first: usize,
     n: usize,
     scale: f32,
 }
@@ -125,14 +132,14 @@ fn softmax_weights(scores: &mut [f32], max: f32) -> f32 {
 fn attend_one(a: &One<'_>, scores: &mut Vec<f32>, out: &mut [f32]) {
     scores.clear();
     let mut max = f32::NEG_INFINITY;
-    for t in 0..a.n {
+    for t in a.first..a.n {
         let s = a.q.iter().zip(a.key(t)).map(|(q, k)| q * k.to_f32()).sum::<f32>() * a.scale;
         max = max.max(s);
         scores.push(s);
     }
     let sum = softmax_weights(scores, max);
     out.fill(0.0);
-    for (t, p) in scores.iter().enumerate() {
+    for (t, p) in (a.first..).zip(scores.iter()) {
         for (o, v) in out.iter_mut().zip(a.value(t)) {
             *o += p * v.to_f32();
         }
@@ -167,9 +174,9 @@ unsafe fn attend_one_avx2<const C: usize>(a: &One<'_>, scores: &mut Vec<f32>, ou
         _mm256_add_ps(s0, s1)
     };
     scores.clear();
-    scores.reserve(a.n);
+    scores.reserve(a.n - a.first);
     let mut max = f32::NEG_INFINITY;
-    let mut t = 0;
+    let mut t = a.first;
     while t + 4 <= a.n {
         let (d0, d1, d2, d3) = (dot(t), dot(t + 1), dot(t + 2), dot(t + 3));
         let h = _mm256_hadd_ps(_mm256_hadd_ps(d0, d1), _mm256_hadd_ps(d2, d3));
@@ -190,7 +197,7 @@ unsafe fn attend_one_avx2<const C: usize>(a: &One<'_>, scores: &mut Vec<f32>, ou
     }
     let sum = softmax_weights(scores, max);
     let mut o = [_mm256_setzero_ps(); C];
-    for (t, &p) in scores.iter().enumerate() {
+    for (t, &p) in (a.first..).zip(scores.iter()) {
         let pv = _mm256_set1_ps(p);
         for c in 0..C {
             o[c] = _mm256_fmadd_ps(pv, row8(vp, t, c), o[c]);
@@ -211,7 +218,7 @@ unsafe fn attend_one_avx2_any(a: &One<'_>, scores: &mut Vec<f32>, out: &mut [f32
     let load = |p: &[f16], c: usize| _mm256_cvtph_ps(_mm_loadu_si128(p.as_ptr().add(c) as *const __m128i));
     scores.clear();
     let mut max = f32::NEG_INFINITY;
-    for t in 0..a.n {
+    for t in a.first..a.n {
         let k = a.key(t);
         let mut s = _mm256_setzero_ps();
         for c in (0..hd).step_by(8) {
@@ -223,7 +230,7 @@ unsafe fn attend_one_avx2_any(a: &One<'_>, scores: &mut Vec<f32>, out: &mut [f32
     }
     let sum = softmax_weights(scores, max);
     out.fill(0.0);
-    for (t, &p) in scores.iter().enumerate() {
+    for (t, &p) in (a.first..).zip(scores.iter()) {
         let (v, pv) = (a.value(t), _mm256_set1_ps(p));
         for c in (0..hd).step_by(8) {
             let at = out.as_mut_ptr().add(c);
@@ -240,16 +247,19 @@ mod tests {
 
     #[test]
     fn matches_reference_attention() {
-        // 8 and 24: the any-size path; 64 and 128: the register-held paths.
+        // 8 and 24: the any-size path; 64 and 128: the register-held paths;
+        // a window of 2 and one of 5 (shorter and longer than some tokens' history).
         for hd in [8, 24, 64, 128] {
-            check_against_reference(hd);
+            for window in [None, Some(2), Some(5)] {
+                check_against_reference(hd, window);
+            }
         }
     }
 
     /// Against the textbook formula on the same f16 inputs, with GQA (4 query
     /// heads over 2 groups), two sequences, a prompt chunk that starts
     /// mid-cache and causal masking.
-    fn check_against_reference(hd: usize) {
+    fn check_against_reference(hd: usize, window: Option<usize>) {
         let heads = Heads { n_q: 4, n_kv: 2, head_dim: hd };
         let kv_w = heads.n_kv * heads.head_dim;
         let val = |i: usize| ((i * 7919 % 97) as f32 - 48.0) / 40.0;
@@ -263,24 +273,29 @@ mod tests {
         let w = heads.qkv_width();
         let qkv: Vec<f32> = (0..4 * w).map(|i| val(i * 5 + 3)).collect();
         let scale = 1.0 / (hd as f32).sqrt();
-        let got = attend(heads, &qkv, &seqs, scale);
+        let got = attend(heads, &qkv, &seqs, scale, window);
         let rows = [(0usize, 6usize), (0, 7), (0, 8), (1, 2)];
         for (tok, &(si, pos)) in rows.iter().enumerate() {
             for h in 0..heads.n_q {
                 let g = h / 2;
                 let q = &qkv[tok * w + h * hd..][..hd];
                 let kv = seqs[si].kv;
-                let s: Vec<f32> = (0..=pos)
+                let first = window.map_or(0, |w| (pos + 1).saturating_sub(w));
+                let s: Vec<f32> = (first..=pos)
                     .map(|t| (0..hd).map(|d| q[d] * kv.k[t * kv_w + g * hd + d].to_f32()).sum::<f32>() * scale)
                     .collect();
                 let m = s.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
                 let e: Vec<f32> = s.iter().map(|x| (x - m).exp()).collect();
                 let z: f32 = e.iter().sum();
                 for d in 0..hd {
-                    let want: f32 = (0..=pos).map(|t| e[t] / z * kv.v[t * kv_w + g * hd + d].to_f32()).sum();
+                    let want: f32 =
+                        (first..=pos).map(|t| e[t - first] / z * kv.v[t * kv_w + g * hd + d].to_f32()).sum();
                     let have = got[tok * heads.n_q * hd + h * hd + d];
                     // f16 rounding of q and of the weights: ~1e-3 relative.
-                    assert!((want - have).abs() < 5e-3, "hd {hd} tok {tok} head {h} dim {d}: {have} vs {want}");
+                    assert!(
+                        (want - have).abs() < 5e-3,
+                        "hd {hd} window {window:?} tok {tok} head {h} dim {d}: {have} vs {want}"
+                    );
                 }
             }
         }

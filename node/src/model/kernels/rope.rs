@@ -1,40 +1,63 @@
 //! Rotary position embedding applied in place to one head's vector, from
 //! precomputed cos/sin tables (one row of `head_dim / 2` angles per position).
 //!
+//! The tables stop at [`TABLE_POSITIONS`]: Gemma 3 declares 32k positions and
+//! two bases, and full tables would be ~70 MB per rank for positions most
+//! requests never reach; later positions compute their angles on the fly with
+//! the same f32 recurrence, so they carry the same rounding.
+//!
 //! Two pairings exist in GGUF models: llama's (`2i`, `2i+1`) and NeoX/Qwen2's
 //! (`i`, `i + d/2`); both are candle's `rope_i` / `rope` formulas.
 
-/// cos/sin tables of one model.
+/// Positions with precomputed angles.
+pub(crate) const TABLE_POSITIONS: usize = 8192;
+
+/// cos/sin tables of one model (one RoPE base).
 pub(crate) struct Rope {
     cos: Vec<f32>,
     sin: Vec<f32>,
     half: usize,
+    theta_scale: f32,
+    freq_scale: f32,
     neox: bool,
 }
 
 impl Rope {
     /// Tables for `positions` positions of heads of `head_dim` values. The
     /// angles are computed as ggml does (`θ = pos`, then `θ *= base^(-2/d)`
-    /// per pair, in f32), so they carry llama.cpp's rounding.
-    pub fn new(head_dim: usize, base: f32, positions: usize, neox: bool) -> Self {
+    /// per pair, in f32, each angle times `freq_scale` for linear position
+    /// scaling), so they carry llama.cpp's rounding.
+    pub fn new(head_dim: usize, base: f32, freq_scale: f32, positions: usize, neox: bool) -> Self {
         let half = head_dim / 2;
         let theta_scale = base.powf(-2.0 / head_dim as f32);
+        let positions = positions.min(TABLE_POSITIONS);
         let mut cos = Vec::with_capacity(positions * half);
         let mut sin = Vec::with_capacity(positions * half);
         for p in 0..positions {
             let mut theta = p as f32;
             for _ in 0..half {
-                cos.push(theta.cos());
-                sin.push(theta.sin());
+                cos.push((freq_scale * theta).cos());
+                sin.push((freq_scale * theta).sin());
                 theta *= theta_scale;
             }
         }
-        Self { cos, sin, half, neox }
+        Self { cos, sin, half, theta_scale, freq_scale, neox }
     }
 
-    /// Rotates `x` (one head) to position `pos` (below the table's positions).
+    /// Rotates `x` (one head) to position `pos`.
     pub fn apply(&self, x: &mut [f32], pos: usize) {
-        let (cos, sin) = (&self.cos[pos * self.half..][..self.half], &self.sin[pos * self.half..][..self.half]);
+        if (pos + 1) * self.half > self.cos.len() {
+            let (mut cos, mut sin, mut theta) = (vec![0f32; self.half], vec![0f32; self.half], pos as f32);
+            for i in 0..self.half {
+                (cos[i], sin[i]) = ((self.freq_scale * theta).cos(), (self.freq_scale * theta).sin());
+                theta *= self.theta_scale;
+            }
+            return self.rotate(x, &cos, &sin);
+        }
+        self.rotate(x, &self.cos[pos * self.half..][..self.half], &self.sin[pos * self.half..][..self.half]);
+    }
+
+    fn rotate(&self, x: &mut [f32], cos: &[f32], sin: &[f32]) {
         for i in 0..self.half {
             let (a, b) = if self.neox { (i, i + self.half) } else { (2 * i, 2 * i + 1) };
             let (x0, x1) = (x[a], x[b]);
@@ -55,7 +78,7 @@ mod tests {
         let (hd, pos) = (8usize, 5usize);
         let x: Vec<f32> = (0..hd).map(|i| i as f32 * 0.3 - 1.0).collect();
         for neox in [false, true] {
-            let rope = Rope::new(hd, 10_000.0, 8, neox);
+            let rope = Rope::new(hd, 10_000.0, 1.0, 8, neox);
             let mut ours = x.clone();
             rope.apply(&mut ours, pos);
             let cos = Tensor::from_slice(&rope.cos[pos * 4..pos * 4 + 4], (1, 4), &dev).unwrap();
@@ -71,5 +94,32 @@ mod tests {
                 assert!((a - b).abs() < 1e-6, "neox={neox}: {ours:?} vs {theirs:?}");
             }
         }
+    }
+
+    #[test]
+    fn positions_past_the_table_rotate_as_tabled_ones() {
+        let x: Vec<f32> = (0..16).map(|i| i as f32 * 0.1 - 0.7).collect();
+        let pos = TABLE_POSITIONS + 3;
+        let (long, short) = (Rope::new(16, 1e6, 0.5, pos + 1, true), Rope::new(16, 1e6, 0.5, 10, true));
+        assert!(long.cos.len() < (pos + 1) * 8, "the table is capped");
+        // A table built up to `pos` directly (bypassing the cap) agrees bit for bit.
+        let mut full = Rope::new(16, 1e6, 0.5, 1, true);
+        full.cos.clear();
+        full.sin.clear();
+        for p in 0..=pos {
+            let mut theta = p as f32;
+            for _ in 0..8 {
+                full.cos.push((0.5 * theta).cos());
+                full.sin.push((0.5 * theta).sin());
+                theta *= full.theta_scale;
+            }
+        }
+        let (mut a, mut b, mut c) = (x.clone(), x.clone(), x.clone());
+        long.apply(&mut a, pos);
+        short.apply(&mut b, pos);
+        full.apply(&mut c, pos);
+        assert_eq!(a, c);
+        assert_eq!(b, c);
+        assert_ne!(a, x);
     }
 }
