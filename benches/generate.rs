@@ -2,9 +2,11 @@
 //! to first token of one stream at tensor-parallel world size 1 and 2, and
 //! decode tokens/s with 1, 8 and 32 concurrent streams, plus the memory
 //! bandwidth a one-stream decode reaches against what this machine can read.
-//! Writes benches/results/generate_candle.json for benches/llamacpp_compare.sh.
+//! Writes benches/results/generate_candle.json for benches/llamacpp_compare.sh;
+//! with `--gemma`, the Gemma 3 270M GGUF on a raw prompt (one and 8 streams)
+//! into generate_gemma_candle.json.
 //!
-//! Run: cargo test --bench generate -- [--prompt-tokens 256] [--decode 128] [--tp 1,2] [--streams 1,8]
+//! Run: cargo test --bench generate -- [--gemma] [--prompt-tokens 256] [--decode 128] [--tp 1,2] [--streams 1,8]
 mod common;
 
 use std::sync::atomic::Ordering;
@@ -56,6 +58,7 @@ fn memory_bandwidth() -> f64 {
 }
 
 fn main() {
+    tessera_node::model::engine::park_candle_threads_between_matmuls();
     let prompt_tokens: usize = arg("--prompt-tokens", 256);
     let decode: usize = arg("--decode", 128);
     let list = |name: &str, default: &str| -> Vec<usize> {
@@ -63,11 +66,16 @@ fn main() {
     };
     let tps = list("--tp", "1,2");
     let only_streams = list("--streams", "");
-    let path = models_dir().join(tessera_node::node::DEFAULT_MODEL);
+    let gemma = std::env::args().any(|a| a == "--gemma");
+    let (path, title) = if gemma {
+        (models_dir().join("gemma-3-270m/gemma-3-270m-q4_k_m.gguf"), "Gemma 3 270M Q4_K_M (candle's k-quant matmuls)")
+    } else {
+        (models_dir().join(tessera_node::node::DEFAULT_MODEL), "SmolLM2-135M-Instruct Q4_1 on Tessera's kernels")
+    };
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let bandwidth = memory_bandwidth();
     let mut rows = Vec::new();
-    println!("SmolLM2-135M-Instruct Q4_1 on Tessera's kernels (CPU, {threads} threads); greedy; prompt {prompt_tokens} tokens; up to {decode} new tokens");
+    println!("{title} (CPU, {threads} threads); greedy; prompt {prompt_tokens} tokens; up to {decode} new tokens");
     println!("machine memory read bandwidth: {bandwidth:.1} GB/s (sum over 1 GiB, {threads} threads)");
     println!();
     println!(
@@ -80,15 +88,23 @@ fn main() {
         let weight_bytes = group.stats().weight_bytes.load(Ordering::Relaxed) as f64;
         let tok = group.tokenizer();
         let filler = "The shard index stores vectors and metadata for fast retrieval. ".repeat(64);
-        let mut ids = tok.encode(&format!("<|im_start|>user\n{filler}")).unwrap();
-        ids.truncate(prompt_tokens - 5);
-        ids.extend(tok.encode("<|im_end|>\n<|im_start|>assistant\n").unwrap());
+        let ids = if gemma {
+            // A base model: the raw text (BOS added), as benches/llamacpp_bench.py gives llama.cpp.
+            let mut ids = tok.encode(&filler).unwrap();
+            ids.truncate(prompt_tokens);
+            ids
+        } else {
+            let mut ids = tok.encode(&format!("<|im_start|>user\n{filler}")).unwrap();
+            ids.truncate(prompt_tokens - 5);
+            ids.extend(tok.encode("<|im_end|>\n<|im_start|>assistant\n").unwrap());
+            ids
+        };
         let params = SamplingParams { temperature: 0.0, max_tokens: decode, ..Default::default() };
         // Warm-up.
         drain(group.submit(ids.clone(), SamplingParams { max_tokens: 4, ..params.clone() }).unwrap(), Instant::now());
         let streams: Vec<usize> = match (only_streams.is_empty(), tp) {
             (false, _) => only_streams.clone(),
-            (true, 1) => vec![1, 8, 32],
+            (true, 1) if !gemma => vec![1, 8, 32],
             (true, _) => vec![1, 8],
         };
         for n in streams {
@@ -127,5 +143,6 @@ fn main() {
     }
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/results");
     std::fs::create_dir_all(&out).unwrap();
-    std::fs::write(out.join("generate_candle.json"), serde_json::Value::Array(rows).to_string()).unwrap();
+    let file = if gemma { "generate_gemma_candle.json" } else { "generate_candle.json" };
+    std::fs::write(out.join(file), serde_json::Value::Array(rows).to_string()).unwrap();
 }

@@ -6,11 +6,21 @@
 #
 #   bash benches/llamacpp_compare.sh            # the whole table
 #   bash benches/llamacpp_compare.sh --perf     # also: where a decode step's time goes (perf, one stream)
+#   bash benches/llamacpp_compare.sh --gemma    # the Gemma 3 270M GGUF instead (raw prompt)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 perf_summary=0
 if [ "${1:-}" = "--perf" ]; then perf_summary=1; shift; fi
-bash scripts/fetch-models.sh models
+prefix=generate
+if [ "${1:-}" = "--gemma" ]; then
+  shift
+  bash scripts/fetch-models.sh models --with gemma3
+  export MODEL=gemma
+  prefix=generate_gemma
+  set -- --gemma "$@"
+else
+  bash scripts/fetch-models.sh models
+fi
 source scripts/env.sh
 [ -x benches/.venv/bin/python ] || python3 -m venv benches/.venv
 benches/.venv/bin/python -c "import llama_cpp" 2>/dev/null || benches/.venv/bin/pip install --quiet "llama-cpp-python==0.3.36" numpy
@@ -18,10 +28,11 @@ cargo test --bench generate -- "$@"
 echo
 benches/.venv/bin/python benches/llamacpp_bench.py
 echo
-python3 - <<'PY'
-import json
-c = json.load(open("benches/results/generate_candle.json"))
-l = json.load(open("benches/results/generate_llamacpp.json"))
+PREFIX=$prefix python3 - <<'PY'
+import json, os
+prefix = os.environ["PREFIX"]
+c = json.load(open(f"benches/results/{prefix}_candle.json"))
+l = json.load(open(f"benches/results/{prefix}_llamacpp.json"))
 one = {r["tp"]: r for r in c if r["streams"] == 1}
 print("| measure | tp | Tessera | llama.cpp | Tessera / llama.cpp |")
 print("|---|---:|---:|---:|---:|")

@@ -256,6 +256,7 @@ fn main() {
     if args.next().as_deref() == Some(tessera_node::load::sandbox::SANDBOX_ARG) {
         std::process::exit(tessera_node::load::sandbox::child_main(&args.next().unwrap_or_default()));
     }
+    tessera_node::model::engine::park_candle_threads_between_matmuls();
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");
