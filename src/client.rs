@@ -284,6 +284,7 @@ pub async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         repetition_penalty: Some(args.repetition_penalty),
         seed: args.seed,
         stop: args.stop,
+        model: args.model,
     };
     let mut stream = rpc(c.generate(request).await)?;
     let mut out = std::io::stdout();

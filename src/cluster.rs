@@ -103,7 +103,7 @@ pub struct CoordinatorArgs {
 /// Arguments of `tessera status`.
 #[derive(Args, Debug)]
 pub struct StatusArgs {
-    /// Print JSON: {"nodes":[{"id","address","roles","alive"}],"collections":[{"name","replication","shards":[{"shard","replicas","primary","epoch","applied_sequence","replica_sequences"}]}]}.
+    /// Print JSON: {"nodes":[{"id","address","roles","alive"}],"collections":[{"name","replication","shards":[{"shard","replicas","primary","epoch","applied_sequence","replica_sequences"}]}],"models":[{"node","name","tensor_parallel","context_length","default"}]}.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -197,7 +197,10 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
     if args.model_world > 1 {
         let addr = args.model_group.context("--model-world above 1 needs --model-group ADDR")?;
         anyhow::ensure!(args.model_rank < args.model_world, "--model-rank must be below --model-world");
-        anyhow::ensure!(config.tp == 1, "--tp and --model-world cannot be combined");
+        anyhow::ensure!(
+            config.models.first().is_none_or(|m| m.tp == 1),
+            "--tp and --model-world cannot be combined for the first model (it runs over the group)"
+        );
         anyhow::ensure!(roles.contains(&NodeRole::Model), "a model group rank needs the 'model' role");
         let secret_file = args
             .model_group_secret_file
@@ -340,12 +343,31 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
                 json!({"name": c.name, "replication": c.replication, "shards": shards})
             })
             .collect();
-        println!("{}", json!({"nodes": nodes, "collections": collections}));
+        let models: Vec<_> = s
+            .models
+            .iter()
+            .map(|m| {
+                json!({"node": m.node, "name": m.name, "tensor_parallel": m.tensor_parallel,
+                       "context_length": m.context_length, "default": m.default})
+            })
+            .collect();
+        println!("{}", json!({"nodes": nodes, "collections": collections, "models": models}));
         return Ok(());
     }
     println!("{:<16} {:<28} {:<6} ROLES", "NODE", "ADDRESS", "ALIVE");
     for n in &s.nodes {
         println!("{:<16} {:<28} {:<6} {}", n.id, n.address, if n.alive { "yes" } else { "no" }, n.roles.join(","));
+    }
+    if !s.models.is_empty() {
+        println!(
+            "
+{:<32} {:<16} {:<4} {:<9} DEFAULT",
+            "MODEL", "NODE", "TP", "CONTEXT"
+        );
+        for m in &s.models {
+            let default = if m.default { "yes" } else { "" };
+            println!("{:<32} {:<16} {:<4} {:<9} {default}", m.name, m.node, m.tensor_parallel, m.context_length);
+        }
     }
     for c in &s.collections {
         println!("\ncollection {} (replication {})", c.name, c.replication);

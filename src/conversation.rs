@@ -35,6 +35,9 @@ pub struct AskOptions {
     /// Collection to retrieve from.
     #[arg(long)]
     collection: String,
+    /// Which served model answers (see `tessera status`); default: the first.
+    #[arg(long, default_value = "")]
+    model: String,
     /// Session id: history is kept under it (across restarts) and used for follow-ups.
     #[arg(long)]
     session: Option<String>,
@@ -184,6 +187,7 @@ fn request(o: &AskOptions, question: String, session: Option<String>) -> anyhow:
         temperature: o.temperature,
         seed: o.seed,
         variables: parse_vars(&o.vars)?,
+        model: o.model.clone(),
         ..Default::default()
     })
 }

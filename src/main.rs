@@ -238,6 +238,9 @@ struct GenerateArgs {
     /// Send the prompt as is (special tokens such as <|im_start|> recognised) instead of as one chat message.
     #[arg(long)]
     raw: bool,
+    /// Which served model answers (see `tessera status`); default: the first.
+    #[arg(long, default_value = "")]
+    model: String,
     /// The prompt.
     prompt: String,
     #[command(flatten)]

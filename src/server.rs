@@ -18,6 +18,7 @@ use clap::Args;
 use tessera_coordinator::auth::KeyFile;
 use tessera_coordinator::chain::PromptLibrary;
 use tessera_coordinator::{Catalog, Coordinator, CoordinatorConfig, NodeSet};
+use tessera_node::model::ModelSpec;
 use tessera_node::service::NodeService;
 use tessera_node::{Node, NodeConfig};
 use tessera_proto::shutdown::Shutdown;
@@ -71,12 +72,16 @@ pub struct NodeOpts {
     /// Embedder: padded tokens per forward pass.
     #[arg(long, default_value_t = 4096)]
     max_batch_tokens: usize,
-    /// Tensor-parallel world size of the local model group (ranks as threads).
-    #[arg(long, env = "TESSERA_TP", default_value_t = 1)]
-    tp: usize,
-    /// The GGUF chat model (default: the SmolLM2 GGUF under --models; skipped with a warning when that is absent).
-    #[arg(long, env = "TESSERA_MODEL")]
-    model: Option<PathBuf>,
+    /// Tensor-parallel world size of the model groups (ranks as threads): `N`
+    /// for every model, or `NAME=N` for one (repeatable).
+    #[arg(long = "tp", env = "TESSERA_TP", value_delimiter = ',', default_value = "1")]
+    tp: Vec<String>,
+    /// A GGUF chat model: `NAME=PATH`, or `PATH` (named after its file stem);
+    /// repeat it to serve several, the first is the default (also called
+    /// `default`). Without it: the SmolLM2 GGUF under --models, skipped with a
+    /// warning when absent.
+    #[arg(long = "model", env = "TESSERA_MODEL")]
+    model: Vec<String>,
     /// Model: sequences decoded together in one step.
     #[arg(long, default_value_t = 16)]
     max_running: usize,
@@ -171,8 +176,6 @@ pub fn build_node_config(
     config.roles = roles;
     config.batch.max_batch_size = opts.max_batch_size;
     config.batch.max_batch_tokens = opts.max_batch_tokens;
-    anyhow::ensure!(opts.tp >= 1, "--tp must be at least 1");
-    config.tp = opts.tp;
     config.engine = tessera_node::model::EngineLimits {
         max_batch_size: opts.max_running.max(1),
         max_batched_tokens: opts.max_step_tokens.max(1),
@@ -185,24 +188,53 @@ pub fn build_node_config(
         tessera_node::load::Sandbox::this_executable(tessera_node::load::SandboxLimits::default())
             .map_err(|e| anyhow::anyhow!("cannot locate this executable for the loader sandbox: {e}"))?,
     );
-    config.model_path = match &opts.model {
-        Some(path) => {
-            anyhow::ensure!(path.exists(), "model file {} does not exist", path.display());
-            Some(path.clone())
-        }
-        None => {
-            let default = opts.models.join(tessera_node::node::DEFAULT_MODEL);
-            if default.exists() {
-                Some(default)
-            } else {
-                if config.has(NodeRole::Model) {
-                    tracing::warn!(path = %default.display(), "no chat model found; Generate is unavailable (run scripts/fetch-models.sh)");
-                }
-                None
-            }
-        }
-    };
+    config.models = model_specs(opts, config.has(NodeRole::Model))?;
     Ok(config)
+}
+
+/// The models `--model` and `--tp` ask for (see [`NodeOpts`]), checked: names
+/// valid and distinct, files present, every `--tp NAME=N` naming a model.
+fn model_specs(opts: &NodeOpts, model_role: bool) -> anyhow::Result<Vec<ModelSpec>> {
+    let (mut all_tp, mut named_tp) = (1usize, Vec::<(String, usize)>::new());
+    for t in &opts.tp {
+        let parse = |n: &str| -> anyhow::Result<usize> {
+            let n: usize = n.trim().parse().map_err(|_| anyhow::anyhow!("--tp {t}: expected N or NAME=N"))?;
+            anyhow::ensure!(n >= 1, "--tp must be at least 1");
+            Ok(n)
+        };
+        match t.split_once('=') {
+            Some((name, n)) => named_tp.push((name.trim().to_string(), parse(n)?)),
+            None => all_tp = parse(t)?,
+        }
+    }
+    let mut specs: Vec<ModelSpec> = Vec::new();
+    for m in &opts.model {
+        let mut spec = match m.split_once('=') {
+            Some((name, path)) => {
+                ModelSpec::validate_name(name.trim()).map_err(|e| anyhow::anyhow!("--model {m}: {e}"))?;
+                ModelSpec { name: name.trim().to_string(), path: PathBuf::from(path.trim()), tp: all_tp }
+            }
+            None => ModelSpec::from_path(PathBuf::from(m.trim()), all_tp),
+        };
+        anyhow::ensure!(spec.path.exists(), "model file {} does not exist", spec.path.display());
+        anyhow::ensure!(!specs.iter().any(|s| s.name == spec.name), "two models are named '{}'", spec.name);
+        if let Some((_, n)) = named_tp.iter().find(|(name, _)| *name == spec.name) {
+            spec.tp = *n;
+        }
+        specs.push(spec);
+    }
+    if specs.is_empty() {
+        let default = opts.models.join(tessera_node::node::DEFAULT_MODEL);
+        if default.exists() {
+            specs.push(ModelSpec::from_path(default, all_tp));
+        } else if model_role {
+            tracing::warn!(path = %default.display(), "no chat model found; Generate is unavailable (run scripts/fetch-models.sh)");
+        }
+    }
+    if let Some((name, _)) = named_tp.iter().find(|(name, _)| !specs.iter().any(|s| s.name == *name)) {
+        anyhow::bail!("--tp {name}=N names no --model");
+    }
+    Ok(specs)
 }
 
 /// `/healthz` and `/readyz` (503 until `ready`), `/metrics`, and request metrics/traces on every route.

@@ -1,15 +1,62 @@
 //! Generation: the model node's token stream, whole greedy generations for the
-//! chains' internal steps, token counts, and what the model and embedder are.
+//! chains' internal steps, token counts, and what the models and embedder are.
+//!
+//! A request names its model (`model`; "" or "default" = a node's first). The
+//! coordinator does not track which node serves which name: it asks model
+//! nodes in turn and takes the first that serves it (a node that does not
+//! answers NOT_FOUND, cheaply, before any work), so one process with several
+//! models and a cluster of single-model nodes route the same way.
 use tessera_proto::v1 as pb;
 use tessera_types::NodeRole;
+use tonic::Code;
 
 use crate::coordinator::Coordinator;
 use crate::error::{CoordinatorError, Result};
+use tessera_proto::client::NodeClient;
 
 impl Coordinator {
-    /// Information on the node that serves the model (name, context length).
+    /// Information on the default model of a node that serves models (name, context length).
     pub async fn model_info(&self) -> Result<Option<pb::ModelInfo>> {
         Ok(self.node_info(NodeRole::Model).await?.model)
+    }
+
+    /// Every model served by a reachable model node (a name once, in the order
+    /// nodes and their models come; the first is the default).
+    pub async fn served_models(&self) -> Result<Vec<pb::ModelInfo>> {
+        let mut out: Vec<pb::ModelInfo> = Vec::new();
+        for node in self.nodes.with_role(NodeRole::Model) {
+            let Ok(info) = node.client.clone().info(pb::NodeInfoRequest {}).await else { continue };
+            for m in info.into_inner().models {
+                if !out.iter().any(|o| o.name == m.name) {
+                    out.push(m);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Calls model nodes for the model `model` names: the next node when one
+    /// is unreachable (`UNAVAILABLE`) or does not serve that name
+    /// (`NOT_FOUND`); NOT_FOUND when none serves it.
+    async fn on_model<T, F, Fut>(&self, model: &str, call: F) -> Result<T>
+    where
+        F: Fn(NodeClient) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let first = self.role_node(NodeRole::Model)?;
+        let mut order = vec![first.clone()];
+        order.extend(self.nodes.with_role(NodeRole::Model).into_iter().filter(|n| n.id != first.id));
+        let mut last = None;
+        for node in order {
+            match call(node.client.clone()).await {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(s) if matches!(s.code(), Code::Unavailable | Code::NotFound) => {
+                    last = Some(CoordinatorError::node(&node, s))
+                }
+                Err(s) => return Err(CoordinatorError::node(&node, s)),
+            }
+        }
+        Err(last.unwrap_or_else(|| CoordinatorError::unavailable(format!("no model node serves '{model}'"))))
     }
 
     /// The embedding model's name (None when no node embeds).
@@ -40,20 +87,32 @@ impl Coordinator {
         self.model_stream(req).await
     }
 
-    /// The model node's token stream for a generation request.
+    /// The token stream of the node serving the request's model.
     pub async fn model_stream(&self, req: pb::GenerateRequest) -> Result<tonic::Streaming<pb::GenerateChunk>> {
-        let node = self.role_node(NodeRole::Model)?;
-        Ok(node.client.clone().generate(req).await.map_err(|s| CoordinatorError::node(&node, s))?.into_inner())
+        let model = req.model.clone();
+        self.on_model(&model, |mut c| {
+            let req = req.clone();
+            async move { c.generate(req).await }
+        })
+        .await
     }
 
-    /// A whole greedy generation (chains' internal steps): the text and the finish reason.
+    /// A whole greedy generation by `model` (chains' internal steps): the text and the finish reason.
     pub(crate) async fn generate_text(
         &self,
+        model: &str,
         prompt: String,
         max_tokens: u32,
         stop: Vec<String>,
     ) -> Result<(String, String)> {
-        let req = pb::GenerateRequest { prompt, max_tokens, temperature: Some(0.0), stop, ..Default::default() };
+        let req = pb::GenerateRequest {
+            prompt,
+            max_tokens,
+            temperature: Some(0.0),
+            stop,
+            model: model.to_string(),
+            ..Default::default()
+        };
         let mut stream = self.model_stream(req).await?;
         let mut text = String::new();
         while let Some(chunk) = stream.message().await? {
@@ -65,20 +124,25 @@ impl Coordinator {
         Ok((text, String::new()))
     }
 
-    /// Token counts of texts (as chat prompts with `chat`) and the model's context
-    /// length (0 when there was nothing to count, so no call was made).
-    pub(crate) async fn count_tokens(&self, texts: Vec<String>, chat: bool) -> Result<(Vec<usize>, usize)> {
+    /// Token counts of texts under `model`'s tokenizer (as chat prompts with
+    /// `chat`) and its context length (0 when there was nothing to count, so no
+    /// call was made).
+    pub(crate) async fn count_tokens(
+        &self,
+        model: &str,
+        texts: Vec<String>,
+        chat: bool,
+    ) -> Result<(Vec<usize>, usize)> {
         if texts.is_empty() {
             return Ok((Vec::new(), 0));
         }
-        let node = self.role_node(NodeRole::Model)?;
-        let r = node
-            .client
-            .clone()
-            .count_tokens(pb::CountTokensRequest { texts, chat })
-            .await
-            .map_err(|s| CoordinatorError::node(&node, s))?
-            .into_inner();
+        let req = pb::CountTokensRequest { texts, chat, model: model.to_string() };
+        let r = self
+            .on_model(model, |mut c| {
+                let req = req.clone();
+                async move { c.count_tokens(req).await }
+            })
+            .await?;
         Ok((r.counts.into_iter().map(|c| c as usize).collect(), r.context_length as usize))
     }
 }

@@ -102,6 +102,8 @@ pub struct ModelStatus {
     pub cached_sequences: u32,
     /// Forward steps run.
     pub steps: u64,
+    /// The node's first model (what "default" names there).
+    pub default: bool,
 }
 
 /// See the module documentation.
@@ -143,7 +145,7 @@ fn sort_probes(answers: Vec<Probe>) -> Probed {
                 continue;
             }
         };
-        if let Some(m) = &info.model {
+        for (i, m) in info.models.iter().enumerate() {
             out.models.push(ModelStatus {
                 node: id.clone(),
                 name: m.name.clone(),
@@ -151,6 +153,7 @@ fn sort_probes(answers: Vec<Probe>) -> Probed {
                 context_length: m.context_length,
                 cached_sequences: m.cached_sequences,
                 steps: m.steps,
+                default: i == 0,
             });
         }
         out.nodes.push(NodeStatus {
@@ -305,6 +308,17 @@ impl ClusterStatus {
                             replica_sequences: p.replica_sequences.clone().into_iter().collect(),
                         })
                         .collect(),
+                })
+                .collect(),
+            models: self
+                .models
+                .iter()
+                .map(|m| pb::ModelPlacement {
+                    node: m.node.clone(),
+                    name: m.name.clone(),
+                    tensor_parallel: m.tensor_parallel,
+                    context_length: m.context_length,
+                    default: m.default,
                 })
                 .collect(),
         }

@@ -9,7 +9,7 @@ use tracing::info;
 
 use crate::embed::{spawn_embedder, BatchLimits, BertEmbedder, EmbedError, EmbedderHandle};
 use crate::load::LoaderPool;
-use crate::model::{EngineLimits, ModelError, ModelServing};
+use crate::model::{EngineLimits, ModelError, ModelServing, ModelSpec, ServedModels};
 use crate::session::{SessionError, SessionRegistry};
 use crate::shard::{ShardError, ShardRegistry};
 
@@ -36,10 +36,9 @@ pub struct NodeConfig {
     /// Where PDFs (and any parser that can recurse or decompress without bound)
     /// are parsed; None parses in this process, which a hostile file can abort.
     pub loader_sandbox: Option<crate::load::Sandbox>,
-    /// The GGUF model of the `model` role.
-    pub model_path: Option<PathBuf>,
-    /// Tensor-parallel world size of the local model group.
-    pub tp: usize,
+    /// The GGUF models of the `model` role, each its own group; the first is
+    /// the default (and the one a group over processes runs).
+    pub models: Vec<ModelSpec>,
     /// Model scheduler bounds.
     pub engine: EngineLimits,
     /// Session role: how long a session actor may stay idle before it is stopped.
@@ -74,8 +73,7 @@ impl NodeConfig {
             loader_workers: 2,
             max_document_bytes: 32 * 1024 * 1024,
             loader_sandbox: None,
-            model_path: Some(models_dir.join(DEFAULT_MODEL)),
-            tp: 1,
+            models: vec![ModelSpec::from_path(models_dir.join(DEFAULT_MODEL), 1)],
             engine: EngineLimits::default(),
             session_idle: std::time::Duration::from_secs(300),
             model_group: None,
@@ -118,8 +116,8 @@ pub struct Node {
     pub shards: Option<ShardRegistry>,
     /// The loader pool, when the node has that role.
     pub loader: Option<LoaderPool>,
-    /// The model group, when the node has that role and a model.
-    pub model: Option<Arc<ModelServing>>,
+    /// The model groups by name (empty without the model role or a model).
+    pub models: ServedModels,
     /// Session memory, when the node has the session role.
     pub sessions: Option<SessionRegistry>,
     /// Whether shard writes are allowed (cluster mode: while the membership lease is certain).
@@ -147,14 +145,14 @@ impl Node {
         let shards =
             if config.has(NodeRole::Shard) { Some(ShardRegistry::open(&config.data_dir).await?) } else { None };
         let embedder = if config.has(NodeRole::Embedder) { embedder } else { None };
-        let model = start_model(&config).await?;
+        let models = start_models(&config).await?;
         let sessions = if config.has(NodeRole::Session) {
             std::fs::create_dir_all(&config.data_dir).map_err(|e| NodeError::Actor(e.to_string()))?;
             Some(SessionRegistry::open(&config.data_dir.join("sessions.sled"), config.session_idle, shutdown)?)
         } else {
             None
         };
-        Ok(Arc::new(Self { config, embedder, shards, loader, model, sessions, write_fence: Default::default() }))
+        Ok(Arc::new(Self { config, embedder, shards, loader, models, sessions, write_fence: Default::default() }))
     }
 
     /// Flushes shards and saves their indexes; stops the actors.
@@ -172,15 +170,35 @@ impl Node {
     }
 }
 
-/// The model role: a local group of `tp` ranks, rank 0 of a group over
-/// processes (waits for the other ranks, then leads), or another rank of such a
-/// group (computes on its own thread, serves no requests itself: None).
-async fn start_model(config: &NodeConfig) -> Result<Option<Arc<ModelServing>>, NodeError> {
-    let Some(path) = config.model_path.clone().filter(|_| config.has(NodeRole::Model)) else { return Ok(None) };
-    match config.model_group.clone() {
+/// The model role: every configured model, each its own group, in order.
+/// With a group over processes the first model runs there and the others
+/// locally; on a rank other than 0 the first computes only (not served here).
+async fn start_models(config: &NodeConfig) -> Result<ServedModels, NodeError> {
+    if !config.has(NodeRole::Model) {
+        return Ok(ServedModels::default());
+    }
+    let mut groups = Vec::new();
+    for (i, spec) in config.models.iter().enumerate() {
+        let group = if i == 0 { config.model_group.clone() } else { None };
+        if let Some(serving) = start_model(spec, group, config.engine).await? {
+            groups.push(serving);
+        }
+    }
+    Ok(ServedModels::new(groups))
+}
+
+/// One model: a local group of `tp` ranks, rank 0 of a group over processes
+/// (waits for the other ranks, then leads), or another rank of such a group
+/// (computes on its own thread, serves no requests itself: None).
+async fn start_model(
+    spec: &ModelSpec,
+    group: Option<RemoteGroup>,
+    limits: EngineLimits,
+) -> Result<Option<Arc<ModelServing>>, NodeError> {
+    let (name, path) = (spec.name.clone(), spec.path.clone());
+    match group {
         Some(RemoteGroup { rank: 0, world, addr, secret }) => {
-            let limits = config.engine;
-            let serving = tokio::task::spawn_blocking(move || lead_group(&path, world, addr, &secret, limits))
+            let serving = tokio::task::spawn_blocking(move || lead_group(&name, &path, world, addr, &secret, limits))
                 .await
                 .map_err(|e| NodeError::Actor(e.to_string()))??;
             info!(model = serving.name(), world, "model group over processes started (rank 0)");
@@ -194,8 +212,8 @@ async fn start_model(config: &NodeConfig) -> Result<Option<Arc<ModelServing>>, N
             Ok(None)
         }
         None => {
-            let (tp, limits) = (config.tp, config.engine);
-            let serving = tokio::task::spawn_blocking(move || ModelServing::load(&path, tp, limits))
+            let tp = spec.tp;
+            let serving = tokio::task::spawn_blocking(move || ModelServing::load(&name, &path, tp, limits))
                 .await
                 .map_err(|e| NodeError::Actor(e.to_string()))??;
             info!(model = serving.name(), tp, "model group started");
@@ -209,6 +227,7 @@ const GROUP_JOIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3
 
 /// Rank 0 of a group over processes: listens for the other ranks, then leads.
 fn lead_group(
+    name: &str,
     path: &std::path::Path,
     world: usize,
     addr: std::net::SocketAddr,
@@ -221,7 +240,7 @@ fn lead_group(
     let comm = crate::model::tcp::TcpCommunicator::leader(listener, world, secret, GROUP_JOIN_TIMEOUT)
         .map_err(|e| ModelError::Io(e.to_string()))?;
     let group = crate::model::ModelGroup::start(path, vec![Box::new(comm)], limits)?;
-    ModelServing::from_group(path, group)
+    ModelServing::from_group(name, path, group)
 }
 
 /// Another rank of a group over processes: runs until rank 0 shuts the group down.

@@ -28,6 +28,18 @@ pub fn models() -> Option<PathBuf> {
     None
 }
 
+/// The optional Gemma 3 GGUF under `models`, or None (skip) outside CI when
+/// absent; CI fetches it (scripts/test.sh).
+pub fn gemma(models: &Path) -> Option<PathBuf> {
+    let path = models.join("gemma-3-270m/gemma-3-270m-q4_k_m.gguf");
+    if path.exists() {
+        return Some(path);
+    }
+    assert!(!in_ci(), "{} missing under CI: run scripts/fetch-models.sh models --with gemma3", path.display());
+    eprintln!("skipping: {} missing (run scripts/fetch-models.sh models --with gemma3)", path.display());
+    None
+}
+
 /// A loopback port nothing listens on, below the kernel's ephemeral range
 /// (32768-60999 on Linux). Ports from `bind(:0)` come from that range, where any
 /// outgoing connection (a node to etcd, the CLI to a coordinator) may take one as

@@ -41,6 +41,7 @@ impl Coordinator {
             seed: req.seed,
             stop: req.stop.clone(),
             repetition_penalty: req.repetition_penalty,
+            model: req.model.clone(),
             ..Default::default()
         };
         let mut stream = self.model_stream(gen).await?;
@@ -76,7 +77,7 @@ impl Coordinator {
         mut timings: pb::AskTimings,
     ) -> Result<pb::AskResult> {
         let Generated { mut answer, last } = generated;
-        let parsed = match self.parse_output(&plan.parser, answer.clone()).await {
+        let parsed = match self.parse_output(&plan.req.model, &plan.parser, answer.clone()).await {
             Ok((text, v)) => {
                 answer = text;
                 Ok(v)
@@ -85,7 +86,7 @@ impl Coordinator {
         };
         let stored = self.store_turn(&plan.req, &answer).await?;
         if let (Some(state), MemoryKind::Summary { keep_turns }) = (&stored, &plan.memory) {
-            self.start_summary(&plan.req.session, state, *keep_turns);
+            self.start_summary(&plan.req.model, &plan.req.session, state, *keep_turns);
         }
         let parsed = parsed.map_err(|e| {
             CoordinatorError::OutputParse(format!(
@@ -122,27 +123,28 @@ impl Coordinator {
 
     /// Folds old turns into the summary in the background: the client never
     /// waits for it, and until it lands those turns stay verbatim.
-    fn start_summary(&self, session: &str, state: &SessionState, keep_turns: usize) {
+    fn start_summary(&self, model: &str, session: &str, state: &SessionState, keep_turns: usize) {
         let Some(work) = summary_due(state, keep_turns) else { return };
         let me = self.clone();
-        let session = session.to_string();
+        let (model, session) = (model.to_string(), session.to_string());
         self.background.spawn(async move {
-            if let Err(e) = me.summarize(&session, work).await {
+            if let Err(e) = me.summarize(&model, &session, work).await {
                 warn!(session, error = %e, "summarising the session failed; older turns stay verbatim");
             }
         });
     }
 
-    /// Parses model output; JSON that does not parse gets one repair try by the
-    /// model. Returns the (possibly repaired) text and the parsed value.
+    /// Parses model output; JSON that does not parse gets one repair try by
+    /// `model`. Returns the (possibly repaired) text and the parsed value.
     pub(crate) async fn parse_output(
         &self,
+        model: &str,
         parser: &OutputParser,
         text: String,
     ) -> std::result::Result<(String, Option<Value>), OutputError> {
         match parser.parse(&text) {
             Ok(v) => Ok((text, v)),
-            Err(e) if parser.kind() == "json" => self.repair_json(parser, &e.raw, &e.reason).await,
+            Err(e) if parser.kind() == "json" => self.repair_json(model, parser, &e.raw, &e.reason).await,
             Err(e) => Err(e),
         }
     }
@@ -150,6 +152,7 @@ impl Coordinator {
     /// One repair try for JSON output: the model is shown the error and its text.
     async fn repair_json(
         &self,
+        model: &str,
         parser: &OutputParser,
         raw: &str,
         reason: &str,
@@ -162,8 +165,10 @@ impl Coordinator {
         .into();
         let fail = |why: String| OutputError { reason: why, raw: raw.to_string() };
         let prompt = self.prompts.render("fix_json", &vars).map_err(|e| fail(e.to_string()))?;
-        let (fixed, _) =
-            self.generate_text(prompt, 256, vec![]).await.map_err(|e| fail(format!("{reason}; repair failed: {e}")))?;
+        let (fixed, _) = self
+            .generate_text(model, prompt, 256, vec![])
+            .await
+            .map_err(|e| fail(format!("{reason}; repair failed: {e}")))?;
         match parser.parse(&fixed) {
             Ok(v) => Ok((fixed, v)),
             Err(e) => Err(fail(format!("{reason}; after one repair try: {}", e.reason))),
@@ -171,7 +176,7 @@ impl Coordinator {
     }
 
     /// Folds old turns into the session's summary.
-    async fn summarize(&self, session: &str, work: SummaryWork) -> Result<()> {
+    async fn summarize(&self, model: &str, session: &str, work: SummaryWork) -> Result<()> {
         let lines: Vec<String> = work.messages.iter().map(history_line).collect();
         let vars: BTreeMap<String, Value> = [
             ("summary".to_string(), Value::String(work.previous.clone())),
@@ -179,7 +184,7 @@ impl Coordinator {
         ]
         .into();
         let prompt = self.prompts.render("summarize", &vars).map_err(|e| CoordinatorError::internal(e.to_string()))?;
-        let (summary, _) = self.generate_text(prompt, self.config.summary_max_tokens, vec![]).await?;
+        let (summary, _) = self.generate_text(model, prompt, self.config.summary_max_tokens, vec![]).await?;
         let summary = summary.trim();
         if summary.is_empty() {
             return Err(CoordinatorError::internal("the model wrote an empty summary"));

@@ -61,7 +61,7 @@ impl Coordinator {
         };
         let counts: HashMap<String, usize> = if matches!(plan.memory, MemoryKind::TokenBudget { .. }) {
             let texts: Vec<String> = state.messages.iter().map(|m| m.content.clone()).collect();
-            let (c, _) = self.count_tokens(texts.clone(), false).await?;
+            let (c, _) = self.count_tokens(&plan.req.model, texts.clone(), false).await?;
             texts.into_iter().zip(c).collect()
         } else {
             HashMap::new()
@@ -69,8 +69,8 @@ impl Coordinator {
         Ok(select(&state, &plan.memory, &|t: &str| counts.get(t).copied().unwrap_or(0)))
     }
 
-    /// Rewrites a follow-up question with the history (greedy, one line).
-    pub(super) async fn condense(&self, view: &MemoryView, question: &str) -> Result<String> {
+    /// Rewrites a follow-up question with the history (greedy, one line, by `model`).
+    pub(super) async fn condense(&self, model: &str, view: &MemoryView, question: &str) -> Result<String> {
         let mut history: Vec<String> = Vec::new();
         if let Some(s) = &view.summary {
             history.push(format!("(Summary of earlier turns: {s})"));
@@ -84,7 +84,7 @@ impl Coordinator {
         ]
         .into();
         let prompt = self.prompts.render("condense", &vars).map_err(|e| CoordinatorError::internal(e.to_string()))?;
-        let (text, _) = self.generate_text(prompt, 64, vec!["\n".into()]).await?;
+        let (text, _) = self.generate_text(model, prompt, 64, vec!["\n".into()]).await?;
         let previous =
             view.messages.iter().rev().find(|m| m.role == Role::User).map(|m| m.content.as_str()).unwrap_or("");
         Ok(standalone_or_fallback(&text, previous, question))

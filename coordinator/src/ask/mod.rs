@@ -127,7 +127,7 @@ impl Coordinator {
         let standalone = if view.messages.is_empty() {
             plan.req.question.clone()
         } else {
-            self.condense(&view, &plan.req.question).await?
+            self.condense(&plan.req.model, &view, &plan.req.question).await?
         };
         timings.condense_ms = ms(t0);
 

@@ -52,10 +52,10 @@ impl Coordinator {
         let skeleton = render(&vars)?;
         let entries: Vec<String> = hits.iter().enumerate().map(|(i, h)| context_entry(i + 1, h)).collect();
         let lines: Vec<String> = view.messages.iter().map(history_line).collect();
-        let (skeleton_count, context_length) = self.count_tokens(vec![skeleton], true).await?;
+        let (skeleton_count, context_length) = self.count_tokens(&plan.req.model, vec![skeleton], true).await?;
         let mut texts = entries.clone();
         texts.extend(lines.iter().cloned());
-        let (part_counts, _) = self.count_tokens(texts, false).await?;
+        let (part_counts, _) = self.count_tokens(&plan.req.model, texts, false).await?;
         let (chunk_counts, line_counts) = part_counts.split_at(entries.len());
         // "\n\n" / "\n" joiners cost about a token each.
         let chunk_counts: Vec<usize> = chunk_counts.iter().map(|c| c + 1).collect();

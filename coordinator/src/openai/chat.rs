@@ -225,6 +225,7 @@ fn json_output(format: Option<&super::wire::ResponseFormat>) -> Result<Option<(O
 /// the question; earlier messages are the history unless the server keeps it
 /// under a session.
 fn ask_request(
+    model: &str,
     req: &ChatRequest,
     collection: String,
     messages: &[ChatMessage],
@@ -260,6 +261,7 @@ fn ask_request(
         top_p: req.top_p,
         seed: req.seed,
         stop: req.stop.clone().map(|s| s.into_vec()).unwrap_or_default(),
+        model: model.to_string(),
         ..Default::default()
     })
 }
@@ -267,6 +269,7 @@ fn ask_request(
 /// The model's request for a chat without retrieval; JSON output puts the
 /// parser's instructions into the system message.
 fn model_request(
+    model: &str,
     req: &ChatRequest,
     mut messages: Vec<ChatMessage>,
     parser: Option<&OutputParser>,
@@ -291,6 +294,7 @@ fn model_request(
         top_p: req.top_p,
         seed: req.seed,
         stop: req.stop.clone().map(|s| s.into_vec()).unwrap_or_default(),
+        model: model.to_string(),
         ..Default::default()
     })
 }
@@ -312,12 +316,14 @@ pub(crate) async fn chat_completions(
     let c = &state.coordinator;
     let pieces = match req.collection.clone() {
         Some(collection) => {
-            let mut ask = ask_request(&req, collection, &messages, json.as_ref().map(|(_, s)| s.as_str()))?;
+            let mut ask = ask_request(&model, &req, collection, &messages, json.as_ref().map(|(_, s)| s.as_str()))?;
             ask.collection = scope.collection(&ask.collection)?;
             ask.session = scope.session(&ask.session)?;
             from_ask(c.ask(ask).await?)
         }
-        None => from_model(c.generate_checked(model_request(&req, messages, json.as_ref().map(|(p, _)| p))?).await?),
+        None => {
+            from_model(c.generate_checked(model_request(&model, &req, messages, json.as_ref().map(|(p, _)| p))?).await?)
+        }
     };
     let id = new_id("chatcmpl");
     let created = unix_now();
@@ -329,7 +335,7 @@ pub(crate) async fn chat_completions(
     if let Some((p, _)) = &json {
         text = match parsed {
             Some(v) => v, // the ask chain parsed (and repaired) it
-            None => match c.parse_output(p, text).await {
+            None => match c.parse_output(&model, p, text).await {
                 Ok((text, v)) => v.map(|v| v.to_string()).unwrap_or(text),
                 Err(e) => {
                     return Err(ApiError::from(CoordinatorError::OutputParse(format!(
@@ -399,6 +405,7 @@ pub(crate) async fn completions(State(state): State<ApiState>, body: Bytes) -> R
         top_p: req.top_p,
         seed: req.seed,
         stop: req.stop.map(|s| s.into_vec()).unwrap_or_default(),
+        model: model.clone(),
         ..Default::default()
     };
     let pieces = from_model(state.coordinator.generate_checked(gen).await?);

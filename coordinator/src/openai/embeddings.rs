@@ -15,9 +15,10 @@ check_embedding_ctx_length=False)";
 #[tracing::instrument(skip_all, name = "openai.embeddings")]
 pub(crate) async fn embeddings(State(state): State<ApiState>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let req: EmbeddingRequest = parse_body(&body)?;
-    let ids = state.ids().await?;
-    let model =
-        ids.embedding.clone().ok_or_else(|| ApiError::from(CoordinatorError::unavailable("no embedder is loaded")))?;
+    let model = state
+        .embedding_id()
+        .await?
+        .ok_or_else(|| ApiError::from(CoordinatorError::unavailable("no embedder is loaded")))?;
     if req.model != model && req.model != "default" && req.model != "tessera" {
         return Err(ApiError::model_not_found(format!(
             "the embedding model '{}' does not exist here; use '{model}', see GET /v1/models",

@@ -32,51 +32,66 @@ use crate::error::CoordinatorError;
 #[derive(Clone)]
 pub struct ApiState {
     pub(crate) coordinator: Coordinator,
-    ids: Arc<OnceCell<ModelIds>>,
+    embedding: Arc<OnceCell<Option<String>>>,
+    chat: Arc<tokio::sync::RwLock<Vec<String>>>,
 }
 
-/// The ids /v1/models lists.
-#[derive(Debug, Clone)]
-pub(crate) struct ModelIds {
-    pub chat: Option<String>,
-    pub embedding: Option<String>,
-}
-
-/// Names a client may use for the chat model besides its id.
+/// Names a client may use for the default chat model besides its id.
 const CHAT_ALIASES: [&str; 2] = ["default", "tessera"];
 
 impl ApiState {
-    pub(crate) async fn ids(&self) -> Result<&ModelIds, ApiError> {
-        self.ids
-            .get_or_try_init(|| async {
-                let chat = self.coordinator.model_info().await?.map(|m| m.name);
-                let embedding = self.coordinator.embedder_name().await?;
-                Ok::<_, ApiError>(ModelIds { chat, embedding })
-            })
-            .await
+    /// The embedding model's id (asked once: one embedder per cluster).
+    pub(crate) async fn embedding_id(&self) -> Result<Option<String>, ApiError> {
+        Ok(self
+            .embedding
+            .get_or_try_init(|| async { Ok::<_, ApiError>(self.coordinator.embedder_name().await?) })
+            .await?
+            .clone())
     }
 
-    /// The chat model's id, checking the name a request gave.
+    /// The served chat models' ids, the default first; asked again when
+    /// `refresh` (a name not seen yet may be a model node that joined since).
+    async fn chat_ids(&self, refresh: bool) -> Result<Vec<String>, ApiError> {
+        if !refresh {
+            let known = self.chat.read().await;
+            if !known.is_empty() {
+                return Ok(known.clone());
+            }
+        }
+        let ids: Vec<String> = self.coordinator.served_models().await?.into_iter().map(|m| m.name).collect();
+        *self.chat.write().await = ids.clone();
+        Ok(ids)
+    }
+
+    /// The id of the chat model a request named (`default` / `tessera`: the
+    /// first); 404 with the served ids when it names none.
     pub(crate) async fn chat_model(&self, asked: &str) -> Result<String, ApiError> {
-        let ids = self.ids().await?;
-        let Some(id) = &ids.chat else {
+        let mut ids = self.chat_ids(false).await?;
+        if !CHAT_ALIASES.contains(&asked) && !ids.iter().any(|i| i == asked) {
+            ids = self.chat_ids(true).await?;
+        }
+        let Some(first) = ids.first() else {
             return Err(ApiError::from(CoordinatorError::unavailable(
                 "no chat model is loaded (run scripts/fetch-models.sh and restart)",
             )));
         };
-        if asked == id || CHAT_ALIASES.contains(&asked) {
-            Ok(id.clone())
-        } else {
-            Err(ApiError::model_not_found(format!(
-                "the model '{asked}' does not exist here; use '{id}' (or 'default'), see GET /v1/models"
-            )))
+        if CHAT_ALIASES.contains(&asked) {
+            return Ok(first.clone());
         }
+        if ids.iter().any(|i| i == asked) {
+            return Ok(asked.to_string());
+        }
+        let asked: String = asked.chars().take(200).collect();
+        Err(ApiError::model_not_found(format!(
+            "the model '{asked}' does not exist here; served: {} (or 'default'), see GET /v1/models",
+            ids.join(", ")
+        )))
     }
 }
 
 /// The routes under `/v1`.
 pub fn router(coordinator: Coordinator) -> Router {
-    let state = ApiState { coordinator, ids: Arc::default() };
+    let state = ApiState { coordinator, embedding: Arc::default(), chat: Arc::default() };
     Router::new()
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat::chat_completions))
@@ -106,11 +121,9 @@ pub(crate) fn new_id(prefix: &str) -> String {
 
 #[tracing::instrument(skip_all, name = "openai.models")]
 async fn models(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
-    let ids = state.ids().await?;
-    let data: Vec<Value> = [&ids.chat, &ids.embedding]
-        .into_iter()
-        .flatten()
-        .map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "tessera"}))
-        .collect();
+    let mut ids = state.chat_ids(true).await?;
+    ids.extend(state.embedding_id().await?);
+    let data: Vec<Value> =
+        ids.iter().map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "tessera"})).collect();
     Ok(Json(json!({"object": "list", "data": data})))
 }

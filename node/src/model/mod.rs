@@ -6,7 +6,8 @@
 //!   [`linear`]: its weight matrices; [`kernels`]: the CPU kernels; [`kv_cache`]: per-sequence caches.
 //! - [`comm`] / [`tcp`] / `nccl` (feature `cuda`): the [`Communicator`] trait and its backends.
 //! - [`sampler`]: next-token choice; [`engine`]: the rank threads; `scheduler`: rank 0's continuous batching.
-//! - [`serving`]: prompts and chat messages to token ids, for the `model` role.
+//! - [`serving`]: prompts and chat messages to token ids, for the `model` role;
+//!   [`served`]: the named models of one node, the first the default.
 
 pub mod chat;
 pub mod comm;
@@ -21,6 +22,7 @@ pub mod nccl;
 pub mod partition;
 pub mod sampler;
 mod scheduler;
+pub mod served;
 pub mod serving;
 pub mod tcp;
 pub mod tokenizer;
@@ -29,6 +31,7 @@ pub use chat::{ChatMessage, ChatTemplate};
 pub use comm::{Communicator, LocalGroup, SingleRank};
 pub use engine::{EngineLimits, Event, FinishReason, ModelGroup};
 pub use sampler::{Sampler, SamplingParams};
+pub use served::{ModelSpec, ServedModels};
 pub use serving::ModelServing;
 pub use tokenizer::GgufTokenizer;
 

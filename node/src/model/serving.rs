@@ -18,23 +18,20 @@ pub struct ModelServing {
 }
 
 impl ModelServing {
-    /// Loads `path` over `tp` in-process ranks.
-    pub fn load(path: &Path, tp: usize, limits: EngineLimits) -> Result<Self, ModelError> {
+    /// Loads `path` over `tp` in-process ranks, served as `name`.
+    pub fn load(name: &str, path: &Path, tp: usize, limits: EngineLimits) -> Result<Self, ModelError> {
         let group = ModelGroup::start_local(path, tp, limits)?;
-        let template = chat_template(path, group.tokenizer())?;
-        let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("model").to_string();
-        Ok(Self { group, template, name })
+        Self::from_group(name, path, group)
     }
 
     /// Serves an already started group (e.g. rank 0 of a group whose other ranks
-    /// are in other processes).
-    pub fn from_group(path: &Path, group: ModelGroup) -> Result<Self, ModelError> {
+    /// are in other processes) as `name`.
+    pub fn from_group(name: &str, path: &Path, group: ModelGroup) -> Result<Self, ModelError> {
         let template = chat_template(path, group.tokenizer())?;
-        let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("model").to_string();
-        Ok(Self { group, template, name })
+        Ok(Self { group, template, name: name.to_string() })
     }
 
-    /// Model name (file stem).
+    /// The name requests use (`--model NAME=PATH`, or the file stem).
     pub fn name(&self) -> &str {
         &self.name
     }

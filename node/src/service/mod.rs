@@ -10,6 +10,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
+use crate::model::served::Lookup;
 use crate::model::{ChatMessage, Event};
 use crate::session::SessionRegistry;
 
@@ -57,6 +58,21 @@ impl NodeService {
     fn shards(&self) -> Result<&crate::shard::ShardRegistry, Status> {
         self.node.shards.as_ref().ok_or_else(|| Status::failed_precondition("this node has no shard role"))
     }
+
+    /// The served model `name` names ("" / "default": the first): NOT_FOUND
+    /// with the served names when it names none, FAILED_PRECONDITION when the
+    /// node serves no model at all.
+    fn model(&self, name: &str) -> Result<Arc<crate::model::ModelServing>, Status> {
+        self.node.models.get(name).map_err(|e| match e {
+            Lookup::NoModel => Status::failed_precondition(
+                "no model is loaded on this node (role 'model' with a GGUF; run scripts/fetch-models.sh)",
+            ),
+            Lookup::Unknown(served) => {
+                let name: String = name.chars().take(200).collect();
+                Status::not_found(format!("model '{name}' is not served here (served: {})", served.join(", ")))
+            }
+        })
+    }
 }
 
 /// The `Node` RPCs: each checks the role, converts the request, asks the actor.
@@ -64,13 +80,9 @@ impl NodeService {
 impl pb::node_server::Node for NodeService {
     type GenerateStream = GenerateStream;
 
-    #[instrument(skip_all, name = "Node/Generate", fields(max_tokens = req.get_ref().max_tokens))]
+    #[instrument(skip_all, name = "Node/Generate", fields(max_tokens = req.get_ref().max_tokens, model = %req.get_ref().model))]
     async fn generate(&self, req: Request<pb::GenerateRequest>) -> Result<Response<GenerateStream>, Status> {
-        let model = self.node.model.clone().ok_or_else(|| {
-            Status::failed_precondition(
-                "no model is loaded on this node (role 'model' with a GGUF; run scripts/fetch-models.sh)",
-            )
-        })?;
+        let model = self.model(&req.get_ref().model)?;
         let req = req.into_inner();
         let messages: Vec<ChatMessage> =
             convert::chat_messages(&req.messages).map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -116,18 +128,24 @@ impl pb::node_server::Node for NodeService {
             Some(e) => (e.model().name().to_string(), e.model().dimension() as u32),
             None => (String::new(), 0),
         };
-        let model = self.node.model.as_ref().map(|m| {
-            use std::sync::atomic::Ordering::Relaxed;
-            let g = m.group();
-            pb::ModelInfo {
-                name: m.name().to_string(),
-                tensor_parallel: g.world_size() as u32,
-                context_length: g.context_length() as u32,
-                cached_sequences: g.stats().cached_sequences.load(Relaxed) as u32,
-                steps: g.stats().steps.load(Relaxed) as u64,
-                max_batch_seen: g.stats().max_batch_seen.load(Relaxed) as u32,
-            }
-        });
+        let models: Vec<pb::ModelInfo> = self
+            .node
+            .models
+            .all()
+            .iter()
+            .map(|m| {
+                use std::sync::atomic::Ordering::Relaxed;
+                let g = m.group();
+                pb::ModelInfo {
+                    name: m.name().to_string(),
+                    tensor_parallel: g.world_size() as u32,
+                    context_length: g.context_length() as u32,
+                    cached_sequences: g.stats().cached_sequences.load(Relaxed) as u32,
+                    steps: g.stats().steps.load(Relaxed) as u64,
+                    max_batch_seen: g.stats().max_batch_seen.load(Relaxed) as u32,
+                }
+            })
+            .collect();
         Ok(Response::new(pb::NodeInfo {
             id: self.node.config.id.clone(),
             // Roles actually served: `model` only with a model loaded (not on a rank > 0 of a group).
@@ -138,13 +156,14 @@ impl pb::node_server::Node for NodeService {
                     .roles
                     .iter()
                     .copied()
-                    .filter(|r| *r != NodeRole::Model || self.node.model.is_some())
+                    .filter(|r| *r != NodeRole::Model || !self.node.models.is_empty())
                     .collect::<Vec<_>>(),
             ),
             embedder,
             dimension,
             shards,
-            model,
+            model: models.first().cloned(),
+            models,
         }))
     }
 
@@ -388,8 +407,7 @@ impl pb::node_server::Node for NodeService {
         &self,
         req: Request<pb::CountTokensRequest>,
     ) -> Result<Response<pb::CountTokensResponse>, Status> {
-        let model =
-            self.node.model.clone().ok_or_else(|| Status::failed_precondition("no model is loaded on this node"))?;
+        let model = self.model(&req.get_ref().model)?;
         let req = req.into_inner();
         let (texts, chat) = (req.texts, req.chat);
         let counts = tokio::task::spawn_blocking(move || {
