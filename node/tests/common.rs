@@ -1,6 +1,12 @@
 //! Locating the models and the shared reference fixtures for tests.
 #![allow(dead_code)]
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tessera_node::model::comm::{Communicator, LocalGroup};
+use tessera_node::model::decoder::{RankModel, SeqStep};
+use tessera_node::model::sampler::argmax;
+use tessera_node::model::tcp::{GroupSecret, TcpCommunicator};
 
 fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -64,4 +70,68 @@ pub fn gemma_path() -> Option<PathBuf> {
 /// A reference made by a script of this project (tests/fixtures), e.g. from llama.cpp.
 pub fn project_fixture(name: &str) -> PathBuf {
     workspace().join("tests/fixtures").join(name)
+}
+
+/// Communicators of a `world`-rank TCP group over loopback (each rank a thread here).
+pub fn tcp_group(world: usize) -> Vec<Box<dyn Communicator>> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let secret = GroupSecret::new(b"the test group's shared secret").unwrap();
+    let followers: Vec<_> = (1..world)
+        .map(|r| {
+            let secret = secret.clone();
+            std::thread::spawn(move || {
+                TcpCommunicator::follower(addr, r, world, &secret, Duration::from_secs(30)).unwrap()
+            })
+        })
+        .collect();
+    let mut comms: Vec<Box<dyn Communicator>> =
+        vec![Box::new(TcpCommunicator::leader(listener, world, &secret, Duration::from_secs(30)).unwrap())];
+    comms.extend(followers.into_iter().map(|h| Box::new(h.join().unwrap()) as Box<dyn Communicator>));
+    comms
+}
+
+/// Communicators of a `world`-rank group of threads in this process.
+pub fn local_group(world: usize) -> Vec<Box<dyn Communicator>> {
+    LocalGroup::new(world).into_iter().map(|c| Box::new(c) as Box<dyn Communicator>).collect()
+}
+
+/// Greedy generation on the ranks of `comms`, returning rank 0's tokens and per-step logits.
+pub fn greedy_on(
+    path: &Path,
+    comms: Vec<Box<dyn Communicator>>,
+    prompt: &[u32],
+    steps: usize,
+) -> (Vec<u32>, Vec<Vec<f32>>) {
+    let world = comms.len();
+    let prompt = prompt.to_vec();
+    let handles: Vec<_> = comms
+        .into_iter()
+        .map(|comm| {
+            let path = path.to_path_buf();
+            let prompt = prompt.clone();
+            std::thread::spawn(move || {
+                let mut model = RankModel::load(&path, comm.rank(), world).unwrap();
+                let mut tokens = Vec::new();
+                let mut all = Vec::new();
+                let mut step = SeqStep { seq: 1, tokens: prompt.clone(), start: 0 };
+                for _ in 0..steps {
+                    let logits = model.forward(std::slice::from_ref(&step), comm.as_ref()).unwrap();
+                    // Every rank needs the next token: rank 0 picks it, all agree through a broadcast.
+                    let mut next =
+                        if comm.rank() == 0 { argmax(&logits[0]).to_le_bytes().to_vec() } else { Vec::new() };
+                    comm.broadcast(&mut next, 0).unwrap();
+                    let t = u32::from_le_bytes(next[..4].try_into().unwrap());
+                    if comm.rank() == 0 {
+                        all.push(logits[0].clone());
+                    }
+                    tokens.push(t);
+                    step = SeqStep { seq: 1, tokens: vec![t], start: step.start + step.tokens.len() };
+                }
+                (tokens, all)
+            })
+        })
+        .collect();
+    let mut results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    results.swap_remove(0)
 }

@@ -15,71 +15,15 @@
 //! agree with each other.
 mod common;
 
-use std::path::Path;
-use std::time::Duration;
-
+use common::{greedy_on, local_group, tcp_group};
 use serde_json::Value;
-use tessera_node::model::comm::{Communicator, LocalGroup};
-use tessera_node::model::decoder::{RankModel, SeqStep};
+use tessera_node::model::decoder::RankModel;
 use tessera_node::model::engine::load_tokenizer;
-use tessera_node::model::sampler::argmax;
-use tessera_node::model::tcp::{GroupSecret, TcpCommunicator};
 use tessera_node::model::{EngineLimits, Event, ModelGroup, SamplingParams};
 
 fn fixture() -> Value {
     let path = common::project_fixture("gemma3_greedy.json");
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
-}
-
-/// Greedy tokens and per-step logits (rank 0) on the ranks of `comms`, one thread each.
-fn greedy_on(
-    path: &Path,
-    comms: Vec<Box<dyn Communicator>>,
-    prompt: &[u32],
-    steps: usize,
-) -> (Vec<u32>, Vec<Vec<f32>>) {
-    let world = comms.len();
-    let handles: Vec<_> = comms
-        .into_iter()
-        .map(|comm| {
-            let (path, prompt) = (path.to_path_buf(), prompt.to_vec());
-            std::thread::spawn(move || {
-                let mut model = RankModel::load(&path, comm.rank(), world).unwrap();
-                let (mut tokens, mut all) = (Vec::new(), Vec::new());
-                let mut step = SeqStep { seq: 7, tokens: prompt, start: 0 };
-                for _ in 0..steps {
-                    let logits = model.forward(std::slice::from_ref(&step), comm.as_ref()).unwrap();
-                    let mut next =
-                        if comm.rank() == 0 { argmax(&logits[0]).to_le_bytes().to_vec() } else { Vec::new() };
-                    comm.broadcast(&mut next, 0).unwrap();
-                    let t = u32::from_le_bytes(next[..4].try_into().unwrap());
-                    if comm.rank() == 0 {
-                        all.push(logits[0].clone());
-                    }
-                    tokens.push(t);
-                    step = SeqStep { seq: 7, tokens: vec![t], start: step.start + step.tokens.len() };
-                }
-                (tokens, all)
-            })
-        })
-        .collect();
-    let mut results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-    results.swap_remove(0)
-}
-
-fn local(world: usize) -> Vec<Box<dyn Communicator>> {
-    LocalGroup::new(world).into_iter().map(|c| Box::new(c) as Box<dyn Communicator>).collect()
-}
-
-fn tcp_pair() -> Vec<Box<dyn Communicator>> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let secret = GroupSecret::new(b"the gemma test group's secret").unwrap();
-    let s = secret.clone();
-    let follower =
-        std::thread::spawn(move || TcpCommunicator::follower(addr, 1, 2, &s, Duration::from_secs(30)).unwrap());
-    let leader = TcpCommunicator::leader(listener, 2, &secret, Duration::from_secs(30)).unwrap();
-    vec![Box::new(leader), Box::new(follower.join().unwrap())]
 }
 
 /// A top-1/top-2 logit gap below this is a near tie (module documentation).
@@ -109,7 +53,7 @@ fn gemma3_prompt_ids_greedy_tokens_and_top5_match_llama_cpp() {
         assert_eq!(ids, want, "{name}: prompt token ids");
         let expected: Vec<u32> = serde_json::from_value(case["generated_token_ids"].clone()).unwrap();
         let check = comparable(case, expected.len());
-        let (got, logits) = greedy_on(&path, local(1), &ids, expected.len());
+        let (got, logits) = greedy_on(&path, local_group(1), &ids, expected.len());
         assert_eq!(got[..check], expected[..check], "{name}: greedy tokens before the first near tie (step {check})");
         eprintln!(
             "{name}: {} prompt tokens, {check} generated tokens compared, {} equal overall",
@@ -144,8 +88,8 @@ fn gemma3_tensor_parallel_world_size_2_agrees_in_process_and_over_tcp() {
     let case = &fx["prompts"][0];
     let ids: Vec<u32> = serde_json::from_value(case["prompt_token_ids"].clone()).unwrap();
     let steps = 12;
-    let (t1, l1) = greedy_on(&path, local(1), &ids, steps);
-    for (how, comms) in [("in process", local(2)), ("over TCP", tcp_pair())] {
+    let (t1, l1) = greedy_on(&path, local_group(1), &ids, steps);
+    for (how, comms) in [("in process", local_group(2)), ("over TCP", tcp_group(2))] {
         let (t2, l2) = greedy_on(&path, comms, &ids, steps);
         assert_eq!(t2, t1, "greedy tokens differ at world size 2 {how}");
         for (step, (a, b)) in l1.iter().zip(&l2).enumerate() {

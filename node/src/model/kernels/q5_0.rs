@@ -49,18 +49,17 @@ pub(crate) fn dot_rows_portable<const R: usize>(w: &Q50Row<'_>, acts: &Q8Acts, r
     out
 }
 
-/// AVX2 version of [`dot_rows_portable`].
+/// AVX2 version of [`dot_rows_portable`]: the values rebuilt as signed bytes,
+/// then the loop Q8_0 uses ([`super::q8_0::signed_block_dots_avx2`]).
 ///
 /// # Safety
 /// The CPU must have AVX2, FMA and F16C; `w` must hold `nb` blocks.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-#[allow(clippy::needless_range_loop)] // register arrays indexed by row read best as loops
 pub(crate) unsafe fn dot_rows_avx2<const R: usize>(w: &Q50Row<'_>, acts: &Q8Acts, rows: [usize; R]) -> [f32; R] {
     use std::arch::x86_64::*;
     let nb = acts.blocks_per_row();
     debug_assert!(w.qs.len() >= nb * 16 && w.qh.len() >= nb && w.d.len() >= nb);
-    let ones = _mm256_set1_epi16(1);
     let low_mask = _mm_set1_epi8(0x0F);
     // Byte i of a block tests bit i % 8 of the high bits' byte i / 8.
     let bit_of_byte = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
@@ -76,43 +75,5 @@ pub(crate) unsafe fn dot_rows_avx2<const R: usize>(w: &Q50Row<'_>, acts: &Q8Acts
         let set = _mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit_of_byte), bit_of_byte);
         _mm256_or_si256(low, _mm256_andnot_si256(set, high_clear))
     };
-    let (qp, dp) = (acts.qs.as_ptr(), acts.d.as_ptr());
-    let base: [usize; R] = std::array::from_fn(|r| rows[r] * nb);
-    let quads = |qw: __m256i, aw: __m256i, at: usize| {
-        let qy = _mm256_loadu_si256(qp.add(at * BLOCK) as *const __m256i);
-        // |w| × (y · sign w): u8 × i8 pairs, at most 2 × 16 × 127 in i16.
-        _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(qy, qw)), ones))
-    };
-    let mut acc = [_mm256_setzero_ps(); R];
-    let mut dd = [[0f32; 8]; R];
-    let mut b = 0;
-    while b + 8 <= nb {
-        let dv = _mm256_cvtph_ps(_mm_loadu_si128(w.d.as_ptr().add(b) as *const __m128i));
-        for r in 0..R {
-            _mm256_storeu_ps(dd[r].as_mut_ptr(), _mm256_mul_ps(dv, _mm256_loadu_ps(dp.add(base[r] + b))));
-        }
-        for k in 0..8 {
-            let qw = values(b + k);
-            let aw = _mm256_sign_epi8(qw, qw);
-            for r in 0..R {
-                acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(&dd[r][k]), quads(qw, aw, base[r] + b + k), acc[r]);
-            }
-        }
-        b += 8;
-    }
-    while b < nb {
-        let d = f16::from_bits(w.d[b]).to_f32();
-        let qw = values(b);
-        let aw = _mm256_sign_epi8(qw, qw);
-        for r in 0..R {
-            let at = base[r] + b;
-            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * *dp.add(at)), quads(qw, aw, at), acc[r]);
-        }
-        b += 1;
-    }
-    let mut out = [0f32; R];
-    for r in 0..R {
-        out[r] = super::simd::hsum(acc[r]);
-    }
-    out
+    super::q8_0::signed_block_dots_avx2(w.d, acts, rows, values)
 }
