@@ -3,7 +3,8 @@
 //! OpenAI API with its own tokenizer and weights (Gemma's greedy tokens are
 //! llama.cpp's, tests/fixtures/gemma3_greedy.json); the first is the default;
 //! an unknown name is NOT_FOUND / 404 naming the served ones; NodeInfo,
-//! `/v1/models` and `tessera status` list both with their placement.
+//! `/v1/models` and `tessera status` list both with their placement; each
+//! group's metrics carry its name.
 mod common;
 
 use common::{http_get, http_post, Server};
@@ -119,6 +120,20 @@ async fn two_models_answer_by_name_and_unknown_names_are_not_found() {
     let (code, body) = http_post(h, "/v1/chat/completions", &chat("gpt-4o"));
     assert_eq!(code, 404, "{body}");
     assert!(body.contains("gemma") && body.contains("smol"), "{body}");
+
+    // Each group's metrics carry its name: both generated tokens, apart.
+    let (_, metrics) = http_get(h, "/metrics").expect("/metrics answers");
+    for name in ["smol", "gemma"] {
+        let series = format!("tessera_model_generated_tokens_total{{model=\"{name}\"}} ");
+        let value: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .unwrap_or_else(|| panic!("no {series} in /metrics"))
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(value >= 4.0, "{series}{value}");
+    }
 
     // `tessera status` shows where each group runs.
     let status: Value = serde_json::from_str(&server.cli_ok(&["status", "--json"])).unwrap();

@@ -39,7 +39,8 @@ fn metrics_after_traffic_dashboard_names_and_status_page() {
     let tmp = tempfile::tempdir().unwrap();
     common::write_command_docs(&tmp.path().join("docs"));
     let server = Server::start(&tmp.path().join("data"), &models);
-    // Before any request the model metrics exist, at zero (a fresh dashboard shows zeros).
+    // Before any request the model metrics exist, at zero (a fresh dashboard shows zeros),
+    // labelled with the served model's name.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     while http_get(&server.http, "/readyz").is_none_or(|(code, _)| code != 200) {
         assert!(std::time::Instant::now() < deadline, "not ready in time");
@@ -47,18 +48,18 @@ fn metrics_after_traffic_dashboard_names_and_status_page() {
     }
     let (_, fresh) = scrape(&server);
     for series in [
-        "tessera_model_generated_tokens_total",
-        "tessera_model_prompt_tokens_total",
-        r#"tessera_model_requests_total{finish="eos"}"#,
-        "tessera_model_running_requests",
-        "tessera_model_kv_cache_bytes",
-        "tessera_model_time_to_first_token_seconds_count",
+        r#"tessera_model_generated_tokens_total{model="SmolLM2-135M-Instruct.Q4_1"}"#,
+        r#"tessera_model_prompt_tokens_total{model="SmolLM2-135M-Instruct.Q4_1"}"#,
+        r#"tessera_model_requests_total{finish="eos",model="SmolLM2-135M-Instruct.Q4_1"}"#,
+        r#"tessera_model_running_requests{model="SmolLM2-135M-Instruct.Q4_1"}"#,
+        r#"tessera_model_kv_cache_bytes{model="SmolLM2-135M-Instruct.Q4_1"}"#,
+        r#"tessera_model_time_to_first_token_seconds_count{model="SmolLM2-135M-Instruct.Q4_1"}"#,
         r#"tessera_shard_filtered_searches_total{plan="scan"}"#,
         r#"tessera_shard_filtered_searches_total{plan="graph"}"#,
     ] {
         assert_eq!(sample(&fresh, series), 0.0, "{series} at start-up");
     }
-    assert!(sample(&fresh, "tessera_model_weight_bytes") > 1e7);
+    assert!(sample(&fresh, r#"tessera_model_weight_bytes{model="SmolLM2-135M-Instruct.Q4_1"}"#) > 1e7);
     server.cli_ok(&["ingest", "--collection", "docs", tmp.path().join("docs").to_str().unwrap()]);
     server.search_json("docs", &[], "copy a folder");
     server.search_json("docs", &["--filter", "chunk_index=0"], "copy a folder");
@@ -103,13 +104,16 @@ fn metrics_after_traffic_dashboard_names_and_status_page() {
     assert!(sample(&s, r#"tessera_grpc_requests_total{method="/tessera.v1.Node/ShardSearch",code="Ok"}"#) >= 2.0);
     assert_eq!(sample(&s, r#"tessera_http_requests_total{route="/v1/embeddings",method="POST",status="200"}"#), 1.0);
     assert_eq!(
-        sample(&s, "tessera_model_generated_tokens_total"),
+        sample(&s, r#"tessera_model_generated_tokens_total{model="SmolLM2-135M-Instruct.Q4_1"}"#),
         8.0,
         "the ask generated 8 tokens (no condense: no history)"
     );
-    assert!(sample(&s, "tessera_model_prompt_tokens_total") > 50.0);
-    assert_eq!(sample(&s, "tessera_model_time_to_first_token_seconds_count"), 1.0);
-    assert_eq!(sample(&s, r#"tessera_model_requests_total{finish="length"}"#), 1.0);
+    assert!(sample(&s, r#"tessera_model_prompt_tokens_total{model="SmolLM2-135M-Instruct.Q4_1"}"#) > 50.0);
+    assert_eq!(
+        sample(&s, r#"tessera_model_time_to_first_token_seconds_count{model="SmolLM2-135M-Instruct.Q4_1"}"#),
+        1.0
+    );
+    assert_eq!(sample(&s, r#"tessera_model_requests_total{finish="length",model="SmolLM2-135M-Instruct.Q4_1"}"#), 1.0);
     let chunks: f64 = s.iter().filter(|(k, _)| k.starts_with("tessera_shard_chunks{")).map(|(_, v)| v).sum();
     assert_eq!(chunks, 4.0, "4 one-chunk documents over the shards");
     assert_eq!(

@@ -239,7 +239,7 @@ fn lead_group(
     info!(%addr, world, "waiting for the other ranks of the model group");
     let comm = crate::model::tcp::TcpCommunicator::leader(listener, world, secret, GROUP_JOIN_TIMEOUT)
         .map_err(|e| ModelError::Io(e.to_string()))?;
-    let group = crate::model::ModelGroup::start(path, vec![Box::new(comm)], limits)?;
+    let group = crate::model::ModelGroup::start_named(name, path, vec![Box::new(comm)], limits)?;
     ModelServing::from_group(name, path, group)
 }
 

@@ -126,16 +126,28 @@ pub struct ModelGroup {
 }
 
 impl ModelGroup {
-    /// Loads `path` split over `world` ranks, each a thread of this process.
+    /// Loads `path` split over `world` ranks, each a thread of this process;
+    /// its metrics are labelled with the file stem.
     pub fn start_local(path: &Path, world: usize, limits: EngineLimits) -> Result<Self, ModelError> {
-        let comms: Vec<Box<dyn Communicator>> =
-            LocalGroup::new(world).into_iter().map(|c| Box::new(c) as Box<dyn Communicator>).collect();
-        Self::start(path, comms, limits)
+        Self::start(path, local_comms(world), limits)
     }
 
     /// Starts rank 0 with `comms[0]` and, in this process, the ranks of `comms[1..]`
-    /// (empty when they run elsewhere, e.g. TCP followers in other processes).
+    /// (empty when they run elsewhere, e.g. TCP followers in other processes);
+    /// its metrics are labelled with the file stem.
     pub fn start(path: &Path, comms: Vec<Box<dyn Communicator>>, limits: EngineLimits) -> Result<Self, ModelError> {
+        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("model").to_string();
+        Self::start_named(&stem, path, comms, limits)
+    }
+
+    /// [`ModelGroup::start`] for the model served as `name`: the `model` label
+    /// of its metrics, so several groups in one process keep their own series.
+    pub fn start_named(
+        name: &str,
+        path: &Path,
+        comms: Vec<Box<dyn Communicator>>,
+        limits: EngineLimits,
+    ) -> Result<Self, ModelError> {
         let mut comms: Vec<Box<dyn Communicator>> =
             comms.into_iter().map(|c| Box::new(Traced(c)) as Box<dyn Communicator>).collect();
         if comms.is_empty() {
@@ -172,14 +184,15 @@ impl ModelGroup {
         let stats = Arc::new(GroupStats::default());
         let weight_bytes = model.weight_bytes();
         stats.weight_bytes.store(weight_bytes, std::sync::atomic::Ordering::Relaxed);
-        super::metrics::register_at_zero(weight_bytes);
+        super::metrics::register_at_zero(name, weight_bytes);
+        let label = name.to_string();
         let st = stats.clone();
         let tok = tokenizer.clone();
         threads.push(
             std::thread::Builder::new()
                 .name("rank-0".into())
                 .spawn(move || {
-                    let scheduler = Scheduler::new(model, leader, tok, limits, st, rx);
+                    let scheduler = Scheduler::new(model, leader, tok, limits, st, rx, label);
                     match rank_pool(threads_per_rank) {
                         Ok(pool) => pool.install(|| scheduler.run()),
                         Err(e) => warn!("rank 0 cannot start its thread pool: {e}"),
@@ -282,6 +295,11 @@ fn run_follower_reporting(
             let _ = ready.send(Err(e));
         }
     }
+}
+
+/// Communicators of a `world`-rank group of threads in this process.
+pub fn local_comms(world: usize) -> Vec<Box<dyn Communicator>> {
+    LocalGroup::new(world).into_iter().map(|c| Box::new(c) as Box<dyn Communicator>).collect()
 }
 
 /// Tells candle's CPU thread pool (which runs the matmuls of weight types

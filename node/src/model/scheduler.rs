@@ -56,6 +56,8 @@ pub(super) struct Scheduler {
     running: Vec<Seq>,
     free: Vec<u64>,
     next_id: u64,
+    /// The `model` label of this group's metrics (its served name).
+    label: String,
 }
 
 impl Scheduler {
@@ -66,8 +68,10 @@ impl Scheduler {
         limits: EngineLimits,
         stats: Arc<GroupStats>,
         rx: Receiver<Job>,
+        label: String,
     ) -> Self {
         Self {
+            label,
             model,
             comm,
             tokenizer,
@@ -232,9 +236,11 @@ impl Scheduler {
     fn record_step(&self, steps: &[SeqStep], started: Instant) {
         debug!(seqs = steps.len(), ms = started.elapsed().as_millis() as u64, "step");
         let prompt_tokens: usize = steps[self.running.len()..].iter().map(|s| s.tokens.len()).sum();
-        metrics::histogram!("tessera_model_step_duration_seconds").record(started.elapsed().as_secs_f64());
-        metrics::histogram!("tessera_model_step_sequences").record(steps.len() as f64);
-        metrics::counter!("tessera_model_prompt_tokens_total").increment(prompt_tokens as u64);
+        metrics::histogram!("tessera_model_step_duration_seconds", "model" => self.label.clone())
+            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!("tessera_model_step_sequences", "model" => self.label.clone()).record(steps.len() as f64);
+        metrics::counter!("tessera_model_prompt_tokens_total", "model" => self.label.clone())
+            .increment(prompt_tokens as u64);
         self.stats.steps.fetch_add(1, Ordering::Relaxed);
         self.stats.max_batch_seen.fetch_max(steps.len(), Ordering::Relaxed);
     }
@@ -261,11 +267,11 @@ impl Scheduler {
             }
             let token = seq.sampler.sample(&logits[i], &seq.prompt, &seq.generated);
             if seq.generated.is_empty() {
-                metrics::histogram!("tessera_model_time_to_first_token_seconds")
+                metrics::histogram!("tessera_model_time_to_first_token_seconds", "model" => self.label.clone())
                     .record(seq.submitted.elapsed().as_secs_f64());
             }
             seq.generated.push(token);
-            metrics::counter!("tessera_model_generated_tokens_total").increment(1);
+            metrics::counter!("tessera_model_generated_tokens_total", "model" => self.label.clone()).increment(1);
             if let Some(reason) = advance(seq, token, &self.tokenizer) {
                 finished.push((seq.id, reason));
             }
@@ -293,7 +299,7 @@ impl Scheduler {
                 let s = self.running.remove(pos);
                 s.span.record("completion_tokens", s.generated.len());
                 s.span.record("finish", reason.as_str());
-                metrics::counter!("tessera_model_requests_total", "finish" => reason.as_str()).increment(1);
+                metrics::counter!("tessera_model_requests_total", "finish" => reason.as_str(), "model" => self.label.clone()).increment(1);
                 let _ = s.events.send(Event::Done {
                     finish: reason,
                     prompt_tokens: s.prompt.len(),
@@ -307,11 +313,13 @@ impl Scheduler {
     /// Queue, batch and KV-cache gauges after a step.
     fn record_gauges(&self) {
         let cached_tokens: usize = self.running.iter().chain(self.waiting.iter()).map(|s| s.cached).sum();
-        metrics::gauge!("tessera_model_waiting_requests").set(self.waiting.len() as f64);
-        metrics::gauge!("tessera_model_running_requests").set(self.running.len() as f64);
-        metrics::gauge!("tessera_model_kv_cache_sequences").set(self.model.cached_sequences() as f64);
-        metrics::gauge!("tessera_model_kv_cache_tokens").set(cached_tokens as f64);
-        metrics::gauge!("tessera_model_kv_cache_bytes").set(self.model.cache_bytes() as f64);
+        metrics::gauge!("tessera_model_waiting_requests", "model" => self.label.clone()).set(self.waiting.len() as f64);
+        metrics::gauge!("tessera_model_running_requests", "model" => self.label.clone()).set(self.running.len() as f64);
+        metrics::gauge!("tessera_model_kv_cache_sequences", "model" => self.label.clone())
+            .set(self.model.cached_sequences() as f64);
+        metrics::gauge!("tessera_model_kv_cache_tokens", "model" => self.label.clone()).set(cached_tokens as f64);
+        metrics::gauge!("tessera_model_kv_cache_bytes", "model" => self.label.clone())
+            .set(self.model.cache_bytes() as f64);
     }
 }
 

@@ -20,7 +20,7 @@ pub struct ModelServing {
 impl ModelServing {
     /// Loads `path` over `tp` in-process ranks, served as `name`.
     pub fn load(name: &str, path: &Path, tp: usize, limits: EngineLimits) -> Result<Self, ModelError> {
-        let group = ModelGroup::start_local(path, tp, limits)?;
+        let group = ModelGroup::start_named(name, path, super::engine::local_comms(tp), limits)?;
         Self::from_group(name, path, group)
     }
 
