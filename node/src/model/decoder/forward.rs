@@ -3,7 +3,7 @@
 use candle_core::{Device, Tensor};
 
 use super::config::Activation;
-use super::{Embedding, RankModel, SeqStep};
+use super::{Embedding, Head, RankModel, SeqStep};
 use crate::model::comm::Communicator;
 use crate::model::kernels::attention::{self, SeqView};
 use crate::model::kernels::norm::{
@@ -42,7 +42,7 @@ impl RankModel {
             }
             add_in_place(&mut x, &f);
         }
-        self.logits(&x, steps)
+        self.logits(&x, steps, comm)
     }
 
     /// Refuses steps that cannot run: no tokens, past the context, or not
@@ -198,11 +198,12 @@ impl RankModel {
         self.gather_columns(layer.w_down.matmul(&m, n)?, n, &self.part.hidden_per_rank(), comm)
     }
 
-    /// Rank 0: logits of each sequence's last token; other ranks: nothing.
-    fn logits(&self, x: &[f32], steps: &[SeqStep]) -> Result<Vec<Vec<f32>>, ModelError> {
-        let Some(output) = &self.output else {
+    /// Rank 0: logits of each sequence's last token; other ranks: nothing
+    /// (with a vocabulary-parallel head they compute and send their rows).
+    fn logits(&self, x: &[f32], steps: &[SeqStep], comm: &dyn Communicator) -> Result<Vec<Vec<f32>>, ModelError> {
+        if matches!(self.head, Head::Whole(None)) {
             return Ok(Vec::new());
-        };
+        }
         let hidden = self.cfg.hidden;
         let mut last = Vec::with_capacity(steps.len() * hidden);
         let mut end = 0;
@@ -212,11 +213,21 @@ impl RankModel {
         }
         let mut normed = vec![0f32; last.len()];
         rms_norm(&last, &self.norm, self.cfg.eps as f32, &mut normed);
-        let mut logits = output.matmul(&normed, steps.len())?;
+        let n = steps.len();
+        let (mut logits, vocab) = match &self.head {
+            Head::Split { matrix, rows, per_rank } => {
+                let mine = matrix.matmul_rows(&normed, n, rows.clone())?;
+                (self.gather_columns(mine, n, per_rank, comm)?, per_rank.iter().sum())
+            }
+            Head::Whole(Some(output)) => (output.matmul(&normed, n)?, output.rows()),
+            Head::Whole(None) => return Ok(Vec::new()),
+        };
+        if comm.rank() != 0 {
+            return Ok(Vec::new());
+        }
         if let Some(cap) = self.cfg.final_softcap {
             softcap_in_place(&mut logits, cap);
         }
-        let vocab = output.rows();
         Ok(logits.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
     }
 }

@@ -10,11 +10,11 @@ use candle_core::quantized::QTensor;
 use candle_core::Device;
 
 use super::config::{DecoderConfig, Family};
-use super::{Embedding, Layer, RankModel};
+use super::{Embedding, Head, Layer, RankModel};
 use crate::model::kernels::rope::Rope;
 use crate::model::kernels::QuantMatrix;
 use crate::model::linear::Linear;
-use crate::model::partition::{take_rows, Partition};
+use crate::model::partition::{share, take_rows, Partition};
 use crate::model::ModelError;
 
 fn dequantized(t: &QTensor, device: &Device) -> Result<Vec<f32>, ModelError> {
@@ -122,16 +122,29 @@ impl RankModel {
             Some(m) => Embedding::Quant(Arc::new(m)),
             None => Embedding::Candle(embed_t),
         };
-        let output = if rank == 0 {
-            Some(match (tensor("output.weight"), &embed) {
-                (Ok(t), _) => Linear::new(t)?,
-                // Tied head: the embedding matrix itself, not a second copy.
-                (Err(_), Embedding::Quant(m)) => Linear::Quant(m.clone()),
-                (Err(_), Embedding::Candle(_)) => Linear::new(tensor("token_embd.weight")?)?,
-            })
-        } else {
-            None
+        let head = match (tensor("output.weight"), &embed) {
+            // Tied head: the embedding matrix itself, not a second copy; each
+            // rank its share of the vocabulary.
+            (Err(_), Embedding::Quant(m)) => {
+                let per_rank: Vec<usize> = (0..world).map(|r| share(m.rows(), world, r).len()).collect();
+                Head::Split { matrix: m.clone(), rows: share(m.rows(), world, rank), per_rank }
+            }
+            (Ok(t), _) => {
+                let rows = t.shape().dims2()?.0;
+                let mine = share(rows, world, rank);
+                match QuantMatrix::from_qtensor(&take_rows(&t, mine.clone(), &device)?)? {
+                    Some(m) => Head::Split {
+                        rows: 0..m.rows(),
+                        matrix: Arc::new(m),
+                        per_rank: (0..world).map(|r| share(rows, world, r).len()).collect(),
+                    },
+                    None => Head::Whole(if rank == 0 { Some(Linear::new(t)?) } else { None }),
+                }
+            }
+            (Err(_), Embedding::Candle(_)) => {
+                Head::Whole(if rank == 0 { Some(Linear::new(tensor("token_embd.weight")?)?) } else { None })
+            }
         };
-        Ok(Self { ropes, cfg, part, embed, vocab, layers, norm, output, caches: HashMap::new() })
+        Ok(Self { ropes, cfg, part, embed, vocab, layers, norm, head, caches: HashMap::new() })
     }
 }

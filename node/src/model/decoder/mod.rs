@@ -8,8 +8,9 @@
 //! computes whole dot products for its rows, then the rows are all-gathered, so
 //! every output value is one dot product by the same kernel whatever the world
 //! size (ARCHITECTURE.md says why this beats Megatron's row-parallel
-//! all-reduce here). Embeddings, norms and the output head are replicated (only
-//! rank 0 computes logits). With one rank this is a plain forward pass.
+//! all-reduce here). Embeddings and norms are replicated; the output head is
+//! split by vocabulary row (each rank its rows of the one matrix, the logits
+//! gathered; rank 0 samples). With one rank this is a plain forward pass.
 //!
 //! A forward step takes several sequences at once, each with its own tokens
 //! (a prompt chunk or one decode token) and its own KV cache: the matmuls run on
@@ -82,6 +83,25 @@ enum Embedding {
     Candle(QTensor),
 }
 
+/// The output head.
+enum Head {
+    /// Vocabulary-parallel: each rank computes its rows (`rows` of `matrix`)
+    /// and the logits are gathered, so no rank streams the whole head alone
+    /// (Gemma's tied head is 178 MB a token). Each logit is still one dot
+    /// product by the same kernel, so world sizes agree exactly.
+    Split {
+        /// The head (a tied head: the embedding matrix itself).
+        matrix: Arc<QuantMatrix>,
+        /// This rank's rows of it.
+        rows: std::ops::Range<usize>,
+        /// Rows of every rank, in rank order.
+        per_rank: Vec<usize>,
+    },
+    /// A head of a type without a kernel here: rank 0 computes it whole
+    /// (other ranks hold None).
+    Whole(Option<Linear>),
+}
+
 /// This rank's weights and KV caches.
 pub struct RankModel {
     cfg: DecoderConfig,
@@ -90,7 +110,7 @@ pub struct RankModel {
     vocab: usize,
     layers: Vec<Layer>,
     norm: Vec<f32>,
-    output: Option<Linear>,
+    head: Head,
     ropes: Vec<Rope>,
     caches: HashMap<u64, SeqCache>,
 }
@@ -117,11 +137,15 @@ impl RankModel {
     }
 
     /// Bytes of weights one decode step streams on this rank (every layer's
-    /// matrices, plus the output head on rank 0).
+    /// matrices, plus its share of the output head).
     pub fn weight_bytes(&self) -> usize {
         let layers: usize =
             self.layers.iter().map(|l| l.qkv.bytes() + l.wo.bytes() + l.gate_up.bytes() + l.w_down.bytes()).sum();
-        layers + self.output.as_ref().map_or(0, Linear::bytes)
+        let head = match &self.head {
+            Head::Split { matrix, rows, .. } => matrix.bytes() / matrix.rows().max(1) * rows.len(),
+            Head::Whole(l) => l.as_ref().map_or(0, Linear::bytes),
+        };
+        layers + head
     }
 
     /// Drops a sequence's KV cache.

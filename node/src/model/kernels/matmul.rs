@@ -157,6 +157,16 @@ impl QuantMatrix {
 
     /// `x · Wᵀ` for `m` rows of `cols` values: `m × rows` values, row-major.
     pub fn matmul(&self, x: &[f32], m: usize) -> Result<Vec<f32>, ModelError> {
+        self.matmul_rows(x, m, 0..self.rows)
+    }
+
+    /// [`QuantMatrix::matmul`] for the weight rows `rows` only: `m × rows.len()`
+    /// values (a vocabulary-parallel output head: each rank its rows of the
+    /// one shared matrix, each value the same dot product as the whole matmul's).
+    pub fn matmul_rows(&self, x: &[f32], m: usize, rows: std::ops::Range<usize>) -> Result<Vec<f32>, ModelError> {
+        if rows.start > rows.end || rows.end > self.rows {
+            return Err(ModelError::Config(format!("rows {rows:?} of a {}-row matrix", self.rows)));
+        }
         if x.len() != m * self.cols {
             return Err(ModelError::Input(format!(
                 "matmul input has {} values, expected {m} rows of {}",
@@ -168,12 +178,13 @@ impl QuantMatrix {
         let avx2 = simd::avx2_fma();
         // Parallel over weight rows; each task fills whole output columns (a
         // transposed tile), so no two tasks write the same memory.
-        let mut transposed = vec![0f32; self.rows * m];
+        let (first, n_rows) = (rows.start, rows.len());
+        let mut transposed = vec![0f32; n_rows * m];
         transposed.par_chunks_mut(ROWS_PER_TASK * m).enumerate().for_each(|(task, tile)| {
             for i0 in (0..m).step_by(ACT_TILE) {
                 let i1 = (i0 + ACT_TILE).min(m);
                 for (jj, col) in tile.chunks_exact_mut(m).enumerate() {
-                    let j = task * ROWS_PER_TASK + jj;
+                    let j = first + task * ROWS_PER_TASK + jj;
                     self.row_dots(j, &acts, i0, &mut col[i0..i1], avx2);
                 }
             }
@@ -181,10 +192,10 @@ impl QuantMatrix {
         if m == 1 {
             return Ok(transposed);
         }
-        let mut out = vec![0f32; m * self.rows];
+        let mut out = vec![0f32; m * n_rows];
         for (j, col) in transposed.chunks_exact(m).enumerate() {
             for (i, v) in col.iter().enumerate() {
-                out[i * self.rows + j] = *v;
+                out[i * n_rows + j] = *v;
             }
         }
         Ok(out)
@@ -332,7 +343,16 @@ mod tests {
         let x: Vec<f32> = (0..64).map(|i| i as f32 / 64.0).collect();
         let (ya, yb) = (qa.matmul(&x, 1).unwrap(), qb.matmul(&x, 1).unwrap());
         let both = QuantMatrix::stack(vec![qa, qb]).unwrap();
-        assert_eq!(both.matmul(&x, 1).unwrap(), [ya, yb].concat());
+        assert_eq!(both.matmul(&x, 1).unwrap(), [ya.clone(), yb].concat());
+        // A row range is those rows of the whole matmul, bit for bit, for one and several inputs.
+        assert_eq!(both.matmul_rows(&x, 1, 0..4).unwrap(), ya);
+        let x3: Vec<f32> = (0..3 * 64).map(|i| (i % 17) as f32 / 17.0 - 0.4).collect();
+        let full = both.matmul(&x3, 3).unwrap();
+        let part = both.matmul_rows(&x3, 3, 1..5).unwrap();
+        for i in 0..3 {
+            assert_eq!(&part[i * 4..i * 4 + 4], &full[i * 6 + 1..i * 6 + 5]);
+        }
+        assert!(both.matmul_rows(&x, 1, 2..7).is_err());
         let q8 = QuantMatrix::from_qtensor(&QTensor::quantize(&b, GgmlDType::Q8_0).unwrap()).unwrap().unwrap();
         let q4 = QuantMatrix::from_qtensor(&QTensor::quantize(&a, GgmlDType::Q4_1).unwrap()).unwrap().unwrap();
         assert!(QuantMatrix::stack(vec![q4, q8]).is_none());
