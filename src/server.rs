@@ -214,7 +214,12 @@ fn model_specs(opts: &NodeOpts, model_role: bool) -> anyhow::Result<Vec<ModelSpe
                 ModelSpec::validate_name(name.trim()).map_err(|e| anyhow::anyhow!("--model {m}: {e}"))?;
                 ModelSpec { name: name.trim().to_string(), path: PathBuf::from(path.trim()), tp: all_tp }
             }
-            None => ModelSpec::from_path(PathBuf::from(m.trim()), all_tp),
+            None => {
+                let spec = ModelSpec::from_path(PathBuf::from(m.trim()), all_tp);
+                ModelSpec::validate_name(&spec.name)
+                    .map_err(|e| anyhow::anyhow!("--model {m}: {e}; name it with --model NAME=PATH"))?;
+                spec
+            }
         };
         anyhow::ensure!(spec.path.exists(), "model file {} does not exist", spec.path.display());
         anyhow::ensure!(!specs.iter().any(|s| s.name == spec.name), "two models are named '{}'", spec.name);

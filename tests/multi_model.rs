@@ -152,7 +152,11 @@ fn model_flags_are_checked_before_start() {
     let Some(models) = common::models() else { return };
     let smol = models.join("SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
     let tmp = tempfile::tempdir().unwrap();
+    // A bare path whose stem is an alias of the default could never be named.
+    let aliased = tmp.path().join("default.gguf");
+    std::os::unix::fs::symlink(&smol, &aliased).unwrap();
     for (args, needle) in [
+        (vec!["--model".to_string(), aliased.display().to_string()], "NAME=PATH"),
         (
             vec![
                 "--model".to_string(),

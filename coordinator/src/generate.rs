@@ -14,6 +14,11 @@ use crate::coordinator::Coordinator;
 use crate::error::{CoordinatorError, Result};
 use tessera_proto::client::NodeClient;
 
+/// Whether a request's `model` means "a node's first model".
+pub(crate) fn names_default(model: &str) -> bool {
+    matches!(model, "" | "default" | "tessera")
+}
+
 impl Coordinator {
     /// Information on the default model of a node that serves models (name, context length).
     pub async fn model_info(&self) -> Result<Option<pb::ModelInfo>> {

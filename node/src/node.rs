@@ -177,8 +177,14 @@ async fn start_models(config: &NodeConfig) -> Result<ServedModels, NodeError> {
     if !config.has(NodeRole::Model) {
         return Ok(ServedModels::default());
     }
+    // A rank > 0 of a group over processes serves nothing (membership does not
+    // list it as a model node), so it runs only its rank of the first model.
+    let follower = config.model_group.as_ref().is_some_and(|g| g.rank > 0);
+    if follower && config.models.len() > 1 {
+        tracing::warn!("this process is rank > 0 of a model group: models after the first are not started");
+    }
     let mut groups = Vec::new();
-    for (i, spec) in config.models.iter().enumerate() {
+    for (i, spec) in config.models.iter().enumerate().take(if follower { 1 } else { usize::MAX }) {
         let group = if i == 0 { config.model_group.clone() } else { None };
         if let Some(serving) = start_model(spec, group, config.engine).await? {
             groups.push(serving);

@@ -59,7 +59,15 @@ impl Coordinator {
     /// Validates an ask and starts its chain; errors found before any work are
     /// returned directly, later ones end the stream.
     pub async fn ask(&self, req: pb::AskRequest) -> Result<AskReceiver> {
-        let plan = self.plan(req)?;
+        let mut plan = self.plan(req)?;
+        // "" / "default" means a node's first model, and model nodes are picked
+        // round robin: name one now, so every step of this ask (token counts,
+        // condense, answer, repair, summary) uses the same model and tokenizer.
+        if crate::generate::names_default(&plan.req.model) {
+            if let Ok(Some(m)) = self.model_info().await {
+                plan.req.model = m.name;
+            }
+        }
         let (tx, rx) = mpsc::channel(64);
         let me = self.clone();
         let span = info_span!("ask.chain", collection = %plan.meta.name, session = %plan.req.session);

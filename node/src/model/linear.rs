@@ -1,4 +1,4 @@
-//! A weight matrix of the model, whatever its GGUF type: Q4_1 and Q8_0 through
+//! A weight matrix of the model, whatever its GGUF type: Q4_1, Q5_0 and Q8_0 through
 //! this crate's kernels ([`super::kernels::matmul`]), every other type through
 //! candle's quantised matmul (which has fast paths for the k-quants). Fused
 //! projections (q|k|v, gate|up) are one matrix when their type has a kernel

@@ -92,7 +92,7 @@ impl Partition {
         if world > n_kv_head && (!world.is_multiple_of(n_kv_head) || world / n_kv_head > per_group) {
             return Err(ModelError::Config(format!(
                 "tensor-parallel world size {world} does not fit the model's {n_kv_head} key/value heads and \
-                 {n_head} query heads: use a divisor of {n_kv_head}, or a multiple of it no larger than {n_head}"
+                 {n_head} query heads: use at most {n_kv_head} ranks, or a multiple of {n_kv_head} no larger than {n_head}"
             )));
         }
         if !ffn.is_multiple_of(block) {

@@ -154,7 +154,8 @@ impl DecoderConfig {
             query_scale: None,
             score_scale: 1.0 / (head_dim as f32).sqrt(),
             layers: vec![global; n_layer],
-            final_softcap: meta_f32(ct, &k("final_logit_softcapping")),
+            // A cap of 0 (or less) means none, not NaN logits.
+            final_softcap: meta_f32(ct, &k("final_logit_softcapping")).filter(|c| *c > 0.0),
             arch,
         };
         if family == Family::Gemma3 {
@@ -173,7 +174,8 @@ impl DecoderConfig {
         let pattern = meta_u32(ct, &k("attention.sliding_window_pattern")).unwrap_or(GEMMA3_SWA_PATTERN).max(1);
         // Linear RoPE scaling (the 4B and larger models) applies to the global layers only.
         let global_scale = match ct.metadata.get(&k("rope.scaling.type")).and_then(|v| v.to_string().ok()) {
-            Some(t) if t == "linear" => 1.0 / meta_f32(ct, &k("rope.scaling.factor")).unwrap_or(1.0).max(1e-6),
+            // A factor of 0 (or below 1) means no scaling, as llama.cpp reads it.
+            Some(t) if t == "linear" => 1.0 / meta_f32(ct, &k("rope.scaling.factor")).unwrap_or(1.0).max(1.0),
             Some(t) if t != "none" => return Err(ModelError::Unsupported(format!("RoPE scaling '{t}'"))),
             _ => 1.0,
         };
