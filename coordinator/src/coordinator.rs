@@ -104,6 +104,17 @@ impl Coordinator {
         F: Fn(NodeClient) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     {
+        self.on_role_passing(role, &[Code::Unavailable], call).await
+    }
+
+    /// [`Coordinator::on_role`], moving on to the next node on any of the
+    /// codes in `next_on` (a model node that does not serve the named model
+    /// answers NOT_FOUND, and another may serve it).
+    pub(crate) async fn on_role_passing<T, F, Fut>(&self, role: NodeRole, next_on: &[Code], call: F) -> Result<T>
+    where
+        F: Fn(NodeClient) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
         let first = self.role_node(role)?;
         let mut order = vec![first.clone()];
         order.extend(self.nodes.with_role(role).into_iter().filter(|n| n.id != first.id));
@@ -111,7 +122,7 @@ impl Coordinator {
         for node in order {
             match call(node.client.clone()).await {
                 Ok(r) => return Ok(r.into_inner()),
-                Err(s) if s.code() == Code::Unavailable => last = Some(CoordinatorError::node(&node, s)),
+                Err(s) if next_on.contains(&s.code()) => last = Some(CoordinatorError::node(&node, s)),
                 Err(s) => return Err(CoordinatorError::node(&node, s)),
             }
         }

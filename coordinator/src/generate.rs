@@ -12,12 +12,11 @@ use tonic::Code;
 
 use crate::coordinator::Coordinator;
 use crate::error::{CoordinatorError, Result};
-use tessera_proto::client::NodeClient;
 
-/// Whether a request's `model` means "a node's first model".
-pub(crate) fn names_default(model: &str) -> bool {
-    matches!(model, "" | "default" | "tessera")
-}
+/// A model node passes a request to the next one when it is unreachable, or
+/// does not serve the model the request names (NOT_FOUND, before any work);
+/// when no node serves it, the last NOT_FOUND is the answer.
+const MODEL_NODE_PASSES: &[Code] = &[Code::Unavailable, Code::NotFound];
 
 impl Coordinator {
     /// Information on the default model of a node that serves models (name, context length).
@@ -38,30 +37,6 @@ impl Coordinator {
             }
         }
         Ok(out)
-    }
-
-    /// Calls model nodes for the model `model` names: the next node when one
-    /// is unreachable (`UNAVAILABLE`) or does not serve that name
-    /// (`NOT_FOUND`); NOT_FOUND when none serves it.
-    async fn on_model<T, F, Fut>(&self, model: &str, call: F) -> Result<T>
-    where
-        F: Fn(NodeClient) -> Fut,
-        Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
-    {
-        let first = self.role_node(NodeRole::Model)?;
-        let mut order = vec![first.clone()];
-        order.extend(self.nodes.with_role(NodeRole::Model).into_iter().filter(|n| n.id != first.id));
-        let mut last = None;
-        for node in order {
-            match call(node.client.clone()).await {
-                Ok(r) => return Ok(r.into_inner()),
-                Err(s) if matches!(s.code(), Code::Unavailable | Code::NotFound) => {
-                    last = Some(CoordinatorError::node(&node, s))
-                }
-                Err(s) => return Err(CoordinatorError::node(&node, s)),
-            }
-        }
-        Err(last.unwrap_or_else(|| CoordinatorError::unavailable(format!("no model node serves '{model}'"))))
     }
 
     /// The embedding model's name (None when no node embeds).
@@ -94,8 +69,7 @@ impl Coordinator {
 
     /// The token stream of the node serving the request's model.
     pub async fn model_stream(&self, req: pb::GenerateRequest) -> Result<tonic::Streaming<pb::GenerateChunk>> {
-        let model = req.model.clone();
-        self.on_model(&model, |mut c| {
+        self.on_role_passing(NodeRole::Model, MODEL_NODE_PASSES, |mut c| {
             let req = req.clone();
             async move { c.generate(req).await }
         })
@@ -143,7 +117,7 @@ impl Coordinator {
         }
         let req = pb::CountTokensRequest { texts, chat, model: model.to_string() };
         let r = self
-            .on_model(model, |mut c| {
+            .on_role_passing(NodeRole::Model, MODEL_NODE_PASSES, |mut c| {
                 let req = req.clone();
                 async move { c.count_tokens(req).await }
             })

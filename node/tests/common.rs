@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tessera_node::model::comm::{Communicator, LocalGroup};
+use tessera_node::model::comm::Communicator;
 use tessera_node::model::decoder::{RankModel, SeqStep};
 use tessera_node::model::sampler::argmax;
 use tessera_node::model::tcp::{GroupSecret, TcpCommunicator};
@@ -89,11 +89,6 @@ pub fn tcp_group(world: usize) -> Vec<Box<dyn Communicator>> {
         vec![Box::new(TcpCommunicator::leader(listener, world, &secret, Duration::from_secs(30)).unwrap())];
     comms.extend(followers.into_iter().map(|h| Box::new(h.join().unwrap()) as Box<dyn Communicator>));
     comms
-}
-
-/// Communicators of a `world`-rank group of threads in this process.
-pub fn local_group(world: usize) -> Vec<Box<dyn Communicator>> {
-    LocalGroup::new(world).into_iter().map(|c| Box::new(c) as Box<dyn Communicator>).collect()
 }
 
 /// Greedy generation on the ranks of `comms`, returning rank 0's tokens and per-step logits.

@@ -15,10 +15,11 @@
 //! agree with each other.
 mod common;
 
-use common::{greedy_on, local_group, tcp_group};
+use common::{greedy_on, tcp_group};
 use serde_json::Value;
 use tessera_node::model::decoder::RankModel;
 use tessera_node::model::engine::load_tokenizer;
+use tessera_node::model::engine::local_comms;
 use tessera_node::model::{EngineLimits, Event, ModelGroup, SamplingParams};
 
 fn fixture() -> Value {
@@ -53,7 +54,7 @@ fn gemma3_prompt_ids_greedy_tokens_and_top5_match_llama_cpp() {
         assert_eq!(ids, want, "{name}: prompt token ids");
         let expected: Vec<u32> = serde_json::from_value(case["generated_token_ids"].clone()).unwrap();
         let check = comparable(case, expected.len());
-        let (got, logits) = greedy_on(&path, local_group(1), &ids, expected.len());
+        let (got, logits) = greedy_on(&path, local_comms(1), &ids, expected.len());
         assert_eq!(got[..check], expected[..check], "{name}: greedy tokens before the first near tie (step {check})");
         eprintln!(
             "{name}: {} prompt tokens, {check} generated tokens compared, {} equal overall",
@@ -88,8 +89,8 @@ fn gemma3_tensor_parallel_world_size_2_agrees_in_process_and_over_tcp() {
     let case = &fx["prompts"][0];
     let ids: Vec<u32> = serde_json::from_value(case["prompt_token_ids"].clone()).unwrap();
     let steps = 12;
-    let (t1, l1) = greedy_on(&path, local_group(1), &ids, steps);
-    for (how, comms) in [("in process", local_group(2)), ("over TCP", tcp_group(2))] {
+    let (t1, l1) = greedy_on(&path, local_comms(1), &ids, steps);
+    for (how, comms) in [("in process", local_comms(2)), ("over TCP", tcp_group(2))] {
         let (t2, l2) = greedy_on(&path, comms, &ids, steps);
         assert_eq!(t2, t1, "greedy tokens differ at world size 2 {how}");
         for (step, (a, b)) in l1.iter().zip(&l2).enumerate() {

@@ -5,9 +5,10 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{greedy_on, local_group, tcp_group};
+use common::{greedy_on, tcp_group};
 use serde_json::Value;
 use tessera_node::model::engine::load_tokenizer;
+use tessera_node::model::engine::local_comms;
 use tessera_node::model::serving::chat_template;
 use tessera_node::model::{ChatMessage, EngineLimits, Event, FinishReason, ModelGroup, SamplingParams};
 
@@ -18,7 +19,7 @@ fn fixture() -> Option<Value> {
 
 /// Greedy generation on `world` in-process ranks, returning tokens and the logits of every step.
 fn greedy_with_logits(path: &Path, world: usize, prompt: &[u32], steps: usize) -> (Vec<u32>, Vec<Vec<f32>>) {
-    greedy_on(path, local_group(world), prompt, steps)
+    greedy_on(path, local_comms(world), prompt, steps)
 }
 
 fn collect(mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>) -> (Vec<u32>, String, Option<FinishReason>) {

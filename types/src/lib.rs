@@ -17,7 +17,7 @@ pub mod vector;
 
 pub use chat::{ChatMessage, Role, UnknownRole};
 pub use memory::{select, summary_due, MemoryKind, MemoryView, SummaryWork, UnknownMemoryKind};
-pub use node::{NodeRecord, NodeRole, UnknownNodeRole, NODES_PREFIX};
+pub use node::{names_default_model, NodeRecord, NodeRole, UnknownNodeRole, DEFAULT_MODEL_ALIASES, NODES_PREFIX};
 pub use search::{InvalidSettings, Scored, SearchMode, SearchSettings, UnknownSearchModeName};
 pub use session::{validate_session_id, SessionIdError, SessionInfo, SessionState, StoredMessage};
 pub use vector::cosine;

@@ -8,6 +8,16 @@ use thiserror::Error;
 /// Where node records live in etcd.
 pub const NODES_PREFIX: &str = "/tessera/nodes/";
 
+/// Model names that mean a node's first (default) model, as clients send
+/// them: the node resolves them, the coordinator pins them, the OpenAI API
+/// accepts them, and none can name a model.
+pub const DEFAULT_MODEL_ALIASES: [&str; 3] = ["", "default", "tessera"];
+
+/// Whether `model` is one of [`DEFAULT_MODEL_ALIASES`].
+pub fn names_default_model(model: &str) -> bool {
+    DEFAULT_MODEL_ALIASES.contains(&model)
+}
+
 /// A job a node can do. Serialised as the lower-case name (etcd records, the
 /// `Info` RPC and `--roles` all use the names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

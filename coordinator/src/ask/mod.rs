@@ -63,7 +63,7 @@ impl Coordinator {
         // "" / "default" means a node's first model, and model nodes are picked
         // round robin: name one now, so every step of this ask (token counts,
         // condense, answer, repair, summary) uses the same model and tokenizer.
-        if crate::generate::names_default(&plan.req.model) {
+        if tessera_types::names_default_model(&plan.req.model) {
             if let Ok(Some(m)) = self.model_info().await {
                 plan.req.model = m.name;
             }

@@ -21,6 +21,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
+use tessera_types::names_default_model;
 use tokio::sync::OnceCell;
 
 pub use error::ApiError;
@@ -35,9 +36,6 @@ pub struct ApiState {
     embedding: Arc<OnceCell<Option<String>>>,
     chat: Arc<tokio::sync::RwLock<Vec<String>>>,
 }
-
-/// Names a client may use for the default chat model besides its id.
-const CHAT_ALIASES: [&str; 2] = ["default", "tessera"];
 
 impl ApiState {
     /// The embedding model's id (asked once: one embedder per cluster).
@@ -67,7 +65,9 @@ impl ApiState {
     /// first); 404 with the served ids when it names none.
     pub(crate) async fn chat_model(&self, asked: &str) -> Result<String, ApiError> {
         let mut ids = self.chat_ids(false).await?;
-        if !CHAT_ALIASES.contains(&asked) && !ids.iter().any(|i| i == asked) {
+        // An OpenAI request always names a model: "" is not an alias here.
+        let alias = !asked.is_empty() && names_default_model(asked);
+        if !alias && !ids.iter().any(|i| i == asked) {
             ids = self.chat_ids(true).await?;
         }
         let Some(first) = ids.first() else {
@@ -75,7 +75,7 @@ impl ApiState {
                 "no chat model is loaded (run scripts/fetch-models.sh and restart)",
             )));
         };
-        if CHAT_ALIASES.contains(&asked) {
+        if alias {
             return Ok(first.clone());
         }
         if ids.iter().any(|i| i == asked) {

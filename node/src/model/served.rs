@@ -3,10 +3,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::serving::ModelServing;
+use tessera_types::names_default_model;
 
-/// Names that always mean the default (first) model, as clients send them.
-pub const DEFAULT_ALIASES: [&str; 3] = ["", "default", "tessera"];
+use super::serving::ModelServing;
 
 /// One model to load: its name, GGUF file and tensor-parallel world size.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,7 +28,7 @@ impl ModelSpec {
     /// Checks a name given on the command line: 1–128 characters of letters,
     /// digits and `-_.:`, and not one of the default aliases.
     pub fn validate_name(name: &str) -> Result<(), String> {
-        if DEFAULT_ALIASES.contains(&name) {
+        if names_default_model(name) {
             return Err(format!("'{name}' always means the default model and cannot name one"));
         }
         if name.len() > 128 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c)) {
@@ -62,21 +61,13 @@ impl ServedModels {
 
     /// The model `name` names: the default for an alias, else the group of that name.
     pub fn get(&self, name: &str) -> Result<Arc<ModelServing>, Lookup> {
-        let found = if DEFAULT_ALIASES.contains(&name) {
-            self.groups.first()
-        } else {
-            self.groups.iter().find(|g| g.name() == name)
-        };
+        let found =
+            if names_default_model(name) { self.groups.first() } else { self.groups.iter().find(|g| g.name() == name) };
         match found {
             Some(g) => Ok(g.clone()),
             None if self.groups.is_empty() => Err(Lookup::NoModel),
             None => Err(Lookup::Unknown(self.names())),
         }
-    }
-
-    /// The default model, if any.
-    pub fn default_model(&self) -> Option<&Arc<ModelServing>> {
-        self.groups.first()
     }
 
     /// Every group, the default first.

@@ -201,25 +201,13 @@ impl RankModel {
     /// Rank 0: logits of each sequence's last token; other ranks: nothing
     /// (with a vocabulary-parallel head they compute and send their rows).
     fn logits(&self, x: &[f32], steps: &[SeqStep], comm: &dyn Communicator) -> Result<Vec<Vec<f32>>, ModelError> {
-        if matches!(self.head, Head::Whole(None)) {
-            return Ok(Vec::new());
-        }
-        let hidden = self.cfg.hidden;
-        let mut last = Vec::with_capacity(steps.len() * hidden);
-        let mut end = 0;
-        for s in steps {
-            end += s.tokens.len();
-            last.extend_from_slice(&x[(end - 1) * hidden..end * hidden]);
-        }
-        let mut normed = vec![0f32; last.len()];
-        rms_norm(&last, &self.norm, self.cfg.eps as f32, &mut normed);
         let n = steps.len();
         let (mut logits, vocab) = match &self.head {
             Head::Split { matrix, rows, per_rank } => {
-                let mine = matrix.matmul_rows(&normed, n, rows.clone())?;
+                let mine = matrix.matmul_rows(&self.final_norm(x, steps), n, rows.clone())?;
                 (self.gather_columns(mine, n, per_rank, comm)?, per_rank.iter().sum())
             }
-            Head::Whole(Some(output)) => (output.matmul(&normed, n)?, output.rows()),
+            Head::Whole(Some(output)) => (output.matmul(&self.final_norm(x, steps), n)?, output.rows()),
             Head::Whole(None) => return Ok(Vec::new()),
         };
         if comm.rank() != 0 {
@@ -229,5 +217,19 @@ impl RankModel {
             softcap_in_place(&mut logits, cap);
         }
         Ok(logits.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
+    }
+
+    /// The final RMS norm of each sequence's last row of `x`.
+    fn final_norm(&self, x: &[f32], steps: &[SeqStep]) -> Vec<f32> {
+        let hidden = self.cfg.hidden;
+        let mut last = Vec::with_capacity(steps.len() * hidden);
+        let mut end = 0;
+        for s in steps {
+            end += s.tokens.len();
+            last.extend_from_slice(&x[(end - 1) * hidden..end * hidden]);
+        }
+        let mut normed = vec![0f32; last.len()];
+        rms_norm(&last, &self.norm, self.cfg.eps as f32, &mut normed);
+        normed
     }
 }

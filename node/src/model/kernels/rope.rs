@@ -47,23 +47,27 @@ impl Rope {
     /// Rotates `x` (one head) to position `pos`.
     pub fn apply(&self, x: &mut [f32], pos: usize) {
         if (pos + 1) * self.half > self.cos.len() {
-            let (mut cos, mut sin, mut theta) = (vec![0f32; self.half], vec![0f32; self.half], pos as f32);
+            // Past the table: the same recurrence, one angle at a time.
+            let mut theta = pos as f32;
             for i in 0..self.half {
-                (cos[i], sin[i]) = ((self.freq_scale * theta).cos(), (self.freq_scale * theta).sin());
+                let angle = self.freq_scale * theta;
+                self.rotate_pair(x, i, angle.cos(), angle.sin());
                 theta *= self.theta_scale;
             }
-            return self.rotate(x, &cos, &sin);
+            return;
         }
-        self.rotate(x, &self.cos[pos * self.half..][..self.half], &self.sin[pos * self.half..][..self.half]);
+        let row = pos * self.half;
+        for i in 0..self.half {
+            self.rotate_pair(x, i, self.cos[row + i], self.sin[row + i]);
+        }
     }
 
-    fn rotate(&self, x: &mut [f32], cos: &[f32], sin: &[f32]) {
-        for i in 0..self.half {
-            let (a, b) = if self.neox { (i, i + self.half) } else { (2 * i, 2 * i + 1) };
-            let (x0, x1) = (x[a], x[b]);
-            x[a] = x0 * cos[i] - x1 * sin[i];
-            x[b] = x0 * sin[i] + x1 * cos[i];
-        }
+    #[inline]
+    fn rotate_pair(&self, x: &mut [f32], i: usize, cos: f32, sin: f32) {
+        let (a, b) = if self.neox { (i, i + self.half) } else { (2 * i, 2 * i + 1) };
+        let (x0, x1) = (x[a], x[b]);
+        x[a] = x0 * cos - x1 * sin;
+        x[b] = x0 * sin + x1 * cos;
     }
 }
 
