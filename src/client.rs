@@ -270,8 +270,32 @@ pub async fn search(args: SearchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A schema argument: inline JSON (starts with `{`) or a file path.
+pub(crate) fn schema_text(arg: &str) -> anyhow::Result<String> {
+    if arg.trim_start().starts_with('{') {
+        return Ok(arg.to_string());
+    }
+    std::fs::read_to_string(arg).with_context(|| format!("reading JSON schema {arg}"))
+}
+
+/// The output constraint `tessera generate` was given, if any.
+fn generate_constraint(args: &GenerateArgs) -> anyhow::Result<Option<pb::OutputConstraint>> {
+    use pb::output_constraint::Kind;
+    let kind = if let Some(s) = &args.json_schema {
+        Kind::JsonSchema(schema_text(s)?)
+    } else if let Some(r) = &args.regex {
+        Kind::Regex(r.clone())
+    } else if !args.choice.is_empty() {
+        Kind::Choice(pb::ChoiceConstraint { options: args.choice.clone() })
+    } else {
+        return Ok(None);
+    };
+    Ok(Some(pb::OutputConstraint { kind: Some(kind) }))
+}
+
 pub async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     use std::io::Write;
+    let constraint = generate_constraint(&args)?;
     let mut c = connect(&args.server).await?;
     let request = pb::GenerateRequest {
         prompt: args.prompt,
@@ -285,6 +309,7 @@ pub async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         seed: args.seed,
         stop: args.stop,
         model: args.model,
+        constraint,
     };
     let mut stream = rpc(c.generate(request).await)?;
     let mut out = std::io::stdout();

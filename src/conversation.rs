@@ -1,7 +1,6 @@
 //! `tessera ask`, `tessera chat` and `tessera sessions`: the RAG chain from the
 //! command line.
 use std::io::{BufRead, Write};
-use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
@@ -59,8 +58,9 @@ pub struct AskOptions {
     /// Output parser.
     #[arg(long, value_enum, default_value = "text")]
     output: OutputKind,
-    /// JSON Schema for --output json: inline JSON or a file path.
-    #[arg(long)]
+    /// JSON Schema for --output json: inline JSON or a file path. The answer
+    /// is generated under it, so it always validates (unless max_tokens ends it).
+    #[arg(long, visible_alias = "json-schema", value_name = "FILE")]
     schema: Option<String>,
     /// Regex for --output regex.
     #[arg(long)]
@@ -152,8 +152,7 @@ fn parse_vars(vars: &[String]) -> anyhow::Result<std::collections::HashMap<Strin
 fn request(o: &AskOptions, question: String, session: Option<String>) -> anyhow::Result<pb::AskRequest> {
     let schema_json = match &o.schema {
         None => String::new(),
-        Some(s) if s.trim_start().starts_with('{') => s.clone(),
-        Some(path) => std::fs::read_to_string(PathBuf::from(path)).with_context(|| format!("reading schema {path}"))?,
+        Some(s) => crate::client::schema_text(s)?,
     };
     let kind = match o.output {
         OutputKind::Text => "text",

@@ -241,6 +241,16 @@ struct GenerateArgs {
     /// Which served model answers (see `tessera status`); default: the first.
     #[arg(long, default_value = "")]
     model: String,
+    /// Constrain the output to JSON valid against this JSON Schema (a file,
+    /// or inline JSON starting with `{`).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["regex", "choice"])]
+    json_schema: Option<String>,
+    /// Constrain the output to a whole match of this regex.
+    #[arg(long, conflicts_with = "choice")]
+    regex: Option<String>,
+    /// Constrain the output to exactly one of these strings (repeatable).
+    #[arg(long = "choice", value_name = "TEXT")]
+    choice: Vec<String>,
     /// The prompt.
     prompt: String,
     #[command(flatten)]

@@ -39,7 +39,7 @@ pub struct CoordinatorOpts {
     /// Largest top_k a search may ask for.
     #[arg(long, default_value_t = 1000)]
     max_top_k: u32,
-    /// Folder of prompt templates (NAME.j2, NAME.jinja or NAME.txt) added to the defaults (qa, condense, summarize, fix_json).
+    /// Folder of prompt templates (NAME.j2, NAME.jinja or NAME.txt) added to the defaults (qa, condense, summarize).
     #[arg(long, env = "TESSERA_TEMPLATES")]
     templates: Option<PathBuf>,
     /// Session memory kind when a request does not say: buffer, window, tokens or summary.

@@ -52,6 +52,51 @@ fn cli_streams_text_and_usage() {
     let bad = server.cli(&["generate", "--temperature", "-1", "hello"]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("temperature"), "{}", String::from_utf8_lossy(&bad.stderr));
+
+    // Constrained output from the CLI (tp 2: the guide runs on rank 0, the ranks follow).
+    let schema = tmp.path().join("point.json");
+    std::fs::write(
+        &schema,
+        r#"{"type":"object","properties":{"x":{"type":"integer"},"y":{"type":"integer"}},"required":["x","y"]}"#,
+    )
+    .unwrap();
+    let out = server.cli_ok(&[
+        "generate",
+        "--temperature",
+        "1",
+        "--seed",
+        "4",
+        "--max-tokens",
+        "48",
+        "--json-schema",
+        schema.to_str().unwrap(),
+        "Give a point as JSON.",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(out.trim_end()).unwrap_or_else(|e| panic!("{out:?}: {e}"));
+    assert!(v["x"].is_i64() && v["y"].is_i64(), "{v}");
+    let out = server.cli_ok(&["generate", "--temperature", "1", "--choice", "yes", "--choice", "no", "Is water wet?"]);
+    assert!(["yes", "no"].contains(&out.trim_end()), "{out:?}");
+    let out = server.cli_ok(&[
+        "generate",
+        "--temperature",
+        "1",
+        "--max-tokens",
+        "16",
+        "--regex",
+        "[0-9]{4}-[0-9]{2}",
+        "A date?",
+    ]);
+    assert!(regex_like_date(out.trim_end()), "{out:?}");
+    let bad = server.cli(&["generate", "--regex", "([0-9]", "A date?"]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("InvalidArgument") && err.contains("regex"), "{err}");
+}
+
+/// `NNNN-NN`.
+fn regex_like_date(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 7 && b[4] == b'-' && b.iter().enumerate().all(|(i, c)| i == 4 || c.is_ascii_digit())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -55,20 +55,52 @@ fn bad_requests_get_openai_shaped_errors_and_json_mode_and_retrieval_work() {
     let (c, b) = http_post(h, "/v1/completions", r#"{"model":"default","prompt":"hi","echo":true}"#);
     error_of(c, &b, 400, "echo");
 
-    // JSON mode: valid JSON content, or a 422 that carries the raw output.
+    // JSON mode and JSON schemas: constrained decoding, so the content is
+    // always valid, at temperature 1 too; a schema that cannot compile is a 400.
     let (c, b) = http_post(
         h,
         chat,
         r#"{"model":"default","temperature":0,"max_tokens":48,"response_format":{"type":"json_object"},
             "messages":[{"role":"user","content":"Give a JSON object with the key \"city\" set to Paris."}]}"#,
     );
-    if c == 200 {
-        let v: Value = serde_json::from_str(&b).unwrap();
-        let content = v["choices"][0]["message"]["content"].as_str().unwrap();
-        serde_json::from_str::<Value>(content).unwrap_or_else(|e| panic!("content is not JSON ({e}): {content}"));
-    } else {
-        error_of(c, &b, 422, "raw output");
+    assert_eq!(c, 200, "{b}");
+    let v: Value = serde_json::from_str(&b).unwrap();
+    let content = v["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(serde_json::from_str::<Value>(content).unwrap().is_object(), "{content}");
+    let schema = r#"{"type":"object","properties":{"name":{"type":"string"},"tags":{"type":"array","items":{"enum":["a","b","c"]},"minItems":1}},"required":["name","tags"]}"#;
+    for seed in 0..4 {
+        let body = format!(
+            r#"{{"model":"default","temperature":1,"seed":{seed},"max_tokens":64,"stream":{},
+                "response_format":{{"type":"json_schema","json_schema":{{"name":"t","schema":{schema}}}}},
+                "messages":[{{"role":"user","content":"Tag this: a red apple."}}]}}"#,
+            seed % 2 == 1
+        );
+        let (c, b) = http_post(h, chat, &body);
+        assert_eq!(c, 200, "{b}");
+        let content = if seed % 2 == 1 {
+            // Streamed: the deltas joined are the JSON.
+            b.lines()
+                .filter_map(|l| l.strip_prefix("data: "))
+                .filter(|d| *d != "[DONE]")
+                .map(|d| serde_json::from_str::<Value>(d).unwrap())
+                .filter_map(|e| e["choices"][0]["delta"]["content"].as_str().map(str::to_string))
+                .collect::<String>()
+        } else {
+            let v: Value = serde_json::from_str(&b).unwrap();
+            v["choices"][0]["message"]["content"].as_str().unwrap().to_string()
+        };
+        let v: Value = serde_json::from_str(&content).unwrap_or_else(|e| panic!("not JSON ({e}): {content}"));
+        let tags = v["tags"].as_array().unwrap_or_else(|| panic!("no tags: {v}"));
+        assert!(v["name"].is_string() && !tags.is_empty(), "{v}");
+        assert!(tags.iter().all(|t| ["a", "b", "c"].contains(&t.as_str().unwrap_or(""))), "{v}");
     }
+    let (c, b) = http_post(
+        h,
+        chat,
+        r#"{"model":"default","max_tokens":8,"response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{"type":"integer","minimum":5,"maximum":1}}},
+            "messages":[{"role":"user","content":"hi"}]}"#,
+    );
+    error_of(c, &b, 400, "compile");
 
     // Retrieval through the API, history from the request's own messages.
     let (c, b) = http_post(

@@ -7,6 +7,7 @@ use tessera_proto::v1 as pb;
 use tonic::Status;
 
 use crate::load::Metadata;
+use crate::model::constraint::OutputConstraint;
 use crate::model::SamplingParams;
 use crate::shard::{ChunkRecord, Condition, DocWrite, Filter, ShardHit, ShardStats};
 
@@ -23,6 +24,19 @@ pub fn sampling_from_pb(req: &pb::GenerateRequest) -> SamplingParams {
         }),
         max_tokens: if req.max_tokens == 0 { d.max_tokens } else { req.max_tokens as usize },
         stop: req.stop.clone(),
+        constraint: req.constraint.as_ref().and_then(constraint_from_pb),
+    }
+}
+
+/// The output constraint of a request (`json_object: false` is no constraint).
+pub fn constraint_from_pb(c: &pb::OutputConstraint) -> Option<OutputConstraint> {
+    use pb::output_constraint::Kind;
+    match c.kind.as_ref()? {
+        Kind::JsonSchema(s) => Some(OutputConstraint::JsonSchema(s.clone())),
+        Kind::JsonObject(true) => Some(OutputConstraint::JsonObject),
+        Kind::JsonObject(false) => None,
+        Kind::Regex(r) => Some(OutputConstraint::Regex(r.clone())),
+        Kind::Choice(choice) => Some(OutputConstraint::Choice(choice.options.clone())),
     }
 }
 

@@ -1,16 +1,21 @@
 """Real OpenAI-API clients against a running Tessera (tests/openai_clients.rs starts it).
 
 Usage: openai_clients.py BASE_URL COLLECTION
-Checks the official `openai` package (models, chat, streaming chat, JSON mode,
-embeddings, errors, retrieval through extra_body) and LangChain (ChatOpenAI,
+Checks the official `openai` package (models, chat, streaming chat, structured
+output with `response_format` json_schema / json_object, streamed and through
+the SDK's `parse` with a pydantic model, embeddings, errors, retrieval through
+extra_body) and LangChain (ChatOpenAI, `with_structured_output`,
 OpenAIEmbeddings, and a small retrieval chain: an in-memory vector store filled
 through Tessera's embeddings, a prompt, the chat model and an output parser).
 Exits non-zero on the first failed check.
 """
+import json
 import math
 import sys
+from typing import Literal
 
 import openai
+from pydantic import BaseModel
 from langchain_core.documents import Document
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
@@ -73,6 +78,69 @@ for chunk in stream:
 check("".join(parts) == text, f"streamed text equals the unstreamed greedy text: {''.join(parts)!r} vs {text!r}")
 check(finish in ("stop", "length") and usage is not None and usage.completion_tokens > 0, f"stream end: {finish} {usage}")
 
+# --- openai: structured output. Constrained decoding makes every answer valid,
+# even at temperature 1 from a 135M model.
+city_schema = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string"},
+        "country": {"type": "string"},
+        "population": {"type": "integer", "minimum": 0},
+        "size": {"enum": ["small", "medium", "large"]},
+    },
+    "required": ["city", "country", "population", "size"],
+    "additionalProperties": False,
+}
+for seed in range(5):
+    r = client.chat.completions.create(
+        model=chat_model,
+        messages=[{"role": "user", "content": "Describe Paris as JSON."}],
+        max_tokens=96,
+        temperature=1.0,
+        seed=seed,
+        response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": city_schema, "strict": True}},
+    )
+    v = json.loads(r.choices[0].message.content)
+    check(
+        set(v) == {"city", "country", "population", "size"}
+        and isinstance(v["population"], int)
+        and v["population"] >= 0
+        and v["size"] in ("small", "medium", "large"),
+        f"json_schema output validates (seed {seed}): {v}",
+    )
+parts = []
+for chunk in client.chat.completions.create(
+    model=chat_model,
+    messages=[{"role": "user", "content": "Give me a JSON object about cats."}],
+    max_tokens=64,
+    temperature=1.0,
+    seed=7,
+    stream=True,
+    response_format={"type": "json_object"},
+):
+    for c in chunk.choices:
+        parts.append(c.delta.content or "")
+streamed_json = json.loads("".join(parts))
+check(isinstance(streamed_json, dict), f"streamed json_object output is one JSON object: {streamed_json}")
+
+
+class City(BaseModel):
+    city: str
+    country: str
+    population: int
+    size: Literal["small", "medium", "large"]
+
+
+parsed = client.chat.completions.parse(
+    model=chat_model,
+    messages=[{"role": "user", "content": "Describe Tokyo."}],
+    max_tokens=96,
+    temperature=1.0,
+    seed=3,
+    response_format=City,
+).choices[0].message.parsed
+check(isinstance(parsed, City), f"chat.completions.parse gives a City: {parsed!r}")
+
 # --- openai: legacy completions
 c = client.completions.create(model=chat_model, prompt="The capital of France is", max_tokens=8, temperature=0)
 check(c.choices[0].text.strip() != "", f"completion: {c.choices[0].text!r}")
@@ -119,6 +187,16 @@ msg = llm.invoke("Name one command that copies files.")
 check(isinstance(msg.content, str) and msg.content.strip() != "", f"ChatOpenAI.invoke: {msg.content!r}")
 streamed = "".join(chunk.content for chunk in llm.stream("Name one command that copies files."))
 check(streamed == msg.content, f"ChatOpenAI.stream equals invoke: {streamed!r} vs {msg.content!r}")
+structured = ChatOpenAI(
+    model=chat_model, base_url=base_url, api_key="unused", temperature=1.0, max_tokens=96, max_retries=0
+).with_structured_output(City)
+for question in ["Describe Berlin.", "Describe 北京 (Beijing)."]:
+    city = structured.invoke(question)
+    check(isinstance(city, City), f"with_structured_output gives a City for {question!r}: {city!r}")
+json_mode = ChatOpenAI(
+    model=chat_model, base_url=base_url, api_key="unused", temperature=1.0, max_tokens=64, max_retries=0
+).with_structured_output(None, method="json_mode")
+check(isinstance(json_mode.invoke("Return a JSON object describing a dog."), dict), "with_structured_output json_mode gives a dict")
 emb = OpenAIEmbeddings(model=embed_model, base_url=base_url, api_key="unused", check_embedding_ctx_length=False)
 check(len(emb.embed_query("hello")) == 384, "OpenAIEmbeddings.embed_query")
 

@@ -1,4 +1,4 @@
-//! The answer: streamed generation, output parsing (one JSON repair try), the
+//! The answer: streamed generation (constrained for JSON and regex output), output parsing, the
 //! turn stored durably, the summary job, and the result with its timings.
 use std::collections::BTreeMap;
 
@@ -42,6 +42,7 @@ impl Coordinator {
             stop: req.stop.clone(),
             repetition_penalty: req.repetition_penalty,
             model: req.model.clone(),
+            constraint: plan.parser.constraint(),
             ..Default::default()
         };
         let mut stream = self.model_stream(gen).await?;
@@ -77,7 +78,7 @@ impl Coordinator {
         mut timings: pb::AskTimings,
     ) -> Result<pb::AskResult> {
         let Generated { mut answer, last } = generated;
-        let parsed = match self.parse_output(&plan.req.model, &plan.parser, answer.clone()).await {
+        let parsed = match self.parse_output(&plan.parser, answer.clone()) {
             Ok((text, v)) => {
                 answer = text;
                 Ok(v)
@@ -134,44 +135,26 @@ impl Coordinator {
         });
     }
 
-    /// Parses model output; JSON that does not parse gets one repair try by
-    /// `model`. Returns the (possibly repaired) text and the parsed value.
-    pub(crate) async fn parse_output(
+    /// Parses model output. JSON and regex output was generated under the
+    /// parser's constraint (every caller sends [`OutputParser::constraint`]
+    /// with the request), so it parses by construction unless `max_tokens`
+    /// cut it off, which is reported as such: there is no repair round trip.
+    /// Returns the text and the parsed value.
+    pub(crate) fn parse_output(
         &self,
-        model: &str,
         parser: &OutputParser,
         text: String,
     ) -> std::result::Result<(String, Option<Value>), OutputError> {
         match parser.parse(&text) {
             Ok(v) => Ok((text, v)),
-            Err(e) if parser.kind() == "json" => self.repair_json(model, parser, &e.raw, &e.reason).await,
+            Err(e) if parser.constraint().is_some() => Err(OutputError {
+                reason: format!(
+                    "{} (the output is constrained, so max_tokens ended it before it was complete)",
+                    e.reason
+                ),
+                raw: e.raw,
+            }),
             Err(e) => Err(e),
-        }
-    }
-
-    /// One repair try for JSON output: the model is shown the error and its text.
-    async fn repair_json(
-        &self,
-        model: &str,
-        parser: &OutputParser,
-        raw: &str,
-        reason: &str,
-    ) -> std::result::Result<(String, Option<Value>), OutputError> {
-        let vars: BTreeMap<String, Value> = [
-            ("schema".to_string(), Value::String(parser.schema().map(|s| s.to_string()).unwrap_or_default())),
-            ("error".to_string(), Value::String(reason.to_string())),
-            ("text".to_string(), Value::String(raw.to_string())),
-        ]
-        .into();
-        let fail = |why: String| OutputError { reason: why, raw: raw.to_string() };
-        let prompt = self.prompts.render("fix_json", &vars).map_err(|e| fail(e.to_string()))?;
-        let (fixed, _) = self
-            .generate_text(model, prompt, 256, vec![])
-            .await
-            .map_err(|e| fail(format!("{reason}; repair failed: {e}")))?;
-        match parser.parse(&fixed) {
-            Ok(v) => Ok((fixed, v)),
-            Err(e) => Err(fail(format!("{reason}; after one repair try: {}", e.reason))),
         }
     }
 

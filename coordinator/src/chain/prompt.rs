@@ -2,7 +2,7 @@
 //!
 //! The chain ships defaults for question answering (`qa`), for rewriting a
 //! follow-up into a standalone question (`condense`), for summary memory
-//! (`summarize`) and for the JSON repair try (`fix_json`). Users add or
+//! (`summarize`). Users add or
 //! override templates from a folder of `NAME.j2` / `NAME.jinja` / `NAME.txt`
 //! files. A template is checked for the variables it uses before rendering, so
 //! a missing variable is an error that names it, not an empty string.
@@ -83,15 +83,6 @@ New lines:
 
 New summary:";
 
-/// The default template of the one JSON repair try.
-pub const FIX_JSON: &str = "\
-The text below should be one JSON value{% if schema %} matching this JSON Schema: {{ schema }}{% endif %}, but it is not: {{ error }}
-
-Text:
-{{ text }}
-
-Reply with the corrected JSON only.";
-
 /// See the module documentation.
 pub struct PromptLibrary {
     env: Environment<'static>,
@@ -114,7 +105,7 @@ impl PromptLibrary {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         let mut me = Self { env, sources: BTreeMap::new() };
-        for (name, src) in [("qa", QA), ("condense", CONDENSE), ("summarize", SUMMARIZE), ("fix_json", FIX_JSON)] {
+        for (name, src) in [("qa", QA), ("condense", CONDENSE), ("summarize", SUMMARIZE)] {
             // The defaults are constants checked by the tests below.
             let _ = me.add(name, src);
         }
@@ -204,7 +195,7 @@ mod tests {
     #[test]
     fn defaults_render_with_their_variables() {
         let lib = PromptLibrary::with_defaults();
-        assert_eq!(lib.names(), vec!["condense", "fix_json", "qa", "summarize"]);
+        assert_eq!(lib.names(), vec!["condense", "qa", "summarize"]);
         assert_eq!(
             lib.variables("qa").unwrap(),
             vec!["context", "format_instructions", "history", "question", "summary"]
@@ -234,7 +225,7 @@ mod tests {
         assert!(matches!(err, PromptError::MissingVariable { .. }), "{err}");
         assert!(err.to_string().contains("needs variable"));
         let err = lib.render("nope", &vars(&[])).unwrap_err();
-        assert_eq!(err.to_string(), "unknown template 'nope' (known: condense, fix_json, qa, summarize)");
+        assert_eq!(err.to_string(), "unknown template 'nope' (known: condense, qa, summarize)");
         assert!(lib.add("bad", "{% if %}").is_err());
         assert!(lib.add("../x", "hi").is_err());
         assert!(!lib.contains("bad"));

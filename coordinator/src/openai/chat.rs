@@ -295,6 +295,7 @@ fn model_request(
         seed: req.seed,
         stop: req.stop.clone().map(|s| s.into_vec()).unwrap_or_default(),
         model: model.to_string(),
+        constraint: parser.and_then(OutputParser::constraint),
         ..Default::default()
     })
 }
@@ -334,8 +335,8 @@ pub(crate) async fn chat_completions(
     let (mut text, finish, usage, sources, parsed) = collect(pieces).await?;
     if let Some((p, _)) = &json {
         text = match parsed {
-            Some(v) => v, // the ask chain parsed (and repaired) it
-            None => match c.parse_output(&model, p, text).await {
+            Some(v) => v, // the ask chain parsed it
+            None => match c.parse_output(p, text) {
                 Ok((text, v)) => v.map(|v| v.to_string()).unwrap_or(text),
                 Err(e) => {
                     return Err(ApiError::from(CoordinatorError::OutputParse(format!(

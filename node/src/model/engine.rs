@@ -17,6 +17,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tracing::{info_span, warn};
 
 use super::comm::{Communicator, LocalGroup, Traced};
+use super::constraint::{ConstraintCompiler, ConstraintError, Guide};
 use super::decoder::{RankModel, SeqStep};
 use super::sampler::SamplingParams;
 use super::scheduler::Scheduler;
@@ -89,6 +90,8 @@ pub enum Event {
 pub(super) struct Job {
     pub(super) prompt: Vec<u32>,
     pub(super) params: SamplingParams,
+    /// The compiled constraint, when the request has one.
+    pub(super) guide: Option<Guide>,
     pub(super) events: UnboundedSender<Event>,
     /// The submitting request's span: the sequence's spans are its children.
     pub(super) span: tracing::Span,
@@ -119,6 +122,7 @@ pub struct GroupStats {
 pub struct ModelGroup {
     jobs: SyncSender<Job>,
     tokenizer: Arc<GgufTokenizer>,
+    constraints: ConstraintCompiler,
     stats: Arc<GroupStats>,
     context_length: usize,
     world: usize,
@@ -200,7 +204,8 @@ impl ModelGroup {
                 })
                 .map_err(|e| ModelError::Io(e.to_string()))?,
         );
-        Ok(Self { jobs, tokenizer, stats, context_length, world, threads })
+        let constraints = ConstraintCompiler::new(tokenizer.clone(), name);
+        Ok(Self { jobs, tokenizer, constraints, stats, context_length, world, threads })
     }
 
     /// The tokenizer (for prompts and chat templates).
@@ -221,6 +226,11 @@ impl ModelGroup {
     /// Scheduler counters.
     pub fn stats(&self) -> &GroupStats {
         &self.stats
+    }
+
+    /// The group's constraint compiler (its cache of compiled grammars).
+    pub fn constraints(&self) -> &ConstraintCompiler {
+        &self.constraints
     }
 
     /// Queues a generation; its events arrive on the returned receiver. Dropping
@@ -245,10 +255,20 @@ impl ModelGroup {
                 self.context_length
             )));
         }
+        // Compiled here, on the submitting thread, so a bad schema is refused
+        // before the request queues and rank 0 never waits on a compile.
+        let guide = match &params.constraint {
+            Some(c) => Some(self.constraints.guide(c).map_err(|e| match e {
+                ConstraintError::Invalid(m) => ModelError::Input(m),
+                ConstraintError::Failed(m) => ModelError::Unsupported(format!("constrained decoding: {m}")),
+            })?),
+            None => None,
+        };
         let (tx, rx) = unbounded_channel();
         match self.jobs.try_send(Job {
             prompt,
             params,
+            guide,
             events: tx,
             span: tracing::Span::current(),
             submitted: Instant::now(),

@@ -11,6 +11,10 @@ pub(super) fn register_at_zero(model: &str, weight_bytes: usize) {
     for name in ["tessera_model_prompt_tokens_total", "tessera_model_generated_tokens_total"] {
         metrics::counter!(name, "model" => model.clone()).absolute(0);
     }
+    for cached in ["true", "false"] {
+        metrics::counter!("tessera_model_constraint_compiles_total", "cached" => cached, "model" => model.clone())
+            .absolute(0);
+    }
     for finish in [FinishReason::Length, FinishReason::Stop, FinishReason::Eos] {
         metrics::counter!("tessera_model_requests_total", "finish" => finish.as_str(), "model" => model.clone())
             .absolute(0);
@@ -30,6 +34,8 @@ pub(super) fn register_at_zero(model: &str, weight_bytes: usize) {
         "tessera_model_step_duration_seconds",
         "tessera_model_step_sequences",
         "tessera_model_time_to_first_token_seconds",
+        "tessera_model_constraint_seconds",
+        "tessera_model_constraint_compile_seconds",
     ] {
         let _ = metrics::histogram!(name, "model" => model.clone());
     }

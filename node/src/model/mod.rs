@@ -11,6 +11,7 @@
 
 pub mod chat;
 pub mod comm;
+pub mod constraint;
 pub mod decoder;
 pub mod engine;
 pub mod kernels;

@@ -2,6 +2,8 @@
 //! top-k, top-p, from a seeded generator so the same seed gives the same text.
 use serde::{Deserialize, Serialize};
 
+use super::constraint::OutputConstraint;
+
 /// Sampling settings of one request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SamplingParams {
@@ -19,6 +21,10 @@ pub struct SamplingParams {
     pub max_tokens: usize,
     /// Generation stops before any of these strings.
     pub stop: Vec<String>,
+    /// What the output must be (JSON schema, regex, choice); tokens that
+    /// cannot continue a valid output are never sampled.
+    #[serde(default)]
+    pub constraint: Option<OutputConstraint>,
 }
 
 impl Default for SamplingParams {
@@ -31,6 +37,7 @@ impl Default for SamplingParams {
             seed: 0,
             max_tokens: 256,
             stop: Vec::new(),
+            constraint: None,
         }
     }
 }
@@ -58,6 +65,9 @@ impl SamplingParams {
         }
         if self.stop.iter().any(String::is_empty) {
             return bad("stop sequences must not be empty".into());
+        }
+        if let Some(c) = &self.constraint {
+            c.validate().map_err(|e| InvalidSampling(e.to_string()))?;
         }
         use tessera_types::limits::{MAX_STOP_BYTES, MAX_STOP_SEQUENCES};
         if self.stop.len() > MAX_STOP_SEQUENCES {
@@ -115,8 +125,17 @@ impl Sampler {
         if self.params.temperature == 0.0 {
             return argmax(&logits);
         }
-        let mut candidates: Vec<(u32, f32)> =
-            logits.iter().enumerate().map(|(i, &l)| (i as u32, l / self.params.temperature)).collect();
+        // Tokens a constraint masked (−∞) are not candidates at all, so no
+        // rounding in the draw below can land on one.
+        let mut candidates: Vec<(u32, f32)> = logits
+            .iter()
+            .enumerate()
+            .filter(|(_, &l)| l > f32::NEG_INFINITY)
+            .map(|(i, &l)| (i as u32, l / self.params.temperature))
+            .collect();
+        if candidates.is_empty() {
+            return argmax(&logits);
+        }
         let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
         // Top-k by selection (O(n)), then only the k survivors sorted: the same
         // list a full sort would give, since the order is total.

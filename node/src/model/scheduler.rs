@@ -16,6 +16,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, info_span, warn};
 
 use super::comm::Communicator;
+use super::constraint::Guide;
 use super::decoder::{RankModel, SeqStep};
 use super::engine::{Command, EngineLimits, Event, FinishReason, GroupStats, Job};
 use super::sampler::Sampler;
@@ -31,6 +32,8 @@ struct Seq {
     generated: Vec<u32>,
     sampler: Sampler,
     params: SamplingParams,
+    /// The output constraint's state, when the request has one.
+    guide: Option<Guide>,
     events: UnboundedSender<Event>,
     /// Bytes of the generated text already streamed.
     emitted: usize,
@@ -95,6 +98,7 @@ impl Scheduler {
             id,
             sampler: Sampler::new(job.params.clone()),
             params: job.params,
+            guide: job.guide,
             prompt: job.prompt,
             cached: 0,
             generated: Vec::new(),
@@ -247,10 +251,11 @@ impl Scheduler {
 
     /// Advances running sequences, then the prompt chunks: a sequence whose
     /// prompt is complete samples its next token and streams the text it makes
-    /// final. Returns the sequences that finished, with why.
-    fn sample_and_stream(&mut self, steps: &[SeqStep], logits: &[Vec<f32>]) -> Vec<(u64, FinishReason)> {
+    /// final. Returns the sequences that ended, with why (or the error that
+    /// ended them).
+    fn sample_and_stream(&mut self, steps: &[SeqStep], logits: &[Vec<f32>]) -> Vec<(u64, Ended)> {
         let n_running = self.running.len();
-        let mut finished = Vec::new();
+        let mut ended = Vec::new();
         for (i, step) in steps.iter().enumerate() {
             let seq = if i < n_running {
                 &mut self.running[i]
@@ -265,18 +270,25 @@ impl Scheduler {
             if i < n_running {
                 seq.cached += 1;
             }
-            let token = seq.sampler.sample(&logits[i], &seq.prompt, &seq.generated);
+            let token = match sample(seq, &logits[i], &self.tokenizer, &self.label) {
+                Ok(t) => t,
+                Err(e) => {
+                    ended.push((seq.id, Ended::Failed(e)));
+                    continue;
+                }
+            };
             if seq.generated.is_empty() {
                 metrics::histogram!("tessera_model_time_to_first_token_seconds", "model" => self.label.clone())
                     .record(seq.submitted.elapsed().as_secs_f64());
             }
             seq.generated.push(token);
             metrics::counter!("tessera_model_generated_tokens_total", "model" => self.label.clone()).increment(1);
-            if let Some(reason) = advance(seq, token, &self.tokenizer) {
-                finished.push((seq.id, reason));
+            let complete = seq.guide.as_ref().is_some_and(Guide::is_complete);
+            if let Some(reason) = advance(seq, token, &self.tokenizer, complete) {
+                ended.push((seq.id, Ended::Finished(reason)));
             }
         }
-        finished
+        ended
     }
 
     /// Sequences whose prompt is done move from waiting to running.
@@ -293,8 +305,24 @@ impl Scheduler {
     }
 
     /// Ends finished sequences: the last event, span fields, and their caches freed next step.
-    fn finish(&mut self, finished: Vec<(u64, FinishReason)>) {
-        for (id, reason) in finished {
+    fn finish(&mut self, ended: Vec<(u64, Ended)>) {
+        for (id, how) in ended {
+            let reason = match how {
+                Ended::Finished(reason) => reason,
+                Ended::Failed(e) => {
+                    // It may have failed on its first token, still among the waiting.
+                    let s = match self.running.iter().position(|s| s.id == id) {
+                        Some(pos) => Some(self.running.remove(pos)),
+                        None => self.waiting.iter().position(|s| s.id == id).and_then(|p| self.waiting.remove(p)),
+                    };
+                    if let Some(s) = s {
+                        warn!(seq = id, error = %e, "generation failed");
+                        let _ = s.events.send(Event::Error(e));
+                        self.free.push(id);
+                    }
+                    continue;
+                }
+            };
             if let Some(pos) = self.running.iter().position(|s| s.id == id) {
                 let s = self.running.remove(pos);
                 s.span.record("completion_tokens", s.generated.len());
@@ -323,8 +351,46 @@ impl Scheduler {
     }
 }
 
-/// Streams the text that `token` makes final; returns why the sequence ends, if it does.
-fn advance(seq: &mut Seq, token: u32, tokenizer: &GgufTokenizer) -> Option<FinishReason> {
+/// How a sequence ended this step.
+enum Ended {
+    Finished(FinishReason),
+    /// The constraint engine failed; the message goes to the request.
+    Failed(String),
+}
+
+/// Tokens of the budget, at the end, in which a JSON constraint steers the
+/// output to its end (see [`Guide::mask`]): half of `max_tokens`, at least 8
+/// and at most 64 (closing a few nested objects with required keys, a pattern
+/// or an enum value still to spell out takes tens of tokens; a third of a
+/// 48-token budget left 3 of 20 outputs cut off in the test, half left none
+/// or one).
+fn closing_reserve(max_tokens: usize) -> usize {
+    (max_tokens / 2).clamp(8, 64)
+}
+
+/// The sequence's next token: its logits masked by its constraint, if any,
+/// then sampled; the constraint follows the token.
+fn sample(seq: &mut Seq, logits: &[f32], tokenizer: &GgufTokenizer, label: &str) -> Result<u32, String> {
+    let Some(guide) = seq.guide.as_mut() else {
+        return Ok(seq.sampler.sample(logits, &seq.prompt, &seq.generated));
+    };
+    let mut masked = logits.to_vec();
+    let left = seq.params.max_tokens.saturating_sub(seq.generated.len());
+    let started = Instant::now();
+    guide.mask(&mut masked, left <= closing_reserve(seq.params.max_tokens)).map_err(|e| e.to_string())?;
+    let token = seq.sampler.sample(&masked, &seq.prompt, &seq.generated);
+    // An end-of-generation token ends the sequence; the grammar needs no news of it.
+    if !tokenizer.end_of_generation.contains(&token) {
+        guide.commit(token).map_err(|e| e.to_string())?;
+    }
+    metrics::histogram!("tessera_model_constraint_seconds", "model" => label.to_string())
+        .record(started.elapsed().as_secs_f64());
+    Ok(token)
+}
+
+/// Streams the text that `token` makes final; returns why the sequence ends,
+/// if it does. `complete`: the sequence's constraint allows nothing more.
+fn advance(seq: &mut Seq, token: u32, tokenizer: &GgufTokenizer, complete: bool) -> Option<FinishReason> {
     let eog = tokenizer.end_of_generation.contains(&token);
     let visible = if eog { seq.generated.len() - 1 } else { seq.generated.len() };
     // Decode only the tokens after the last whole character; the text up to
@@ -341,6 +407,8 @@ fn advance(seq: &mut Seq, token: u32, tokenizer: &GgufTokenizer) -> Option<Finis
         (at, Some(FinishReason::Stop))
     } else if eog {
         (text.len(), Some(FinishReason::Eos))
+    } else if complete {
+        (text.len(), Some(FinishReason::Stop))
     } else if seq.generated.len() >= seq.params.max_tokens {
         (text.len(), Some(FinishReason::Length))
     } else {

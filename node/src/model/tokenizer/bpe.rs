@@ -60,3 +60,40 @@ pub(super) fn from_gguf(ct: &Content, tokens: &[String], types: &[u32]) -> Resul
     tokenizer.add_special_tokens(specials).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
     Ok(tokenizer)
 }
+
+/// The bytes of a byte-level BPE piece: GPT-2 writes each byte as a printable
+/// character (printable ASCII and Latin-1 stand for themselves, the other 68
+/// bytes for U+0100 onwards, in byte order). `None` when a character is not
+/// one of those 256 (the piece is not byte-level text).
+pub(super) fn piece_bytes(piece: &str) -> Option<Vec<u8>> {
+    piece.chars().map(byte_of_char).collect()
+}
+
+fn byte_of_char(c: char) -> Option<u8> {
+    let printable = |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+    let code = c as u32;
+    if printable(code) {
+        return Some(code as u8);
+    }
+    // The n-th non-printable byte is written as U+0100 + n.
+    let n = code.checked_sub(256)?;
+    (0u32..=255).filter(|&b| !printable(b)).nth(n as usize).map(|b| b as u8)
+}
+
+#[cfg(test)]
+mod byte_level_tests {
+    use super::piece_bytes;
+
+    #[test]
+    fn byte_level_pieces_map_back_to_their_bytes() {
+        assert_eq!(piece_bytes("hello").as_deref(), Some(&b"hello"[..]));
+        // Ġ is the space, Ċ the newline, ĉ the tab.
+        assert_eq!(piece_bytes("\u{120}world").as_deref(), Some(&b" world"[..]));
+        assert_eq!(piece_bytes("\u{10A}").as_deref(), Some(&b"\n"[..]));
+        assert_eq!(piece_bytes("\u{109}").as_deref(), Some(&b"\t"[..]));
+        assert_eq!(piece_bytes("\u{100}").as_deref(), Some(&[0u8][..]));
+        // "é" is two bytes, C3 A9, written as "Ã©".
+        assert_eq!(piece_bytes("\u{C3}\u{A9}").as_deref(), Some("é".as_bytes()));
+        assert_eq!(piece_bytes("\u{4E2D}"), None);
+    }
+}

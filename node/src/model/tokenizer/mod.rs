@@ -47,6 +47,8 @@ pub struct GgufTokenizer {
     /// Whether the model wants EOS appended to a prompt (`tokenizer.ggml.add_eos_token`).
     pub add_eos: bool,
     tokens: Vec<String>,
+    /// Control and user-defined tokens: markers, never text a grammar can spell.
+    special: Vec<bool>,
 }
 
 fn meta<'a>(ct: &'a Content, key: &str) -> Result<&'a Value, ModelError> {
@@ -107,7 +109,7 @@ impl GgufTokenizer {
                 let space_prefix = flag("tokenizer.ggml.add_space_prefix").unwrap_or(true);
                 let unknown =
                     id("tokenizer.ggml.unknown_token_id").or(Some(0)).filter(|&u| (u as usize) < tokens.len());
-                let vocab = SpmVocab::new(tokens.clone(), scores, types, space_prefix, unknown)?;
+                let vocab = SpmVocab::new(tokens.clone(), scores, types.clone(), space_prefix, unknown)?;
                 (Kind::Spm(Box::new(vocab)), true)
             }
             other => {
@@ -131,7 +133,9 @@ impl GgufTokenizer {
         }
         end_of_generation.sort_unstable();
         end_of_generation.dedup();
-        Ok(Self { kind, bos_id, eos_id, end_of_generation, add_bos, add_eos, tokens })
+        let special =
+            (0..tokens.len()).map(|i| matches!(types.get(i), Some(&TYPE_CONTROL) | Some(&TYPE_USER_DEFINED))).collect();
+        Ok(Self { kind, bos_id, eos_id, end_of_generation, add_bos, add_eos, tokens, special })
     }
 
     /// Token ids of `text`, special tokens recognised; BOS prepended (and
@@ -170,5 +174,36 @@ impl GgufTokenizer {
     /// Vocabulary size.
     pub fn vocab_size(&self) -> usize {
         self.tokens.len()
+    }
+
+    /// Ids of `text` as a continuation: no BOS or EOS added (what a grammar
+    /// engine asks for when it re-tokenizes text it forces).
+    pub fn encode_continuation(&self, text: &str) -> Result<Vec<u32>, ModelError> {
+        let mut ids = Vec::with_capacity(text.len() / 3 + 1);
+        match &self.kind {
+            Kind::Bpe(t) => {
+                let enc = t.encode_fast(text, false).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+                ids.extend_from_slice(enc.get_ids());
+            }
+            Kind::Spm(v) => v.encode_continuation(text, &mut ids)?,
+        }
+        Ok(ids)
+    }
+
+    /// The bytes token `id` adds to the text in the middle of an output, or
+    /// `None` for a control or user-defined token (a marker, not text).
+    /// Constrained decoding matches these bytes against the grammar, so they
+    /// are the raw bytes, not a decode: a byte-level token that holds half of
+    /// a UTF-8 character yields that half.
+    pub fn token_bytes(&self, id: u32) -> Option<Vec<u8>> {
+        let i = id as usize;
+        if self.special.get(i).copied().unwrap_or(true) {
+            return None;
+        }
+        let piece = self.tokens.get(i)?;
+        match &self.kind {
+            Kind::Bpe(_) => bpe::piece_bytes(piece),
+            Kind::Spm(v) => v.piece_bytes(id),
+        }
     }
 }

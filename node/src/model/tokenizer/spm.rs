@@ -113,7 +113,30 @@ impl SpmVocab {
 
     /// Ids of `text` (no BOS/EOS: the caller adds those).
     pub fn encode(&self, text: &str, out: &mut Vec<u32>) -> Result<(), ModelError> {
-        let mut prev_special = true;
+        self.encode_from(text, true, out)
+    }
+
+    /// Ids of `text` continuing an output: no space prefix (the text does not
+    /// start a sequence, so its spaces are only its own).
+    pub fn encode_continuation(&self, text: &str, out: &mut Vec<u32>) -> Result<(), ModelError> {
+        self.encode_from(text, false, out)
+    }
+
+    /// The bytes piece `id` adds to a text: `▁` as a space, a byte token as
+    /// its byte (see [`GgufTokenizer::token_bytes`](super::GgufTokenizer::token_bytes)).
+    pub fn piece_bytes(&self, id: u32) -> Option<Vec<u8>> {
+        let i = id as usize;
+        let piece = self.pieces.get(i)?;
+        match self.types.get(i).copied().unwrap_or(1) {
+            TYPE_CONTROL | TYPE_UNKNOWN => None,
+            TYPE_BYTE => parse_byte(piece).map(|b| vec![b]),
+            TYPE_USER_DEFINED => Some(piece.as_bytes().to_vec()),
+            _ => Some(piece.replace(SPACE, " ").into_bytes()),
+        }
+    }
+
+    fn encode_from(&self, text: &str, starts_sequence: bool, out: &mut Vec<u32>) -> Result<(), ModelError> {
+        let mut prev_special = starts_sequence;
         for fragment in self.partition(text) {
             match fragment {
                 Fragment::Special(id) => {

@@ -1,0 +1,160 @@
+//! Compiling constraints: one compiler per model group (it owns the grammar
+//! engine's view of that group's vocabulary), one compiled grammar per
+//! distinct constraint, cached, so a schema sent with every request is
+//! compiled once.
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+use llguidance::api::TopLevelGrammar;
+use llguidance::toktrie::{InferenceCapabilities, SimpleVob, TokEnv};
+use llguidance::{Matcher, ParserFactory, TokenParser};
+use serde_json::Value;
+
+use super::guide::{Closers, Guide};
+use super::vocabulary::Vocabulary;
+use super::{ConstraintError, OutputConstraint};
+use crate::model::GgufTokenizer;
+
+/// Compiled grammars kept per model group; the oldest leaves first.
+const CACHED_GRAMMARS: usize = 64;
+
+/// See the module documentation.
+pub struct ConstraintCompiler {
+    tokenizer: Arc<GgufTokenizer>,
+    /// The `model` label of its metrics.
+    label: String,
+    /// Built on the first constrained request: the token trie and the
+    /// engine's precomputed token classes take a walk over the vocabulary
+    /// (tens of milliseconds; more for 256k-token vocabularies) that requests
+    /// without constraints should not pay.
+    engine: OnceLock<Result<Engine, ConstraintError>>,
+    cache: Mutex<VecDeque<(OutputConstraint, TokenParser)>>,
+}
+
+struct Engine {
+    factory: ParserFactory,
+    closers: Arc<Closers>,
+}
+
+impl ConstraintCompiler {
+    /// A compiler for the group whose tokenizer this is, served as `label`.
+    pub fn new(tokenizer: Arc<GgufTokenizer>, label: &str) -> Self {
+        Self { tokenizer, label: label.to_string(), engine: OnceLock::new(), cache: Mutex::new(VecDeque::new()) }
+    }
+
+    fn engine(&self) -> Result<&Engine, ConstraintError> {
+        self.engine
+            .get_or_init(|| {
+                let started = Instant::now();
+                let env: TokEnv = Arc::new(Vocabulary::new(self.tokenizer.clone()));
+                let mut factory = ParserFactory::new(
+                    &env,
+                    InferenceCapabilities::default(),
+                    &llguidance::earley::SlicedBiasComputer::json_slices(),
+                )
+                .map_err(|e| ConstraintError::Failed(format!("building the grammar engine: {e}")))?;
+                // Errors come back as values with the request; nothing on stderr.
+                factory.quiet();
+                let closers = Arc::new(Closers::new(&self.tokenizer, env.tok_trie().vocab_size()));
+                tracing::info!(ms = started.elapsed().as_millis() as u64, "constrained decoding engine ready");
+                Ok(Engine { factory, closers })
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    /// A guide for one sequence under `constraint`: compiled now, or cloned
+    /// from the cache when the same constraint was compiled before.
+    pub fn guide(&self, constraint: &OutputConstraint) -> Result<Guide, ConstraintError> {
+        constraint.validate()?;
+        let engine = self.engine()?;
+        let parser = self.compiled(engine, constraint)?;
+        let matcher = Matcher::new(Ok(parser));
+        if let Some(e) = matcher.get_error() {
+            return Err(ConstraintError::Invalid(e));
+        }
+        let closers = constraint.is_json().then(|| engine.closers.clone());
+        Ok(Guide::new(matcher, closers))
+    }
+
+    /// Whether `constraint` is compiled and cached (for tests and metrics).
+    pub fn is_cached(&self, constraint: &OutputConstraint) -> bool {
+        self.cache.lock().map(|c| c.iter().any(|(k, _)| k == constraint)).unwrap_or(false)
+    }
+
+    /// A fresh parser for `constraint`: the cached compiled grammar, deep-cloned
+    /// so sequences never share parse state.
+    fn compiled(&self, engine: &Engine, constraint: &OutputConstraint) -> Result<TokenParser, ConstraintError> {
+        if let Ok(cache) = self.cache.lock() {
+            if let Some((_, p)) = cache.iter().find(|(k, _)| k == constraint) {
+                metrics::counter!("tessera_model_constraint_compiles_total", "cached" => "true", "model" => self.label.clone())
+                    .increment(1);
+                return Ok(p.deep_clone());
+            }
+        }
+        let started = Instant::now();
+        let parser = engine.factory.create_parser(grammar(constraint)?).map_err(|e| {
+            ConstraintError::Invalid(format!("the {} constraint does not compile: {e}", constraint.kind()))
+        })?;
+        metrics::histogram!("tessera_model_constraint_compile_seconds", "model" => self.label.clone())
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!("tessera_model_constraint_compiles_total", "cached" => "false", "model" => self.label.clone())
+            .increment(1);
+        if let Ok(mut cache) = self.cache.lock() {
+            if cache.len() >= CACHED_GRAMMARS {
+                cache.pop_front();
+            }
+            cache.push_back((constraint.clone(), parser.deep_clone()));
+        }
+        Ok(parser)
+    }
+}
+
+/// The grammar of a constraint.
+fn grammar(constraint: &OutputConstraint) -> Result<TopLevelGrammar, ConstraintError> {
+    Ok(match constraint {
+        OutputConstraint::JsonSchema(text) => {
+            let schema: Value = serde_json::from_str(text)
+                .map_err(|e| ConstraintError::Invalid(format!("the JSON schema is not JSON: {e}")))?;
+            TopLevelGrammar::from_json_schema(compact(schema))
+        }
+        OutputConstraint::JsonObject => {
+            TopLevelGrammar::from_json_schema(compact(serde_json::json!({"type": "object"})))
+        }
+        OutputConstraint::Regex(rx) => {
+            // The engine's own parse error is terse; this one names the place.
+            regex_syntax::Parser::new()
+                .parse(rx)
+                .map_err(|e| ConstraintError::Invalid(format!("the regex does not parse: {e}")))?;
+            TopLevelGrammar::from_regex(rx)
+        }
+        OutputConstraint::Choice(options) => {
+            let alternatives: Vec<String> = options.iter().map(|o| regex_syntax::escape(o)).collect();
+            TopLevelGrammar::from_regex(&alternatives.join("|"))
+        }
+    })
+}
+
+/// Asks for compact JSON (no optional whitespace) unless the schema says
+/// otherwise in `x-guidance`: a small model at a high temperature would
+/// otherwise spend its token budget on newlines and spaces the grammar allows.
+fn compact(mut schema: Value) -> Value {
+    if let Value::Object(map) = &mut schema {
+        map.entry("x-guidance").or_insert_with(|| serde_json::json!({"whitespace_flexible": false}));
+    }
+    schema
+}
+
+/// The tokens of `tokenizer` whose bytes all satisfy `keep`.
+pub(super) fn tokens_where(tokenizer: &GgufTokenizer, vocab: usize, keep: impl Fn(&[u8]) -> bool) -> SimpleVob {
+    let mut set = SimpleVob::alloc(vocab);
+    for id in 0..vocab as u32 {
+        if let Some(bytes) = tokenizer.token_bytes(id) {
+            if !bytes.is_empty() && keep(&bytes) {
+                set.allow_token(id);
+            }
+        }
+    }
+    set
+}
