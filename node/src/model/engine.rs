@@ -122,7 +122,7 @@ pub struct GroupStats {
 pub struct ModelGroup {
     jobs: SyncSender<Job>,
     tokenizer: Arc<GgufTokenizer>,
-    constraints: ConstraintCompiler,
+    constraints: Arc<ConstraintCompiler>,
     stats: Arc<GroupStats>,
     context_length: usize,
     world: usize,
@@ -204,7 +204,12 @@ impl ModelGroup {
                 })
                 .map_err(|e| ModelError::Io(e.to_string()))?,
         );
-        let constraints = ConstraintCompiler::new(tokenizer.clone(), name);
+        let constraints = Arc::new(ConstraintCompiler::new(tokenizer.clone(), name));
+        // The grammar engine's walk over the vocabulary (0.16 s for SmolLM2's
+        // 49k tokens, 1.2 s for Gemma's 262k) happens now, off the request
+        // path, not inside the first constrained request's gRPC handler.
+        let warm = constraints.clone();
+        let _ = std::thread::Builder::new().name("constraint-engine".into()).spawn(move || warm.prepare());
         Ok(Self { jobs, tokenizer, constraints, stats, context_length, world, threads })
     }
 

@@ -43,6 +43,14 @@ impl ConstraintCompiler {
         Self { tokenizer, label: label.to_string(), engine: OnceLock::new(), cache: Mutex::new(VecDeque::new()) }
     }
 
+    /// Builds the grammar engine now if it is not built yet (a request that
+    /// comes meanwhile waits for this build instead of starting its own).
+    pub fn prepare(&self) {
+        if let Err(e) = self.engine() {
+            tracing::warn!(error = %e, "constrained decoding is unavailable for this model");
+        }
+    }
+
     fn engine(&self) -> Result<&Engine, ConstraintError> {
         self.engine
             .get_or_init(|| {
