@@ -69,11 +69,32 @@ impl Coordinator {
 
     /// The token stream of the node serving the request's model.
     pub async fn model_stream(&self, req: pb::GenerateRequest) -> Result<tonic::Streaming<pb::GenerateChunk>> {
-        self.on_role_passing(NodeRole::Model, MODEL_NODE_PASSES, |mut c| {
-            let req = req.clone();
-            async move { c.generate(req).await }
-        })
-        .await
+        let r = self
+            .on_role_passing(NodeRole::Model, MODEL_NODE_PASSES, |mut c| {
+                let req = req.clone();
+                async move { c.generate(req).await }
+            })
+            .await;
+        self.naming_served_models(&req.model, r).await
+    }
+
+    /// A NOT_FOUND from the model nodes (every one was asked and none serves
+    /// `model`) reworded to list what the whole cluster serves: each node's
+    /// own message names only its own models.
+    async fn naming_served_models<T>(&self, model: &str, r: Result<T>) -> Result<T> {
+        match r {
+            Err(e) if e.code() == Code::NotFound => {
+                let served: Vec<String> = match self.served_models().await {
+                    Ok(models) => models.into_iter().map(|m| m.name).collect(),
+                    Err(_) => return Err(e),
+                };
+                Err(CoordinatorError::not_found(format!(
+                    "no model node serves the model '{model}' (served: {}; `default` names the first)",
+                    served.join(", ")
+                )))
+            }
+            other => other,
+        }
     }
 
     /// A whole greedy generation by `model` (chains' internal steps): the text and the finish reason.
@@ -121,7 +142,8 @@ impl Coordinator {
                 let req = req.clone();
                 async move { c.count_tokens(req).await }
             })
-            .await?;
+            .await;
+        let r = self.naming_served_models(&req.model, r).await?;
         Ok((r.counts.into_iter().map(|c| c as usize).collect(), r.context_length as usize))
     }
 }

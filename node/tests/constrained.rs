@@ -266,3 +266,54 @@ fn gemma_json_under_a_schema_validates() {
         assert!(validator.is_valid(&v), "{text:?}");
     }
 }
+
+/// Hostile constraints: each is refused with a message or compiles, quickly,
+/// and none panics or hangs the compiler (it runs on the request's thread).
+#[test]
+fn hostile_constraints_are_refused_or_compiled_quickly() {
+    let Some(path) = common::smollm_path() else { return };
+    let tokenizer = std::sync::Arc::new(load_tokenizer(&path).unwrap());
+    let compiler = tessera_node::model::constraint::ConstraintCompiler::new(tokenizer, "hostile");
+    let mut deep = json!({"type": "string"});
+    for _ in 0..100 {
+        deep = json!({"type": "object", "properties": {"a": deep}, "required": ["a"]});
+    }
+    let wide: serde_json::Map<String, Value> =
+        (0..2000).map(|i| (format!("k{i}"), json!({"type": "integer"}))).collect();
+    let cases = vec![
+        OutputConstraint::JsonSchema(deep.to_string()),
+        OutputConstraint::JsonSchema(json!({"type": "object", "properties": wide}).to_string()),
+        OutputConstraint::JsonSchema(json!({"$ref": "#"}).to_string()),
+        OutputConstraint::JsonSchema(json!({"$ref": "#/definitions/nope"}).to_string()),
+        OutputConstraint::JsonSchema(json!({"$ref": "http://example.com/schema.json"}).to_string()),
+        OutputConstraint::JsonSchema(json!({"type": "string", "minLength": 1_000_000_000u64}).to_string()),
+        OutputConstraint::JsonSchema(json!({"type": "string", "pattern": "(a*)*b"}).to_string()),
+        OutputConstraint::JsonSchema(json!({"type": "string", "pattern": "(?=lookahead)"}).to_string()),
+        OutputConstraint::JsonSchema(
+            json!({"enum": (0..5000).map(|i| format!("value-{i}")).collect::<Vec<_>>()}).to_string(),
+        ),
+        OutputConstraint::JsonSchema(json!({"anyOf": [{"type": "integer"}, {"not": {"type": "integer"}}]}).to_string()),
+        OutputConstraint::JsonSchema(json!({"type": "no-such-type"}).to_string()),
+        OutputConstraint::JsonSchema("[1, 2, 3]".into()),
+        OutputConstraint::JsonSchema("true".into()),
+        OutputConstraint::JsonSchema("false".into()),
+        OutputConstraint::JsonSchema("{".repeat(10_000)),
+        OutputConstraint::Regex("a{1000}{1000}".into()),
+        OutputConstraint::Regex("(x+x+)+y".into()),
+        OutputConstraint::Regex("\\p{NoSuchClass}".into()),
+        OutputConstraint::Regex("[".repeat(3000)),
+        OutputConstraint::Choice(vec!["\u{0}".into(), "\u{FFFF}".into(), "😀".repeat(100)]),
+    ];
+    for c in cases {
+        let label = format!("{c:?}").chars().take(80).collect::<String>();
+        let started = std::time::Instant::now();
+        match compiler.guide(&c) {
+            Ok(_) => eprintln!("compiled: {label}"),
+            Err(e) => {
+                assert!(!e.to_string().is_empty());
+                eprintln!("refused: {label}: {e}");
+            }
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "{label} took {:?}", started.elapsed());
+    }
+}

@@ -1,7 +1,7 @@
 //! The ask chain: history-aware retrieval-augmented generation.
 //!
 //! condense (follow-ups only) -> embed -> search -> prompt within the context
-//! window -> generate (streamed) -> parse (one JSON repair try) -> store the
+//! window -> generate (streamed) -> parse (JSON and regex generated constrained) -> store the
 //! turn (durable before the result is sent) -> summarise old turns (summary
 //! memory, in the background). Each step is timed; the times travel with the
 //! result so that latency can be broken down without a profiler.
@@ -62,7 +62,7 @@ impl Coordinator {
         let mut plan = self.plan(req)?;
         // "" / "default" means a node's first model, and model nodes are picked
         // round robin: name one now, so every step of this ask (token counts,
-        // condense, answer, repair, summary) uses the same model and tokenizer.
+        // condense, answer, summary) uses the same model and tokenizer.
         if tessera_types::names_default_model(&plan.req.model) {
             if let Ok(Some(m)) = self.model_info().await {
                 plan.req.model = m.name;

@@ -2,7 +2,8 @@
 //!
 //! Small models wrap JSON in prose or code fences, so the JSON parser takes the
 //! first JSON value anywhere in the output. A parse failure is reported with
-//! the raw text, never swallowed; the chain may give the model one repair try.
+//! the raw text, never swallowed; JSON and regex output is generated under
+//! the parser's [`OutputParser::constraint`], so it parses unless cut off.
 use serde_json::Value;
 use thiserror::Error;
 
@@ -36,7 +37,7 @@ pub enum OutputParser {
     Text,
     /// The first JSON value in the text, optionally checked against a schema.
     Json {
-        /// The schema source (for instructions and repair prompts) and its validator.
+        /// The schema source (for instructions and the constraint) and its validator.
         schema: Option<(Value, Box<jsonschema::Validator>)>,
     },
     /// Items, one per line (bullets and numbering removed) or comma-separated.
@@ -118,14 +119,6 @@ impl OutputParser {
             }
         };
         Some(tessera_proto::v1::OutputConstraint { kind: Some(kind) })
-    }
-
-    /// The schema, for repair prompts.
-    pub fn schema(&self) -> Option<&Value> {
-        match self {
-            Self::Json { schema: Some((s, _)) } => Some(s),
-            _ => None,
-        }
     }
 
     /// Parses `text`: `None` for text output, else the parsed value.
