@@ -70,7 +70,11 @@ async fn two_models_answer_by_name_and_unknown_names_are_not_found() {
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
     assert!(err.message().contains("llama-70b") && err.message().contains("gemma"), "{}", err.message());
     // The coordinator lists what every model node serves, not what the last one asked does.
-    assert!(err.message().contains("served: smol, gemma"), "{}", err.message());
+    assert!(
+        err.message().contains("no model node serves the model 'llama-70b' (served: smol, gemma"),
+        "{}",
+        err.message()
+    );
 
     // Each name counts with its own tokenizer; the node lists both, gemma at tp 2.
     let mut node = NodeClient::connect(server.internal_url()).await.unwrap();
