@@ -85,8 +85,9 @@ impl Guide {
     /// group of these stays: an end-of-generation token (the output is
     /// complete); inside a string, tokens that close it (then those that also
     /// start the next key); outside, closing brackets, then a separator. Where
-    /// none is allowed (a string below its `minLength`, a value to begin) the
-    /// model samples as usual. Without this a string a small model keeps
+    /// none is allowed (a string below its `minLength`, an enum value being
+    /// spelled, a value to begin) the longest allowed tokens stay, the model
+    /// choosing among them. Without this a string a small model keeps
     /// writing at a high temperature runs into `max_tokens` and leaves invalid
     /// JSON.
     pub fn mask(&mut self, logits: &mut [f32], closing: bool) -> Result<(), ConstraintError> {
@@ -124,6 +125,21 @@ impl Guide {
                 allowed.and(set);
                 return;
             }
+        }
+        // Nothing closes yet (an enum value or a pattern to spell out, a
+        // string below its minLength, a value to begin): the longest allowed
+        // tokens get there in the fewest steps.
+        if let Some(env) = &self.env {
+            let trie = env.tok_trie();
+            let mut longest = 0;
+            allowed.iter_set_entries(|id| longest = longest.max(trie.token_len(id as u32)));
+            let mut keep = SimpleVob::alloc(allowed.len());
+            allowed.iter_set_entries(|id| {
+                if trie.token_len(id as u32) == longest {
+                    keep.allow_token(id as u32);
+                }
+            });
+            allowed.and(&keep);
         }
     }
 
