@@ -139,6 +139,12 @@ fn templates_parsers_summary_memory_and_bad_input() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let parsed: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(parsed["word"].as_str().is_some_and(|w| !w.is_empty()), "{parsed}");
+    // A regex the grammar engine cannot constrain with (a word boundary) is
+    // generated free and parsed as before, not refused.
+    let out = run(with(&["--output", "regex", "--pattern", r"\b(?P<word>\w+)\b", "How do I stop a process?"]));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let parsed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(parsed["word"].as_str().is_some_and(|w| !w.is_empty()), "{parsed}");
     let out = run(with(&["--output", "list", "Which commands are documented?"]));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let items: Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -45,7 +45,16 @@ impl Coordinator {
             constraint: plan.parser.constraint(),
             ..Default::default()
         };
-        let mut stream = self.model_stream(gen).await?;
+        let mut stream = match self.model_stream(gen.clone()).await {
+            // A regex the grammar engine cannot compile (word boundaries,
+            // multi-line anchors, lookarounds) that the `regex` crate accepts:
+            // the answer is generated free and parsed as before.
+            Err(e) if e.code() == tonic::Code::InvalidArgument && plan.parser.kind() == "regex" => {
+                warn!(error = %e, "the output regex cannot constrain generation; generating unconstrained");
+                self.model_stream(pb::GenerateRequest { constraint: None, ..gen }).await?
+            }
+            r => r?,
+        };
         let mut answer = String::new();
         let mut last = pb::GenerateChunk::default();
         while let Some(chunk) = stream.message().await? {
@@ -138,8 +147,10 @@ impl Coordinator {
     /// Parses model output. JSON and regex output was generated under the
     /// parser's constraint (every caller sends [`OutputParser::constraint`]
     /// with the request), so it parses by construction unless `max_tokens`
-    /// cut it off, which is reported as such: there is no repair round trip.
-    /// Returns the text and the parsed value.
+    /// cut it off (or the schema uses a keyword the engine leaves
+    /// unenforced; a regex it cannot compile is generated free), which is
+    /// reported as such: there is no repair round trip. Returns the text and
+    /// the parsed value.
     pub(crate) fn parse_output(
         &self,
         parser: &OutputParser,
@@ -147,9 +158,9 @@ impl Coordinator {
     ) -> std::result::Result<(String, Option<Value>), OutputError> {
         match parser.parse(&text) {
             Ok(v) => Ok((text, v)),
-            Err(e) if parser.constraint().is_some() => Err(OutputError {
+            Err(e) if parser.kind() == "json" => Err(OutputError {
                 reason: format!(
-                    "{} (the output is constrained, so max_tokens ended it before it was complete)",
+                    "{} (the output was generated under the schema: max_tokens ended it early, or the schema uses a keyword the grammar engine does not enforce)",
                     e.reason
                 ),
                 raw: e.raw,

@@ -100,23 +100,16 @@ impl OutputParser {
 
     /// The constraint that makes the model's output parse by construction
     /// (tokens that cannot continue a valid output are masked at every step),
-    /// or `None` for parsers no grammar expresses (text, list). A regex's
-    /// `^` / `$` anchors are dropped: a constrained output is a whole match anyway.
+    /// or `None` for parsers no grammar expresses (text, list).
     pub fn constraint(&self) -> Option<tessera_proto::v1::OutputConstraint> {
         use tessera_proto::v1::output_constraint::Kind;
         let kind = match self {
             Self::Text | Self::List => return None,
             Self::Json { schema: None } => Kind::JsonObject(true),
             Self::Json { schema: Some((s, _)) } => Kind::JsonSchema(s.to_string()),
-            Self::Regex(re) => {
-                let p = re.as_str();
-                let p = p.strip_prefix('^').unwrap_or(p);
-                let p = match p.strip_suffix('$') {
-                    Some(q) if !q.ends_with('\\') => q,
-                    _ => p,
-                };
-                Kind::Regex(p.to_string())
-            }
+            // The grammar engine reads a leading `^` and trailing `$` as the
+            // whole-output anchors a constrained output has anyway.
+            Self::Regex(re) => Kind::Regex(re.as_str().to_string()),
         };
         Some(tessera_proto::v1::OutputConstraint { kind: Some(kind) })
     }

@@ -87,7 +87,19 @@ impl pb::node_server::Node for NodeService {
         let messages: Vec<ChatMessage> =
             convert::chat_messages(&req.messages).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let ids = model.prompt_ids(&req.prompt, &messages, req.raw).map_err(model_status)?;
-        let mut events = model.generate(ids, sampling_from_pb(&req)).map_err(model_status)?;
+        let params = sampling_from_pb(&req);
+        let mut events = if params.constraint.is_some() {
+            // Compiling a schema (ms; the first request after start may wait
+            // for the grammar engine's build, ~1 s on a 262k vocabulary) runs on
+            // a blocking thread, not on the runtime's worker.
+            let span = tracing::Span::current();
+            tokio::task::spawn_blocking(move || span.in_scope(|| model.generate(ids, params)))
+                .await
+                .map_err(|e| Status::internal(format!("compiling the constraint: {e}")))?
+        } else {
+            model.generate(ids, params)
+        }
+        .map_err(model_status)?;
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::GenerateChunk, Status>>(64);
         tokio::spawn(async move {
             // Dropping `events` (when the client goes away and `tx` fails) cancels the generation.

@@ -144,12 +144,16 @@ fn grammar(constraint: &OutputConstraint) -> Result<TopLevelGrammar, ConstraintE
     })
 }
 
-/// Asks for compact JSON (no optional whitespace) unless the schema says
-/// otherwise in `x-guidance`: a small model at a high temperature would
-/// otherwise spend its token budget on newlines and spaces the grammar allows.
+/// The grammar options unless the schema sets its own in `x-guidance`:
+/// compact JSON (no optional whitespace: a small model at a high temperature
+/// would otherwise spend its budget on newlines and spaces the grammar
+/// allows), and lenient, so keywords the engine does not implement (some
+/// `format`s, `minProperties`, `not`) are left unenforced instead of refusing
+/// a schema the `jsonschema` crate accepts; the ask chain and clients still
+/// validate the output against the whole schema.
 fn compact(mut schema: Value) -> Value {
     if let Value::Object(map) = &mut schema {
-        map.entry("x-guidance").or_insert_with(|| serde_json::json!({"whitespace_flexible": false}));
+        map.entry("x-guidance").or_insert_with(|| serde_json::json!({"whitespace_flexible": false, "lenient": true}));
     }
     schema
 }

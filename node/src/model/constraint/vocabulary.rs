@@ -2,7 +2,7 @@
 //! (control and user-defined tokens as markers it never matches against text).
 use std::sync::Arc;
 
-use llguidance::toktrie::{TokRxInfo, TokTrie, TokenId, TokenizerEnv};
+use llguidance::toktrie::{TokRxInfo, TokTrie, TokenId, TokenizerEnv, INVALID_TOKEN};
 
 use crate::model::GgufTokenizer;
 
@@ -17,7 +17,7 @@ impl Vocabulary {
     pub(super) fn new(tokenizer: Arc<GgufTokenizer>) -> Self {
         let n = tokenizer.vocab_size();
         let words: Vec<Vec<u8>> = (0..n as u32)
-            .map(|id| match tokenizer.token_bytes(id) {
+            .map(|id| match tokenizer.token_bytes(id).filter(|_| !tokenizer.end_of_generation.contains(&id)) {
                 Some(bytes) => bytes,
                 // The marker byte tells the trie this is a special token: it
                 // is never part of matched text, only allowed by name.
@@ -28,14 +28,18 @@ impl Vocabulary {
                 }
             })
             .collect();
-        let eos = tokenizer.eos_id.or_else(|| tokenizer.end_of_generation.first().copied()).unwrap_or(0);
-        let mut info = TokRxInfo::new(n as u32, eos);
-        info.tok_bos = tokenizer.bos_id;
+        // Only ids inside the vocabulary can end an output (the trie asserts
+        // it); a model that names none gets no EOS, not a stand-in id.
+        let n32 = n as u32;
+        let ends: Vec<TokenId> = tokenizer.end_of_generation.iter().copied().filter(|&id| id < n32).collect();
+        let eos = tokenizer.eos_id.filter(|&id| id < n32).or_else(|| ends.first().copied()).unwrap_or(INVALID_TOKEN);
+        let mut info = TokRxInfo::new(n32, eos);
+        info.tok_bos = tokenizer.bos_id.filter(|&id| id < n32);
         let mut trie = TokTrie::from(&info, &words);
         // Every end-of-generation token (EOS, end-of-turn) may end an output
         // the grammar accepts, not only the one EOS id.
-        if !tokenizer.end_of_generation.is_empty() {
-            trie = trie.with_eos_tokens(&tokenizer.end_of_generation);
+        if !ends.is_empty() {
+            trie = trie.with_eos_tokens(&ends);
         }
         Self { trie, tokenizer }
     }
