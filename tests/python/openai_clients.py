@@ -91,12 +91,12 @@ city_schema = {
     "required": ["city", "country", "population", "size"],
     "additionalProperties": False,
 }
+hot = {"model": chat_model, "temperature": 1.0}  # the whole distribution, as a user at temperature 1 gets
 for seed in range(5):
     r = client.chat.completions.create(
-        model=chat_model,
+        **hot,
         messages=[{"role": "user", "content": "Describe Paris as JSON."}],
         max_tokens=96,
-        temperature=1.0,
         seed=seed,
         response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": city_schema, "strict": True}},
     )
@@ -110,10 +110,9 @@ for seed in range(5):
     )
 parts = []
 for chunk in client.chat.completions.create(
-    model=chat_model,
+    **hot,
     messages=[{"role": "user", "content": "Give me a JSON object about cats."}],
     max_tokens=64,
-    temperature=1.0,
     seed=7,
     stream=True,
     response_format={"type": "json_object"},
@@ -132,10 +131,9 @@ class City(BaseModel):
 
 
 parsed = client.chat.completions.parse(
-    model=chat_model,
+    **hot,
     messages=[{"role": "user", "content": "Describe Tokyo."}],
     max_tokens=96,
-    temperature=1.0,
     seed=3,
     response_format=City,
 ).choices[0].message.parsed

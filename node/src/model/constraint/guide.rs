@@ -128,14 +128,24 @@ impl Guide {
         }
         // Nothing closes yet (an enum value or a pattern to spell out, a
         // string below its minLength, a value to begin): the longest allowed
-        // tokens get there in the fewest steps.
+        // tokens get there in the fewest steps. Not ones that open more
+        // (`,` `{` `[`) while others are allowed: `:"",` is longer than `:""`
+        // but starts another key, and then another (seen on Gemma's vocabulary).
         if let Some(env) = &self.env {
             let trie = env.tok_trie();
+            let opens = |id: usize| trie.token(id as u32).iter().any(|b| matches!(b, b',' | b'{' | b'['));
+            let mut any_closed = false;
+            allowed.iter_set_entries(|id| any_closed |= !opens(id));
+            let eligible = |id: usize| !any_closed || !opens(id);
             let mut longest = 0;
-            allowed.iter_set_entries(|id| longest = longest.max(trie.token_len(id as u32)));
+            allowed.iter_set_entries(|id| {
+                if eligible(id) {
+                    longest = longest.max(trie.token_len(id as u32));
+                }
+            });
             let mut keep = SimpleVob::alloc(allowed.len());
             allowed.iter_set_entries(|id| {
-                if trie.token_len(id as u32) == longest {
+                if eligible(id) && trie.token_len(id as u32) == longest {
                     keep.allow_token(id as u32);
                 }
             });
