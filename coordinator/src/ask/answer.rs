@@ -87,7 +87,7 @@ impl Coordinator {
         mut timings: pb::AskTimings,
     ) -> Result<pb::AskResult> {
         let Generated { mut answer, last } = generated;
-        let parsed = match self.parse_output(&plan.parser, answer.clone()) {
+        let parsed = match parse_output(&plan.parser, answer.clone()) {
             Ok((text, v)) => {
                 answer = text;
                 Ok(v)
@@ -144,31 +144,6 @@ impl Coordinator {
         });
     }
 
-    /// Parses model output. JSON and regex output was generated under the
-    /// parser's constraint (every caller sends [`OutputParser::constraint`]
-    /// with the request), so it parses by construction unless `max_tokens`
-    /// cut it off (or the schema uses a keyword the engine leaves
-    /// unenforced; a regex it cannot compile is generated free), which is
-    /// reported as such: there is no repair round trip. Returns the text and
-    /// the parsed value.
-    pub(crate) fn parse_output(
-        &self,
-        parser: &OutputParser,
-        text: String,
-    ) -> std::result::Result<(String, Option<Value>), OutputError> {
-        match parser.parse(&text) {
-            Ok(v) => Ok((text, v)),
-            Err(e) if parser.kind() == "json" => Err(OutputError {
-                reason: format!(
-                    "{} (the output was generated under the schema: max_tokens ended it early, or the schema uses a keyword the grammar engine does not enforce)",
-                    e.reason
-                ),
-                raw: e.raw,
-            }),
-            Err(e) => Err(e),
-        }
-    }
-
     /// Folds old turns into the session's summary.
     async fn summarize(&self, model: &str, session: &str, work: SummaryWork) -> Result<()> {
         let lines: Vec<String> = work.messages.iter().map(history_line).collect();
@@ -184,6 +159,30 @@ impl Coordinator {
             return Err(CoordinatorError::internal("the model wrote an empty summary"));
         }
         self.session_summarize(session, summary, work.upto).await
+    }
+}
+
+/// Parses model output. JSON and regex output was generated under the
+/// parser's constraint (every caller sends [`OutputParser::constraint`]
+/// with the request), so it parses by construction unless `max_tokens`
+/// cut it off (or the schema uses a keyword the engine leaves
+/// unenforced; a regex it cannot compile is generated free), which is
+/// reported as such: there is no repair round trip. Returns the text and
+/// the parsed value.
+pub(crate) fn parse_output(
+    parser: &OutputParser,
+    text: String,
+) -> std::result::Result<(String, Option<Value>), OutputError> {
+    match parser.parse(&text) {
+        Ok(v) => Ok((text, v)),
+        Err(e) if parser.kind() == "json" => Err(OutputError {
+            reason: format!(
+                "{} (the output was generated under the schema: max_tokens ended it early, or the schema uses a keyword the grammar engine does not enforce)",
+                e.reason
+            ),
+            raw: e.raw,
+        }),
+        Err(e) => Err(e),
     }
 }
 

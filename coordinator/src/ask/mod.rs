@@ -12,6 +12,7 @@
 //! This file validates a request into an [`AskPlan`] and runs the steps in order.
 
 mod answer;
+pub(crate) use answer::parse_output;
 mod history;
 mod window;
 

@@ -336,7 +336,7 @@ pub(crate) async fn chat_completions(
     if let Some((p, _)) = &json {
         text = match parsed {
             Some(v) => v, // the ask chain parsed it
-            None => match c.parse_output(p, text) {
+            None => match crate::ask::parse_output(p, text) {
                 Ok((text, v)) => v.map(|v| v.to_string()).unwrap_or(text),
                 Err(e) => {
                     return Err(ApiError::from(CoordinatorError::OutputParse(format!(

@@ -168,9 +168,9 @@ impl Scheduler {
             return Ok(());
         }
         let started = Instant::now();
-        let logits = self.forward(&steps, prefilling)?;
+        let mut logits = self.forward(&steps, prefilling)?;
         self.record_step(&steps, started);
-        let finished = self.sample_and_stream(&steps, &logits);
+        let finished = self.sample_and_stream(&steps, &mut logits);
         self.promote_prefilled();
         self.finish(finished);
         self.stats.cached_sequences.store(self.model.cached_sequences(), Ordering::Relaxed);
@@ -253,7 +253,7 @@ impl Scheduler {
     /// prompt is complete samples its next token and streams the text it makes
     /// final. Returns the sequences that ended, with why (or the error that
     /// ended them).
-    fn sample_and_stream(&mut self, steps: &[SeqStep], logits: &[Vec<f32>]) -> Vec<(u64, Ended)> {
+    fn sample_and_stream(&mut self, steps: &[SeqStep], logits: &mut [Vec<f32>]) -> Vec<(u64, Ended)> {
         let n_running = self.running.len();
         let mut ended = Vec::new();
         for (i, step) in steps.iter().enumerate() {
@@ -270,7 +270,7 @@ impl Scheduler {
             if i < n_running {
                 seq.cached += 1;
             }
-            let token = match sample(seq, &logits[i], &self.tokenizer, &self.label) {
+            let token = match sample(seq, &mut logits[i], &self.tokenizer, &self.label) {
                 Ok(t) => t,
                 Err(e) => {
                     ended.push((seq.id, Ended::Failed(e)));
@@ -368,17 +368,17 @@ fn closing_reserve(max_tokens: usize) -> usize {
     (max_tokens / 2).clamp(8, 64)
 }
 
-/// The sequence's next token: its logits masked by its constraint, if any,
-/// then sampled; the constraint follows the token.
-fn sample(seq: &mut Seq, logits: &[f32], tokenizer: &GgufTokenizer, label: &str) -> Result<u32, String> {
+/// The sequence's next token: its logits (this step's own, so masked in
+/// place) masked by its constraint, if any, then sampled; the constraint
+/// follows the token.
+fn sample(seq: &mut Seq, logits: &mut [f32], tokenizer: &GgufTokenizer, label: &str) -> Result<u32, String> {
     let Some(guide) = seq.guide.as_mut() else {
         return Ok(seq.sampler.sample(logits, &seq.prompt, &seq.generated));
     };
-    let mut masked = logits.to_vec();
     let left = seq.params.max_tokens.saturating_sub(seq.generated.len());
     let started = Instant::now();
-    guide.mask(&mut masked, left <= closing_reserve(seq.params.max_tokens)).map_err(|e| e.to_string())?;
-    let token = seq.sampler.sample(&masked, &seq.prompt, &seq.generated);
+    guide.mask(logits, left <= closing_reserve(seq.params.max_tokens)).map_err(|e| e.to_string())?;
+    let token = seq.sampler.sample(logits, &seq.prompt, &seq.generated);
     // An end-of-generation token ends the sequence; the grammar needs no news of it.
     if !tokenizer.end_of_generation.contains(&token) {
         guide.commit(token).map_err(|e| e.to_string())?;

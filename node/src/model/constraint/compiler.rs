@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use llguidance::api::TopLevelGrammar;
-use llguidance::toktrie::{InferenceCapabilities, SimpleVob, TokEnv};
+use llguidance::toktrie::{InferenceCapabilities, TokEnv};
 use llguidance::{Matcher, ParserFactory, TokenParser};
 use serde_json::Value;
 
@@ -64,7 +64,7 @@ impl ConstraintCompiler {
                 .map_err(|e| ConstraintError::Failed(format!("building the grammar engine: {e}")))?;
                 // Errors come back as values with the request; nothing on stderr.
                 factory.quiet();
-                let closers = Arc::new(Closers::new(&self.tokenizer, env.tok_trie().vocab_size()));
+                let closers = Arc::new(Closers::new(env.tok_trie()));
                 tracing::info!(ms = started.elapsed().as_millis() as u64, "constrained decoding engine ready");
                 Ok(Engine { factory, closers })
             })
@@ -156,17 +156,4 @@ fn compact(mut schema: Value) -> Value {
         map.entry("x-guidance").or_insert_with(|| serde_json::json!({"whitespace_flexible": false, "lenient": true}));
     }
     schema
-}
-
-/// The tokens of `tokenizer` whose bytes all satisfy `keep`.
-pub(super) fn tokens_where(tokenizer: &GgufTokenizer, vocab: usize, keep: impl Fn(&[u8]) -> bool) -> SimpleVob {
-    let mut set = SimpleVob::alloc(vocab);
-    for id in 0..vocab as u32 {
-        if let Some(bytes) = tokenizer.token_bytes(id) {
-            if !bytes.is_empty() && keep(&bytes) {
-                set.allow_token(id);
-            }
-        }
-    }
-    set
 }

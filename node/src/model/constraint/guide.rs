@@ -1,14 +1,11 @@
 //! One sequence's constraint: the token mask before each sample, the grammar
 //! advanced by each sampled token.
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use llguidance::toktrie::{SimpleVob, TokEnv};
+use llguidance::toktrie::{SimpleVob, TokEnv, TokTrie};
 use llguidance::Matcher;
 
-use super::compiler::tokens_where;
 use super::ConstraintError;
-use crate::model::GgufTokenizer;
 
 /// Tokens that end JSON values, which the guide prefers when the token
 /// budget runs low. Which ones depend on where the output is: inside a string
@@ -25,13 +22,25 @@ pub(crate) struct Closers {
 }
 
 impl Closers {
-    pub(super) fn new(tokenizer: &GgufTokenizer, vocab: usize) -> Self {
+    /// From the token bytes the trie already holds (special tokens there
+    /// start with a marker byte, so none of them lands in a set).
+    pub(super) fn new(trie: &TokTrie) -> Self {
         let closing = |b: &[u8], extra: &[u8]| b.iter().all(|c| matches!(c, b'"' | b'}' | b']') || extra.contains(c));
+        let tokens_where = |keep: &dyn Fn(&[u8]) -> bool| {
+            let mut set = trie.alloc_token_set();
+            for id in 0..trie.vocab_size() as u32 {
+                let bytes = trie.token(id);
+                if !bytes.is_empty() && keep(bytes) {
+                    set.allow_token(id);
+                }
+            }
+            set
+        };
         Self {
-            string_ends: tokens_where(tokenizer, vocab, |b| b[0] == b'"' && closing(b, b"")),
-            string_ends_then_next: tokens_where(tokenizer, vocab, |b| b[0] == b'"' && closing(b, b",")),
-            container_ends: tokens_where(tokenizer, vocab, |b| b.iter().all(|c| matches!(c, b'}' | b']'))),
-            separators: tokens_where(tokenizer, vocab, |b| b == b","),
+            string_ends: tokens_where(&|b| b[0] == b'"' && closing(b, b"")),
+            string_ends_then_next: tokens_where(&|b| b[0] == b'"' && closing(b, b",")),
+            container_ends: tokens_where(&|b| b.iter().all(|c| matches!(c, b'}' | b']'))),
+            separators: tokens_where(&|b| b == b","),
         }
     }
 }
@@ -67,15 +76,12 @@ pub struct Guide {
     closers: Option<Arc<Closers>>,
     cursor: JsonCursor,
     env: Option<TokEnv>,
-    /// Time spent computing masks, for the per-token cost.
-    mask_time: Duration,
-    masks: usize,
 }
 
 impl Guide {
     pub(super) fn new(matcher: Matcher, closers: Option<Arc<Closers>>) -> Self {
         let env = matcher.tok_env().ok();
-        Self { matcher, closers, cursor: JsonCursor::default(), env, mask_time: Duration::ZERO, masks: 0 }
+        Self { matcher, closers, cursor: JsonCursor::default(), env }
     }
 
     /// Sets the logits of tokens that cannot continue a valid output to −∞.
@@ -91,7 +97,6 @@ impl Guide {
     /// writing at a high temperature runs into `max_tokens` and leaves invalid
     /// JSON.
     pub fn mask(&mut self, logits: &mut [f32], closing: bool) -> Result<(), ConstraintError> {
-        let started = Instant::now();
         let mut allowed = self.matcher.compute_mask().map_err(|e| ConstraintError::Failed(e.to_string()))?;
         if allowed.is_zero() {
             return Err(ConstraintError::Failed("no token can continue the output".into()));
@@ -104,8 +109,6 @@ impl Guide {
                 *l = f32::NEG_INFINITY;
             }
         }
-        self.mask_time += started.elapsed();
-        self.masks += 1;
         Ok(())
     }
 
@@ -165,15 +168,6 @@ impl Guide {
     /// Whether the output is complete: the grammar allows nothing more.
     pub fn is_complete(&self) -> bool {
         self.matcher.is_stopped()
-    }
-
-    /// Mean time per mask so far.
-    pub fn mean_mask_time(&self) -> Duration {
-        if self.masks == 0 {
-            Duration::ZERO
-        } else {
-            self.mask_time / self.masks as u32
-        }
     }
 }
 
