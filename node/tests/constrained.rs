@@ -195,6 +195,47 @@ fn a_tight_budget_is_steered_to_a_complete_output() {
     assert!(valid >= n * 9 / 10, "only {valid} of {n} completed within 48 tokens:\n{}", failures.join("\n"));
 }
 
+/// An integer the schema leaves unbounded stays within +-(2^53 - 1), the
+/// range every JSON client reads exactly: asked to copy a 33-digit number,
+/// the model would write it all, which pydantic then refuses as an `int`.
+#[test]
+fn unbounded_integers_stay_in_the_range_clients_parse() {
+    let Some(path) = common::smollm_path() else { return };
+    let group = ModelGroup::start_local(&path, 1, EngineLimits::default()).unwrap();
+    let schema = json!({
+        "type": "object",
+        "properties": {"n": {"type": "integer"}, "m": {"type": ["integer", "null"]}},
+        "required": ["n", "m"],
+        "additionalProperties": false
+    });
+    let ids = prompt(
+        &path,
+        r#"Copy this JSON exactly: {"n":123456789012345678901234567890123,"m":-98765432109876543210987654321}"#,
+    );
+    let receivers: Vec<_> = (0..6)
+        .map(|i| {
+            let mut params = hot(40 + i, 64, constraint_of(&schema));
+            if i == 0 {
+                params.temperature = 0.0;
+            }
+            group.submit(ids.clone(), params).unwrap()
+        })
+        .collect();
+    let safe = (1i64 << 53) - 1;
+    for rx in receivers {
+        let (text, _, finish) = collect(rx);
+        assert!(invalid(&text, &schema).is_empty(), "{text:?} ({finish:?})");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        for key in ["n", "m"] {
+            if v[key].is_null() {
+                continue;
+            }
+            let n = v[key].as_i64().unwrap_or_else(|| panic!("{key} is not an i64 in {text:?}"));
+            assert!((-safe..=safe).contains(&n), "{key} = {n} is outside +-(2^53 - 1) in {text:?}");
+        }
+    }
+}
+
 #[test]
 fn regex_and_choice_outputs_match_exactly() {
     let Some(path) = common::smollm_path() else { return };

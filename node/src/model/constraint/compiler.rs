@@ -125,7 +125,7 @@ fn grammar(constraint: &OutputConstraint) -> Result<TopLevelGrammar, ConstraintE
         OutputConstraint::JsonSchema(text) => {
             let schema: Value = serde_json::from_str(text)
                 .map_err(|e| ConstraintError::Invalid(format!("the JSON schema is not JSON: {e}")))?;
-            TopLevelGrammar::from_json_schema(compact(schema))
+            TopLevelGrammar::from_json_schema(compact(interoperable_integers(schema)))
         }
         OutputConstraint::JsonObject => {
             TopLevelGrammar::from_json_schema(compact(serde_json::json!({"type": "object"})))
@@ -144,6 +144,52 @@ fn grammar(constraint: &OutputConstraint) -> Result<TopLevelGrammar, ConstraintE
     })
 }
 
+/// The largest integer every JSON parser reads exactly (2^53 - 1; RFC 8259
+/// section 6, I-JSON): beyond it JavaScript rounds, and Python clients such as
+/// pydantic read the literal as a float and then refuse it as an `int`.
+const JSON_SAFE_INTEGER: i64 = (1 << 53) - 1;
+
+/// Bounds every `"type": "integer"` that has no bound of its own to
+/// +-(2^53 - 1). Unbounded, the grammar allows any number of digits, and a
+/// small model at temperature 1 does write 36-digit "populations" that are
+/// valid JSON Schema but that the client's parser refuses. An explicit
+/// `minimum` / `maximum` (or exclusive one) is kept as given. Values under
+/// `const`, `enum`, `default` and `examples` are data, not schemas, and are
+/// left alone.
+fn interoperable_integers(mut schema: Value) -> Value {
+    bound_integers(&mut schema);
+    schema
+}
+
+fn bound_integers(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            let integer = match map.get("type") {
+                Some(Value::String(t)) => t == "integer",
+                Some(Value::Array(types)) => {
+                    types.iter().any(|t| t == "integer") && !types.iter().any(|t| t == "number")
+                }
+                _ => false,
+            };
+            if integer {
+                if !map.contains_key("minimum") && !map.contains_key("exclusiveMinimum") {
+                    map.insert("minimum".into(), Value::from(-JSON_SAFE_INTEGER));
+                }
+                if !map.contains_key("maximum") && !map.contains_key("exclusiveMaximum") {
+                    map.insert("maximum".into(), Value::from(JSON_SAFE_INTEGER));
+                }
+            }
+            for (key, child) in map.iter_mut() {
+                if !matches!(key.as_str(), "const" | "enum" | "default" | "examples") {
+                    bound_integers(child);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(bound_integers),
+        _ => {}
+    }
+}
+
 /// The grammar options unless the schema sets its own in `x-guidance`:
 /// compact JSON (no optional whitespace: a small model at a high temperature
 /// would otherwise spend its budget on newlines and spaces the grammar
@@ -156,4 +202,41 @@ fn compact(mut schema: Value) -> Value {
         map.entry("x-guidance").or_insert_with(|| serde_json::json!({"whitespace_flexible": false, "lenient": true}));
     }
     schema
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unbounded_integers_get_the_json_safe_range_and_data_is_left_alone() {
+        let schema = serde_json::json!({
+            "type": "object",
+            "properties": {
+                "a": {"type": "integer"},
+                "b": {"type": "integer", "minimum": 0},
+                "c": {"type": "integer", "exclusiveMaximum": 10},
+                "d": {"type": ["integer", "null"]},
+                "e": {"type": ["integer", "number"]},
+                "f": {"const": {"type": "integer"}},
+                "g": {"type": "array", "items": {"anyOf": [{"type": "integer"}, {"type": "string"}]}}
+            },
+            "$defs": {"h": {"type": "integer", "maximum": 5}}
+        });
+        let out = interoperable_integers(schema);
+        let p = &out["properties"];
+        assert_eq!(p["a"]["minimum"], -JSON_SAFE_INTEGER);
+        assert_eq!(p["a"]["maximum"], JSON_SAFE_INTEGER);
+        assert_eq!(p["b"]["minimum"], 0);
+        assert_eq!(p["b"]["maximum"], JSON_SAFE_INTEGER);
+        assert!(p["c"].get("maximum").is_none());
+        assert_eq!(p["c"]["minimum"], -JSON_SAFE_INTEGER);
+        assert_eq!(p["d"]["maximum"], JSON_SAFE_INTEGER);
+        assert!(p["e"].get("maximum").is_none(), "a number type is not narrowed to integers' range");
+        assert_eq!(p["f"]["const"], serde_json::json!({"type": "integer"}));
+        assert_eq!(p["g"]["items"]["anyOf"][0]["maximum"], JSON_SAFE_INTEGER);
+        assert_eq!(out["$defs"]["h"]["maximum"], 5);
+        assert_eq!(out["$defs"]["h"]["minimum"], -JSON_SAFE_INTEGER);
+        assert!(out.get("minimum").is_none(), "an object schema gets no bounds");
+    }
 }
