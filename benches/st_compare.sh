@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Embedder comparison on this machine, in one run: Tessera's candle embedder
+# Embedder comparison on this machine, in one run: Tessera's own BERT encoder
 # (benches/embedder.rs) and sentence-transformers on PyTorch CPU (benches/st_embed.py,
 # installed into benches/.venv by this script), same model, texts, batch sizes and
 # thread count. Prints both tables and the candle / PyTorch throughput ratio.
@@ -19,7 +19,7 @@ python3 - <<'PY'
 import json
 c = json.load(open("benches/results/embedder_candle.json"))
 s = {(r["texts"], r["batch"]): r for r in json.load(open("benches/results/embedder_st.json"))}
-print("| texts | batch | candle chunks/s | PyTorch chunks/s | candle / PyTorch |")
+print("| texts | batch | Tessera chunks/s | PyTorch chunks/s | Tessera / PyTorch |")
 print("|---|---:|---:|---:|---:|")
 for r in c:
     o = s[(r["texts"], r["batch"])]

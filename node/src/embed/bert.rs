@@ -5,11 +5,10 @@
 //! averaged over the attention mask, then divided by its L2 norm.
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config};
 use thiserror::Error;
 use tokenizers::{Encoding, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+
+use super::encoder::{BertEncoder, EncoderConfig};
 
 /// Why the embedder could not load or run.
 #[derive(Debug, Error)]
@@ -25,16 +24,22 @@ pub enum EmbedError {
     /// The tokenizer failed.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
-    /// candle failed.
+    /// The weights file could not be read as tensors (candle's safetensors reader).
     #[error("model: {0}")]
     Model(#[from] candle_core::Error),
+    /// A tensor is missing or has the wrong shape, or the config cannot be run.
+    #[error("model weights: {0}")]
+    Weights(String),
+    /// Input the model cannot take (an id outside the vocabulary, a text
+    /// longer than the position table).
+    #[error("embedder input: {0}")]
+    Input(String),
 }
 
 /// See the module documentation.
 pub struct BertEmbedder {
-    model: BertModel,
+    encoder: BertEncoder,
     tokenizer: Tokenizer,
-    device: Device,
     dimension: usize,
     max_tokens: usize,
     name: String,
@@ -48,14 +53,15 @@ impl BertEmbedder {
             let path = dir.join(name);
             std::fs::read_to_string(&path).map_err(|e| EmbedError::File { path, message: e.to_string() })
         };
-        let config: Config = serde_json::from_str(&read("config.json")?)
+        let config: EncoderConfig = serde_json::from_str(&read("config.json")?)
             .map_err(|e| EmbedError::File { path: dir.join("config.json"), message: e.to_string() })?;
         let dimension = config.hidden_size;
         let max_tokens = read("sentence_bert_config.json")
             .ok()
             .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
             .and_then(|v| v["max_seq_length"].as_u64())
-            .unwrap_or(256) as usize;
+            .unwrap_or(256)
+            .min(config.max_position_embeddings as u64) as usize; // truncation keeps texts within the position table
 
         let tokenizer_path = dir.join("tokenizer.json");
         let mut tokenizer = Tokenizer::from_file(&tokenizer_path)
@@ -72,16 +78,13 @@ impl BertEmbedder {
             .map_err(|e| EmbedError::Tokenizer(e.to_string()))?
             .with_padding(None);
 
-        let device = Device::Cpu;
         let weights = dir.join("model.safetensors");
         if !weights.exists() {
             return Err(EmbedError::File { path: weights, message: "not found".into() });
         }
-        // SAFETY: the weights file is memory-mapped read-only and not modified while loaded.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &device)? };
-        let model = BertModel::load(vb, &config)?;
+        let encoder = BertEncoder::load(&weights, config)?;
         let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("bert").to_string();
-        Ok(Self { model, tokenizer, device, dimension, max_tokens, name })
+        Ok(Self { encoder, tokenizer, dimension, max_tokens, name })
     }
 
     /// Output dimension (384 for all-MiniLM-L6-v2).
@@ -109,33 +112,11 @@ impl BertEmbedder {
         self.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| EmbedError::Tokenizer(e.to_string()))
     }
 
-    /// Embeds already tokenized texts in one forward pass, padding to the longest.
+    /// Embeds already tokenized texts in one forward pass (packed end to
+    /// end, no padding).
     pub fn embed_encodings(&self, encodings: &[&Encoding]) -> Result<Vec<Vec<f32>>, EmbedError> {
-        if encodings.is_empty() {
-            return Ok(Vec::new());
-        }
-        let len = encodings.iter().map(|e| e.get_ids().len()).max().unwrap_or(0).max(1);
-        let n = encodings.len();
-        let mut ids = Vec::with_capacity(n * len);
-        let mut mask = Vec::with_capacity(n * len);
-        for e in encodings {
-            let real = e.get_ids().len();
-            ids.extend(e.get_ids().iter().copied());
-            ids.extend(std::iter::repeat_n(0u32, len - real));
-            mask.extend(std::iter::repeat_n(1u32, real));
-            mask.extend(std::iter::repeat_n(0u32, len - real));
-        }
-        let ids = Tensor::from_vec(ids, (n, len), &self.device)?;
-        let mask = Tensor::from_vec(mask, (n, len), &self.device)?;
-        let types = ids.zeros_like()?;
-        let hidden = self.model.forward(&ids, &types, Some(&mask))?; // (n, len, dim)
-        let mask_f = mask.to_dtype(DType::F32)?.unsqueeze(2)?; // (n, len, 1)
-        let summed = hidden.broadcast_mul(&mask_f)?.sum(1)?; // (n, dim)
-        let counts = mask_f.sum(1)?.clamp(1e-9, f64::MAX)?; // (n, 1)
-        let mean = summed.broadcast_div(&counts)?;
-        let norm = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
-        let normalized = mean.broadcast_div(&norm)?;
-        Ok(normalized.to_vec2::<f32>()?)
+        let ids: Vec<&[u32]> = encodings.iter().map(|e| e.get_ids()).collect();
+        self.encoder.embed(&ids)
     }
 
     /// Tokenizes and embeds texts in one batch.
