@@ -22,6 +22,14 @@ pub struct EncoderConfig {
     /// Activation of the feed-forward block; only `gelu` (the exact, erf one) is built.
     #[serde(default = "default_act")]
     pub hidden_act: String,
+    /// `bert` here. RoBERTa-family checkpoints share the tensor names but
+    /// number positions from `padding_idx + 1`, so they would load and embed
+    /// wrongly; they are refused instead.
+    #[serde(default)]
+    pub model_type: Option<String>,
+    /// `absolute` (or absent): relative position variants are not built.
+    #[serde(default)]
+    pub position_embedding_type: Option<String>,
 }
 
 fn default_eps() -> f64 {
@@ -45,6 +53,18 @@ impl EncoderConfig {
                 "hidden_size {} is not divisible into {} attention heads",
                 self.hidden_size, self.num_attention_heads
             ));
+        }
+        if self.hidden_size == 0 || self.max_position_embeddings < 2 || self.vocab_size == 0 {
+            return Err(format!(
+                "hidden_size {}, max_position_embeddings {} and vocab_size {} cannot make an encoder",
+                self.hidden_size, self.max_position_embeddings, self.vocab_size
+            ));
+        }
+        if let Some(t) = self.model_type.as_deref().filter(|t| *t != "bert") {
+            return Err(format!("model_type {t:?} is not supported (only \"bert\")"));
+        }
+        if let Some(p) = self.position_embedding_type.as_deref().filter(|p| *p != "absolute") {
+            return Err(format!("position_embedding_type {p:?} is not supported (only \"absolute\")"));
         }
         if self.hidden_act != "gelu" {
             return Err(format!("hidden_act {:?} is not supported (only \"gelu\")", self.hidden_act));

@@ -120,6 +120,7 @@ pub fn matmul(
     assert!(k == 0 || a.len() >= (m - 1) * a_stride + k, "matmul: a is too short");
     assert!(k == 0 || b.len() >= (k - 1) * b_stride + n, "matmul: b is too short");
     assert!(dst.len() >= (m - 1) * dst_stride + n, "matmul: dst is too short");
+    assert!(m == 1 || dst_stride >= n, "matmul: dst rows overlap");
     let view = Strided { a: a.as_ptr(), a_rs: a_stride, a_cs: 1, b: b.as_ptr(), b_rs: b_stride, b_cs: 1 };
     // SAFETY: the asserts above keep every read of a and b and every write of dst inside the slices.
     unsafe { view.product(m, n, k, dst.as_mut_ptr(), dst_stride, accumulate, scale, parallelism(m, n, k)) }

@@ -79,7 +79,7 @@ unsafe impl Sync for Shared {}
 
 /// Rows `r0..r0 + r` (r <= 16) times columns `col..col + 16`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,f16c")]
+#[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn block(x: &[f32], r0: usize, r: usize, k: usize, w_t: &[f16], n: usize, col: usize, out: Shared) {
     use std::arch::x86_64::*;

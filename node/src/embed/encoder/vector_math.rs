@@ -7,8 +7,9 @@
 //! calls libm's `erf` per value and its softmax makes five passes.
 
 /// `e^x` to ~2 ulp for x in [-87, 88] (Cephes' `expf`: x = n ln 2 + r, a
-/// degree-6 polynomial in r, 2^n put into the exponent bits). Below -87 it
-/// returns ~0, never a NaN: the softmax feeds it x - max, which can be -inf.
+/// degree-6 polynomial in r, 2^n put into the exponent bits). Inputs are
+/// clamped to [-87, 88]: below, it returns e^-87 (~1.6e-38) instead of a
+/// denormal or 0; -inf gives that too, and NaN stays NaN.
 #[inline(always)]
 fn exp(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
