@@ -138,7 +138,11 @@ impl BertEncoder {
     /// then divided by the L2 norm.
     pub fn embed(&self, sequences: &[&[u32]]) -> Result<Vec<Vec<f32>>, EmbedError> {
         let h = self.config.hidden_size;
-        let (states, starts) = self.forward(sequences)?;
+        // The whole forward runs on a pool thread: every product and the
+        // attention fan out from there as local work, instead of each of the
+        // ~30 parallel steps of a pass being injected into the pool from the
+        // caller's (actor's blocking) thread and waking it again when done.
+        let (states, starts) = rayon::scope(|_| self.forward(sequences))?;
         Ok(starts
             .windows(2)
             .map(|w| {
