@@ -62,7 +62,6 @@ impl BertEmbedder {
             .and_then(|v| v["max_seq_length"].as_u64())
             .unwrap_or(256)
             .min(config.max_position_embeddings as u64) as usize; // truncation keeps texts within the position table
-        config.check().map_err(EmbedError::Weights)?;
         if max_tokens < 2 {
             // [CLS] and [SEP] alone take two; the tokenizer's truncation would underflow.
             return Err(EmbedError::Weights(format!("max_seq_length {max_tokens} leaves no room for [CLS] and [SEP]")));

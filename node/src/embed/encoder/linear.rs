@@ -37,18 +37,19 @@ impl Linear {
     }
 
     /// Several layers that read the same input as one (query, key and value):
-    /// their outputs side by side, so one product replaces three.
+    /// their outputs side by side, so one product replaces three. The f16
+    /// copies are joined the same way, not rounded again.
     pub fn concat(parts: &[Linear]) -> Self {
         let inputs = parts[0].inputs;
         let outputs: usize = parts.iter().map(|p| p.outputs).sum();
-        let mut weight_t = Vec::with_capacity(inputs * outputs);
-        for i in 0..inputs {
-            for p in parts {
-                weight_t.extend_from_slice(&p.weight_t[i * p.outputs..][..p.outputs]);
-            }
-        }
+        let weight_t = side_by_side(inputs, parts, |p| &p.weight_t);
+        let weight_t_f16 = if skinny::available(outputs) && parts.iter().all(|p| !p.weight_t_f16.is_empty()) {
+            side_by_side(inputs, parts, |p| &p.weight_t_f16)
+        } else {
+            Vec::new()
+        };
         let bias = parts.iter().flat_map(|p| p.bias.iter().copied()).collect();
-        Self::from_transposed(weight_t, bias, inputs, outputs)
+        Self { weight_t, weight_t_f16, bias, inputs, outputs }
     }
 
     /// Output width.
@@ -85,6 +86,18 @@ impl Linear {
             1.0,
         );
     }
+}
+
+/// The `[inputs, outputs]` matrices of `parts`, each row the parts' rows
+/// one after another.
+fn side_by_side<T: Copy>(inputs: usize, parts: &[Linear], matrix: impl Fn(&Linear) -> &[T]) -> Vec<T> {
+    let mut joined = Vec::with_capacity(inputs * parts.iter().map(|p| p.outputs).sum::<usize>());
+    for i in 0..inputs {
+        for p in parts {
+            joined.extend_from_slice(&matrix(p)[i * p.outputs..][..p.outputs]);
+        }
+    }
+    joined
 }
 
 /// Threads for one product: both cores once the product is large enough to

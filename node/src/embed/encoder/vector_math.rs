@@ -131,7 +131,7 @@ macro_rules! dispatched {
                     // SAFETY: the CPU has AVX-512F (checked just above).
                     return unsafe { wide($($arg),*) };
                 }
-                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                if crate::model::kernels::simd::avx2_fma() {
                     // SAFETY: the CPU has AVX2 and FMA (checked just above).
                     return unsafe { narrow($($arg),*) };
                 }
