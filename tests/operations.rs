@@ -56,6 +56,8 @@ fn metrics_after_traffic_dashboard_names_and_status_page() {
         r#"tessera_model_time_to_first_token_seconds_count{model="SmolLM2-135M-Instruct.Q4_1"}"#,
         r#"tessera_shard_filtered_searches_total{plan="scan"}"#,
         r#"tessera_shard_filtered_searches_total{plan="graph"}"#,
+        r#"tessera_shard_vector_searches_total{plan="scan"}"#,
+        r#"tessera_shard_vector_searches_total{plan="hnsw"}"#,
     ] {
         assert_eq!(sample(&fresh, series), 0.0, "{series} at start-up");
     }
@@ -94,6 +96,10 @@ fn metrics_after_traffic_dashboard_names_and_status_page() {
     assert!(
         sample(&s, r#"tessera_shard_filtered_searches_total{plan="scan"}"#) >= 1.0,
         "the filtered search was a scan of its matches"
+    );
+    assert!(
+        sample(&s, r#"tessera_shard_vector_searches_total{plan="scan"}"#) >= 1.0,
+        "the unfiltered search of a small shard was a full scan"
     );
     // `tessera ingest` uses the streaming form (progress), one call for the one folder.
     assert_eq!(sample(&s, r#"tessera_grpc_requests_total{method="/tessera.v1.Tessera/IngestStream",code="Ok"}"#), 1.0);

@@ -32,8 +32,13 @@ pub fn quantize(v: &[f32]) -> Code {
     Code { values: v.iter().map(|x| (x * inv).round().clamp(-127.0, 127.0) as i8).collect(), scale }
 }
 
+use rayon::prelude::*;
+
 /// No slot.
 const NONE: u32 = u32::MAX;
+
+/// Slots per parallel task of a full scan (1.5 MB of 384-dimension codes).
+const SCAN_BLOCK: usize = 4096;
 
 /// Codes scored ahead of the one being scored are fetched this far ahead.
 const PREFETCH_AHEAD: usize = 8;
@@ -46,6 +51,11 @@ pub struct QuantizedVectors {
     scales: Vec<f32>,
     /// Slot -> the chunk key it holds.
     keys: Vec<u64>,
+    /// Slot -> whether its chunk is a copy of another chunk's vector. A full
+    /// scan skips copies: their representative stands for them, and thousands
+    /// of copies of one boilerplate vector would otherwise fill the list of
+    /// candidates re-scored in f32 and push the true neighbours out of it.
+    copy: Vec<bool>,
     /// Chunk key -> slot (`NONE` for none). A table indexed by key, not a hash
     /// map: a scan walks a filter's keys in ascending order, so its lookups
     /// here are sequential reads instead of one cache miss each (a hash
@@ -54,16 +64,31 @@ pub struct QuantizedVectors {
     /// since the shard was opened empty.
     slot_of: Vec<u32>,
     avx2: bool,
+    vnni: bool,
 }
 
 impl QuantizedVectors {
     /// An empty set of `dimension`-dimensional codes.
     pub fn new(dimension: usize) -> Self {
         #[cfg(target_arch = "x86_64")]
-        let avx2 = std::arch::is_x86_feature_detected!("avx2");
+        let (avx2, vnni) = (
+            std::arch::is_x86_feature_detected!("avx2"),
+            std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vnni"),
+        );
         #[cfg(not(target_arch = "x86_64"))]
-        let avx2 = false;
-        Self { dimension, codes: Vec::new(), scales: Vec::new(), keys: Vec::new(), slot_of: Vec::new(), avx2 }
+        let (avx2, vnni) = (false, false);
+        Self {
+            dimension,
+            codes: Vec::new(),
+            scales: Vec::new(),
+            keys: Vec::new(),
+            copy: Vec::new(),
+            slot_of: Vec::new(),
+            avx2,
+            vnni,
+        }
     }
 
     /// Codes held.
@@ -84,6 +109,7 @@ impl QuantizedVectors {
             let at = slot * self.dimension;
             self.codes[at..at + self.dimension].copy_from_slice(&code.values);
             self.scales[slot] = code.scale;
+            self.copy[slot] = false;
             return;
         }
         let Ok(index) = usize::try_from(key) else { return };
@@ -92,8 +118,16 @@ impl QuantizedVectors {
         }
         self.slot_of[index] = self.keys.len() as u32;
         self.keys.push(key);
+        self.copy.push(false);
         self.codes.extend_from_slice(&code.values);
         self.scales.push(code.scale);
+    }
+
+    /// Marks `key`'s chunk as a copy of another chunk's vector (or not); see `copy`.
+    pub fn mark_copy(&mut self, key: u64, copy: bool) {
+        if let Some(slot) = self.slot(key) {
+            self.copy[slot] = copy;
+        }
     }
 
     /// Drops `key`'s code; the last slot moves into the hole, so the array stays dense.
@@ -105,10 +139,12 @@ impl QuantizedVectors {
             let moved = self.keys[last];
             self.codes.copy_within(last * self.dimension..(last + 1) * self.dimension, slot * self.dimension);
             self.scales[slot] = self.scales[last];
+            self.copy[slot] = self.copy[last];
             self.keys[slot] = moved;
             self.slot_of[moved as usize] = slot as u32;
         }
         self.keys.pop();
+        self.copy.pop();
         self.scales.pop();
         self.codes.truncate(last * self.dimension);
     }
@@ -139,6 +175,64 @@ impl QuantizedVectors {
         out
     }
 
+    /// The `keep` best chunks that are not copies, by int8 score against
+    /// `query`: (key, approximate cosine), in no particular order. Every code
+    /// is read once, in slot order (sequential memory, so the scan runs at
+    /// memory bandwidth), blocks of `SCAN_BLOCK` slots in parallel on rayon's
+    /// pool, each keeping its own list.
+    pub fn scan_distinct(&self, query: &Code, keep: usize) -> Vec<(u64, f32)> {
+        let slots = self.keys.len();
+        if keep == 0 || slots == 0 || query.values.len() != self.dimension {
+            return Vec::new();
+        }
+        let blocks: Vec<Vec<(u32, f32)>> = (0..slots.div_ceil(SCAN_BLOCK))
+            .into_par_iter()
+            .map(|b| self.scan_block(query, b * SCAN_BLOCK..((b + 1) * SCAN_BLOCK).min(slots), keep))
+            .collect();
+        let mut found: Vec<(u64, f32)> =
+            blocks.into_iter().flatten().map(|(slot, score)| (self.keys[slot as usize], score)).collect();
+        keep_best(&mut found, keep);
+        found
+    }
+
+    /// One block of [`QuantizedVectors::scan_distinct`]: its best `keep` slots.
+    fn scan_block(&self, query: &Code, slots: std::ops::Range<usize>, keep: usize) -> Vec<(u32, f32)> {
+        let mut dots = vec![0i32; slots.len()];
+        self.dots(&query.values, &self.codes[slots.start * self.dimension..slots.end * self.dimension], &mut dots);
+        // A list twice as long as needed, cut back to `keep` when full: one
+        // comparison per slot against the floor, a selection now and then.
+        let mut best: Vec<(u32, f32)> = Vec::with_capacity(2 * keep);
+        let mut floor = f32::NEG_INFINITY;
+        for (slot, dot) in slots.zip(dots) {
+            if self.copy[slot] {
+                continue;
+            }
+            let score = dot as f32 * query.scale * self.scales[slot];
+            if score >= floor {
+                best.push((slot as u32, score));
+                if best.len() == 2 * keep {
+                    best.select_nth_unstable_by(keep - 1, |a, b| b.1.total_cmp(&a.1));
+                    best.truncate(keep);
+                    floor = best[keep - 1].1;
+                }
+            }
+        }
+        best
+    }
+
+    /// Dot products of `query` with each code in `codes` (slot-major, `out.len()` of them).
+    fn dots(&self, query: &[i8], codes: &[i8], out: &mut [i32]) {
+        #[cfg(target_arch = "x86_64")]
+        if self.vnni {
+            // SAFETY: AVX-512 F/BW/VNNI were detected at construction.
+            unsafe { dots_vnni(query, codes, out) };
+            return;
+        }
+        for (code, out) in codes.chunks_exact(self.dimension).zip(out.iter_mut()) {
+            *out = self.dot(query, code);
+        }
+    }
+
     fn prefetch(&self, slot: usize) {
         #[cfg(target_arch = "x86_64")]
         {
@@ -155,11 +249,84 @@ impl QuantizedVectors {
 
     fn dot(&self, a: &[i8], b: &[i8]) -> i32 {
         #[cfg(target_arch = "x86_64")]
+        if self.vnni && a.len() == b.len() {
+            let mut out = [0i32];
+            // SAFETY: AVX-512 F/BW/VNNI were detected at construction.
+            unsafe { dots_vnni(a, b, &mut out) };
+            return out[0];
+        }
+        #[cfg(target_arch = "x86_64")]
         if self.avx2 {
             // SAFETY: AVX2 was detected at construction.
             return unsafe { dot_avx2(a, b) };
         }
         dot_plain(a, b)
+    }
+}
+
+/// Keeps the `keep` best of `found` (higher score first, then the smaller key; left unsorted).
+fn keep_best(found: &mut Vec<(u64, f32)>, keep: usize) {
+    if found.len() > keep && keep > 0 {
+        found.select_nth_unstable_by(keep - 1, |a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        found.truncate(keep);
+    }
+}
+
+/// Four codes at a time against one query, 64 components per step with
+/// `vpdpbusd` (u8 x i8 products summed in fours into i32 lanes). The
+/// instruction wants one unsigned operand: the code's sign bit is flipped
+/// (c + 128, as u8) and 128 x the query's component sum taken off at the end.
+/// Masked loads zero the tail of a dimension that is not a multiple of 64
+/// (a zeroed query lane adds nothing whatever the code lane holds).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn dots_vnni(query: &[i8], codes: &[i8], out: &mut [i32]) {
+    use std::arch::x86_64::*;
+    let dim = query.len();
+    if dim == 0 {
+        out.fill(0);
+        return;
+    }
+    let n = out.len().min(codes.len() / dim);
+    let bias: i32 = 128 * query.iter().map(|&x| x as i32).sum::<i32>();
+    let flip = _mm512_set1_epi8(i8::MIN);
+    // The 64-byte steps of a row and their load masks (all ones but the last step's).
+    let steps = (0..dim).step_by(64).map(|at| {
+        let len = (dim - at).min(64);
+        (at, if len == 64 { u64::MAX } else { (1u64 << len) - 1 })
+    });
+    // SAFETY (all loads below): slot s < n <= codes.len() / dim, and each
+    // masked load reads only the `len` bytes at `at..at + len` within a row.
+    let row = |s: usize, at: usize, mask: __mmask64| unsafe {
+        _mm512_xor_si512(_mm512_maskz_loadu_epi8(mask, codes.as_ptr().add(s * dim + at)), flip)
+    };
+    let mut s = 0;
+    while s + 4 <= n {
+        let (mut a0, mut a1, mut a2, mut a3) =
+            (_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512());
+        for (at, mask) in steps.clone() {
+            // SAFETY: at + len <= dim = query.len().
+            let q = unsafe { _mm512_maskz_loadu_epi8(mask, query.as_ptr().add(at)) };
+            a0 = _mm512_dpbusd_epi32(a0, row(s, at, mask), q);
+            a1 = _mm512_dpbusd_epi32(a1, row(s + 1, at, mask), q);
+            a2 = _mm512_dpbusd_epi32(a2, row(s + 2, at, mask), q);
+            a3 = _mm512_dpbusd_epi32(a3, row(s + 3, at, mask), q);
+        }
+        out[s] = _mm512_reduce_add_epi32(a0) - bias;
+        out[s + 1] = _mm512_reduce_add_epi32(a1) - bias;
+        out[s + 2] = _mm512_reduce_add_epi32(a2) - bias;
+        out[s + 3] = _mm512_reduce_add_epi32(a3) - bias;
+        s += 4;
+    }
+    while s < n {
+        let mut a = _mm512_setzero_si512();
+        for (at, mask) in steps.clone() {
+            // SAFETY: as above.
+            let q = unsafe { _mm512_maskz_loadu_epi8(mask, query.as_ptr().add(at)) };
+            a = _mm512_dpbusd_epi32(a, row(s, at, mask), q);
+        }
+        out[s] = _mm512_reduce_add_epi32(a) - bias;
+        s += 1;
     }
 }
 
@@ -240,5 +407,37 @@ mod tests {
         let b: Vec<i8> = (0..397).map(|i| ((i * 91 + 7) % 255) as u8 as i8).chain([-127, -127]).collect();
         let q = QuantizedVectors::new(a.len());
         assert_eq!(q.dot(&a, &b), dot_plain(&a, &b));
+    }
+
+    #[test]
+    fn the_full_scan_keeps_the_best_distinct_codes_on_every_kernel() {
+        for dim in [384, 100, 64, 7] {
+            let mut q = QuantizedVectors::new(dim);
+            let n = 2 * SCAN_BLOCK + 901; // three blocks, the last one short
+            for i in 0..n {
+                q.insert(i as u64, &unit(i, dim));
+            }
+            for i in (0..n as u64).step_by(3) {
+                q.mark_copy(i, true);
+            }
+            q.remove(5); // a hole filled by the last slot, its flag moved along
+            let query = quantize(&unit(123_456, dim));
+            let mut got = q.scan_distinct(&query, 50);
+            let mut want: Vec<(u64, f32)> =
+                (0..n as u64).filter(|i| i % 3 != 0 && *i != 5).map(|i| (i, q.score(&query, i).unwrap())).collect();
+            keep_best(&mut want, 50);
+            let order = |a: &(u64, f32), b: &(u64, f32)| a.0.cmp(&b.0);
+            got.sort_by(order);
+            want.sort_by(order);
+            assert_eq!(got, want, "dimension {dim}");
+            // Each kernel the machine has gives the portable dot products.
+            let mut fast = vec![0i32; n - 1];
+            q.dots(&query.values, &q.codes, &mut fast);
+            let plain: Vec<i32> = q.codes.chunks_exact(dim).map(|c| dot_plain(&query.values, c)).collect();
+            assert_eq!(fast, plain, "dimension {dim}");
+            q.vnni = false;
+            q.dots(&query.values, &q.codes, &mut fast);
+            assert_eq!(fast, plain, "dimension {dim}, without VNNI");
+        }
     }
 }

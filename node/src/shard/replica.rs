@@ -34,6 +34,9 @@ pub(super) fn register_metrics_at_zero() {
     for plan in [FilterPlan::Scan, FilterPlan::Graph, FilterPlan::Exact, FilterPlan::PostFilter] {
         metrics::counter!("tessera_shard_filtered_searches_total", "plan" => plan.label()).absolute(0);
     }
+    for plan in ["scan", "hnsw", "exact"] {
+        metrics::counter!("tessera_shard_vector_searches_total", "plan" => plan).absolute(0);
+    }
 }
 
 /// Which index answers a query (Hybrid: both lists, fused later over all shards by the coordinator).
@@ -447,29 +450,35 @@ impl Shard {
         Ok(results)
     }
 
-    /// Exact (brute force) when asked for or when the shard holds at most
-    /// `exact_below` chunks; HNSW with a candidate list scaled with k otherwise.
-    /// With a filter, the planner counts the distinct vectors among the matches
-    /// (bounded from bitmaps, counted only when the bounds disagree) and scans them when there are at
-    /// most `SCAN_FILTER_LIMIT` or the shard is small, post-filters an
-    /// unfiltered search when it keeps at least `POST_FILTER_SHARE` of the
-    /// shard, else walks the graph with the filter; `exact: true` scores every
-    /// match in f32. Exact search
-    /// is what recall is measured against, so below the limits the index loses
-    /// nothing; the limits are where brute force stops being as fast
-    /// (BENCHMARKS.md).
+    /// Without a filter: exact f32 brute force when asked for (`exact: true`);
+    /// a full scan of the int8 codes with the best candidates re-scored in
+    /// f32 when the shard holds at most `exact_below` chunks; HNSW with a
+    /// candidate list scaled with k above. With a filter, the planner counts
+    /// the distinct vectors among the matches (bounded from bitmaps, counted
+    /// only when the bounds disagree) and scans them when there are at most
+    /// `SCAN_FILTER_LIMIT` or the shard is small, post-filters an unfiltered
+    /// search when it keeps at least `POST_FILTER_SHARE` of the shard, else
+    /// walks the graph with the filter; `exact: true` scores every match in
+    /// f32. Exact search is what recall is measured against, so below the
+    /// limits the index loses nothing the int8 error does not reorder; the
+    /// limits are where a scan stops being as fast as the graph (BENCHMARKS.md).
     fn vector_search(&self, q: &ShardQuery, allowed: Option<&RoaringTreemap>) -> Result<Vec<(u64, f32)>, ShardError> {
         if q.vector.len() != self.dimension {
             return Err(ShardError::Dimension { expected: self.dimension, got: q.vector.len() });
         }
-        let exact = q.exact || self.chunks.len() <= q.settings.exact_below as usize;
+        let small = self.chunks.len() <= q.settings.exact_below as usize;
+        let exact = q.exact || small;
         let ef = q.settings.ef_for(q.top_k);
         let Some(allowed) = allowed else {
-            return if exact {
-                self.vectors.exact_search(&q.vector, q.top_k)
+            let (plan, found) = if q.exact {
+                ("exact", self.vectors.exact_search(&q.vector, q.top_k)?)
+            } else if small {
+                ("scan", self.vectors.scan_search(&q.vector, q.top_k))
             } else {
-                self.vectors.search(&q.vector, q.top_k, ef)
+                ("hnsw", self.vectors.search(&q.vector, q.top_k, ef)?)
             };
+            metrics::counter!("tessera_shard_vector_searches_total", "plan" => plan).increment(1);
+            return Ok(found);
         };
         if allowed.is_empty() {
             return Ok(Vec::new());
