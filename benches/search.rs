@@ -14,7 +14,10 @@
 //! list length: mean recall@10 and the fraction of queries whose whole exact top
 //! 10 came back (the recall issue's criterion), with p50 latency.
 //!
-//! Run: cargo test --bench search -- [--sizes 10000,100000] [--base 2000] [--queries 500] [--dup 0.2] [--efs 128,256]
+//! `--firsts 1000,5000` adds the staged scan (sign bits, int8, f32) at each
+//! first-stage list length, beside the default's own choice.
+//!
+//! Run: cargo test --bench search -- [--sizes 10000,100000] [--base 2000] [--queries 500] [--dup 0.2] [--efs 128,256] [--firsts 1000,5000]
 mod common;
 
 use std::time::{Duration, Instant};
@@ -46,6 +49,8 @@ fn main() {
     let dup: f64 = arg("--dup", 0.0);
     let efs: String = arg("--efs", String::new());
     let efs: Vec<u32> = efs.split(',').filter_map(|s| s.parse().ok()).collect();
+    let firsts: String = arg("--firsts", String::new());
+    let firsts: Vec<usize> = firsts.split(',').filter_map(|s| s.parse().ok()).collect();
     let mut sweep_rows: Vec<String> = Vec::new();
     let mut filter_rows: Vec<String> = Vec::new();
     let model =
@@ -120,7 +125,7 @@ fn main() {
         // The two vector paths the default chooses between, forced.
         let forced = |v: &Vec<f32>, exact: bool| ShardQuery {
             exact,
-            settings: SearchSettings { exact_below: 0, ..SearchSettings::default() },
+            settings: SearchSettings { exact_below: 0, binary_below: 0, ..SearchSettings::default() },
             ..query(v, "", SearchMode::Vector, Filter::default())
         };
 
@@ -171,6 +176,7 @@ fn main() {
                 ("scan (int8, re-scored)", FilterPlan::Scan),
                 ("graph", FilterPlan::Graph),
                 ("post-filter", FilterPlan::PostFilter),
+                ("staged (sign bits, int8, f32)", FilterPlan::Staged),
                 ("exact f32", FilterPlan::Exact),
             ];
             for (plan_name, plan) in plans {
@@ -233,12 +239,17 @@ fn main() {
         let mut lists: Vec<(String, SearchSettings)> = vec![
             ("default".into(), SearchSettings::default()),
             ("full int8 scan".into(), SearchSettings { exact_below: u32::MAX, ..SearchSettings::default() }),
+            (
+                "staged: sign bits, int8, f32".into(),
+                SearchSettings { exact_below: 0, binary_below: u32::MAX, ..SearchSettings::default() },
+            ),
         ];
-        lists.extend(
-            efs.iter().map(|&ef| {
-                (ef.to_string(), SearchSettings { exact_below: 0, hnsw_ef: ef, ..SearchSettings::default() })
-            }),
-        );
+        lists.extend(efs.iter().map(|&ef| {
+            (
+                ef.to_string(),
+                SearchSettings { exact_below: 0, binary_below: 0, hnsw_ef: ef, ..SearchSettings::default() },
+            )
+        }));
         for (ef, settings) in lists {
             let at = |q: &Vec<f32>| ShardQuery { settings, ..query(q, "", SearchMode::Vector, Filter::default()) };
             let (mut hit, mut all, mut complete) = (0usize, 0usize, 0usize);
@@ -253,6 +264,27 @@ fn main() {
             });
             sweep_rows.push(format!(
                 "| {size} | {ef} | {:.4} | {:.4} | {:.2} | {:.2} |",
+                hit as f64 / all.max(1) as f64,
+                complete as f64 / queries.len().max(1) as f64,
+                percentile_ms(&t, 50.0),
+                percentile_ms(&t, 99.0)
+            ));
+        }
+        // The staged scan at each first-stage list length.
+        for &first in &firsts {
+            let (mut hit, mut all, mut complete) = (0usize, 0usize, 0usize);
+            for (q, exact) in queries.iter().zip(&exacts) {
+                let got: Vec<f32> = shard.staged_search(q, 10, first).into_iter().map(|(_, s)| s).collect();
+                let n = found(&got, exact);
+                hit += n;
+                all += exact.len();
+                complete += usize::from(n == exact.len());
+            }
+            let t = time(&|i| {
+                shard.staged_search(&queries[i], 10, first);
+            });
+            sweep_rows.push(format!(
+                "| {size} | staged, first {first} | {:.4} | {:.4} | {:.2} | {:.2} |",
                 hit as f64 / all.max(1) as f64,
                 complete as f64 / queries.len().max(1) as f64,
                 percentile_ms(&t, 50.0),

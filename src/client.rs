@@ -81,12 +81,13 @@ pub async fn collections(cmd: CollectionsCmd) -> anyhow::Result<()> {
             bm25_b,
             hnsw_ef,
             exact_below,
+            binary_below,
             fusion_depth,
             server,
         } => {
             let mut c = connect(&server).await?;
             // An absent flag is an absent field: the server's default.
-            let settings = pb::SearchSettings { bm25_k1, bm25_b, hnsw_ef, exact_below, fusion_depth };
+            let settings = pb::SearchSettings { bm25_k1, bm25_b, hnsw_ef, exact_below, binary_below, fusion_depth };
             let request = pb::CreateCollectionRequest { name, shards, replication, settings: Some(settings) };
             let info = rpc(c.create_collection(request).await)?;
             println!(

@@ -95,9 +95,12 @@ enum CollectionsCmd {
         /// HNSW candidate list floor (default 128; at least 8 x top_k is used).
         #[arg(long)]
         hnsw_ef: Option<u32>,
-        /// Shards with at most this many chunks are searched by a full int8 scan, re-scored in f32 (default 100000); larger ones by HNSW.
+        /// Shards with at most this many chunks are searched by a full int8 scan, re-scored in f32 (default 100000).
         #[arg(long)]
         exact_below: Option<u32>,
+        /// Larger shards with at most this many chunks are searched by sign bits, then int8, then f32 (default 4000000); larger ones by HNSW.
+        #[arg(long)]
+        binary_below: Option<u32>,
         /// Hybrid: candidates from each side before fusion (default 50; at least 4 x top_k).
         #[arg(long)]
         fusion_depth: Option<u32>,

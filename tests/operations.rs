@@ -58,6 +58,8 @@ fn metrics_after_traffic_dashboard_names_and_status_page() {
         r#"tessera_shard_filtered_searches_total{plan="graph"}"#,
         r#"tessera_shard_vector_searches_total{plan="scan"}"#,
         r#"tessera_shard_vector_searches_total{plan="hnsw"}"#,
+        r#"tessera_shard_vector_searches_total{plan="staged"}"#,
+        r#"tessera_shard_filtered_searches_total{plan="staged"}"#,
     ] {
         assert_eq!(sample(&fresh, series), 0.0, "{series} at start-up");
     }

@@ -57,6 +57,21 @@ fn recall(shard: &Shard, queries: &[Vec<f32>], settings: SearchSettings) -> (f64
     (found as f64 / total.max(1) as f64, complete as f64 / queries.len().max(1) as f64)
 }
 
+/// [`recall`] of the staged scan with a first-stage list of `first`.
+fn staged_recall(shard: &Shard, queries: &[Vec<f32>], first: usize) -> (f64, f64) {
+    let (mut found, mut total, mut complete) = (0usize, 0usize, 0usize);
+    for q in queries {
+        let exact = shard.search(&query(q, SearchSettings::default(), true)).unwrap().vector;
+        let got = shard.staged_search(q, 10, first);
+        let tenth = exact.last().map(|h| h.score).unwrap_or(f32::MIN);
+        let n = got.iter().filter(|(_, s)| *s >= tenth - 1e-6).count().min(exact.len());
+        found += n;
+        total += exact.len();
+        complete += usize::from(n == exact.len());
+    }
+    (found as f64 / total.max(1) as f64, complete as f64 / queries.len().max(1) as f64)
+}
+
 #[test]
 fn default_and_hnsw_search_find_what_exact_search_finds_on_duplicated_clustered_real_text() {
     let Some(dir) = common::minilm_dir() else { return };
@@ -138,8 +153,23 @@ fn default_and_hnsw_search_find_what_exact_search_finds_on_duplicated_clustered_
     }
 
     let (default, default_whole) = recall(&shard, &queries, SearchSettings::default());
-    let (hnsw, _) = recall(&shard, &queries, SearchSettings { exact_below: 0, ..SearchSettings::default() });
-    let (old, _) = recall(&shard, &queries, SearchSettings { exact_below: 0, hnsw_ef: 1, ..SearchSettings::default() });
+    let (hnsw, _) =
+        recall(&shard, &queries, SearchSettings { exact_below: 0, binary_below: 0, ..SearchSettings::default() });
+    let (old, _) = recall(
+        &shard,
+        &queries,
+        SearchSettings { exact_below: 0, binary_below: 0, hnsw_ef: 1, ..SearchSettings::default() },
+    );
+    // The staged scan (sign bits, int8, f32), with first-stage lists of a
+    // small share of the shard, so that the sign bits' ranking is what is tested.
+    let staged: Vec<(usize, f64, f64)> = [size / 50, size / 20]
+        .iter()
+        .map(|&first| (first, staged_recall(&shard, &queries, first)))
+        .map(|(f, (r, w))| (f, r, w))
+        .collect();
+    eprintln!("staged scan (first-stage list, recall@10, whole top 10): {staged:?}");
+    let (first, _, whole) = staged[1];
+    assert!(whole >= 0.995, "staged scan passing {first} on: the whole exact top 10 for only {whole:.4} of queries");
     eprintln!(
         "{size} chunks, {} queries: recall@10 default {default:.4} (whole top 10 for {default_whole:.4} of queries), \
          HNSW scaled ef {hnsw:.4}, HNSW ef 80 {old:.4}",

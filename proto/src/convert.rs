@@ -47,6 +47,7 @@ impl From<pb::SearchSettings> for SearchSettings {
             bm25_b: s.bm25_b.unwrap_or(d.bm25_b),
             hnsw_ef: s.hnsw_ef.unwrap_or(d.hnsw_ef),
             exact_below: s.exact_below.unwrap_or(d.exact_below),
+            binary_below: s.binary_below.unwrap_or(d.binary_below),
             fusion_depth: s.fusion_depth.unwrap_or(d.fusion_depth),
         }
     }
@@ -59,6 +60,7 @@ impl From<SearchSettings> for pb::SearchSettings {
             bm25_b: Some(s.bm25_b),
             hnsw_ef: Some(s.hnsw_ef),
             exact_below: Some(s.exact_below),
+            binary_below: Some(s.binary_below),
             fusion_depth: Some(s.fusion_depth),
         }
     }

@@ -102,8 +102,14 @@ pub struct SearchSettings {
     pub hnsw_ef: u32,
     /// Shards with at most this many chunks are searched by a full scan of
     /// their int8 codes, the best candidates re-scored exactly in f32 (what
-    /// exact search finds, up to the int8 error); larger ones through HNSW.
+    /// exact search finds, up to the int8 error); larger ones by the staged
+    /// scan up to `binary_below`.
     pub exact_below: u32,
+    /// Shards above `exact_below` and with at most this many chunks are
+    /// searched by a staged scan: every chunk's sign bits, the best
+    /// candidates by their int8 codes, the best of those exactly in f32.
+    /// Larger shards go through HNSW (0: never scan in stages).
+    pub binary_below: u32,
     /// Hybrid: candidates taken from each side before fusion (at least 4 x top_k).
     pub fusion_depth: u32,
 }
@@ -120,12 +126,32 @@ impl SearchSettings {
     /// returned the whole exact top 10 for every query, HNSW 0.4-1.1 ms and
     /// 88-95 % of queries; at 1M the scan took 24 ms, so larger shards walk the graph.
     pub const EXACT_BELOW: u32 = 100_000;
+    /// Default staged-scan size limit per shard. Measured (BENCHMARKS.md,
+    /// "Staged scan"): at 1M clustered chunks 7.5 ms p50 with the whole exact
+    /// top 10 for every query, where HNSW at ef 1024 took 6 ms and missed
+    /// part of it for 3.5 % of queries; the scan grows linearly (~15 ms at
+    /// 2M), so larger shards walk the graph.
+    pub const BINARY_BELOW: u32 = 2_000_000;
+    /// Floor of the staged scan's first-stage list (at 300k chunks, 3,000
+    /// passed on gave the whole exact top 10 for 99.5 % of queries, no margin).
+    pub const BINARY_FIRST: usize = 5_000;
+    /// The staged scan's first stage keeps one chunk in this many. Measured at
+    /// 1M: one in 200 gave the whole exact top 10 for 99.5 % of queries, one
+    /// in 100 for all of them (0.5 ms more).
+    pub const BINARY_SHARE: usize = 100;
     /// Default hybrid fusion depth floor.
     pub const FUSION_DEPTH: u32 = 50;
 
     /// The HNSW candidate list for a search of `k`.
     pub fn ef_for(&self, k: usize) -> usize {
         (self.hnsw_ef as usize).max(8 * k)
+    }
+
+    /// Candidates the staged scan's sign-bit stage passes on to int8 re-scoring
+    /// in a shard of `chunks`: the rank sign bits give a true neighbour grows
+    /// with the shard, so the list does too.
+    pub fn binary_first_for(&self, k: usize, chunks: usize) -> usize {
+        (chunks / Self::BINARY_SHARE).max(Self::BINARY_FIRST).max(32 * k)
     }
 
     /// Candidates from each side of a hybrid search of `k`.
@@ -155,6 +181,7 @@ impl Default for SearchSettings {
             bm25_b: Self::BM25_B,
             hnsw_ef: Self::HNSW_EF,
             exact_below: Self::EXACT_BELOW,
+            binary_below: Self::BINARY_BELOW,
             fusion_depth: Self::FUSION_DEPTH,
         }
     }
@@ -176,6 +203,9 @@ mod settings_tests {
         assert_eq!(s.ef_for(100), 800);
         assert_eq!(s.fusion_depth_for(10), 50);
         assert_eq!(s.fusion_depth_for(100), 400);
+        assert_eq!(s.binary_first_for(10, 1_000_000), 10_000);
+        assert_eq!(s.binary_first_for(10, 50_000), 5_000);
+        assert_eq!(s.binary_first_for(200, 0), 6_400);
         assert!(SearchSettings { bm25_b: 2.0, ..s }.validate().is_err());
         assert!(SearchSettings { bm25_k1: f32::NAN, ..s }.validate().is_err());
         assert!(SearchSettings { bm25_b: 0.0, bm25_k1: 0.0, exact_below: 0, ..s }.validate().is_ok());

@@ -16,6 +16,7 @@ mod payload;
 mod quantized;
 mod registry;
 mod replica;
+mod sign_bits;
 mod store;
 mod vectors;
 

@@ -31,10 +31,10 @@ const POST_FILTER_SHARE: f64 = 0.2;
 /// Registers the shard metrics that count by label at zero, so that a fresh
 /// dashboard shows zeros for each filtered-search plan before the first filter.
 pub(super) fn register_metrics_at_zero() {
-    for plan in [FilterPlan::Scan, FilterPlan::Graph, FilterPlan::Exact, FilterPlan::PostFilter] {
+    for plan in [FilterPlan::Scan, FilterPlan::Graph, FilterPlan::Exact, FilterPlan::PostFilter, FilterPlan::Staged] {
         metrics::counter!("tessera_shard_filtered_searches_total", "plan" => plan.label()).absolute(0);
     }
-    for plan in ["scan", "hnsw", "exact"] {
+    for plan in ["scan", "staged", "hnsw", "exact"] {
         metrics::counter!("tessera_shard_vector_searches_total", "plan" => plan).absolute(0);
     }
 }
@@ -106,6 +106,9 @@ pub enum FilterPlan {
     /// An unfiltered HNSW search for more neighbours, the allowed ones kept
     /// (the graph walk when too few survive).
     PostFilter,
+    /// The staged scan (sign bits, int8, f32) of the whole shard, only
+    /// allowed chunks kept at each stage.
+    Staged,
 }
 
 impl FilterPlan {
@@ -117,6 +120,7 @@ impl FilterPlan {
             FilterPlan::Graph => "graph",
             FilterPlan::Exact => "exact",
             FilterPlan::PostFilter => "post",
+            FilterPlan::Staged => "staged",
         }
     }
 }
@@ -474,6 +478,9 @@ impl Shard {
                 ("exact", self.vectors.exact_search(&q.vector, q.top_k)?)
             } else if small {
                 ("scan", self.vectors.scan_search(&q.vector, q.top_k))
+            } else if self.chunks.len() <= q.settings.binary_below as usize {
+                let first = q.settings.binary_first_for(q.top_k, self.chunks.len());
+                ("staged", self.vectors.staged_search(&q.vector, q.top_k, first))
             } else {
                 ("hnsw", self.vectors.search(&q.vector, q.top_k, ef)?)
             };
@@ -488,6 +495,7 @@ impl Shard {
             // Count distinct vectors, not chunks: HNSW filters graph entries, so a filter
             // matching 40,000 copies of one vector and 100 others is a 101-entry search.
             FilterPlan::Auto if exact || !self.vectors.distinct_exceed(allowed, SCAN_FILTER_LIMIT) => FilterPlan::Scan,
+            FilterPlan::Auto if self.chunks.len() <= q.settings.binary_below as usize => FilterPlan::Staged,
             FilterPlan::Auto if allowed.len() as f64 >= POST_FILTER_SHARE * self.chunks.len() as f64 => {
                 FilterPlan::PostFilter
             }
@@ -504,6 +512,10 @@ impl Shard {
                 None => (FilterPlan::Graph, self.vectors.filtered_search(&q.vector, q.top_k, ef, allowed)?),
             },
             FilterPlan::Graph => (plan, self.vectors.filtered_search(&q.vector, q.top_k, ef, allowed)?),
+            FilterPlan::Staged => {
+                let first = q.settings.binary_first_for(q.top_k, allowed.len() as usize);
+                (plan, self.vectors.staged_among(&q.vector, q.top_k, first, allowed))
+            }
         };
         // Which way filters go is what a user tunes filters and SCAN_FILTER_LIMIT by.
         metrics::counter!("tessera_shard_filtered_searches_total", "plan" => ran.label()).increment(1);
@@ -513,6 +525,12 @@ impl Shard {
     /// Exact top-k of the whole shard (for recall measurements).
     pub fn exact_search(&self, vector: &[f32], k: usize) -> Result<Vec<(u64, f32)>, ShardError> {
         self.vectors.exact_search(vector, k)
+    }
+
+    /// Top-k chunks of the whole shard by the staged scan with a first-stage
+    /// list of `first` (for recall measurements), best first.
+    pub fn staged_search(&self, vector: &[f32], k: usize, first: usize) -> Vec<(u64, f32)> {
+        self.vectors.staged_search(vector, k, first)
     }
 
     /// Approximate top-k keys of the whole shard (for recall measurements).

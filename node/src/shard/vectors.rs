@@ -16,7 +16,7 @@ use std::path::Path;
 
 use roaring::RoaringTreemap;
 
-use super::quantized::{quantize, QuantizedVectors};
+use super::quantized::{quantize, Pass, QuantizedVectors};
 use super::{AnnIndex, ShardError};
 
 /// A scan re-scores at least this many of its best int8 candidates exactly.
@@ -325,6 +325,33 @@ impl VectorSet {
         let approx = self.codes.scan_distinct(&quantize(query), (8 * k).max(RESCORE_MIN));
         let reps = self.exact_among(query, approx.into_iter().map(|(key, _)| key), k);
         self.expand(reps, k, &|_| true)
+    }
+
+    /// Nearest chunks by the staged scan: every distinct vector's sign bits,
+    /// the best `first` of those by their int8 codes, the best `max(8 k, 64)`
+    /// of those exactly in f32, expanded into their chunks. What the default
+    /// search runs between `exact_below` and `binary_below`: an eighth of the
+    /// int8 scan's memory traffic, at the price of candidates the sign bits
+    /// rank below `first` (BENCHMARKS.md measures how often that loses one).
+    pub fn staged_search(&self, query: &[f32], k: usize, first: usize) -> Vec<(u64, f32)> {
+        if k == 0 || query.len() != self.ann.dimension() {
+            return Vec::new();
+        }
+        let approx = self.codes.scan_staged(&quantize(query), first, (8 * k).max(RESCORE_MIN), Pass::Distinct);
+        let reps = self.exact_among(query, approx.into_iter().map(|(key, _)| key), k);
+        self.expand(reps, k, &|_| true)
+    }
+
+    /// [`VectorSet::staged_search`] among the chunks in `allowed`: best
+    /// first, ties by key, at most `k`, exact scores. The sign bits of every
+    /// chunk are still read (a filter does not make the stage cheaper), but
+    /// only allowed chunks enter the lists, so none is crowded out by the rest.
+    pub fn staged_among(&self, query: &[f32], k: usize, first: usize, allowed: &RoaringTreemap) -> Vec<(u64, f32)> {
+        if k == 0 || query.len() != self.ann.dimension() {
+            return Vec::new();
+        }
+        let approx = self.codes.scan_staged(&quantize(query), first, (8 * k).max(RESCORE_MIN), Pass::Allowed(allowed));
+        self.exact_among(query, approx.into_iter().map(|(key, _)| key), k)
     }
 
     /// Exact nearest chunks (brute force over the distinct vectors).
