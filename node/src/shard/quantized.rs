@@ -34,6 +34,8 @@ pub fn quantize(v: &[f32]) -> Code {
 
 use rayon::prelude::*;
 
+use std::cmp::Ordering;
+
 use super::sign_bits::SignBits;
 
 /// No slot.
@@ -121,8 +123,12 @@ impl QuantizedVectors {
         let code = quantize(vector);
         if let Some(slot) = self.slot(key) {
             let at = slot * self.dimension;
-            let old = self.codes[at..at + self.dimension].to_vec();
-            self.signs.replace(slot, (&old, self.scales[slot]), &code.values, code.scale);
+            self.signs.replace(
+                slot,
+                (&self.codes[at..at + self.dimension], self.scales[slot]),
+                &code.values,
+                code.scale,
+            );
             self.codes[at..at + self.dimension].copy_from_slice(&code.values);
             self.scales[slot] = code.scale;
             self.copy[slot] = false;
@@ -137,7 +143,7 @@ impl QuantizedVectors {
         self.copy.push(false);
         self.codes.extend_from_slice(&code.values);
         self.scales.push(code.scale);
-        self.signs.push(&code.values, code.scale, &self.codes, &self.scales);
+        self.signs.push(&self.codes, &self.scales);
     }
 
     /// Marks `key`'s chunk as a copy of another chunk's vector (or not); see `copy`.
@@ -286,48 +292,34 @@ impl QuantizedVectors {
     ) -> Vec<(u32, i32)> {
         let mut scores = vec![0i32; slots.len()];
         self.signs.scores(&query.values, slots.clone(), &mut scores);
-        let mut best: Vec<(u32, i32)> = Vec::with_capacity(2 * keep);
-        let mut floor = i32::MIN;
+        let mut best = TopList::new(keep);
         for (slot, score) in slots.zip(scores) {
             let passes = || match mask {
                 None => !self.copy[slot],
                 Some(mask) => mask[slot / 64] >> (slot % 64) & 1 == 1,
             };
-            if score >= floor && passes() {
-                best.push((slot as u32, score));
-                if best.len() == 2 * keep {
-                    best.select_nth_unstable_by(keep - 1, |a, b| b.1.cmp(&a.1));
-                    best.truncate(keep);
-                    floor = best[keep - 1].1;
-                }
+            if best.admits(score) && passes() {
+                best.push(slot as u32, score);
             }
         }
-        best
+        best.into_vec()
     }
 
     /// One block of [`QuantizedVectors::scan_distinct`]: its best `keep` slots.
     fn scan_block(&self, query: &Code, slots: std::ops::Range<usize>, keep: usize) -> Vec<(u32, f32)> {
         let mut dots = vec![0i32; slots.len()];
         self.dots(&query.values, &self.codes[slots.start * self.dimension..slots.end * self.dimension], &mut dots);
-        // A list twice as long as needed, cut back to `keep` when full: one
-        // comparison per slot against the floor, a selection now and then.
-        let mut best: Vec<(u32, f32)> = Vec::with_capacity(2 * keep);
-        let mut floor = f32::NEG_INFINITY;
+        let mut best = TopList::new(keep);
         for (slot, dot) in slots.zip(dots) {
             if self.copy[slot] {
                 continue;
             }
             let score = dot as f32 * query.scale * self.scales[slot];
-            if score >= floor {
-                best.push((slot as u32, score));
-                if best.len() == 2 * keep {
-                    best.select_nth_unstable_by(keep - 1, |a, b| b.1.total_cmp(&a.1));
-                    best.truncate(keep);
-                    floor = best[keep - 1].1;
-                }
+            if best.admits(score) {
+                best.push(slot as u32, score);
             }
         }
-        best
+        best.into_vec()
     }
 
     /// Dot products of `query` with each code in `codes` (slot-major, `out.len()` of them).
@@ -371,6 +363,42 @@ impl QuantizedVectors {
             return unsafe { dot_avx2(a, b) };
         }
         dot_plain(a, b)
+    }
+}
+
+/// The best `keep` (at least 1) of a stream of (slot, score), for the block
+/// loops of the scans: a list twice as long as needed, cut back to `keep`
+/// when full, so a slot costs one comparison against the floor and a
+/// selection runs now and then. The result is unsorted and may hold up to
+/// `2 keep - 1` entries; the caller's merge cuts it.
+struct TopList<S> {
+    best: Vec<(u32, S)>,
+    keep: usize,
+    floor: Option<S>,
+}
+
+impl<S: Copy + PartialOrd> TopList<S> {
+    fn new(keep: usize) -> Self {
+        Self { best: Vec::with_capacity(2 * keep), keep, floor: None }
+    }
+
+    /// Whether `score` can still enter the list (checked before anything costlier).
+    fn admits(&self, score: S) -> bool {
+        self.floor.is_none_or(|floor| score >= floor)
+    }
+
+    fn push(&mut self, slot: u32, score: S) {
+        self.best.push((slot, score));
+        if self.best.len() == 2 * self.keep {
+            let keep = self.keep;
+            self.best.select_nth_unstable_by(keep - 1, |a, b| b.1.partial_cmp(&a.1).unwrap_or(Ordering::Equal));
+            self.best.truncate(keep);
+            self.floor = Some(self.best[keep - 1].1);
+        }
+    }
+
+    fn into_vec(self) -> Vec<(u32, S)> {
+        self.best
     }
 }
 

@@ -60,7 +60,9 @@ impl SignBits {
         self.bits.len() / self.words.max(1)
     }
 
-    fn pattern(&self, code: &[i8], scale: f32, out: &mut [u64]) {
+    /// Writes slot `slot`'s bits for `code` against the current centre.
+    fn set_pattern(&mut self, slot: usize, code: &[i8], scale: f32) {
+        let out = &mut self.bits[slot * self.words..(slot + 1) * self.words];
         out.fill(0);
         for (i, (&c, &centre)) in code.iter().zip(&self.centre).enumerate() {
             if c as f32 * scale > centre {
@@ -75,16 +77,19 @@ impl SignBits {
         }
     }
 
-    /// Appends a slot for `code` (int8 components, `scale` maps them back to
-    /// the normalised vector). `all` is every slot's code, this one last, and
-    /// `scales` theirs: a push that doubles the count re-centres from them.
-    pub fn push(&mut self, code: &[i8], scale: f32, all: &[i8], scales: &[f32]) {
+    /// Appends a slot for the last code of `all` (every slot's int8 codes,
+    /// slot-major; `scales` map them back to the normalised vectors): a push
+    /// that doubles the count re-centres from them.
+    pub fn push(&mut self, all: &[i8], scales: &[f32]) {
+        let slot = self.len();
+        let (Some(code), Some(&scale)) =
+            (all.get(slot * self.dimension..(slot + 1) * self.dimension), scales.get(slot))
+        else {
+            return;
+        };
         self.account(code, scale, 1.0);
-        let at = self.bits.len();
-        self.bits.resize(at + self.words, 0);
-        let mut word = vec![0u64; self.words];
-        self.pattern(code, scale, &mut word);
-        self.bits[at..].copy_from_slice(&word);
+        self.bits.resize((slot + 1) * self.words, 0);
+        self.set_pattern(slot, code, scale);
         let n = self.len();
         if n >= FIRST_CENTRE && n >= 2 * self.centred_at {
             self.recentre(all, scales);
@@ -95,9 +100,7 @@ impl SignBits {
     pub fn replace(&mut self, slot: usize, old: (&[i8], f32), code: &[i8], scale: f32) {
         self.account(old.0, old.1, -1.0);
         self.account(code, scale, 1.0);
-        let mut word = vec![0u64; self.words];
-        self.pattern(code, scale, &mut word);
-        self.bits[slot * self.words..(slot + 1) * self.words].copy_from_slice(&word);
+        self.set_pattern(slot, code, scale);
     }
 
     /// Drops slot `slot` (whose code was `old`); the last slot moves into it.
@@ -116,10 +119,8 @@ impl SignBits {
         for (c, s) in self.centre.iter_mut().zip(&self.sums) {
             *c = (s / n.max(1) as f64) as f32;
         }
-        let mut word = vec![0u64; self.words];
         for (slot, (code, &scale)) in all.chunks_exact(self.dimension).zip(scales).enumerate() {
-            self.pattern(code, scale, &mut word);
-            self.bits[slot * self.words..(slot + 1) * self.words].copy_from_slice(&word);
+            self.set_pattern(slot, code, scale);
         }
         self.centred_at = n;
     }
@@ -288,7 +289,7 @@ mod tests {
             let code: Vec<i8> = (0..dim).map(|d| if d == 0 { 60 + (i % 2) as i8 * 40 } else { 0 }).collect();
             all.extend_from_slice(&code);
             scales.push(0.01);
-            set.push(&code, 0.01, &all, &scales);
+            set.push(&all, &scales);
         }
         let first_bits: Vec<u64> = set.bits.iter().map(|w| w & 1).collect();
         assert_eq!(first_bits.iter().sum::<u64>(), FIRST_CENTRE as u64 / 2);
