@@ -1,7 +1,7 @@
 //! One transformer layer of a BERT encoder (post-norm, as BERT has it).
 use super::attention::{Scratch, SelfAttention};
 use super::linear::Linear;
-use super::vector_math::{add_norm, gelu};
+use super::vector_math::add_norm;
 
 /// A layer norm's learned scale and shift.
 pub struct LayerNorm {
@@ -48,8 +48,7 @@ impl EncoderLayer {
         let tokens = *starts.last().unwrap_or(&0);
         self.attention.forward(x, starts, &mut scratch.attention, &mut scratch.attended);
         self.attention_norm.apply(&mut scratch.attended, Some(x));
-        self.up.forward(&scratch.attended, tokens, &mut scratch.expanded);
-        gelu(&mut scratch.expanded);
+        self.up.forward_gelu(&scratch.attended, tokens, &mut scratch.expanded);
         self.down.forward(&scratch.expanded, tokens, x);
         self.output_norm.apply(x, Some(&scratch.attended));
     }

@@ -3,7 +3,9 @@
 use gemm::Parallelism;
 use half::f16;
 
+use super::amx::{Epilogue, PackedWeights};
 use super::skinny;
+use super::vector_math::gelu;
 
 /// Weights transposed once at load to `[inputs, outputs]` row-major, so the
 /// product reads both operands along rows; the bias is written into the
@@ -12,6 +14,9 @@ pub struct Linear {
     weight_t: Vec<f32>,
     /// The same weights rounded to f16, for the few-row path (see `skinny`).
     weight_t_f16: Vec<f16>,
+    /// The same weights in bf16 AMX tiles, for products over many rows
+    /// where the CPU has AMX (see `amx`).
+    weight_amx: Option<PackedWeights>,
     bias: Vec<f32>,
     inputs: usize,
     outputs: usize,
@@ -33,7 +38,8 @@ impl Linear {
     fn from_transposed(weight_t: Vec<f32>, bias: Vec<f32>, inputs: usize, outputs: usize) -> Self {
         let weight_t_f16 =
             if skinny::available(outputs) { weight_t.iter().map(|&w| f16::from_f32(w)).collect() } else { Vec::new() };
-        Self { weight_t, weight_t_f16, bias, inputs, outputs }
+        let weight_amx = PackedWeights::pack(&weight_t, inputs, outputs);
+        Self { weight_t, weight_t_f16, weight_amx, bias, inputs, outputs }
     }
 
     /// Several layers that read the same input as one (query, key and value):
@@ -49,7 +55,8 @@ impl Linear {
             Vec::new()
         };
         let bias = parts.iter().flat_map(|p| p.bias.iter().copied()).collect();
-        Self { weight_t, weight_t_f16, bias, inputs, outputs }
+        let weight_amx = PackedWeights::pack(&weight_t, inputs, outputs);
+        Self { weight_t, weight_t_f16, weight_amx, bias, inputs, outputs }
     }
 
     /// Output width.
@@ -59,7 +66,32 @@ impl Linear {
 
     /// `out = x W^T + b` for `rows` rows of `x`; `out` is resized to fit.
     pub fn forward(&self, x: &[f32], rows: usize, out: &mut Vec<f32>) {
+        self.forward_then(x, rows, Epilogue::Bias, out);
+    }
+
+    /// `out = gelu(x W^T + b)`: on the AMX path the GELU is applied to each
+    /// block while it is in cache, instead of in a pass of its own.
+    pub fn forward_gelu(&self, x: &[f32], rows: usize, out: &mut Vec<f32>) {
+        self.forward_then(x, rows, Epilogue::Gelu, out);
+    }
+
+    fn forward_then(&self, x: &[f32], rows: usize, epilogue: Epilogue, out: &mut Vec<f32>) {
         assert_eq!(x.len(), rows * self.inputs, "linear input has the wrong width");
+        // AMX first at every row count: with the weights read once as bf16
+        // and the products nearly free, it beats the f16 few-row kernel on
+        // a 15-token query too (measured: 2.0 against 3.3 ms p50).
+        if let Some(tiles) = &self.weight_amx {
+            // Every element is overwritten: a reused buffer is only cut to
+            // size, not cleared first.
+            let len = rows * self.outputs;
+            if out.len() < len {
+                out.resize(len, 0.0);
+            }
+            out.truncate(len);
+            tiles.matmul(x, rows, &self.bias, epilogue, out);
+            return;
+        }
+        let few_rows = rows <= skinny::MAX_ROWS && skinny::available(self.outputs);
         out.clear();
         out.reserve(rows * self.outputs);
         for _ in 0..rows {
@@ -68,23 +100,26 @@ impl Linear {
         if rows == 0 {
             return;
         }
-        if rows <= skinny::MAX_ROWS && skinny::available(self.outputs) {
+        if few_rows {
             skinny::matmul(x, rows, self.inputs, &self.weight_t_f16, self.outputs, out);
-            return;
+        } else {
+            matmul(
+                rows,
+                self.outputs,
+                self.inputs,
+                x,
+                self.inputs,
+                &self.weight_t,
+                self.outputs,
+                out,
+                self.outputs,
+                true,
+                1.0,
+            );
         }
-        matmul(
-            rows,
-            self.outputs,
-            self.inputs,
-            x,
-            self.inputs,
-            &self.weight_t,
-            self.outputs,
-            out,
-            self.outputs,
-            true,
-            1.0,
-        );
+        if epilogue == Epilogue::Gelu {
+            gelu(out);
+        }
     }
 }
 

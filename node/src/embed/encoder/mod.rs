@@ -6,10 +6,13 @@
 //! the batch's sequences end to end (no padding, no mask), fuses the q|k|v
 //! projections into one product, folds the attention scale into `q k^T`,
 //! and runs GELU, softmax and the layer norms as single vectorised passes
-//! (AVX-512 where the CPU has it). The matrix products are the `gemm`
-//! crate's (the one candle itself calls), with the weights transposed once
-//! at load. Layout follows candle-transformers' model files: config, small
+//! (AVX-512 where the CPU has it). The projections over many rows run on
+//! AMX tiles in bf16 where the CPU has them (`amx`), a few rows (a query)
+//! through `skinny`, and otherwise, like the attention products, through the
+//! `gemm` crate (the one candle itself calls), with the weights transposed
+//! once at load. Layout follows candle-transformers' model files: config, small
 //! layers with their own forward, the model's forward last.
+mod amx;
 mod attention;
 mod config;
 mod layer;
