@@ -65,7 +65,8 @@ async fn main() {
 
     println!(
         "tessera up, {} documents (2 shards), default QA template, top_k 4, window memory, greedy, max_tokens {max_tokens}; \
-         each session asks {turns} questions in a row (the 2nd and later are follow-ups that are condensed first)",
+         each session asks {turns} questions in a row (the 2nd and later are follow-ups that are condensed first; \
+         the first is marked with the session, so no two prompts are alike)",
         docs.len()
     );
     println!();
@@ -78,8 +79,13 @@ async fn main() {
                 let mut c = client.clone();
                 tokio::spawn(async move {
                     let mut out = Vec::new();
-                    for q in QUESTIONS.iter().cycle().take(turns) {
-                        out.push(ask(&mut c, &format!("bench-{sessions}-{s}"), q, max_tokens).await);
+                    for (turn, q) in QUESTIONS.iter().cycle().take(turns).enumerate() {
+                        // Each session's first question is its own, so no two
+                        // prompts of a run are the same: the prefix cache can
+                        // reuse only what real sessions share (the template
+                        // head) and each session's own earlier turns.
+                        let q = if turn == 0 { format!("{q} (I am user {s} of {sessions}.)") } else { q.to_string() };
+                        out.push(ask(&mut c, &format!("bench-{sessions}-{s}"), &q, max_tokens).await);
                     }
                     out
                 })

@@ -83,7 +83,10 @@ fn main() {
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|");
     for tp in tps {
-        let limits = EngineLimits { max_batch_size: 32, max_batched_tokens: 4096, max_queued: 64 };
+        // No prefix reuse: every stream sends the same prompt, and the table
+        // compares prefill with llama.cpp's, which prefills each time.
+        let limits =
+            EngineLimits { max_batch_size: 32, max_batched_tokens: 4096, max_queued: 64, prefix_cache_bytes: 0 };
         let group = ModelGroup::start_local(&path, tp, limits).expect("model (run scripts/fetch-models.sh)");
         let weight_bytes = group.stats().weight_bytes.load(Ordering::Relaxed) as f64;
         let tok = group.tokenizer();

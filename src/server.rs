@@ -91,6 +91,11 @@ pub struct NodeOpts {
     /// Model: requests waiting before new ones get RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = 64)]
     max_queued: usize,
+    /// Model: MiB of KV cache kept for prompt prefixes that later requests
+    /// reuse (system prompt, template head, a chat's earlier turns); 0 turns
+    /// reuse off.
+    #[arg(long, env = "TESSERA_PREFIX_CACHE_MB", default_value_t = 256)]
+    prefix_cache_mb: usize,
     /// Seconds a session actor may stay idle before it is passivated (its history stays on disk).
     #[arg(long, default_value_t = 300)]
     session_idle_secs: u64,
@@ -180,6 +185,7 @@ pub fn build_node_config(
         max_batch_size: opts.max_running.max(1),
         max_batched_tokens: opts.max_step_tokens.max(1),
         max_queued: opts.max_queued.max(1),
+        prefix_cache_bytes: opts.prefix_cache_mb.saturating_mul(1 << 20),
     };
     config.session_idle = std::time::Duration::from_secs(opts.session_idle_secs.max(1));
     // PDFs are parsed by this same binary in a child process (see main's

@@ -123,9 +123,12 @@ fn engine_batching_cancellation_seeds_stops_and_bad_input() {
     let Some(path) = common::smollm_path() else {
         return;
     };
-    let group =
-        ModelGroup::start_local(&path, 2, EngineLimits { max_batch_size: 8, max_batched_tokens: 256, max_queued: 64 })
-            .unwrap();
+    let group = ModelGroup::start_local(
+        &path,
+        2,
+        EngineLimits { max_batch_size: 8, max_batched_tokens: 256, max_queued: 64, ..Default::default() },
+    )
+    .unwrap();
     let tok = group.tokenizer().clone();
     let prompts: Vec<Vec<u32>> = [
         "What is a shard?",

@@ -19,6 +19,7 @@ use tracing::{info_span, warn};
 use super::comm::{Communicator, LocalGroup, Traced};
 use super::constraint::{ConstraintCompiler, ConstraintError, Guide};
 use super::decoder::{RankModel, SeqStep};
+use super::prefix_cache::PrefixOps;
 use super::sampler::SamplingParams;
 use super::scheduler::Scheduler;
 use super::tokenizer::GgufTokenizer;
@@ -33,11 +34,18 @@ pub struct EngineLimits {
     pub max_batched_tokens: usize,
     /// Requests waiting to be admitted before new ones are refused.
     pub max_queued: usize,
+    /// Bytes of KV cache (rank 0's share) kept for prompt prefixes that later
+    /// requests reuse (`prefix_cache`); 0 turns reuse off.
+    pub prefix_cache_bytes: usize,
 }
+
+/// The default prefix budget: 256 MiB, about 11,000 positions of SmolLM2's
+/// cache (30 layers, 3 k/v heads of 64, f16 keys and values).
+pub const PREFIX_CACHE_BYTES: usize = 256 << 20;
 
 impl Default for EngineLimits {
     fn default() -> Self {
-        Self { max_batch_size: 16, max_batched_tokens: 512, max_queued: 64 }
+        Self { max_batch_size: 16, max_batched_tokens: 512, max_queued: 64, prefix_cache_bytes: PREFIX_CACHE_BYTES }
     }
 }
 
@@ -101,7 +109,13 @@ pub(super) struct Job {
 /// What rank 0 broadcasts before each step.
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) enum Command {
-    Step { steps: Vec<SeqStep>, free: Vec<u64> },
+    Step {
+        steps: Vec<SeqStep>,
+        free: Vec<u64>,
+        /// Applied before `free` and the step (see `RankModel::apply_prefix_ops`).
+        #[serde(default)]
+        prefix: PrefixOps,
+    },
     Shutdown,
 }
 
@@ -116,6 +130,10 @@ pub struct GroupStats {
     pub steps: AtomicUsize,
     /// Bytes of weights rank 0 streams per decode step (its matrices and the output head).
     pub weight_bytes: AtomicUsize,
+    /// Requests that started from a kept prompt prefix (`prefix_cache`).
+    pub prefix_hits: AtomicUsize,
+    /// Prompt tokens those requests did not prefill.
+    pub prefix_tokens_reused: AtomicUsize,
 }
 
 /// A running model group (all ranks in this process, or rank 0 of a TCP group).
@@ -380,7 +398,8 @@ fn follow(mut model: RankModel, comm: &dyn Communicator) -> Result<(), ModelErro
             serde_json::from_slice(&buf).map_err(|e| ModelError::Io(format!("bad step command: {e}")))?;
         match cmd {
             Command::Shutdown => return Ok(()),
-            Command::Step { steps, free } => {
+            Command::Step { steps, free, prefix } => {
+                model.apply_prefix_ops(&prefix)?;
                 for s in free {
                     model.free(s);
                 }

@@ -60,6 +60,15 @@ impl SeqCache {
         &self.layers[l]
     }
 
+    /// A copy of the first `positions` positions of every layer (all of
+    /// them when fewer are cached), sized exactly: a prompt prefix kept for
+    /// later requests, or a new sequence started from one.
+    pub fn prefix(&self, positions: usize) -> SeqCache {
+        let take = positions.min(self.positions()) * self.width;
+        let layers = self.layers.iter().map(|l| LayerKv { k: l.k[..take].to_vec(), v: l.v[..take].to_vec() }).collect();
+        SeqCache { layers, width: self.width }
+    }
+
     /// Bytes held (capacity, not just length: what the process pays).
     pub fn bytes(&self) -> usize {
         self.layers.iter().map(|l| (l.k.capacity() + l.v.capacity()) * std::mem::size_of::<f16>()).sum()

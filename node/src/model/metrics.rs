@@ -8,7 +8,13 @@ use super::engine::FinishReason;
 /// several groups in one process keep their own.
 pub(super) fn register_at_zero(model: &str, weight_bytes: usize) {
     let model = model.to_string();
-    for name in ["tessera_model_prompt_tokens_total", "tessera_model_generated_tokens_total"] {
+    for name in [
+        "tessera_model_prompt_tokens_total",
+        "tessera_model_generated_tokens_total",
+        "tessera_model_prefix_cache_hits_total",
+        "tessera_model_prefix_cache_misses_total",
+        "tessera_model_prefix_cache_tokens_reused_total",
+    ] {
         metrics::counter!(name, "model" => model.clone()).absolute(0);
     }
     for cached in ["true", "false"] {
@@ -25,6 +31,8 @@ pub(super) fn register_at_zero(model: &str, weight_bytes: usize) {
         "tessera_model_kv_cache_sequences",
         "tessera_model_kv_cache_tokens",
         "tessera_model_kv_cache_bytes",
+        "tessera_model_prefix_cache_entries",
+        "tessera_model_prefix_cache_bytes",
     ] {
         metrics::gauge!(name, "model" => model.clone()).set(0.0);
     }

@@ -21,6 +21,7 @@ mod metrics;
 #[cfg(feature = "cuda")]
 pub mod nccl;
 pub mod partition;
+pub mod prefix_cache;
 pub mod sampler;
 mod scheduler;
 pub mod served;

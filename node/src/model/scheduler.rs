@@ -19,6 +19,7 @@ use super::comm::Communicator;
 use super::constraint::Guide;
 use super::decoder::{RankModel, SeqStep};
 use super::engine::{Command, EngineLimits, Event, FinishReason, GroupStats, Job};
+use super::prefix_cache::{PrefixCache, PrefixFork, PrefixOps};
 use super::sampler::Sampler;
 use super::sampler::SamplingParams;
 use super::tokenizer::GgufTokenizer;
@@ -61,6 +62,9 @@ pub(super) struct Scheduler {
     next_id: u64,
     /// The `model` label of this group's metrics (its served name).
     label: String,
+    /// Kept prompt prefixes, and what the ranks must do about them next step.
+    prefix: PrefixCache,
+    prefix_ops: PrefixOps,
 }
 
 impl Scheduler {
@@ -73,8 +77,14 @@ impl Scheduler {
         rx: Receiver<Job>,
         label: String,
     ) -> Self {
+        // Rank 0's bytes per cached position: every layer's keys and values
+        // (its k/v heads) in f16.
+        let width = model.partition().kv_groups.len() * model.config().head_dim;
+        let per_position = model.config().n_layer * 2 * width * 2;
         Self {
             label,
+            prefix: PrefixCache::new(limits.prefix_cache_bytes, per_position),
+            prefix_ops: PrefixOps::default(),
             model,
             comm,
             tokenizer,
@@ -91,6 +101,24 @@ impl Scheduler {
     fn admit(&mut self, job: Job) {
         let id = self.next_id;
         self.next_id += 1;
+        let cached = match self.prefix.lookup(&job.prompt) {
+            Some((entry, positions)) => {
+                self.prefix_ops.fork.push(PrefixFork { entry, seq: id, positions });
+                self.stats.prefix_hits.fetch_add(1, Ordering::Relaxed);
+                self.stats.prefix_tokens_reused.fetch_add(positions, Ordering::Relaxed);
+                metrics::counter!("tessera_model_prefix_cache_hits_total", "model" => self.label.clone()).increment(1);
+                metrics::counter!("tessera_model_prefix_cache_tokens_reused_total", "model" => self.label.clone())
+                    .increment(positions as u64);
+                positions
+            }
+            None => {
+                if self.prefix.enabled() {
+                    metrics::counter!("tessera_model_prefix_cache_misses_total", "model" => self.label.clone())
+                        .increment(1);
+                }
+                0
+            }
+        };
         let span = info_span!(parent: &job.span, "model.generate", seq = id, prompt_tokens = job.prompt.len(), completion_tokens = tracing::field::Empty, finish = tracing::field::Empty);
         self.waiting.push_back(Seq {
             span,
@@ -100,7 +128,7 @@ impl Scheduler {
             params: job.params,
             guide: job.guide,
             prompt: job.prompt,
-            cached: 0,
+            cached,
             generated: Vec::new(),
             events: job.events,
             emitted: 0,
@@ -148,6 +176,9 @@ impl Scheduler {
                 for id in self.free.drain(..) {
                     self.model.free(id);
                 }
+                // The failed step's prefix saves and forks may have reached
+                // some ranks and not others: start the index afresh.
+                self.prefix.clear(&mut self.prefix_ops);
             }
         }
         let _ = self.broadcast(&Command::Shutdown);
@@ -158,10 +189,14 @@ impl Scheduler {
         self.drop_cancelled();
         let (steps, prefilling) = self.plan_step();
         let free = std::mem::take(&mut self.free);
+        let prefix = std::mem::take(&mut self.prefix_ops);
+        // Prefix saves before frees: a sequence that ended on its first
+        // token is freed in the same step its prompt is saved.
+        self.model.apply_prefix_ops(&prefix)?;
         for id in &free {
             self.model.free(*id);
         }
-        self.broadcast(&Command::Step { steps: steps.clone(), free })?;
+        self.broadcast(&Command::Step { steps: steps.clone(), free, prefix })?;
         if steps.is_empty() {
             self.stats.cached_sequences.store(self.model.cached_sequences(), Ordering::Relaxed);
             self.record_gauges();
@@ -296,6 +331,7 @@ impl Scheduler {
         let mut still_waiting = VecDeque::new();
         for s in self.waiting.drain(..) {
             if s.cached == s.prompt.len() && !s.generated.is_empty() {
+                self.prefix.insert(s.id, &s.prompt, &mut self.prefix_ops);
                 self.running.push(s);
             } else {
                 still_waiting.push_back(s);
@@ -348,6 +384,10 @@ impl Scheduler {
         metrics::gauge!("tessera_model_kv_cache_tokens", "model" => self.label.clone()).set(cached_tokens as f64);
         metrics::gauge!("tessera_model_kv_cache_bytes", "model" => self.label.clone())
             .set(self.model.cache_bytes() as f64);
+        metrics::gauge!("tessera_model_prefix_cache_entries", "model" => self.label.clone())
+            .set(self.prefix.len() as f64);
+        metrics::gauge!("tessera_model_prefix_cache_bytes", "model" => self.label.clone())
+            .set(self.model.prefix_bytes() as f64);
     }
 }
 

@@ -145,6 +145,17 @@ impl RankModel {
                 Head::Whole(if rank == 0 { Some(Linear::new(tensor("token_embd.weight")?)?) } else { None })
             }
         };
-        Ok(Self { ropes, cfg, part, embed, vocab, layers, norm, head, caches: HashMap::new() })
+        Ok(Self {
+            ropes,
+            cfg,
+            part,
+            embed,
+            vocab,
+            layers,
+            norm,
+            head,
+            caches: HashMap::new(),
+            prefixes: HashMap::new(),
+        })
     }
 }

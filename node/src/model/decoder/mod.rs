@@ -41,6 +41,8 @@ use super::kernels::QuantMatrix;
 use super::kv_cache::SeqCache;
 use super::linear::Linear;
 use super::partition::Partition;
+use super::prefix_cache::PrefixOps;
+use super::ModelError;
 
 /// One sequence's part of a forward step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -113,6 +115,9 @@ pub struct RankModel {
     head: Head,
     ropes: Vec<Rope>,
     caches: HashMap<u64, SeqCache>,
+    /// Prompt prefixes kept for later requests, by the scheduler's entry id
+    /// (see `prefix_cache`); every rank keeps its own share of each.
+    prefixes: HashMap<u64, SeqCache>,
 }
 
 impl RankModel {
@@ -151,6 +156,53 @@ impl RankModel {
     /// Drops a sequence's KV cache.
     pub fn free(&mut self, seq: u64) {
         self.caches.remove(&seq);
+    }
+
+    /// Keeps the first `positions` positions of sequence `seq`'s cache as
+    /// prefix `entry` (nothing when the sequence is gone, e.g. cancelled).
+    pub fn save_prefix(&mut self, seq: u64, entry: u64, positions: usize) {
+        if let Some(cache) = self.caches.get(&seq) {
+            self.prefixes.insert(entry, cache.prefix(positions));
+        }
+    }
+
+    /// Starts sequence `seq`'s cache as the first `positions` positions of
+    /// prefix `entry`. An unknown entry is an error: the scheduler and the
+    /// ranks disagree, and prefilling from position `positions` would read
+    /// keys that are not there.
+    pub fn fork_prefix(&mut self, entry: u64, seq: u64, positions: usize) -> Result<(), ModelError> {
+        let prefix = self.prefixes.get(&entry).ok_or_else(|| ModelError::Input(format!("no prefix entry {entry}")))?;
+        if prefix.positions() < positions {
+            return Err(ModelError::Input(format!("prefix entry {entry} holds fewer than {positions} positions")));
+        }
+        self.caches.insert(seq, prefix.prefix(positions));
+        Ok(())
+    }
+
+    /// Forgets prefix `entry`.
+    pub fn drop_prefix(&mut self, entry: u64) {
+        self.prefixes.remove(&entry);
+    }
+
+    /// Applies the scheduler's prefix operations of one step, in the order
+    /// every rank uses: saves (of sequences still cached), forks, then drops
+    /// (so an entry evicted in the same step still serves its forks).
+    pub fn apply_prefix_ops(&mut self, ops: &PrefixOps) -> Result<(), ModelError> {
+        for save in &ops.save {
+            self.save_prefix(save.seq, save.entry, save.positions);
+        }
+        for fork in &ops.fork {
+            self.fork_prefix(fork.entry, fork.seq, fork.positions)?;
+        }
+        for entry in &ops.drop {
+            self.drop_prefix(*entry);
+        }
+        Ok(())
+    }
+
+    /// Bytes of kept prefixes on this rank.
+    pub fn prefix_bytes(&self) -> usize {
+        self.prefixes.values().map(SeqCache::bytes).sum()
     }
 
     fn heads(&self) -> Heads {
