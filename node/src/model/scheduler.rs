@@ -77,13 +77,9 @@ impl Scheduler {
         rx: Receiver<Job>,
         label: String,
     ) -> Self {
-        // Rank 0's bytes per cached position: every layer's keys and values
-        // (its k/v heads) in f16.
-        let width = model.partition().kv_groups.len() * model.config().head_dim;
-        let per_position = model.config().n_layer * 2 * width * 2;
         Self {
             label,
-            prefix: PrefixCache::new(limits.prefix_cache_bytes, per_position),
+            prefix: PrefixCache::new(limits.prefix_cache_bytes, model.kv_bytes_per_position()),
             prefix_ops: PrefixOps::default(),
             model,
             comm,

@@ -2,6 +2,7 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::disjoint_out::DisjointOut;
 use super::linear::{Linear, Strided};
 use super::vector_math::softmax;
 
@@ -38,7 +39,7 @@ impl SelfAttention {
         let work: Vec<(usize, usize)> =
             (0..starts.len().saturating_sub(1)).flat_map(|s| (0..self.heads).map(move |h| (s, h))).collect();
         let qkv = &scratch.qkv;
-        let context = SharedOut(scratch.context.as_mut_ptr());
+        let context = DisjointOut::new(&mut scratch.context);
         let one = |&(s, h): &(usize, usize)| {
             let (start, len) = (starts[s], starts[s + 1] - starts[s]);
             // SAFETY: `context` holds tokens x hidden values; each (sequence,
@@ -60,7 +61,7 @@ impl SelfAttention {
     /// # Safety
     /// `context` points at `tokens x hidden` values covering this sequence,
     /// and no one else writes this head's columns of its rows meanwhile.
-    unsafe fn attend(&self, qkv: &[f32], start: usize, len: usize, h: usize, hidden: usize, context: SharedOut) {
+    unsafe fn attend(&self, qkv: &[f32], start: usize, len: usize, h: usize, hidden: usize, context: DisjointOut) {
         if len == 0 {
             return;
         }
@@ -79,7 +80,7 @@ impl SelfAttention {
             softmax(row);
         }
         let pv = Strided { a: scores.as_ptr(), a_rs: len, a_cs: 1, b: v, b_rs: stride, b_cs: 1 };
-        pv.product(len, d, len, context.0.add(start * hidden + h * d), hidden, false, 1.0, Parallelism::None);
+        pv.product(len, d, len, context.at(start * hidden + h * d), hidden, false, 1.0, Parallelism::None);
     }
 }
 
@@ -89,11 +90,3 @@ pub struct Scratch {
     qkv: Vec<f32>,
     context: Vec<f32>,
 }
-
-/// The context buffer handed to the (sequence, head) tasks, which write
-/// disjoint parts of it.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-// SAFETY: only used for disjoint writes (see `SelfAttention::forward`).
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}

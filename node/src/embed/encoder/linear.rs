@@ -12,7 +12,8 @@ use super::vector_math::gelu;
 /// output first and the product accumulated onto it (no second pass).
 pub struct Linear {
     weight_t: Vec<f32>,
-    /// The same weights rounded to f16, for the few-row path (see `skinny`).
+    /// The same weights rounded to f16, for the few-row path (see `skinny`;
+    /// empty where AMX tiles are used).
     weight_t_f16: Vec<f16>,
     /// The same weights in bf16 AMX tiles, for products over many rows
     /// where the CPU has AMX (see `amx`).
@@ -35,27 +36,36 @@ impl Linear {
         Self::from_transposed(weight_t, bias, inputs, outputs)
     }
 
+    /// The f16 copy is made only where the few-row kernel can be reached:
+    /// with AMX tiles every product takes them.
     fn from_transposed(weight_t: Vec<f32>, bias: Vec<f32>, inputs: usize, outputs: usize) -> Self {
-        let weight_t_f16 =
-            if skinny::available(outputs) { weight_t.iter().map(|&w| f16::from_f32(w)).collect() } else { Vec::new() };
         let weight_amx = PackedWeights::pack(&weight_t, inputs, outputs);
+        let weight_t_f16 = if weight_amx.is_none() && skinny::available(outputs) {
+            weight_t.iter().map(|&w| f16::from_f32(w)).collect()
+        } else {
+            Vec::new()
+        };
         Self { weight_t, weight_t_f16, weight_amx, bias, inputs, outputs }
     }
 
     /// Several layers that read the same input as one (query, key and value):
-    /// their outputs side by side, so one product replaces three. The f16
-    /// copies are joined the same way, not rounded again.
+    /// their outputs side by side, so one product replaces three. The tiles
+    /// and f16 copies are joined the same way, not made again.
     pub fn concat(parts: &[Linear]) -> Self {
         let inputs = parts[0].inputs;
         let outputs: usize = parts.iter().map(|p| p.outputs).sum();
         let weight_t = side_by_side(inputs, parts, |p| &p.weight_t);
-        let weight_t_f16 = if skinny::available(outputs) && parts.iter().all(|p| !p.weight_t_f16.is_empty()) {
-            side_by_side(inputs, parts, |p| &p.weight_t_f16)
-        } else {
-            Vec::new()
+        let weight_amx = match parts.iter().map(|p| p.weight_amx.as_ref()).collect::<Option<Vec<_>>>() {
+            Some(tiles) => PackedWeights::side_by_side(&tiles),
+            None => PackedWeights::pack(&weight_t, inputs, outputs),
         };
+        let weight_t_f16 =
+            if weight_amx.is_none() && skinny::available(outputs) && parts.iter().all(|p| !p.weight_t_f16.is_empty()) {
+                side_by_side(inputs, parts, |p| &p.weight_t_f16)
+            } else {
+                Vec::new()
+            };
         let bias = parts.iter().flat_map(|p| p.bias.iter().copied()).collect();
-        let weight_amx = PackedWeights::pack(&weight_t, inputs, outputs);
         Self { weight_t, weight_t_f16, weight_amx, bias, inputs, outputs }
     }
 

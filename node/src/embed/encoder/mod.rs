@@ -15,6 +15,7 @@
 mod amx;
 mod attention;
 mod config;
+mod disjoint_out;
 mod layer;
 mod linear;
 mod skinny;

@@ -17,6 +17,8 @@
 use half::f16;
 use rayon::prelude::*;
 
+use super::disjoint_out::DisjointOut;
+
 /// Rows up to which [`matmul`] is used instead of `gemm` (measured: at 15
 /// rows this is 2x faster than `gemm` with packing; by a few hundred rows
 /// packing pays for itself).
@@ -51,7 +53,7 @@ pub fn matmul(x: &[f32], rows: usize, k: usize, w_t: &[f16], n: usize, out: &mut
     let blocks = n / BLOCK;
     let threads = rayon::current_num_threads().min(blocks).max(1);
     let per = blocks.div_ceil(threads);
-    let out_ptr = Shared(out.as_mut_ptr());
+    let out_ptr = DisjointOut::new(out);
     let run = |t: usize| {
         let (first, last) = (t * per, ((t + 1) * per).min(blocks));
         for r0 in (0..rows).step_by(ROWS) {
@@ -71,17 +73,11 @@ pub fn matmul(x: &[f32], rows: usize, k: usize, w_t: &[f16], n: usize, out: &mut
     }
 }
 
-#[derive(Clone, Copy)]
-struct Shared(*mut f32);
-// SAFETY: the threads of `matmul` write disjoint column blocks.
-unsafe impl Send for Shared {}
-unsafe impl Sync for Shared {}
-
 /// Rows `r0..r0 + r` (r <= 16) times columns `col..col + 16`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn block(x: &[f32], r0: usize, r: usize, k: usize, w_t: &[f16], n: usize, col: usize, out: Shared) {
+unsafe fn block(x: &[f32], r0: usize, r: usize, k: usize, w_t: &[f16], n: usize, col: usize, out: DisjointOut) {
     use std::arch::x86_64::*;
     let mut acc = [_mm512_setzero_ps(); ROWS];
     let xp = x.as_ptr().add(r0 * k);
@@ -116,14 +112,14 @@ unsafe fn block(x: &[f32], r0: usize, r: usize, k: usize, w_t: &[f16], n: usize,
         _ => rows!(1),
     }
     for (i, a) in acc.iter().enumerate().take(r) {
-        let o = out.0.add((r0 + i) * n + col);
+        let o = out.at((r0 + i) * n + col);
         _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), *a));
     }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
 #[allow(clippy::too_many_arguments)]
-unsafe fn block(_: &[f32], _: usize, _: usize, _: usize, _: &[f16], _: usize, _: usize, _: Shared) {
+unsafe fn block(_: &[f32], _: usize, _: usize, _: usize, _: &[f16], _: usize, _: usize, _: DisjointOut) {
     unreachable!("available() is false off x86-64")
 }
 

@@ -22,7 +22,7 @@ impl RankModel {
             scale_in_place(&mut x, s);
         }
         let n = x.len() / self.cfg.hidden;
-        let width = self.part.kv_groups.len() * self.cfg.head_dim;
+        let width = self.kv_width();
         for s in steps {
             self.caches.entry(s.seq).or_insert_with(|| SeqCache::new(self.cfg.n_layer, width));
         }

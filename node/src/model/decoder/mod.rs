@@ -136,6 +136,18 @@ impl RankModel {
         self.caches.len()
     }
 
+    /// Cached values per position per layer on this rank: its k/v heads
+    /// times the head width (the `SeqCache` width).
+    fn kv_width(&self) -> usize {
+        self.part.kv_groups.len() * self.cfg.head_dim
+    }
+
+    /// Bytes one cached position costs on this rank: every layer's keys and
+    /// values in f16 (what the prefix cache budgets by).
+    pub fn kv_bytes_per_position(&self) -> usize {
+        self.cfg.n_layer * 2 * self.kv_width() * std::mem::size_of::<half::f16>()
+    }
+
     /// Bytes of KV cache held on this rank.
     pub fn cache_bytes(&self) -> usize {
         self.caches.values().map(SeqCache::bytes).sum()

@@ -25,6 +25,7 @@
 //! (for comparisons).
 use rayon::prelude::*;
 
+use super::disjoint_out::DisjointOut;
 use super::vector_math::gelu;
 
 mod tiles;
@@ -135,6 +136,19 @@ impl PackedWeights {
         Some(Self { tiles, inputs, outputs })
     }
 
+    /// Layers over the same inputs with their outputs side by side (q|k|v):
+    /// the tiles are stored column block after column block, so the joined
+    /// layer's tiles are the parts' one after another. `None` unless every
+    /// part has the same number of inputs.
+    pub fn side_by_side(parts: &[&PackedWeights]) -> Option<Self> {
+        let inputs = parts.first()?.inputs;
+        if parts.iter().any(|p| p.inputs != inputs) {
+            return None;
+        }
+        let tiles = parts.iter().flat_map(|p| p.tiles.iter().copied()).collect();
+        Some(Self { tiles, inputs, outputs: parts.iter().map(|p| p.outputs).sum() })
+    }
+
     /// `out[rows x outputs] = epilogue(x[rows x inputs] * W^T + bias)`,
     /// overwriting `out`. Each 32x32 block of sums leaves the tiles into a
     /// small buffer, gets its bias and activation there (in L1), and only
@@ -155,7 +169,7 @@ impl PackedWeights {
         let parts = if by_rows { threads.min(row_blocks) } else { threads.min(col_blocks) };
         let (row_per, col_per) =
             if by_rows { (row_blocks.div_ceil(parts), col_blocks) } else { (row_blocks, col_blocks.div_ceil(parts)) };
-        let out_ptr = Shared(out.as_mut_ptr());
+        let out_ptr = DisjointOut::new(out);
         let run = |t: usize| {
             let (rows_of, cols_of) = if by_rows {
                 (t * row_per..((t + 1) * row_per).min(row_blocks), 0..col_blocks)
@@ -213,23 +227,6 @@ impl PackedWeights {
     }
 }
 
-#[derive(Clone, Copy)]
-struct Shared(*mut f32);
-// SAFETY: the threads of `matmul` write disjoint blocks of the output.
-unsafe impl Send for Shared {}
-unsafe impl Sync for Shared {}
-
-impl Shared {
-    /// The element `i` past the start (a method, so closures capture the
-    /// whole `Send` wrapper rather than its raw pointer field).
-    ///
-    /// # Safety
-    /// `i` must lie inside the output.
-    unsafe fn at(self, i: usize) -> *mut f32 {
-        self.0.add(i)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,6 +281,24 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn joined_tiles_equal_the_joined_matrix_packed() {
+        let (k, a, b) = (64, 32, 96);
+        if !fits(k, a) {
+            eprintln!("no AMX here (or TESSERA_EMBED_AMX=0); the kernel is not used");
+            return;
+        }
+        let left: Vec<f32> = (0..k * a).map(|i| i as f32 * 0.01).collect();
+        let right: Vec<f32> = (0..k * b).map(|i| -(i as f32) * 0.02).collect();
+        let joined: Vec<f32> =
+            (0..k).flat_map(|i| left[i * a..(i + 1) * a].iter().chain(&right[i * b..(i + 1) * b]).copied()).collect();
+        let parts = [PackedWeights::pack(&left, k, a).unwrap(), PackedWeights::pack(&right, k, b).unwrap()];
+        let side = PackedWeights::side_by_side(&[&parts[0], &parts[1]]).unwrap();
+        let whole = PackedWeights::pack(&joined, k, a + b).unwrap();
+        assert_eq!((side.inputs, side.outputs), (whole.inputs, whole.outputs));
+        assert!(side.tiles == whole.tiles, "joined tiles differ from the packed joined matrix");
     }
 
     #[test]
