@@ -16,6 +16,7 @@ pub mod chunking;
 pub mod convert;
 pub mod document;
 pub mod embed;
+pub mod finetune;
 pub mod load;
 pub mod membership;
 pub mod model;

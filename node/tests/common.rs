@@ -109,7 +109,7 @@ pub fn greedy_on(
                 let mut model = RankModel::load(&path, comm.rank(), world).unwrap();
                 let mut tokens = Vec::new();
                 let mut all = Vec::new();
-                let mut step = SeqStep { seq: 1, tokens: prompt.clone(), start: 0 };
+                let mut step = SeqStep { seq: 1, tokens: prompt.clone(), start: 0, adapter: None };
                 for _ in 0..steps {
                     let logits = model.forward(std::slice::from_ref(&step), comm.as_ref()).unwrap();
                     // Every rank needs the next token: rank 0 picks it, all agree through a broadcast.
@@ -121,7 +121,7 @@ pub fn greedy_on(
                         all.push(logits[0].clone());
                     }
                     tokens.push(t);
-                    step = SeqStep { seq: 1, tokens: vec![t], start: step.start + step.tokens.len() };
+                    step = SeqStep { seq: 1, tokens: vec![t], start: step.start + step.tokens.len(), adapter: None };
                 }
                 (tokens, all)
             })

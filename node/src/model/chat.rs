@@ -44,11 +44,18 @@ impl ChatTemplate {
 
     /// The prompt text for `messages`, ending with the assistant's turn opener.
     pub fn render(&self, messages: &[ChatMessage]) -> Result<String, ModelError> {
+        self.render_with(messages, true)
+    }
+
+    /// The text of `messages`, with the assistant's turn opener at the end
+    /// only when `add_generation_prompt` (training renders whole
+    /// conversations without it).
+    pub fn render_with(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, ModelError> {
         let template = self.env.get_template("chat").map_err(|e| ModelError::Template(e.to_string()))?;
         template
             .render(context! {
                 messages => Serde(messages),
-                add_generation_prompt => true,
+                add_generation_prompt => add_generation_prompt,
                 bos_token => self.bos.as_str(),
                 eos_token => self.eos.as_str(),
             })

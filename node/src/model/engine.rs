@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tracing::{info_span, warn};
 
+use super::adapter::LoraAdapter;
 use super::comm::{Communicator, LocalGroup, Traced};
 use super::constraint::{ConstraintCompiler, ConstraintError, Guide};
 use super::decoder::{RankModel, SeqStep};
@@ -101,6 +102,8 @@ pub(super) struct Job {
     /// The compiled constraint, when the request has one.
     pub(super) guide: Option<Guide>,
     pub(super) events: UnboundedSender<Event>,
+    /// The adapter it runs with (an id of [`ModelGroup::load_adapter`]).
+    pub(super) adapter: Option<u32>,
     /// The submitting request's span: the sequence's spans are its children.
     pub(super) span: tracing::Span,
     pub(super) submitted: Instant,
@@ -115,10 +118,47 @@ pub(super) enum Command {
         /// Applied before `free` and the step (see `RankModel::apply_prefix_ops`).
         #[serde(default)]
         prefix: PrefixOps,
+        /// Applied first of all: adapters loaded since the last step (so a
+        /// sequence that uses one in this step finds it on every rank) and
+        /// adapters no sequence uses any more.
+        #[serde(default)]
+        adapters: AdapterOps,
     },
     Shutdown,
 }
 
+/// Adapter loads and unloads travelling with a step command.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(super) struct AdapterOps {
+    pub(super) load: Vec<(u32, LoraAdapter)>,
+    pub(super) unload: Vec<u32>,
+}
+
+impl AdapterOps {
+    pub(super) fn is_empty(&self) -> bool {
+        self.load.is_empty() && self.unload.is_empty()
+    }
+
+    /// Applies them to one rank's model: loads, then unloads.
+    pub(super) fn apply(&self, model: &mut RankModel) -> Result<(), ModelError> {
+        for (id, adapter) in &self.load {
+            model.load_adapter(*id, adapter)?;
+        }
+        for id in &self.unload {
+            model.unload_adapter(*id);
+        }
+        Ok(())
+    }
+}
+
+/// Requests to rank 0 that are not generations (they do not wait in the
+/// bounded job queue behind generations).
+pub(super) enum Control {
+    /// Load an adapter as `id`; the reply says whether rank 0 accepted it.
+    LoadAdapter { id: u32, adapter: Box<LoraAdapter>, reply: std::sync::mpsc::Sender<Result<(), ModelError>> },
+    /// Unload adapter `id` once no sequence uses it.
+    UnloadAdapter { id: u32 },
+}
 /// Counters shared with callers (metrics, tests).
 #[derive(Debug, Default)]
 pub struct GroupStats {
@@ -139,10 +179,13 @@ pub struct GroupStats {
 /// A running model group (all ranks in this process, or rank 0 of a TCP group).
 pub struct ModelGroup {
     jobs: SyncSender<Job>,
+    control: std::sync::mpsc::Sender<Control>,
+    next_adapter: std::sync::atomic::AtomicU32,
     tokenizer: Arc<GgufTokenizer>,
     constraints: Arc<ConstraintCompiler>,
     stats: Arc<GroupStats>,
     context_length: usize,
+    config: super::decoder::DecoderConfig,
     world: usize,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
@@ -199,10 +242,12 @@ impl ModelGroup {
         let leader = comms.pop().expect("one communicator left");
         let model = RankModel::load(path, leader.rank(), world)?;
         let context_length = model.config().context_length;
+        let config = model.config().clone();
         for _ in 1..threads.len() + 1 {
             ready_rx.recv().map_err(|_| ModelError::Io("a rank thread died while loading".into()))??;
         }
         let (jobs, rx) = std::sync::mpsc::sync_channel::<Job>(limits.max_queued);
+        let (control, control_rx) = std::sync::mpsc::channel::<Control>();
         let stats = Arc::new(GroupStats::default());
         let weight_bytes = model.weight_bytes();
         stats.weight_bytes.store(weight_bytes, std::sync::atomic::Ordering::Relaxed);
@@ -214,7 +259,7 @@ impl ModelGroup {
             std::thread::Builder::new()
                 .name("rank-0".into())
                 .spawn(move || {
-                    let scheduler = Scheduler::new(model, leader, tok, limits, st, rx, label);
+                    let scheduler = Scheduler::new(model, leader, tok, limits, st, (rx, control_rx), label);
                     match rank_pool(threads_per_rank) {
                         Ok(pool) => pool.install(|| scheduler.run()),
                         Err(e) => warn!("rank 0 cannot start its thread pool: {e}"),
@@ -228,7 +273,18 @@ impl ModelGroup {
         // path, not inside the first constrained request's gRPC handler.
         let warm = constraints.clone();
         let _ = std::thread::Builder::new().name("constraint-engine".into()).spawn(move || warm.prepare());
-        Ok(Self { jobs, tokenizer, constraints, stats, context_length, world, threads })
+        Ok(Self {
+            jobs,
+            control,
+            next_adapter: std::sync::atomic::AtomicU32::new(1),
+            tokenizer,
+            constraints,
+            stats,
+            context_length,
+            config,
+            world,
+            threads,
+        })
     }
 
     /// The tokenizer (for prompts and chat templates).
@@ -239,6 +295,11 @@ impl ModelGroup {
     /// The context window.
     pub fn context_length(&self) -> usize {
         self.context_length
+    }
+
+    /// The model's shape (what an adapter must fit).
+    pub fn config(&self) -> &super::decoder::DecoderConfig {
+        &self.config
     }
 
     /// Ranks in the group.
@@ -259,6 +320,35 @@ impl ModelGroup {
     /// Queues a generation; its events arrive on the returned receiver. Dropping
     /// the receiver cancels the generation.
     pub fn submit(&self, prompt: Vec<u32>, params: SamplingParams) -> Result<UnboundedReceiver<Event>, ModelError> {
+        self.submit_with_adapter(prompt, params, None)
+    }
+
+    /// Loads `adapter` on every rank; its id is what
+    /// [`ModelGroup::submit_with_adapter`] takes. Blocks until rank 0 has
+    /// checked it (between two steps); the other ranks load it with the next
+    /// step command, before any sequence can use it.
+    pub fn load_adapter(&self, adapter: LoraAdapter) -> Result<u32, ModelError> {
+        let id = self.next_adapter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (reply, answer) = std::sync::mpsc::channel();
+        self.control
+            .send(Control::LoadAdapter { id, adapter: Box::new(adapter), reply })
+            .map_err(|_| ModelError::Io("the model group has stopped".into()))?;
+        answer.recv().map_err(|_| ModelError::Io("the model group has stopped".into()))??;
+        Ok(id)
+    }
+
+    /// Unloads adapter `id` once the sequences that use it have ended.
+    pub fn unload_adapter(&self, id: u32) {
+        let _ = self.control.send(Control::UnloadAdapter { id });
+    }
+
+    /// [`ModelGroup::submit`] running with adapter `adapter` (None: the base).
+    pub fn submit_with_adapter(
+        &self,
+        prompt: Vec<u32>,
+        params: SamplingParams,
+        adapter: Option<u32>,
+    ) -> Result<UnboundedReceiver<Event>, ModelError> {
         params.validate().map_err(|e| ModelError::Input(e.to_string()))?;
         if prompt.is_empty() {
             return Err(ModelError::Input("the prompt is empty".into()));
@@ -293,6 +383,7 @@ impl ModelGroup {
             params,
             guide,
             events: tx,
+            adapter,
             span: tracing::Span::current(),
             submitted: Instant::now(),
         }) {
@@ -398,7 +489,8 @@ fn follow(mut model: RankModel, comm: &dyn Communicator) -> Result<(), ModelErro
             serde_json::from_slice(&buf).map_err(|e| ModelError::Io(format!("bad step command: {e}")))?;
         match cmd {
             Command::Shutdown => return Ok(()),
-            Command::Step { steps, free, prefix } => {
+            Command::Step { steps, free, prefix, adapters } => {
+                adapters.apply(&mut model)?;
                 model.apply_prefix_ops(&prefix)?;
                 for s in free {
                     model.free(s);

@@ -2,6 +2,7 @@
 //! tensor-parallel ranks, with continuous batching and streamed generation.
 //!
 //! - [`tokenizer`]: the tokenizer from GGUF metadata; [`chat`]: chat templates.
+//! - [`adapter`]: LoRA adapters (PEFT's layout, each rank's share, the per-row update);
 //! - [`partition`]: how quantized weights are divided; [`decoder`]: one rank's model;
 //!   [`linear`]: its weight matrices; [`kernels`]: the CPU kernels; [`kv_cache`]: per-sequence caches.
 //! - [`comm`] / [`tcp`] / `nccl` (feature `cuda`): the [`Communicator`] trait and its backends.
@@ -9,6 +10,7 @@
 //! - [`serving`]: prompts and chat messages to token ids, for the `model` role;
 //!   [`served`]: the named models of one node, the first the default.
 
+pub mod adapter;
 pub mod chat;
 pub mod comm;
 pub mod constraint;

@@ -18,7 +18,7 @@ use tracing::{debug, info_span, warn};
 use super::comm::Communicator;
 use super::constraint::Guide;
 use super::decoder::{RankModel, SeqStep};
-use super::engine::{Command, EngineLimits, Event, FinishReason, GroupStats, Job};
+use super::engine::{AdapterOps, Command, Control, EngineLimits, Event, FinishReason, GroupStats, Job};
 use super::prefix_cache::{PrefixCache, PrefixFork, PrefixOps};
 use super::sampler::Sampler;
 use super::sampler::SamplingParams;
@@ -36,6 +36,8 @@ struct Seq {
     /// The output constraint's state, when the request has one.
     guide: Option<Guide>,
     events: UnboundedSender<Event>,
+    /// The adapter it runs with (None: the base model).
+    adapter: Option<u32>,
     /// Bytes of the generated text already streamed.
     emitted: usize,
     /// Generated text decoded so far: `generated[..decoded]`, ending on a
@@ -65,6 +67,13 @@ pub(super) struct Scheduler {
     /// Kept prompt prefixes, and what the ranks must do about them next step.
     prefix: PrefixCache,
     prefix_ops: PrefixOps,
+    /// Adapter loads and unloads, and the requests for them.
+    control: Receiver<Control>,
+    adapter_ops: AdapterOps,
+    /// Adapters loaded (rank 0 has them; the others once `adapter_ops` is sent).
+    adapters: std::collections::HashSet<u32>,
+    /// Adapters to unload once no sequence uses them.
+    retiring: Vec<u32>,
 }
 
 impl Scheduler {
@@ -74,10 +83,14 @@ impl Scheduler {
         tokenizer: Arc<GgufTokenizer>,
         limits: EngineLimits,
         stats: Arc<GroupStats>,
-        rx: Receiver<Job>,
+        (rx, control): (Receiver<Job>, Receiver<Control>),
         label: String,
     ) -> Self {
         Self {
+            control,
+            adapter_ops: AdapterOps::default(),
+            adapters: Default::default(),
+            retiring: Vec::new(),
             label,
             prefix: PrefixCache::new(limits.prefix_cache_bytes, model.kv_bytes_per_position()),
             prefix_ops: PrefixOps::default(),
@@ -95,9 +108,18 @@ impl Scheduler {
     }
 
     fn admit(&mut self, job: Job) {
+        if let Some(a) = job.adapter {
+            if !self.adapters.contains(&a) || self.retiring.contains(&a) {
+                let _ = job.events.send(Event::Error(format!("adapter {a} is not loaded (it was unloaded)")));
+                return;
+            }
+        }
         let id = self.next_id;
         self.next_id += 1;
-        let cached = match self.prefix.lookup(&job.prompt) {
+        // Kept prefixes hold the base model's keys and values: a sequence
+        // with an adapter neither reuses nor keeps one.
+        let found = if job.adapter.is_none() { self.prefix.lookup(&job.prompt) } else { None };
+        let cached = match found {
             Some((entry, positions)) => {
                 self.prefix_ops.fork.push(PrefixFork { entry, seq: id, positions });
                 self.stats.prefix_hits.fetch_add(1, Ordering::Relaxed);
@@ -127,6 +149,7 @@ impl Scheduler {
             cached,
             generated: Vec::new(),
             events: job.events,
+            adapter: job.adapter,
             emitted: 0,
             text: String::new(),
             decoded: 0,
@@ -139,15 +162,59 @@ impl Scheduler {
         Ok(())
     }
 
+    /// Adapter requests that have arrived: a load is checked and applied on
+    /// rank 0 now (the reply says whether it fits the model) and sent to the
+    /// other ranks with the next step; an unload waits for its sequences.
+    fn take_control(&mut self) {
+        while let Ok(c) = self.control.try_recv() {
+            match c {
+                Control::LoadAdapter { id, adapter, reply } => {
+                    let r = self.model.load_adapter(id, &adapter);
+                    if r.is_ok() {
+                        self.adapters.insert(id);
+                        self.adapter_ops.load.push((id, *adapter));
+                    }
+                    let _ = reply.send(r);
+                }
+                Control::UnloadAdapter { id } => {
+                    if self.adapters.contains(&id) && !self.retiring.contains(&id) {
+                        self.retiring.push(id);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Retiring adapters that no sequence uses any more: unloaded on rank 0
+    /// now and on the others with this step.
+    fn retire_unused_adapters(&mut self) {
+        let in_use: std::collections::HashSet<u32> =
+            self.running.iter().chain(self.waiting.iter()).filter_map(|s| s.adapter).collect();
+        let (done, keep): (Vec<u32>, Vec<u32>) = self.retiring.drain(..).partition(|id| !in_use.contains(id));
+        self.retiring = keep;
+        for id in done {
+            self.model.unload_adapter(id);
+            self.adapters.remove(&id);
+            self.adapter_ops.unload.push(id);
+        }
+    }
+
     /// Serves until the job channel closes, then shuts the other ranks down.
     pub(super) fn run(mut self) {
         loop {
+            self.take_control();
             // Admit: block when idle, otherwise take whatever has arrived.
             if self.waiting.is_empty() && self.running.is_empty() {
-                match self.rx.recv_timeout(Duration::from_millis(200)) {
-                    Ok(job) => self.admit(job),
+                match self.rx.recv_timeout(Duration::from_millis(50)) {
+                    Ok(job) => {
+                        // A load sent just before this job must be known first.
+                        self.take_control();
+                        self.admit(job)
+                    }
                     Err(RecvTimeoutError::Timeout) => {
-                        if !self.free.is_empty() && self.step().is_err() {
+                        let pending =
+                            !self.free.is_empty() || !self.retiring.is_empty() || !self.adapter_ops.is_empty();
+                        if pending && self.step().is_err() {
                             return;
                         }
                         continue;
@@ -183,16 +250,18 @@ impl Scheduler {
     /// Builds and runs one step, then samples and streams.
     fn step(&mut self) -> Result<(), ModelError> {
         self.drop_cancelled();
+        self.retire_unused_adapters();
         let (steps, prefilling) = self.plan_step();
         let free = std::mem::take(&mut self.free);
         let prefix = std::mem::take(&mut self.prefix_ops);
+        let adapters = std::mem::take(&mut self.adapter_ops);
         // Prefix saves before frees: a sequence that ended on its first
         // token is freed in the same step its prompt is saved.
         self.model.apply_prefix_ops(&prefix)?;
         for id in &free {
             self.model.free(*id);
         }
-        self.broadcast(&Command::Step { steps: steps.clone(), free, prefix })?;
+        self.broadcast(&Command::Step { steps: steps.clone(), free, prefix, adapters })?;
         if steps.is_empty() {
             self.stats.cached_sequences.store(self.model.cached_sequences(), Ordering::Relaxed);
             self.record_gauges();
@@ -231,6 +300,7 @@ impl Scheduler {
                 seq: s.id,
                 tokens: vec![*s.generated.last().expect("running sequences have a token")],
                 start: s.cached,
+                adapter: s.adapter,
             });
             budget = budget.saturating_sub(1);
         }
@@ -240,7 +310,12 @@ impl Scheduler {
                 break;
             }
             let take = (s.prompt.len() - s.cached).min(budget);
-            steps.push(SeqStep { seq: s.id, tokens: s.prompt[s.cached..s.cached + take].to_vec(), start: s.cached });
+            steps.push(SeqStep {
+                seq: s.id,
+                tokens: s.prompt[s.cached..s.cached + take].to_vec(),
+                start: s.cached,
+                adapter: s.adapter,
+            });
             budget -= take;
             prefilling += 1;
         }
@@ -327,7 +402,9 @@ impl Scheduler {
         let mut still_waiting = VecDeque::new();
         for s in self.waiting.drain(..) {
             if s.cached == s.prompt.len() && !s.generated.is_empty() {
-                self.prefix.insert(s.id, &s.prompt, &mut self.prefix_ops);
+                if s.adapter.is_none() {
+                    self.prefix.insert(s.id, &s.prompt, &mut self.prefix_ops);
+                }
                 self.running.push(s);
             } else {
                 still_waiting.push_back(s);

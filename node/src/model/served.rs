@@ -70,6 +70,27 @@ impl ServedModels {
         }
     }
 
+    /// The model and adapter `name` names: a model (None: its base), or an
+    /// adapter of one of the models.
+    pub fn resolve(&self, name: &str) -> Result<(Arc<ModelServing>, Option<String>), Lookup> {
+        match self.get(name) {
+            Ok(g) => Ok((g, None)),
+            Err(Lookup::Unknown(mut served)) => match self.groups.iter().find(|g| g.has_adapter(name)) {
+                Some(g) => Ok((g.clone(), Some(name.to_string()))),
+                None => {
+                    served.extend(self.groups.iter().flat_map(|g| g.adapters()).map(|a| a.name));
+                    Err(Lookup::Unknown(served))
+                }
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether `name` is taken by a model or by an adapter of any model.
+    pub fn name_taken(&self, name: &str) -> bool {
+        self.groups.iter().any(|g| g.name() == name || g.has_adapter(name))
+    }
+
     /// Every group, the default first.
     pub fn all(&self) -> &[Arc<ModelServing>] {
         &self.groups

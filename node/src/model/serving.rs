@@ -4,6 +4,7 @@ use std::path::Path;
 
 use tokio::sync::mpsc::UnboundedReceiver;
 
+use super::adapter::registry::{AdapterInfo, AdapterRegistry, MAX_RESIDENT_ADAPTERS};
 use super::chat::{ChatMessage, ChatTemplate, CHATML, GEMMA_TURNS};
 use super::engine::{EngineLimits, Event, ModelGroup};
 use super::sampler::SamplingParams;
@@ -15,6 +16,7 @@ pub struct ModelServing {
     group: ModelGroup,
     template: ChatTemplate,
     name: String,
+    adapters: AdapterRegistry,
 }
 
 impl ModelServing {
@@ -28,7 +30,7 @@ impl ModelServing {
     /// are in other processes) as `name`.
     pub fn from_group(name: &str, path: &Path, group: ModelGroup) -> Result<Self, ModelError> {
         let template = chat_template(path, group.tokenizer())?;
-        Ok(Self { group, template, name: name.to_string() })
+        Ok(Self { group, template, name: name.to_string(), adapters: AdapterRegistry::new(MAX_RESIDENT_ADAPTERS) })
     }
 
     /// The name requests use (`--model NAME=PATH`, or the file stem).
@@ -56,9 +58,49 @@ impl ModelServing {
         self.group.tokenizer().encode(&text)
     }
 
-    /// Starts a generation.
+    /// Starts a generation by the base model.
     pub fn generate(&self, ids: Vec<u32>, params: SamplingParams) -> Result<UnboundedReceiver<Event>, ModelError> {
         self.group.submit(ids, params)
+    }
+
+    /// Starts a generation with adapter `adapter` (None: the base), loading
+    /// it first if it is not resident. Blocks while it loads.
+    pub fn generate_with(
+        &self,
+        ids: Vec<u32>,
+        params: SamplingParams,
+        adapter: Option<&str>,
+    ) -> Result<UnboundedReceiver<Event>, ModelError> {
+        let id = match adapter {
+            None => None,
+            Some(name) => Some(
+                self.adapters
+                    .resident_id(name, self.group.config(), &self.group)?
+                    .ok_or_else(|| ModelError::Input(format!("no adapter '{name}' on model '{}'", self.name)))?,
+            ),
+        };
+        self.group.submit_with_adapter(ids, params, id)
+    }
+
+    /// Reads the PEFT adapter in `dir` and serves it as `name` (replacing one
+    /// of that name). Blocks while it loads.
+    pub fn load_adapter(&self, name: &str, dir: &Path) -> Result<AdapterInfo, ModelError> {
+        self.adapters.register(name, dir, self.group.config(), &self.group)
+    }
+
+    /// Stops serving adapter `name`; false when there is none of that name.
+    pub fn unload_adapter(&self, name: &str) -> bool {
+        self.adapters.unregister(name, &self.group)
+    }
+
+    /// Whether this model has an adapter called `name`.
+    pub fn has_adapter(&self, name: &str) -> bool {
+        self.adapters.contains(name)
+    }
+
+    /// The adapters of this model, by name.
+    pub fn adapters(&self) -> Vec<AdapterInfo> {
+        self.adapters.list()
     }
 }
 

@@ -4,6 +4,7 @@ use candle_core::{Device, Tensor};
 
 use super::config::Activation;
 use super::{Embedding, Head, RankModel, SeqStep};
+use crate::model::adapter::Target;
 use crate::model::comm::Communicator;
 use crate::model::kernels::attention::{self, SeqView};
 use crate::model::kernels::norm::{
@@ -36,7 +37,7 @@ impl RankModel {
             }
             add_in_place(&mut x, &a);
             rms_norm(&x, &self.layers[l].ffn_norm, eps, &mut h);
-            let mut f = self.feed_forward(l, &h, n, comm)?;
+            let mut f = self.feed_forward(l, &h, n, steps, comm)?;
             if let Some(w) = &self.layers[l].post_ffn_norm {
                 rms_norm_in_place(&mut f, w, eps);
             }
@@ -64,6 +65,11 @@ impl RankModel {
                     "sequence {} starts at {} but {cached} positions are cached",
                     s.seq, s.start
                 )));
+            }
+            if let Some(id) = s.adapter {
+                if !self.adapters.contains_key(&id) {
+                    return Err(ModelError::Input(format!("sequence {} names adapter {id}, not loaded", s.seq)));
+                }
             }
             if steps.iter().filter(|o| o.seq == s.seq).count() > 1 {
                 return Err(ModelError::Input(format!("sequence {} appears twice in one step", s.seq)));
@@ -144,12 +150,13 @@ impl RankModel {
         let (hd, w) = (heads.head_dim, heads.qkv_width());
         let layer = &self.layers[l];
         let mut qkv = layer.qkv.matmul(h, n)?;
+        let (q_w, kv_w) = (heads.n_q * hd, heads.n_kv * hd);
+        self.add_adapters(l, &[(Target::Q, 0), (Target::K, q_w), (Target::V, q_w + kv_w)], h, steps, &mut qkv, w);
         if let Some(bias) = &layer.qkv_bias {
             for row in qkv.chunks_exact_mut(w) {
                 add_in_place(row, bias);
             }
         }
-        let (q_w, kv_w) = (heads.n_q * hd, heads.n_kv * hd);
         let (eps, rope) = (self.cfg.eps as f32, &self.ropes[layer.rope]);
         // Per row: the head norms, RoPE on the query and key heads, the query
         // scale, then the keys and values into the sequence's cache; attention
@@ -181,21 +188,62 @@ impl RankModel {
         let y = attention::attend(heads, &qkv, &views, self.cfg.score_scale, self.cfg.layers[l].window);
         let widths: Vec<usize> = self.part.heads_per_rank().iter().map(|h| h * hd).collect();
         let y = self.gather_columns(y, n, &widths, comm)?;
-        let out = self.layers[l].wo.matmul(&y, n)?;
+        let mut out = self.layers[l].wo.matmul(&y, n)?;
+        self.add_adapters(l, &[(Target::O, 0)], &y, steps, &mut out, self.part.hidden.len());
         self.gather_columns(out, n, &self.part.hidden_per_rank(), comm)
+    }
+
+    /// Adds each sequence's adapter update of layer `l`'s `targets` (each
+    /// starting at its column of `out`, `width` wide) for that sequence's rows
+    /// of the projection input `x`: rows of one step may each run a
+    /// different adapter, or none.
+    fn add_adapters(
+        &self,
+        l: usize,
+        targets: &[(Target, usize)],
+        x: &[f32],
+        steps: &[SeqStep],
+        out: &mut [f32],
+        width: usize,
+    ) {
+        if self.adapters.is_empty() {
+            return;
+        }
+        let mut row = 0;
+        for s in steps {
+            let rows = row..row + s.tokens.len();
+            row = rows.end;
+            let Some(adapter) = s.adapter.and_then(|id| self.adapters.get(&id)) else { continue };
+            for &(t, col) in targets {
+                if let Some(lora) = adapter.get(l, t) {
+                    lora.add_to(x, rows.clone(), out, width, col);
+                }
+            }
+        }
     }
 
     /// Layer `l`'s gated feed-forward (SwiGLU or GeGLU) over the normed input
     /// `h`; the down projection by output row after gathering the features.
-    fn feed_forward(&self, l: usize, h: &[f32], n: usize, comm: &dyn Communicator) -> Result<Vec<f32>, ModelError> {
+    fn feed_forward(
+        &self,
+        l: usize,
+        h: &[f32],
+        n: usize,
+        steps: &[SeqStep],
+        comm: &dyn Communicator,
+    ) -> Result<Vec<f32>, ModelError> {
         let layer = &self.layers[l];
-        let gate_up = layer.gate_up.matmul(h, n)?;
+        let mut gate_up = layer.gate_up.matmul(h, n)?;
+        let f = self.part.ffn.len();
+        self.add_adapters(l, &[(Target::Gate, 0), (Target::Up, f)], h, steps, &mut gate_up, 2 * f);
         let m = match self.cfg.activation {
             Activation::Silu => silu_mul(&gate_up, self.part.ffn.len()),
             Activation::GeluTanh => gelu_mul(&gate_up, self.part.ffn.len()),
         };
         let m = self.gather_columns(m, n, &self.part.ffn_per_rank(), comm)?;
-        self.gather_columns(layer.w_down.matmul(&m, n)?, n, &self.part.hidden_per_rank(), comm)
+        let mut down = layer.w_down.matmul(&m, n)?;
+        self.add_adapters(l, &[(Target::Down, 0)], &m, steps, &mut down, self.part.hidden.len());
+        self.gather_columns(down, n, &self.part.hidden_per_rank(), comm)
     }
 
     /// Rank 0: logits of each sequence's last token; other ranks: nothing

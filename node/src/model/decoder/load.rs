@@ -156,6 +156,7 @@ impl RankModel {
             head,
             caches: HashMap::new(),
             prefixes: HashMap::new(),
+            adapters: HashMap::new(),
         })
     }
 }

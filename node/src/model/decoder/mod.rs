@@ -35,6 +35,8 @@ use serde::{Deserialize, Serialize};
 
 pub use config::{Activation, DecoderConfig, Family, LayerAttention};
 
+use super::adapter::rank::RankAdapter;
+use super::adapter::LoraAdapter;
 use super::kernels::attention::Heads;
 use super::kernels::rope::Rope;
 use super::kernels::QuantMatrix;
@@ -53,6 +55,10 @@ pub struct SeqStep {
     pub tokens: Vec<u32>,
     /// Position of the first token (= tokens already cached).
     pub start: usize,
+    /// The adapter this sequence runs with (an id of
+    /// [`RankModel::load_adapter`]); `None` is the base model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<u32>,
 }
 
 /// One decoder layer's weights on this rank.
@@ -118,6 +124,8 @@ pub struct RankModel {
     /// Prompt prefixes kept for later requests, by the scheduler's entry id
     /// (see `prefix_cache`); every rank keeps its own share of each.
     prefixes: HashMap<u64, SeqCache>,
+    /// Loaded LoRA adapters (this rank's share), by the scheduler's id.
+    adapters: HashMap<u32, RankAdapter>,
 }
 
 impl RankModel {
@@ -215,6 +223,23 @@ impl RankModel {
     /// Bytes of kept prefixes on this rank.
     pub fn prefix_bytes(&self) -> usize {
         self.prefixes.values().map(SeqCache::bytes).sum()
+    }
+
+    /// Loads this rank's share of `adapter` as `id` (checked against the model first).
+    pub fn load_adapter(&mut self, id: u32, adapter: &LoraAdapter) -> Result<(), ModelError> {
+        adapter.check(&self.cfg)?;
+        self.adapters.insert(id, RankAdapter::new(adapter, &self.cfg, &self.part));
+        Ok(())
+    }
+
+    /// Forgets adapter `id`.
+    pub fn unload_adapter(&mut self, id: u32) {
+        self.adapters.remove(&id);
+    }
+
+    /// Bytes of adapters held on this rank.
+    pub fn adapter_bytes(&self) -> usize {
+        self.adapters.values().map(RankAdapter::bytes).sum()
     }
 
     fn heads(&self) -> Heads {

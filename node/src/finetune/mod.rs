@@ -1,0 +1,40 @@
+//! LoRA fine-tuning on candle (`tessera finetune`): a team's own data
+//! (chats, prompt/completion pairs, or a collection's chunks) trains a
+//! low-rank adapter of the served base, written in PEFT's layout so the
+//! model group serves it per request (`model::adapter`) and PEFT loads it.
+//!
+//! - [`data`]: JSON Lines and chunks to token ids with loss weights;
+//! - [`model`]: the base as a differentiable f32 graph, and the LoRA variables;
+//! - [`optimizer`]: AdamW with open state, gradient clipping and accumulation;
+//! - [`trainer`]: the loop, the log and the checkpoints.
+pub mod data;
+pub mod model;
+pub mod optimizer;
+pub mod trainer;
+
+use thiserror::Error;
+
+use crate::model::ModelError;
+
+/// Failures of a fine-tuning run.
+#[derive(Debug, Error)]
+pub enum FinetuneError {
+    /// A data line (or the whole file) cannot be used; says which line.
+    #[error("training data: {0}")]
+    Data(String),
+    /// Settings that cannot work.
+    #[error("settings: {0}")]
+    Config(String),
+    /// Reading or writing files.
+    #[error("{0}")]
+    Io(String),
+    /// The model, its tensors or its adapter.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+}
+
+impl From<candle_core::Error> for FinetuneError {
+    fn from(e: candle_core::Error) -> Self {
+        FinetuneError::Model(ModelError::Candle(e))
+    }
+}
