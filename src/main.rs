@@ -1,8 +1,10 @@
 //! `tessera`: one binary for the server roles and the command-line client.
+mod adapters;
 mod auth;
 mod client;
 mod cluster;
 mod conversation;
+mod finetune;
 mod limit;
 mod progress;
 mod server;
@@ -58,6 +60,11 @@ enum Command {
     /// List, show and clear chat sessions.
     #[command(subcommand)]
     Sessions(conversation::SessionsCmd),
+    /// Train a LoRA adapter of the base model on your data (PEFT layout out).
+    Finetune(finetune::FinetuneArgs),
+    /// Load, unload and list the LoRA adapters the model nodes serve.
+    #[command(subcommand)]
+    Adapters(adapters::AdaptersCmd),
 }
 
 /// Where the client sends requests.
@@ -305,6 +312,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Ask(args) => conversation::ask(args).await,
             Command::Chat(args) => conversation::chat(args).await,
             Command::Sessions(cmd) => conversation::sessions(cmd).await,
+            Command::Finetune(args) => finetune::finetune(args).await,
+            Command::Adapters(cmd) => adapters::adapters(cmd).await,
         }
     })
 }

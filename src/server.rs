@@ -82,6 +82,10 @@ pub struct NodeOpts {
     /// warning when absent.
     #[arg(long = "model", env = "TESSERA_MODEL")]
     model: Vec<String>,
+    /// A LoRA adapter (PEFT folder) served beside the default model as
+    /// `NAME` (`model` in requests); repeatable.
+    #[arg(long = "adapter", value_name = "NAME=DIR")]
+    adapter: Vec<String>,
     /// Model: sequences decoded together in one step.
     #[arg(long, default_value_t = 16)]
     max_running: usize,
@@ -195,6 +199,13 @@ pub fn build_node_config(
             .map_err(|e| anyhow::anyhow!("cannot locate this executable for the loader sandbox: {e}"))?,
     );
     config.models = model_specs(opts, config.has(NodeRole::Model))?;
+    for a in &opts.adapter {
+        let (name, dir) = a.split_once('=').ok_or_else(|| anyhow::anyhow!("--adapter {a}: expected NAME=DIR"))?;
+        let name = name.trim();
+        ModelSpec::validate_name(name).map_err(|e| anyhow::anyhow!("--adapter {a}: {e}"))?;
+        anyhow::ensure!(!config.adapters.iter().any(|(n, _)| n == name), "two adapters are named '{name}'");
+        config.adapters.push((name.to_string(), PathBuf::from(dir.trim())));
+    }
     Ok(config)
 }
 

@@ -235,9 +235,11 @@ pub fn grpc_access(path: &str) -> Access {
         "CreateCollection" | "DropCollection" | "Ingest" | "IngestStream" | "Delete" | "ClearSession" => {
             Role::ReadWrite
         }
-        "ClusterStatus" => Role::Admin,
+        // Changing what the model group serves is an operator's act.
+        "ClusterStatus" | "LoadAdapter" | "UnloadAdapter" => Role::Admin,
         // Queries and conversation, and any method added later until classified.
-        "ListCollections" | "Search" | "Embed" | "Generate" | "Ask" | "ListSessions" | "GetSession" => Role::ReadOnly,
+        "ListCollections" | "Search" | "Embed" | "Generate" | "Ask" | "ListSessions" | "GetSession"
+        | "ListAdapters" => Role::ReadOnly,
         _ => Role::Admin,
     })
 }

@@ -24,6 +24,8 @@ fn scope<T>(req: &Request<T>) -> Scope {
 pub type GenerateStream = Pin<Box<dyn futures::Stream<Item = Result<pb::GenerateChunk, Status>> + Send>>;
 /// The stream type of IngestStream.
 pub type IngestStream = Pin<Box<dyn futures::Stream<Item = Result<pb::IngestProgress, Status>> + Send>>;
+/// The stream type of FineTune.
+pub type FineTuneStream = Pin<Box<dyn futures::Stream<Item = Result<pb::FineTuneProgress, Status>> + Send>>;
 /// The stream type of Ask.
 pub type AskStream = Pin<Box<dyn futures::Stream<Item = Result<pb::AskChunk, Status>> + Send>>;
 
@@ -60,6 +62,29 @@ fn forward(mut upstream: tonic::Streaming<pb::GenerateChunk>) -> GenerateStream 
 impl pb::tessera_server::Tessera for Coordinator {
     type GenerateStream = GenerateStream;
     type AskStream = AskStream;
+    type FineTuneStream = FineTuneStream;
+
+    #[instrument(skip_all, name = "Tessera/FineTune", fields(out = %req.get_ref().out))]
+    async fn fine_tune(&self, req: Request<pb::FineTuneRequest>) -> Result<Response<FineTuneStream>, Status> {
+        let scope = scope(&req);
+        let mut req = req.into_inner();
+        if !req.collection.is_empty() {
+            req.collection = scope.collection(&req.collection)?;
+        }
+        let mut upstream = Coordinator::fine_tune(self, req).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            // Dropping the upstream when the client goes away stops the job
+            // after its current step (the node keeps a checkpoint).
+            while let Some(item) = upstream.message().await.transpose() {
+                let failed = item.is_err();
+                if tx.send(item).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
     type IngestStreamStream = IngestStream;
 
     #[instrument(skip_all, name = "Tessera/Ask", fields(collection = %req.get_ref().collection, session = %req.get_ref().session))]
@@ -118,6 +143,27 @@ impl pb::tessera_server::Tessera for Coordinator {
     ) -> Result<Response<pb::ClearSessionResponse>, Status> {
         let scope = scope(&req);
         Ok(Response::new(Coordinator::clear_session(self, &scope.session(&req.into_inner().session)?).await?))
+    }
+
+    #[instrument(skip_all, name = "Tessera/LoadAdapter", fields(name = %req.get_ref().name))]
+    async fn load_adapter(&self, req: Request<pb::LoadAdapterRequest>) -> Result<Response<pb::AdapterInfo>, Status> {
+        Ok(Response::new(Coordinator::load_adapter(self, req.into_inner()).await?))
+    }
+
+    #[instrument(skip_all, name = "Tessera/UnloadAdapter", fields(name = %req.get_ref().name))]
+    async fn unload_adapter(
+        &self,
+        req: Request<pb::UnloadAdapterRequest>,
+    ) -> Result<Response<pb::UnloadAdapterResponse>, Status> {
+        Ok(Response::new(Coordinator::unload_adapter(self, &req.into_inner().name).await?))
+    }
+
+    #[instrument(skip_all, name = "Tessera/ListAdapters")]
+    async fn list_adapters(
+        &self,
+        _req: Request<pb::ListAdaptersRequest>,
+    ) -> Result<Response<pb::ListAdaptersResponse>, Status> {
+        Ok(Response::new(Coordinator::list_adapters(self).await?))
     }
 
     #[instrument(skip_all, name = "Tessera/Generate", fields(max_tokens = req.get_ref().max_tokens))]

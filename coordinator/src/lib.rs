@@ -9,6 +9,7 @@
 //! links the node crate: what both sides share is plain data in `tessera-types`.
 //! In `tessera up` the nodes it talks to are its own process, over loopback gRPC.
 
+mod adapters;
 pub mod ask;
 pub mod auth;
 pub mod catalog;

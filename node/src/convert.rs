@@ -139,3 +139,101 @@ pub fn writes_from_pb(writes: Vec<pb::DocumentWrite>) -> Result<Vec<DocWrite>, S
     }
     Ok(out)
 }
+
+/// A fine-tuning job from its request: 0 / "" take `tessera finetune`'s
+/// defaults; `base` is the served model's GGUF.
+pub fn finetune_job_from_pb(
+    req: &pb::FineTuneRequest,
+    base: std::path::PathBuf,
+    base_name: &str,
+) -> Result<crate::finetune::job::FinetuneJob, Status> {
+    use crate::finetune::job::{FinetuneJob, TrainingData};
+    use crate::finetune::trainer::TrainConfig;
+    use crate::model::adapter::Target;
+    let or = |v: u32, d: u32| if v == 0 { d } else { v } as usize;
+    if req.out.is_empty() {
+        return Err(Status::invalid_argument("give the adapter's output folder (out)"));
+    }
+    let data = if !req.texts.is_empty() {
+        TrainingData::Texts(req.texts.clone())
+    } else if !req.data_jsonl.is_empty() {
+        TrainingData::Jsonl(req.data_jsonl.clone())
+    } else {
+        return Err(Status::invalid_argument("give training data (data_jsonl) or a collection"));
+    };
+    let targets = Target::parse_list(if req.targets.is_empty() { "q,k,v,o" } else { &req.targets })
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    Ok(FinetuneJob {
+        base,
+        data,
+        eval: (!req.eval_jsonl.is_empty()).then(|| req.eval_jsonl.clone()),
+        eval_split: if req.eval_split > 0.0 { req.eval_split } else { 0.0 },
+        max_seq_len: or(req.max_seq_len, 512),
+        train: TrainConfig {
+            rank: or(req.rank, 8),
+            alpha: if req.alpha > 0.0 { req.alpha } else { 16.0 },
+            dropout: req.dropout,
+            targets,
+            epochs: or(req.epochs, 3),
+            max_steps: (req.max_steps > 0).then_some(req.max_steps as usize),
+            lr: if req.lr > 0.0 { req.lr } else { 2e-4 },
+            batch_size: or(req.batch_size, 4),
+            grad_accum: or(req.grad_accum, 1),
+            max_grad_norm: 1.0,
+            seed: req.seed,
+            checkpoint_every: req.checkpoint_every as usize,
+            out: std::path::PathBuf::from(&req.out),
+            resume: req.resume,
+            base_name: base_name.to_string(),
+        },
+    })
+}
+
+/// A job's data report on the wire.
+pub fn prepared_pb(p: &crate::finetune::job::Prepared) -> pb::FineTuneProgress {
+    pb::FineTuneProgress {
+        prepared: Some(pb::FineTunePrepared {
+            train_examples: p.train_examples as u32,
+            eval_examples: p.eval_examples as u32,
+            dropped: p.dropped as u32,
+            target_tokens: p.target_tokens as u64,
+            parameters: p.parameters as u64,
+        }),
+        ..Default::default()
+    }
+}
+
+/// A step or evaluation report on the wire.
+pub fn step_pb(p: &crate::finetune::trainer::Progress) -> pb::FineTuneProgress {
+    pb::FineTuneProgress {
+        progress: Some(pb::FineTuneStep {
+            step: p.step as u32,
+            total_steps: p.total_steps as u32,
+            epoch: p.epoch,
+            loss: p.loss,
+            eval_loss: p.eval_loss,
+            lr: p.lr,
+            tokens_per_s: p.tokens_per_s,
+            eta_s: p.eta_s,
+        }),
+        ..Default::default()
+    }
+}
+
+/// A finished job on the wire; `adapter` is the name it is served under.
+pub fn summary_pb(s: &crate::finetune::trainer::TrainSummary, adapter: &str) -> pb::FineTuneProgress {
+    pb::FineTuneProgress {
+        summary: Some(pb::FineTuneSummary {
+            steps: s.steps as u32,
+            interrupted: s.interrupted,
+            final_loss: s.final_loss,
+            eval_losses: s.eval_losses.clone(),
+            tokens_per_s: s.tokens_per_s,
+            parameters: s.parameters as u64,
+            peak_rss_bytes: s.peak_rss_bytes,
+            out: s.out.display().to_string(),
+            adapter: adapter.to_string(),
+        }),
+        ..Default::default()
+    }
+}

@@ -39,6 +39,9 @@ pub struct NodeConfig {
     /// The GGUF models of the `model` role, each its own group; the first is
     /// the default (and the one a group over processes runs).
     pub models: Vec<ModelSpec>,
+    /// LoRA adapters to serve from the start (`--adapter NAME=DIR`), on the
+    /// default model.
+    pub adapters: Vec<(String, PathBuf)>,
     /// Model scheduler bounds.
     pub engine: EngineLimits,
     /// Session role: how long a session actor may stay idle before it is stopped.
@@ -74,6 +77,7 @@ impl NodeConfig {
             max_document_bytes: 32 * 1024 * 1024,
             loader_sandbox: None,
             models: vec![ModelSpec::from_path(models_dir.join(DEFAULT_MODEL), 1)],
+            adapters: Vec::new(),
             engine: EngineLimits::default(),
             session_idle: std::time::Duration::from_secs(300),
             model_group: None,
@@ -190,7 +194,26 @@ async fn start_models(config: &NodeConfig) -> Result<ServedModels, NodeError> {
             groups.push(serving);
         }
     }
-    Ok(ServedModels::new(groups))
+    let served = ServedModels::new(groups);
+    if !config.adapters.is_empty() {
+        let Some(base) = served.all().first().cloned() else {
+            return Err(NodeError::Model(ModelError::Config("--adapter needs a model to run on".into())));
+        };
+        for (name, dir) in &config.adapters {
+            if served.name_taken(name) {
+                return Err(NodeError::Model(ModelError::Config(format!("--adapter {name}: the name is taken"))));
+            }
+            let (b, n, d) = (base.clone(), name.clone(), dir.clone());
+            let info = tokio::task::spawn_blocking(move || b.load_adapter(&n, &d))
+                .await
+                .map_err(|e| NodeError::Actor(e.to_string()))?
+                .map_err(|e| {
+                    NodeError::Model(ModelError::Config(format!("--adapter {name}={}: {e}", dir.display())))
+                })?;
+            info!(adapter = %info.name, model = base.name(), rank = info.rank, "adapter loaded");
+        }
+    }
+    Ok(served)
 }
 
 /// One model: a local group of `tp` ranks, rank 0 of a group over processes

@@ -121,9 +121,22 @@ pub(crate) fn new_id(prefix: &str) -> String {
 
 #[tracing::instrument(skip_all, name = "openai.models")]
 async fn models(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
-    let mut ids = state.chat_ids(true).await?;
-    ids.extend(state.embedding_id().await?);
-    let data: Vec<Value> =
-        ids.iter().map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "tessera"})).collect();
+    let served = state.coordinator.served_models().await?;
+    *state.chat.write().await = served.iter().map(|m| m.name.clone()).collect();
+    let mut data: Vec<Value> = served
+        .iter()
+        .map(|m| {
+            let mut v = json!({"id": m.name, "object": "model", "created": 0, "owned_by": "tessera"});
+            // An adapter names the base it runs on, as vLLM lists LoRA modules.
+            if !m.parent.is_empty() {
+                v["parent"] = json!(m.parent);
+                v["root"] = json!(m.parent);
+            }
+            v
+        })
+        .collect();
+    data.extend(
+        state.embedding_id().await?.map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "tessera"})),
+    );
     Ok(Json(json!({"object": "list", "data": data})))
 }

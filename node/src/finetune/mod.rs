@@ -3,11 +3,13 @@
 //! low-rank adapter of the served base, written in PEFT's layout so the
 //! model group serves it per request (`model::adapter`) and PEFT loads it.
 //!
+//! - [`job`]: one run end to end, as the CLI and the RPC start it;
 //! - [`data`]: JSON Lines and chunks to token ids with loss weights;
 //! - [`model`]: the base as a differentiable f32 graph, and the LoRA variables;
 //! - [`optimizer`]: AdamW with open state, gradient clipping and accumulation;
 //! - [`trainer`]: the loop, the log and the checkpoints.
 pub mod data;
+pub mod job;
 pub mod model;
 pub mod optimizer;
 pub mod trainer;

@@ -16,6 +16,7 @@ pub struct ModelServing {
     group: ModelGroup,
     template: ChatTemplate,
     name: String,
+    path: std::path::PathBuf,
     adapters: AdapterRegistry,
 }
 
@@ -30,12 +31,23 @@ impl ModelServing {
     /// are in other processes) as `name`.
     pub fn from_group(name: &str, path: &Path, group: ModelGroup) -> Result<Self, ModelError> {
         let template = chat_template(path, group.tokenizer())?;
-        Ok(Self { group, template, name: name.to_string(), adapters: AdapterRegistry::new(MAX_RESIDENT_ADAPTERS) })
+        Ok(Self {
+            group,
+            template,
+            name: name.to_string(),
+            path: path.to_path_buf(),
+            adapters: AdapterRegistry::new(MAX_RESIDENT_ADAPTERS),
+        })
     }
 
     /// The name requests use (`--model NAME=PATH`, or the file stem).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The GGUF file (a fine-tuning job's base).
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// The running group.

@@ -16,6 +16,28 @@ pub fn model_status(e: ModelError) -> Status {
     }
 }
 
+/// Maps the errors of loading an adapter: a missing folder or a file that is
+/// not a fitting PEFT adapter is the caller's mistake (NOT_FOUND is kept
+/// for a base model this node does not serve, so a coordinator passes on).
+pub fn adapter_status(e: ModelError) -> Status {
+    match e {
+        ModelError::Io(m) => Status::invalid_argument(format!("adapter: {m}")),
+        ModelError::Format(m) => Status::invalid_argument(format!("adapter: {m}")),
+        ModelError::Unsupported(m) => Status::invalid_argument(format!("adapter not supported: {m}")),
+        other => model_status(other),
+    }
+}
+
+/// Maps fine-tuning errors: bad data or settings are the caller's.
+pub fn finetune_status(e: crate::finetune::FinetuneError) -> Status {
+    use crate::finetune::FinetuneError;
+    match e {
+        FinetuneError::Data(_) | FinetuneError::Config(_) => Status::invalid_argument(e.to_string()),
+        FinetuneError::Io(m) => Status::failed_precondition(m),
+        FinetuneError::Model(m) => adapter_status(m),
+    }
+}
+
 /// Maps shard errors onto gRPC codes.
 pub fn shard_status(e: ShardError) -> Status {
     match e {

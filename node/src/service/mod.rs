@@ -16,10 +16,26 @@ use crate::session::SessionRegistry;
 
 /// The stream type of Generate.
 pub type GenerateStream = Pin<Box<dyn Stream<Item = Result<pb::GenerateChunk, Status>> + Send>>;
+/// The stream type of FineTune.
+pub type FineTuneStream = Pin<Box<dyn Stream<Item = Result<pb::FineTuneProgress, Status>> + Send>>;
 
 mod errors;
 
-pub use errors::{loader_status, model_status, session_status, shard_status};
+pub use errors::{adapter_status, finetune_status, loader_status, model_status, session_status, shard_status};
+
+/// The wire form of an adapter of model `model` on node `node`.
+fn adapter_pb(a: &crate::model::adapter::registry::AdapterInfo, model: &str, node: &str) -> pb::AdapterInfo {
+    pb::AdapterInfo {
+        name: a.name.clone(),
+        path: a.dir.display().to_string(),
+        model: model.to_string(),
+        resident: a.resident,
+        rank: a.rank as u32,
+        alpha: a.alpha,
+        targets: a.targets.iter().map(|t| t.module().to_string()).collect(),
+        node: node.to_string(),
+    }
+}
 
 use crate::convert::{
     filter_from_pb, hit_pb, parse_metadata, sampling_from_pb, shard_ref, stats_pb, writes_from_pb, writes_to_pb,
@@ -36,12 +52,14 @@ const MAX_SHARD_TOP_K: usize = 10_000;
 pub struct NodeService {
     node: Arc<Node>,
     replication: crate::replication::Replication,
+    /// One fine-tuning job at a time: it takes every core it is given.
+    finetune: Arc<tokio::sync::Semaphore>,
 }
 
 impl NodeService {
     /// Wraps a started node.
     pub fn new(node: Arc<Node>) -> Self {
-        Self { node, replication: Default::default() }
+        Self { node, replication: Default::default(), finetune: Arc::new(tokio::sync::Semaphore::new(1)) }
     }
 
     /// The tonic server for this service, with message limits raised for ingest.
@@ -63,7 +81,13 @@ impl NodeService {
     /// with the served names when it names none, FAILED_PRECONDITION when the
     /// node serves no model at all.
     fn model(&self, name: &str) -> Result<Arc<crate::model::ModelServing>, Status> {
-        self.node.models.get(name).map_err(|e| match e {
+        Ok(self.model_and_adapter(name)?.0)
+    }
+
+    /// The served model and adapter `name` names: a model (no adapter) or an
+    /// adapter of one; errors as [`NodeService::model`].
+    fn model_and_adapter(&self, name: &str) -> Result<(Arc<crate::model::ModelServing>, Option<String>), Status> {
+        self.node.models.resolve(name).map_err(|e| match e {
             Lookup::NoModel => Status::failed_precondition(
                 "no model is loaded on this node (role 'model' with a GGUF; run scripts/fetch-models.sh)",
             ),
@@ -79,23 +103,87 @@ impl NodeService {
 #[tonic::async_trait]
 impl pb::node_server::Node for NodeService {
     type GenerateStream = GenerateStream;
+    type FineTuneStream = FineTuneStream;
+
+    #[instrument(skip_all, name = "Node/FineTune", fields(out = %req.get_ref().out))]
+    async fn fine_tune(&self, req: Request<pb::FineTuneRequest>) -> Result<Response<FineTuneStream>, Status> {
+        let req = req.into_inner();
+        let model = self.model(&req.model)?;
+        let name = if req.adapter_name.is_empty() {
+            std::path::Path::new(&req.out).file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string()
+        } else {
+            req.adapter_name.clone()
+        };
+        crate::model::ModelSpec::validate_name(&name)
+            .map_err(|e| Status::invalid_argument(format!("adapter name (set adapter_name): {e}")))?;
+        if self.node.models.name_taken(&name) && !model.has_adapter(&name) {
+            return Err(Status::already_exists(format!("'{name}' already names a model or another model's adapter")));
+        }
+        let job = crate::convert::finetune_job_from_pb(&req, model.path().to_path_buf(), model.name())?;
+        let permit = self
+            .finetune
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Status::resource_exhausted("a fine-tuning job is already running on this node"))?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::FineTuneProgress, Status>>(64);
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
+            let _permit = permit;
+            // A client that goes away stops the job after its current step
+            // (with a checkpoint), as Ctrl-C does locally.
+            let stop = std::sync::atomic::AtomicBool::new(false);
+            let send = |m: pb::FineTuneProgress| {
+                if tx.blocking_send(Ok(m)).is_err() {
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            };
+            let result = job.run(
+                &mut |p| send(crate::convert::prepared_pb(p)),
+                &mut |p| send(crate::convert::step_pb(p)),
+                &stop,
+            );
+            match result {
+                Ok(summary) => {
+                    let served = if summary.interrupted {
+                        String::new()
+                    } else {
+                        match model.load_adapter(&name, &summary.out) {
+                            Ok(_) => name.clone(),
+                            Err(e) => {
+                                let _ = tx.blocking_send(Err(adapter_status(e)));
+                                return;
+                            }
+                        }
+                    };
+                    tracing::info!(adapter = %served, steps = summary.steps, "fine-tuning finished");
+                    send(crate::convert::summary_pb(&summary, &served));
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(finetune_status(e)));
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
 
     #[instrument(skip_all, name = "Node/Generate", fields(max_tokens = req.get_ref().max_tokens, model = %req.get_ref().model))]
     async fn generate(&self, req: Request<pb::GenerateRequest>) -> Result<Response<GenerateStream>, Status> {
-        let model = self.model(&req.get_ref().model)?;
+        let (model, adapter) = self.model_and_adapter(&req.get_ref().model)?;
         let req = req.into_inner();
         let messages: Vec<ChatMessage> =
             convert::chat_messages(&req.messages).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let ids = model.prompt_ids(&req.prompt, &messages, req.raw).map_err(model_status)?;
         let params = sampling_from_pb(&req);
-        let mut events = if params.constraint.is_some() {
+        let mut events = if params.constraint.is_some() || adapter.is_some() {
             // Compiling a schema (ms; the first request after start may wait
-            // for the grammar engine's build, ~1 s on a 262k vocabulary) runs on
-            // a blocking thread, not on the runtime's worker.
+            // for the grammar engine's build, ~1 s on a 262k vocabulary) and
+            // loading an adapter that is not resident run on a blocking
+            // thread, not on the runtime's worker.
             let span = tracing::Span::current();
-            tokio::task::spawn_blocking(move || span.in_scope(|| model.generate(ids, params)))
+            tokio::task::spawn_blocking(move || span.in_scope(|| model.generate_with(ids, params, adapter.as_deref())))
                 .await
-                .map_err(|e| Status::internal(format!("compiling the constraint: {e}")))?
+                .map_err(|e| Status::internal(format!("starting the generation: {e}")))?
         } else {
             model.generate(ids, params)
         }
@@ -155,9 +243,18 @@ impl pb::node_server::Node for NodeService {
                     cached_sequences: g.stats().cached_sequences.load(Relaxed) as u32,
                     steps: g.stats().steps.load(Relaxed) as u64,
                     max_batch_seen: g.stats().max_batch_seen.load(Relaxed) as u32,
+                    parent: String::new(),
                 }
             })
             .collect();
+        // Adapters are listed as models whose parent is their base.
+        let mut models = models;
+        for m in self.node.models.all() {
+            for a in m.adapters() {
+                let base = models.iter().find(|b| b.name == m.name()).cloned().unwrap_or_default();
+                models.push(pb::ModelInfo { name: a.name, parent: m.name().to_string(), ..base });
+            }
+        }
         Ok(Response::new(pb::NodeInfo {
             id: self.node.config.id.clone(),
             // Roles actually served: `model` only with a model loaded (not on a rank > 0 of a group).
@@ -494,6 +591,59 @@ impl pb::node_server::Node for NodeService {
     ) -> Result<Response<pb::ClearSessionResponse>, Status> {
         let messages = self.sessions()?.clear(&req.into_inner().session).await.map_err(session_status)?;
         Ok(Response::new(pb::ClearSessionResponse { cleared: messages > 0, messages }))
+    }
+
+    #[instrument(skip_all, name = "Node/LoadAdapter", fields(name = %req.get_ref().name))]
+    async fn load_adapter(&self, req: Request<pb::LoadAdapterRequest>) -> Result<Response<pb::AdapterInfo>, Status> {
+        let req = req.into_inner();
+        crate::model::ModelSpec::validate_name(&req.name).map_err(Status::invalid_argument)?;
+        if req.path.is_empty() {
+            return Err(Status::invalid_argument("give the adapter's folder (path)"));
+        }
+        let model = self.model(&req.model)?;
+        if self.node.models.name_taken(&req.name) && !model.has_adapter(&req.name) {
+            return Err(Status::already_exists(format!(
+                "'{}' already names a model or another model's adapter",
+                req.name
+            )));
+        }
+        let (name, dir) = (req.name.clone(), std::path::PathBuf::from(&req.path));
+        let served = model.clone();
+        let info = tokio::task::spawn_blocking(move || served.load_adapter(&name, &dir))
+            .await
+            .map_err(|e| Status::internal(format!("loading the adapter: {e}")))?
+            .map_err(adapter_status)?;
+        tracing::info!(adapter = %info.name, model = model.name(), rank = info.rank, "adapter loaded");
+        Ok(Response::new(adapter_pb(&info, model.name(), &self.node.config.id)))
+    }
+
+    #[instrument(skip_all, name = "Node/UnloadAdapter", fields(name = %req.get_ref().name))]
+    async fn unload_adapter(
+        &self,
+        req: Request<pb::UnloadAdapterRequest>,
+    ) -> Result<Response<pb::UnloadAdapterResponse>, Status> {
+        let name = req.into_inner().name;
+        let unloaded = self.node.models.all().iter().filter(|m| m.unload_adapter(&name)).count();
+        if unloaded == 0 {
+            let name: String = name.chars().take(200).collect();
+            return Err(Status::not_found(format!("no adapter '{name}' on this node")));
+        }
+        Ok(Response::new(pb::UnloadAdapterResponse { nodes: 1 }))
+    }
+
+    #[instrument(skip_all, name = "Node/ListAdapters")]
+    async fn list_adapters(
+        &self,
+        _req: Request<pb::ListAdaptersRequest>,
+    ) -> Result<Response<pb::ListAdaptersResponse>, Status> {
+        let adapters = self
+            .node
+            .models
+            .all()
+            .iter()
+            .flat_map(|m| m.adapters().into_iter().map(|a| adapter_pb(&a, m.name(), &self.node.config.id)))
+            .collect();
+        Ok(Response::new(pb::ListAdaptersResponse { adapters }))
     }
 
     #[instrument(skip_all, name = "Node/GetShardStats")]
