@@ -13,6 +13,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use tessera_node::finetune::job::{FinetuneJob, Prepared, TrainingData};
+use tessera_node::finetune::model::Precision;
 use tessera_node::finetune::trainer::{Progress, TrainConfig, TrainSummary};
 use tessera_node::model::adapter::Target;
 use tessera_proto::v1 as pb;
@@ -77,6 +78,10 @@ pub(crate) struct FinetuneArgs {
     /// Seed of the initialisation and the shuffles.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// The frozen base's products: bf16 on the AMX tiles with f32 sums
+    /// (f32 where the CPU has no AMX), or f32 throughout.
+    #[arg(long, value_parser = ["bf16", "f32"], default_value = "bf16")]
+    precision: String,
     /// Steps between checkpoints (0: only at the end).
     #[arg(long, default_value_t = 50)]
     checkpoint_every: u32,
@@ -222,6 +227,7 @@ impl FinetuneArgs {
             resume: self.resume,
             adapter_name: String::new(),
             texts: Vec::new(),
+            precision: self.precision.clone(),
         })
     }
 }
@@ -237,6 +243,7 @@ pub(crate) async fn finetune(args: FinetuneArgs) -> anyhow::Result<()> {
         base.display()
     );
     let data = args.data.as_ref().context("give --data FILE.jsonl or --collection NAME")?;
+    tessera_node::finetune::keep_freed_memory();
     let text = std::fs::read_to_string(data).with_context(|| format!("reading {}", data.display()))?;
     let eval =
         args.eval.as_ref().map(|p| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display())));
@@ -248,6 +255,7 @@ pub(crate) async fn finetune(args: FinetuneArgs) -> anyhow::Result<()> {
         eval_split: args.eval_split,
         max_seq_len: args.max_seq_len as usize,
         train: args.train_config(base_name)?,
+        precision: if args.precision == "f32" { Precision::F32 } else { Precision::Bf16 },
     };
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();

@@ -186,6 +186,11 @@ pub fn finetune_job_from_pb(
             resume: req.resume,
             base_name: base_name.to_string(),
         },
+        precision: match req.precision.as_str() {
+            "" | "bf16" => crate::finetune::model::Precision::Bf16,
+            "f32" => crate::finetune::model::Precision::F32,
+            other => return Err(Status::invalid_argument(format!("precision '{other}': use bf16 or f32"))),
+        },
     })
 }
 

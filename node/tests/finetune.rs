@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tessera_node::finetune::job::{FinetuneJob, TrainingData};
+use tessera_node::finetune::model::Precision;
 use tessera_node::finetune::trainer::{TrainConfig, CHECKPOINT_DIR, LOG_FILE};
 use tessera_node::finetune::FinetuneError;
 use tessera_node::model::adapter::{peft, Target};
@@ -43,6 +44,7 @@ fn job(base: &Path, out: &Path, data: &str, max_steps: usize, resume: bool) -> F
             resume,
             base_name: "SmolLM2-135M-Instruct".into(),
         },
+        precision: Precision::Bf16,
     }
 }
 

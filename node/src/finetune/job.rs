@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 
 use super::data::{split_eval, Encoder, Example};
-use super::model::TrainModel;
+use super::model::{Precision, TrainModel};
 use super::trainer::{train, Progress, TrainConfig, TrainSummary};
 use super::FinetuneError;
 use crate::model::engine::load_tokenizer;
@@ -36,6 +36,8 @@ pub struct FinetuneJob {
     pub max_seq_len: usize,
     /// The trainer's settings.
     pub train: TrainConfig,
+    /// How the frozen base multiplies.
+    pub precision: Precision,
 }
 
 /// What the data turned into, reported before training starts.
@@ -91,7 +93,7 @@ impl FinetuneJob {
             Some(text) => (examples, enc.jsonl(text).map_err(|e| FinetuneError::Data(format!("--eval: {e}")))?.0),
             None => split_eval(examples, self.eval_split),
         };
-        let model = TrainModel::load(&self.base)?;
+        let model = TrainModel::load_with(&self.base, self.precision)?;
         let params_count = {
             let (input_output, r) = (&self.train.targets, self.train.rank);
             let cfg = model.config();

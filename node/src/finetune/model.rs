@@ -4,8 +4,10 @@
 //! crate's kernels, which have no backward pass, and candle's fused
 //! `softmax_last_dim`, `rms_norm` and `rope` have none either: a graph that
 //! used them would silently stop the gradient. So training runs on a
-//! dequantized f32 copy of the base, and every op here is one candle can
-//! differentiate (matmul, exp, sums, broadcasts, narrow and concatenate).
+//! dequantized copy of the base, and every op here has a backward pass:
+//! candle's own (matmul, adds, reshapes) or this module's fused ones
+//! ([`super::fused`], [`super::ops`]), each checked against the composed
+//! candle ops they replace.
 //! Rows stay in the GGUF's order, the one the served decoder and
 //! [`LoraAdapter`] use; RoPE rotates adjacent pairs as llama.cpp does on a
 //! llama GGUF.
@@ -14,30 +16,34 @@
 //! adapter's `A` and `B` are [`Var`]s held by [`LoraParams`].
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::quantized::gguf_file::Content;
-use candle_core::{DType, Device, Tensor, Var, D};
+use candle_core::{DType, Device, Tensor, Var};
 
+use super::fused::{CausalSoftmax, RmsNorm, Rope, SwiGlu};
+use super::ops::{CrossEntropy, FrozenMatmul, HeadLoss, LoraProjection};
 use crate::model::adapter::{LoraAdapter, LoraMatrix, Target};
 use crate::model::decoder::{DecoderConfig, Family};
 use crate::model::ModelError;
 
-/// One layer's f32 weights, each stored transposed (`input × output`) so
-/// the forward is `x · W`.
+/// One layer's f32 weights; the projections frozen (`x · W`, no weight
+/// gradient), stored transposed (`input × output`).
+#[derive(Clone)]
 struct TrainLayer {
-    attn_norm: Tensor,
-    wq: Tensor,
-    wk: Tensor,
-    wv: Tensor,
-    wo: Tensor,
-    ffn_norm: Tensor,
-    w_gate: Tensor,
-    w_up: Tensor,
-    w_down: Tensor,
+    attn_norm: Arc<Vec<f32>>,
+    wq: FrozenMatmul,
+    wk: FrozenMatmul,
+    wv: FrozenMatmul,
+    wo: FrozenMatmul,
+    ffn_norm: Arc<Vec<f32>>,
+    w_gate: FrozenMatmul,
+    w_up: FrozenMatmul,
+    w_down: FrozenMatmul,
 }
 
 impl TrainLayer {
-    fn weight(&self, t: Target) -> &Tensor {
+    fn weight(&self, t: Target) -> &FrozenMatmul {
         match t {
             Target::Q => &self.wq,
             Target::K => &self.wk,
@@ -49,7 +55,7 @@ impl TrainLayer {
         }
     }
 
-    fn weight_mut(&mut self, t: Target) -> &mut Tensor {
+    fn weight_mut(&mut self, t: Target) -> &mut FrozenMatmul {
         match t {
             Target::Q => &mut self.wq,
             Target::K => &mut self.wk,
@@ -172,24 +178,49 @@ impl SplitMix {
     }
 }
 
+/// How the frozen base's products are computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// f32 weights and products (PEFT's default on CPU; exact reference).
+    F32,
+    /// Weights and inputs rounded to bf16 on the AMX tiles, sums in f32
+    /// (mixed precision; f32 where the CPU has no AMX). The adapter, its
+    /// gradients, norms, softmax and the optimizer stay f32.
+    Bf16,
+}
+
+impl Precision {
+    fn apply(self, m: FrozenMatmul) -> FrozenMatmul {
+        match self {
+            Precision::F32 => m,
+            Precision::Bf16 => m.with_bf16_tiles(),
+        }
+    }
+}
+
 /// The base decoder in f32 (see the module documentation).
 pub struct TrainModel {
     cfg: DecoderConfig,
-    /// `vocab × hidden` (also the head when tied).
+    /// `vocab × hidden`, for the lookup.
     embed: Tensor,
-    /// The untied head, transposed (`hidden × vocab`), or None (tied).
-    head_t: Option<Tensor>,
-    norm: Tensor,
+    /// The output head (the embedding matrix itself when tied).
+    head: FrozenMatmul,
+    norm: Arc<Vec<f32>>,
     layers: Vec<TrainLayer>,
-    /// RoPE tables, `context × head_dim/2` each.
-    cos: Tensor,
-    sin: Tensor,
+    /// RoPE tables, `positions × head_dim/2` each.
+    cos: Arc<Vec<f32>>,
+    sin: Arc<Vec<f32>>,
 }
 
 impl TrainModel {
     /// Dequantizes the GGUF at `path` (llama family only: Gemma 3's extra
-    /// norms and sliding windows are not in this graph yet).
+    /// norms and sliding windows are not in this graph yet); products in f32.
     pub fn load(path: &Path) -> Result<Self, ModelError> {
+        Self::load_with(path, Precision::F32)
+    }
+
+    /// [`TrainModel::load`] with the frozen products in `precision`.
+    pub fn load_with(path: &Path, precision: Precision) -> Result<Self, ModelError> {
         let mut file = std::fs::File::open(path).map_err(|e| ModelError::Io(format!("{}: {e}", path.display())))?;
         let ct = Content::read(&mut file).map_err(|e| ModelError::Format(format!("{}: {e}", path.display())))?;
         let cfg = DecoderConfig::from_gguf(&ct)?;
@@ -204,30 +235,41 @@ impl TrainModel {
             let q = ct.tensor(&mut file, name, &dev).map_err(|e| ModelError::Format(format!("tensor {name}: {e}")))?;
             Ok(q.dequantize(&dev)?.to_dtype(DType::F32)?)
         };
+        // `output × input` as stored, kept `input × output` for the forward.
+        let frozen = |w: Tensor| -> Result<FrozenMatmul, ModelError> {
+            let (out, input) = w.dims2()?;
+            let data = w.t()?.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+            Ok(precision.apply(FrozenMatmul::input_major(Arc::new(data), input, out)))
+        };
         let mut layers = Vec::with_capacity(cfg.n_layer);
         for l in 0..cfg.n_layer {
             let mut t = |s: &str| get(&format!("blk.{l}.{s}"));
-            let tr = |w: Tensor| -> Result<Tensor, ModelError> { Ok(w.t()?.contiguous()?) };
+            let tr = frozen;
+            let vector = |t: Tensor| -> Result<Arc<Vec<f32>>, ModelError> { Ok(Arc::new(t.to_vec1::<f32>()?)) };
             layers.push(TrainLayer {
-                attn_norm: t("attn_norm.weight")?,
+                attn_norm: vector(t("attn_norm.weight")?)?,
                 wq: tr(t("attn_q.weight")?)?,
                 wk: tr(t("attn_k.weight")?)?,
                 wv: tr(t("attn_v.weight")?)?,
                 wo: tr(t("attn_output.weight")?)?,
-                ffn_norm: t("ffn_norm.weight")?,
+                ffn_norm: vector(t("ffn_norm.weight")?)?,
                 w_gate: tr(t("ffn_gate.weight")?)?,
                 w_up: tr(t("ffn_up.weight")?)?,
                 w_down: tr(t("ffn_down.weight")?)?,
             });
         }
         let embed = get("token_embd.weight")?;
-        let head_t = match get("output.weight") {
-            Ok(h) => Some(h.t()?.contiguous()?),
-            Err(_) => None,
+        let as_head = |w: &Tensor| -> Result<FrozenMatmul, ModelError> {
+            let (vocab, hidden) = w.dims2()?;
+            Ok(precision.apply(FrozenMatmul::output_major(Arc::new(w.flatten_all()?.to_vec1::<f32>()?), vocab, hidden)))
         };
-        let norm = get("output_norm.weight")?;
+        let head = match get("output.weight") {
+            Ok(h) => as_head(&h)?,
+            Err(_) => as_head(&embed)?,
+        };
+        let norm = Arc::new(get("output_norm.weight")?.to_vec1::<f32>()?);
         let (cos, sin) = rope_tables(&cfg)?;
-        Ok(Self { cfg, embed, head_t, norm, layers, cos, sin })
+        Ok(Self { cfg, embed, head, norm, layers, cos, sin })
     }
 
     /// The model's shape.
@@ -241,31 +283,18 @@ impl TrainModel {
         adapter.check(&self.cfg)?;
         let mut layers = Vec::with_capacity(self.layers.len());
         for (layer, lora) in self.layers.iter().zip(&adapter.layers) {
-            let mut merged = TrainLayer {
-                attn_norm: layer.attn_norm.clone(),
-                wq: layer.wq.clone(),
-                wk: layer.wk.clone(),
-                wv: layer.wv.clone(),
-                wo: layer.wo.clone(),
-                ffn_norm: layer.ffn_norm.clone(),
-                w_gate: layer.w_gate.clone(),
-                w_up: layer.w_up.clone(),
-                w_down: layer.w_down.clone(),
-            };
+            let mut merged = layer.clone();
             for (&t, m) in lora {
-                let a = Tensor::from_vec(m.a.clone(), (adapter.rank, m.input), &Device::Cpu)?;
-                let b = Tensor::from_vec(m.b.clone(), (m.output, adapter.rank), &Device::Cpu)?;
-                // Stored transposed: (B A)ᵀ = Aᵀ Bᵀ.
-                let delta = (a.t()?.matmul(&b.t()?)? * adapter.scale() as f64)?;
+                // Stored transposed: W'ᵀ[i][o] = Wᵀ[i][o] + s · Σ_j A[j][i] B[o][j].
                 let w = merged.weight_mut(t);
-                *w = (&*w + delta)?;
+                *w = w.plus_low_rank(&m.a, &m.b, adapter.rank, adapter.scale());
             }
             layers.push(merged);
         }
         Ok(Self {
             cfg: self.cfg.clone(),
             embed: self.embed.clone(),
-            head_t: self.head_t.clone(),
+            head: self.head.clone(),
             norm: self.norm.clone(),
             layers,
             cos: self.cos.clone(),
@@ -276,33 +305,53 @@ impl TrainModel {
     /// Logits (`batch × len × vocab`) of token ids `ids` (`batch × len`),
     /// with `lora` added when given; `train` turns its dropout on.
     pub fn forward(&self, ids: &Tensor, lora: Option<&LoraParams>, train: bool) -> Result<Tensor, ModelError> {
+        Ok(self.hidden_states(ids, lora, train)?.apply_op1(self.head.clone())?)
+    }
+
+    /// The masked mean next-token loss of `ids` against `targets` (both
+    /// `batch × len`, u32) weighted by `weights` (f32): the same value as
+    /// [`masked_next_token_loss`] of [`TrainModel::forward`], without ever
+    /// holding the whole logits (see [`HeadLoss`]).
+    pub fn loss(
+        &self,
+        ids: &Tensor,
+        targets: &Tensor,
+        weights: &Tensor,
+        lora: Option<&LoraParams>,
+        train: bool,
+    ) -> Result<Tensor, ModelError> {
+        let x = self.hidden_states(ids, lora, train)?;
+        let (b, t, h) = x.dims3()?;
+        let op = HeadLoss {
+            head: self.head.clone(),
+            targets: Arc::new(targets.flatten_all()?.to_vec1::<u32>()?),
+            weights: Arc::new(weights.flatten_all()?.to_vec1::<f32>()?),
+        };
+        Ok(x.reshape((b * t, h))?.apply_op1(op)?)
+    }
+
+    /// The final normed hidden states (`batch × len × hidden`).
+    fn hidden_states(&self, ids: &Tensor, lora: Option<&LoraParams>, train: bool) -> Result<Tensor, ModelError> {
         let (b, t) = ids.dims2()?;
-        let limit = self.cos.dims2()?.0;
+        let limit = self.cos.len() / (self.cfg.head_dim / 2).max(1);
         if t > limit {
             return Err(ModelError::Input(format!("{t} tokens exceed the {limit} positions trained here")));
         }
         let hidden = self.cfg.hidden;
         let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, hidden))?;
-        let mask = causal_mask(t)?;
-        let eps = self.cfg.eps;
+        let eps = self.cfg.eps as f32;
         for (l, layer) in self.layers.iter().enumerate() {
             let h = rms_norm(&x, &layer.attn_norm, eps)?;
-            let a = self.attention(l, layer, &h, &mask, lora, train)?;
+            let a = self.attention(l, layer, &h, lora, train)?;
             x = (x + a)?;
             let h = rms_norm(&x, &layer.ffn_norm, eps)?;
             let g = project(layer, l, Target::Gate, &h, lora, train)?;
             let u = project(layer, l, Target::Up, &h, lora, train)?;
-            // silu(g) = g / (1 + e^−g), from differentiable parts.
-            let silu = (&g / (g.neg()?.exp()? + 1.0)?)?;
-            let d = project(layer, l, Target::Down, &(silu * u)?, lora, train)?;
+            let m = g.contiguous()?.apply_op2(&u.contiguous()?, SwiGlu)?;
+            let d = project(layer, l, Target::Down, &m, lora, train)?;
             x = (x + d)?;
         }
-        let x = rms_norm(&x, &self.norm, eps)?;
-        let head = match &self.head_t {
-            Some(h) => h.clone(),
-            None => self.embed.t()?,
-        };
-        Ok(x.broadcast_matmul(&head)?)
+        rms_norm(&x, &self.norm, eps)
     }
 
     fn attention(
@@ -310,7 +359,6 @@ impl TrainModel {
         l: usize,
         layer: &TrainLayer,
         h: &Tensor,
-        mask: &Tensor,
         lora: Option<&LoraParams>,
         train: bool,
     ) -> Result<Tensor, ModelError> {
@@ -332,23 +380,16 @@ impl TrainModel {
             Ok(x.unsqueeze(2)?.expand((b, nkv, group, t, hd))?.reshape((b, nh, t, hd))?)
         };
         let (k, v) = (expand(k)?, expand(v)?);
-        let scores = (q.matmul(&k.t()?)? * self.cfg.score_scale as f64)?.broadcast_add(mask)?;
-        let p = softmax_last(&scores)?;
+        let scores = q.matmul(&k.t()?)?;
+        let p = scores.contiguous()?.apply_op1(CausalSoftmax { scale: self.cfg.score_scale })?;
         let y = p.matmul(&v.contiguous()?)?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
         project(layer, l, Target::O, &y, lora, train)
     }
 
     /// Rotates adjacent pairs (2i, 2i+1) of every head by position.
-    fn rope(&self, x: &Tensor, t: usize) -> Result<Tensor, ModelError> {
-        let (b, n, _, hd) = x.dims4()?;
-        let pairs = x.reshape((b, n, t, hd / 2, 2))?;
-        let x0 = pairs.narrow(4, 0, 1)?.squeeze(4)?;
-        let x1 = pairs.narrow(4, 1, 1)?.squeeze(4)?;
-        let cos = self.cos.narrow(0, 0, t)?;
-        let sin = self.sin.narrow(0, 0, t)?;
-        let r0 = (x0.broadcast_mul(&cos)? - x1.broadcast_mul(&sin)?)?;
-        let r1 = (x0.broadcast_mul(&sin)? + x1.broadcast_mul(&cos)?)?;
-        Ok(Tensor::stack(&[r0, r1], 4)?.reshape((b, n, t, hd))?)
+    fn rope(&self, x: &Tensor, _t: usize) -> Result<Tensor, ModelError> {
+        let op = Rope { cos: self.cos.clone(), sin: self.sin.clone(), half: self.cfg.head_dim / 2 };
+        Ok(x.contiguous()?.apply_op1(op)?)
     }
 }
 
@@ -361,38 +402,33 @@ fn project(
     lora: Option<&LoraParams>,
     train: bool,
 ) -> Result<Tensor, ModelError> {
-    let base = x.broadcast_matmul(layer.weight(target))?;
-    let Some(params) = lora else { return Ok(base) };
-    let Some((a, b)) = params.get(l, target) else { return Ok(base) };
-    let input = if train && params.dropout > 0.0 { candle_nn::ops::dropout(x, params.dropout)? } else { x.clone() };
-    let scale = params.alpha as f64 / params.rank as f64;
-    let delta = input.broadcast_matmul(&a.t()?)?.broadcast_matmul(&b.t()?)?;
-    Ok((base + (delta * scale)?)?)
+    let frozen = layer.weight(target).clone();
+    let Some((params, (a, b))) = lora.and_then(|p| Some((p, p.get(l, target)?))) else {
+        return Ok(x.apply_op1(frozen)?);
+    };
+    let mask = if train && params.dropout > 0.0 {
+        // Inverted dropout, as torch.nn.Dropout: kept inputs scaled by 1/(1−p).
+        let keep = 1.0 / (1.0 - params.dropout);
+        let draw = Tensor::rand(0f32, 1.0, x.elem_count(), x.device())?.to_vec1::<f32>()?;
+        Some(Arc::new(draw.into_iter().map(|u| if u < params.dropout { 0.0 } else { keep }).collect::<Vec<f32>>()))
+    } else {
+        None
+    };
+    let op = LoraProjection { base: frozen, scale: params.alpha / params.rank as f32, mask };
+    Ok(x.contiguous()?.apply_op3(a.as_tensor(), b.as_tensor(), op)?)
 }
 
-/// `x / √(mean(x²) + eps) · w` over the last dimension.
-fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor, ModelError> {
-    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-    Ok(x.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(w)?)
-}
-
-/// Softmax over the last dimension from differentiable parts (the maximum
-/// is subtracted for range; its gradient cancels).
-fn softmax_last(x: &Tensor) -> Result<Tensor, ModelError> {
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let e = x.broadcast_sub(&max)?.exp()?;
-    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
-}
-
-/// 0 on and below the diagonal, −∞ above (`t × t`).
-fn causal_mask(t: usize) -> Result<Tensor, ModelError> {
-    let m: Vec<f32> = (0..t).flat_map(|i| (0..t).map(move |j| if j <= i { 0.0 } else { f32::NEG_INFINITY })).collect();
-    Ok(Tensor::from_vec(m, (t, t), &Device::Cpu)?)
+/// `x / √(mean(x²) + eps) · w` over the last dimension (frozen `w`).
+fn rms_norm(x: &Tensor, w: &Arc<Vec<f32>>, eps: f32) -> Result<Tensor, ModelError> {
+    Ok(x.contiguous()?.apply_op1(RmsNorm { weight: w.clone(), eps })?)
 }
 
 /// RoPE cos/sin for every position and pair (the first layer's base and
 /// scale: llama-family layers share them).
-fn rope_tables(cfg: &DecoderConfig) -> Result<(Tensor, Tensor), ModelError> {
+/// A RoPE table, `positions × head_dim/2`.
+type Table = Arc<Vec<f32>>;
+
+fn rope_tables(cfg: &DecoderConfig) -> Result<(Table, Table), ModelError> {
     let half = cfg.head_dim / 2;
     let attn = cfg.layers.first().ok_or_else(|| ModelError::Format("no layers".into()))?;
     let (mut cos, mut sin) = (Vec::new(), Vec::new());
@@ -408,22 +444,17 @@ fn rope_tables(cfg: &DecoderConfig) -> Result<(Tensor, Tensor), ModelError> {
             theta *= step;
         }
     }
-    let shape = (positions, half);
-    Ok((Tensor::from_vec(cos, shape, &Device::Cpu)?, Tensor::from_vec(sin, shape, &Device::Cpu)?))
+    Ok((Arc::new(cos), Arc::new(sin)))
 }
 
 /// Mean cross-entropy of `logits` (`batch × len × vocab`) against the next
 /// tokens `targets` (`batch × len`, u32) where `weights` (`batch × len`, f32:
-/// 1 counted, 0 not) says so: log-softmax from differentiable parts.
+/// 1 counted, 0 not) says so (one fused op, [`CrossEntropy`]).
 pub fn masked_next_token_loss(logits: &Tensor, targets: &Tensor, weights: &Tensor) -> Result<Tensor, ModelError> {
     let (b, t, v) = logits.dims3()?;
-    let flat = logits.reshape((b * t, v))?;
-    let max = flat.max_keepdim(1)?.detach();
-    let shifted = flat.broadcast_sub(&max)?;
-    let lse = shifted.exp()?.sum_keepdim(1)?.log()?;
-    let picked = shifted.gather(&targets.reshape((b * t, 1))?, 1)?;
-    let nll = (lse - picked)?.reshape(b * t)?;
-    let w = weights.reshape(b * t)?;
-    let count = w.sum_all()?.to_scalar::<f32>()?.max(1.0);
-    Ok(((nll * w)?.sum_all()? / count as f64)?)
+    let op = CrossEntropy {
+        targets: Arc::new(targets.flatten_all()?.to_vec1::<u32>()?),
+        weights: Arc::new(weights.flatten_all()?.to_vec1::<f32>()?),
+    };
+    Ok(logits.reshape((b * t, v))?.apply_op1(op)?)
 }

@@ -18,7 +18,7 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::data::Example;
-use super::model::{masked_next_token_loss, LoraParams, SplitMix, TrainModel};
+use super::model::{LoraParams, SplitMix, TrainModel};
 use super::optimizer::{accumulate, grad_norm, AdamW, AdamWConfig};
 use super::FinetuneError;
 use crate::model::adapter::peft::{self, SaveInfo};
@@ -192,8 +192,7 @@ pub fn train(
         for batch in &micro {
             let (ids, targets, weights, real) = batch_tensors(batch)?;
             tokens += real;
-            let logits = model.forward(&ids, Some(&params), true)?;
-            let loss = masked_next_token_loss(&logits, &targets, &weights)?;
+            let loss = model.loss(&ids, &targets, &weights, Some(&params), true)?;
             loss_sum += loss.to_scalar::<f32>()? as f64;
             let g = loss.backward()?;
             match grads.as_mut() {
@@ -285,8 +284,7 @@ pub fn evaluate(model: &TrainModel, params: &LoraParams, eval: &[Example], batch
     let mut n = 0usize;
     for chunk in eval.chunks(batch.max(1)) {
         let (ids, targets, weights, _) = batch_tensors(&chunk.iter().collect::<Vec<_>>())?;
-        let logits = model.forward(&ids, Some(params), false)?;
-        sum += masked_next_token_loss(&logits, &targets, &weights)?.to_scalar::<f32>()? as f64;
+        sum += model.loss(&ids, &targets, &weights, Some(params), false)?.to_scalar::<f32>()? as f64;
         n += 1;
     }
     Ok(sum / n.max(1) as f64)

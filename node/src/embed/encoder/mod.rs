@@ -12,7 +12,7 @@
 //! `gemm` crate (the one candle itself calls), with the weights transposed
 //! once at load. Layout follows candle-transformers' model files: config, small
 //! layers with their own forward, the model's forward last.
-mod amx;
+pub(crate) mod amx;
 mod attention;
 mod config;
 mod disjoint_out;
