@@ -130,8 +130,11 @@ impl CustomOp1 for Rope {
     }
 }
 
-/// `softmax(scale · s)` over the last dimension of `… × len × len` scores,
-/// positions after the row's own masked out (causal).
+/// `softmax(scale · s)` over the last dimension of `… × rows × len` scores,
+/// positions after the row's own masked out (causal). `rows` may be a
+/// multiple of `len`: the query heads of one key/value group stacked (row
+/// `r` is at position `r mod len`), so grouped-query attention needs no
+/// copies of the keys and values.
 pub struct CausalSoftmax {
     /// Multiplies the scores first.
     pub scale: f32,
@@ -144,13 +147,14 @@ impl CustomOp1 for CausalSoftmax {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32s(storage, layout)?;
-        let t = *layout.shape().dims().last().ok_or_else(|| candle_core::Error::Msg("softmax of a scalar".into()))?;
+        let (rows, t) = square(layout.shape().dims())?;
         let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(t * t).zip(x.par_chunks(t * t)).for_each(|(o, x)| {
-            for i in 0..t {
-                let row = &x[i * t..i * t + i + 1];
+        out.par_chunks_mut(rows * t).zip(x.par_chunks(rows * t)).for_each(|(o, x)| {
+            for r in 0..rows {
+                let i = r % t;
+                let row = &x[r * t..r * t + i + 1];
                 let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v * self.scale));
-                let o = &mut o[i * t..(i + 1) * t];
+                let o = &mut o[r * t..(r + 1) * t];
                 let mut sum = 0f32;
                 for (o, v) in o.iter_mut().zip(row) {
                     *o = (v * self.scale - max).exp();
@@ -165,18 +169,27 @@ impl CustomOp1 for CausalSoftmax {
     /// ∂s = scale · p ⊙ (∂p − Σ ∂p ⊙ p), per row; masked entries stay 0.
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let (p, g) = (vec_of(res)?, vec_of(grad)?);
-        let t = *res.dims().last().unwrap_or(&1);
+        let (rows, t) = square(res.dims())?;
         let mut out = vec![0f32; p.len()];
-        out.par_chunks_mut(t * t).zip(p.par_chunks(t * t)).zip(g.par_chunks(t * t)).for_each(|((o, p), g)| {
-            for i in 0..t {
-                let (p, g) = (&p[i * t..i * t + i + 1], &g[i * t..i * t + i + 1]);
+        out.par_chunks_mut(rows * t).zip(p.par_chunks(rows * t)).zip(g.par_chunks(rows * t)).for_each(|((o, p), g)| {
+            for r in 0..rows {
+                let i = r % t;
+                let (p, g) = (&p[r * t..r * t + i + 1], &g[r * t..r * t + i + 1]);
                 let dot: f32 = p.iter().zip(g).map(|(a, b)| a * b).sum();
-                for ((o, p), g) in o[i * t..i * t + i + 1].iter_mut().zip(p).zip(g) {
+                for ((o, p), g) in o[r * t..r * t + i + 1].iter_mut().zip(p).zip(g) {
                     *o = self.scale * p * (g - dot);
                 }
             }
         });
         Ok(Some(Tensor::from_vec(out, res.shape(), res.device())?))
+    }
+}
+
+/// The last two dimensions of scores, checked: rows a multiple of len.
+fn square(dims: &[usize]) -> candle_core::Result<(usize, usize)> {
+    match dims {
+        [.., rows, t] if *t > 0 && rows % t == 0 => Ok((*rows, *t)),
+        _ => Err(candle_core::Error::Msg(format!("causal softmax: scores of shape {dims:?}"))),
     }
 }
 

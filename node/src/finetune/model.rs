@@ -371,18 +371,13 @@ impl TrainModel {
         let k = heads(project(layer, l, Target::K, h, lora, train)?, nkv)?;
         let v = heads(project(layer, l, Target::V, h, lora, train)?, nkv)?;
         let (q, k) = (self.rope(&q, t)?, self.rope(&k, t)?);
-        // Grouped queries: each k/v head serves nh / nkv query heads.
+        // Grouped queries: the nh / nkv query heads of each k/v head stacked
+        // as one (group · t) × hd block, so keys and values are not copied.
         let group = nh / nkv;
-        let expand = |x: Tensor| -> Result<Tensor, ModelError> {
-            if group == 1 {
-                return Ok(x);
-            }
-            Ok(x.unsqueeze(2)?.expand((b, nkv, group, t, hd))?.reshape((b, nh, t, hd))?)
-        };
-        let (k, v) = (expand(k)?, expand(v)?);
+        let q = q.reshape((b, nkv, group * t, hd))?;
         let scores = q.matmul(&k.t()?)?;
         let p = scores.contiguous()?.apply_op1(CausalSoftmax { scale: self.cfg.score_scale })?;
-        let y = p.matmul(&v.contiguous()?)?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
+        let y = p.matmul(&v)?.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
         project(layer, l, Target::O, &y, lora, train)
     }
 
