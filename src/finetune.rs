@@ -296,40 +296,17 @@ async fn remote(args: FinetuneArgs) -> anyhow::Result<()> {
     let mut stream = rpc(c.fine_tune(args.request()?).await)?;
     let view = View::new(args.json);
     while let Some(msg) = stream.message().await.map_err(status_error)? {
-        if let Some(p) = msg.prepared {
-            view.prepared(&Prepared {
-                train_examples: p.train_examples as usize,
-                eval_examples: p.eval_examples as usize,
-                dropped: p.dropped as usize,
-                target_tokens: p.target_tokens as usize,
-                parameters: p.parameters as usize,
-            });
+        let (prepared, progress, summary) = tessera_node::convert::finetune_progress_from_pb(msg);
+        if let Some(p) = prepared {
+            view.prepared(&p);
         }
-        if let Some(p) = msg.progress {
-            view.progress(&Progress {
-                step: p.step as usize,
-                total_steps: p.total_steps as usize,
-                epoch: p.epoch,
-                loss: p.loss,
-                eval_loss: p.eval_loss,
-                lr: p.lr,
-                tokens_per_s: p.tokens_per_s,
-                eta_s: p.eta_s,
-            });
+        if let Some(p) = progress {
+            view.progress(&p);
         }
-        if let Some(s) = msg.summary {
-            view.done(&TrainSummary {
-                steps: s.steps as usize,
-                interrupted: s.interrupted,
-                final_loss: s.final_loss,
-                eval_losses: s.eval_losses,
-                tokens_per_s: s.tokens_per_s,
-                parameters: s.parameters as usize,
-                peak_rss_bytes: s.peak_rss_bytes,
-                out: PathBuf::from(&s.out),
-            });
-            if !s.adapter.is_empty() {
-                eprintln!("served as model '{}' (see `tessera adapters list`)", s.adapter);
+        if let Some((s, adapter)) = summary {
+            view.done(&s);
+            if !adapter.is_empty() {
+                eprintln!("served as model '{adapter}' (see `tessera adapters list`)");
             }
         }
     }

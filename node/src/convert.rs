@@ -242,3 +242,45 @@ pub fn summary_pb(s: &crate::finetune::trainer::TrainSummary, adapter: &str) -> 
         ..Default::default()
     }
 }
+
+/// What the server's `FineTune` stream reports, back in the job's types
+/// (for `tessera finetune --server`).
+pub fn finetune_progress_from_pb(
+    msg: pb::FineTuneProgress,
+) -> (
+    Option<crate::finetune::job::Prepared>,
+    Option<crate::finetune::trainer::Progress>,
+    Option<(crate::finetune::trainer::TrainSummary, String)>,
+) {
+    let prepared = msg.prepared.map(|p| crate::finetune::job::Prepared {
+        train_examples: p.train_examples as usize,
+        eval_examples: p.eval_examples as usize,
+        dropped: p.dropped as usize,
+        target_tokens: p.target_tokens as usize,
+        parameters: p.parameters as usize,
+    });
+    let progress = msg.progress.map(|p| crate::finetune::trainer::Progress {
+        step: p.step as usize,
+        total_steps: p.total_steps as usize,
+        epoch: p.epoch,
+        loss: p.loss,
+        eval_loss: p.eval_loss,
+        lr: p.lr,
+        tokens_per_s: p.tokens_per_s,
+        eta_s: p.eta_s,
+    });
+    let summary = msg.summary.map(|s| {
+        let summary = crate::finetune::trainer::TrainSummary {
+            steps: s.steps as usize,
+            interrupted: s.interrupted,
+            final_loss: s.final_loss,
+            eval_losses: s.eval_losses,
+            tokens_per_s: s.tokens_per_s,
+            parameters: s.parameters as usize,
+            peak_rss_bytes: s.peak_rss_bytes,
+            out: std::path::PathBuf::from(&s.out),
+        };
+        (summary, s.adapter)
+    });
+    (prepared, progress, summary)
+}

@@ -56,7 +56,11 @@ fn train_logits(model: &TrainModel, ids: &[u32], lora: Option<&LoraParams>) -> V
 
 fn served_tokens(group: &ModelGroup, prompt: &[u32], adapter: Option<u32>, n: usize) -> Vec<u32> {
     let params = SamplingParams { temperature: 0.0, max_tokens: n, ..Default::default() };
-    let mut rx = group.submit_with_adapter(prompt.to_vec(), params, adapter).unwrap();
+    collect(group.submit_with_adapter(prompt.to_vec(), params, adapter).unwrap())
+}
+
+/// Every token id of one generation.
+fn collect(mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>) -> Vec<u32> {
     let mut ids = Vec::new();
     while let Some(e) = rx.blocking_recv() {
         match e {
@@ -213,20 +217,7 @@ fn adapters_agree_across_tensor_parallel_sizes_and_mixed_batches() {
             .flat_map(|p| [None, Some(ids[0]), Some(ids[1]), Some(ids[2])].map(|a| (p.clone(), a)))
             .map(|(p, a)| group.submit_with_adapter(p, params.clone(), a).unwrap())
             .collect();
-        let together: Vec<Vec<u32>> = rxs
-            .into_iter()
-            .map(|mut rx| {
-                let mut out = Vec::new();
-                while let Some(e) = rx.blocking_recv() {
-                    match e {
-                        Event::Token { id, .. } => out.push(id),
-                        Event::Done { .. } => break,
-                        Event::Error(e) => panic!("{e}"),
-                    }
-                }
-                out
-            })
-            .collect();
+        let together: Vec<Vec<u32>> = rxs.into_iter().map(collect).collect();
         assert!(
             group.stats().max_batch_seen.load(std::sync::atomic::Ordering::Relaxed) >= 4,
             "requests did not share a step"

@@ -201,6 +201,23 @@ pub struct HeadLoss {
 /// Rows multiplied by the head at once.
 const HEAD_BLOCK: usize = 64;
 
+/// `−log softmax(row)[target]`, in f64 sums.
+fn row_loss(row: &[f32], target: usize) -> f64 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lse = row.iter().map(|v| ((v - max) as f64).exp()).sum::<f64>().ln() + max as f64;
+    lse - row[target] as f64
+}
+
+/// `scale · (softmax(row) − onehot(target))` into `out`.
+fn row_grad(row: &[f32], target: usize, scale: f32, out: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f32 = row.iter().map(|v| (v - max).exp()).sum();
+    for (o, v) in out.iter_mut().zip(row) {
+        *o = (v - max).exp() / sum * scale;
+    }
+    out[target] -= scale;
+}
+
 impl HeadLoss {
     fn count(&self) -> f32 {
         self.weights.iter().sum::<f32>().max(1.0)
@@ -240,10 +257,7 @@ impl CustomOp1 for HeadLoss {
         let mut total = 0f64;
         self.blocks(&x, |rows, logits| {
             for (i, &r) in rows.iter().enumerate() {
-                let row = &logits[i * n..(i + 1) * n];
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let lse = row.iter().map(|v| ((v - max) as f64).exp()).sum::<f64>().ln() + max as f64;
-                total += self.weights[r] as f64 * (lse - row[self.targets[r] as usize] as f64);
+                total += self.weights[r] as f64 * row_loss(&logits[i * n..(i + 1) * n], self.targets[r] as usize);
             }
         });
         Ok((CpuStorage::F32(vec![(total / self.count() as f64) as f32]), Shape::from(())))
@@ -260,15 +274,8 @@ impl CustomOp1 for HeadLoss {
         let mut dlogits = vec![0f32; HEAD_BLOCK * n];
         self.blocks(&x, |block, logits| {
             for (i, &r) in block.iter().enumerate() {
-                let row = &logits[i * n..(i + 1) * n];
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let sum: f32 = row.iter().map(|v| (v - max).exp()).sum();
-                let scale = self.weights[r] * g;
-                let d = &mut dlogits[i * n..(i + 1) * n];
-                for (di, v) in d.iter_mut().zip(row) {
-                    *di = (v - max).exp() / sum * scale;
-                }
-                d[self.targets[r] as usize] -= scale;
+                let (row, d) = (&logits[i * n..(i + 1) * n], &mut dlogits[i * n..(i + 1) * n]);
+                row_grad(row, self.targets[r] as usize, self.weights[r] * g, d);
             }
             back.product(&dlogits[..block.len() * n], block.len(), &mut dx);
             for (i, &r) in block.iter().enumerate() {
@@ -303,19 +310,13 @@ impl CustomOp1 for CrossEntropy {
         if rows != self.targets.len() || rows != self.weights.len() {
             return Err(candle_core::Error::Msg("cross-entropy: rows and targets differ".into()));
         }
+        if let Some(&t) = self.targets.iter().find(|&&t| t as usize >= vocab) {
+            return Err(candle_core::Error::Msg(format!("target {t} is outside the vocabulary")));
+        }
         let x = contiguous_f32(storage, layout)?;
         let mut total = 0f64;
-        for r in 0..rows {
-            let w = self.weights[r];
-            if w == 0.0 {
-                continue;
-            }
-            let row = &x[r * vocab..(r + 1) * vocab];
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let lse = row.iter().map(|v| ((v - max) as f64).exp()).sum::<f64>().ln() + max as f64;
-            let t = self.targets[r] as usize;
-            let picked = *row.get(t).ok_or_else(|| candle_core::Error::Msg(format!("target {t} out of range")))?;
-            total += w as f64 * (lse - picked as f64);
+        for r in (0..rows).filter(|&r| self.weights[r] != 0.0) {
+            total += self.weights[r] as f64 * row_loss(&x[r * vocab..(r + 1) * vocab], self.targets[r] as usize);
         }
         Ok((CpuStorage::F32(vec![(total / self.count() as f64) as f32]), Shape::from(())))
     }
@@ -325,19 +326,9 @@ impl CustomOp1 for CrossEntropy {
         let g = grad.to_scalar::<f32>()? / self.count();
         let x = arg.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
         let mut out = vec![0f32; rows * vocab];
-        for r in 0..rows {
-            let w = self.weights[r];
-            if w == 0.0 {
-                continue;
-            }
-            let row = &x[r * vocab..(r + 1) * vocab];
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let sum: f32 = row.iter().map(|v| (v - max).exp()).sum();
-            let o = &mut out[r * vocab..(r + 1) * vocab];
-            for (oi, v) in o.iter_mut().zip(row) {
-                *oi = (v - max).exp() / sum * w * g;
-            }
-            o[self.targets[r] as usize] -= w * g;
+        for r in (0..rows).filter(|&r| self.weights[r] != 0.0) {
+            let (row, o) = (&x[r * vocab..(r + 1) * vocab], &mut out[r * vocab..(r + 1) * vocab]);
+            row_grad(row, self.targets[r] as usize, self.weights[r] * g, o);
         }
         Ok(Some(Tensor::from_vec(out, (rows, vocab), arg.device())?))
     }
