@@ -149,6 +149,30 @@ async fn adapters_serve_by_name_load_unload_and_train_on_the_server() {
         "--server",
         &server.url(),
     ]);
+    // Ask names the adapter too (its answer, retrieval and token counts
+    // reach the adapter's base); an unknown name is NOT_FOUND.
+    let ask = |model: &str| pb::AskRequest {
+        collection: "docs".into(),
+        question: "Who is Pim?".into(),
+        max_tokens: 16,
+        model: model.into(),
+        ..Default::default()
+    };
+    let answer = |model: &'static str| {
+        let mut c = c.clone();
+        let req = ask(model);
+        async move {
+            let mut stream = c.ask(req).await?.into_inner();
+            let mut text = String::new();
+            while let Some(chunk) = stream.message().await? {
+                text.push_str(&chunk.text);
+            }
+            Ok::<String, tonic::Status>(text)
+        }
+    };
+    let (tuned_answer, base_answer) = (answer("support").await.unwrap(), answer("default").await.unwrap());
+    assert_ne!(tuned_answer, base_answer, "Ask with the adapter answered as the base");
+    assert_eq!(answer("no-such-adapter").await.unwrap_err().code(), Code::NotFound);
     let summary: Value = lines
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())

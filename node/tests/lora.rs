@@ -237,3 +237,34 @@ fn adapters_agree_across_tensor_parallel_sizes_and_mixed_batches() {
     assert_eq!(by_world[1], by_world[0], "tp 2 vs tp 1");
     assert_eq!(by_world[2], by_world[0], "tp 3 vs tp 1");
 }
+
+#[test]
+fn registry_keeps_a_bounded_number_resident_and_reloads_on_demand() {
+    use tessera_node::model::adapter::peft;
+    use tessera_node::model::adapter::registry::AdapterRegistry;
+    let Some(path) = common::smollm_path() else { return };
+    let group =
+        ModelGroup::start_local(&path, 1, EngineLimits { prefix_cache_bytes: 0, ..Default::default() }).unwrap();
+    let cfg = group.config().clone();
+    let dir = tempfile::tempdir().unwrap();
+    for (name, seed) in [("a", 31), ("b", 32)] {
+        peft::save(&random_adapter(&cfg, 4, seed, 0.4), &cfg, &dir.path().join(name), &peft::SaveInfo::default())
+            .unwrap();
+    }
+    let registry = AdapterRegistry::new(1);
+    registry.register("a", &dir.path().join("a"), &cfg, &group).unwrap();
+    let first = registry.resident_id("a", &cfg, &group).unwrap().unwrap();
+    let tok = tessera_node::model::engine::load_tokenizer(&path).unwrap();
+    let ids = tok.encode(PROMPT).unwrap();
+    let before = served_tokens(&group, &ids, Some(first), 8);
+    // A second adapter evicts the first (one resident at most) ...
+    registry.register("b", &dir.path().join("b"), &cfg, &group).unwrap();
+    let resident: Vec<(String, bool)> = registry.list().into_iter().map(|a| (a.name, a.resident)).collect();
+    assert_eq!(resident, [("a".to_string(), false), ("b".to_string(), true)]);
+    // ... which loads again from its folder when asked for, with the same tokens.
+    let again = registry.resident_id("a", &cfg, &group).unwrap().unwrap();
+    assert_ne!(again, first, "a reload gets a new id");
+    assert_eq!(served_tokens(&group, &ids, Some(again), 8), before);
+    assert!(!registry.list().iter().find(|a| a.name == "b").unwrap().resident, "b was evicted in turn");
+    assert_eq!(registry.resident_id("nope", &cfg, &group).unwrap(), None);
+}
