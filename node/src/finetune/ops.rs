@@ -334,95 +334,6 @@ impl CustomOp1 for CrossEntropy {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use candle_core::{DType, Device, Tensor, Var, D};
-
-    use super::*;
-
-    fn close(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
-    }
-
-    /// Both ops against candle's own differentiable ops: the same values and
-    /// the same input gradients.
-    #[test]
-    fn frozen_matmul_and_cross_entropy_match_candles_ops() {
-        let dev = Device::Cpu;
-        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, 5), &dev).unwrap()).unwrap();
-        let w = Tensor::randn(0f32, 1.0, (5, 7), &dev).unwrap(); // input × output
-        let op = FrozenMatmul::input_major(Arc::new(w.flatten_all().unwrap().to_vec1().unwrap()), 5, 7);
-        let ours = x.apply_op1(op).unwrap();
-        let theirs = x.broadcast_matmul(&w).unwrap();
-        assert!(close(&ours, &theirs) < 1e-5);
-        // The same matrix stored output-major, as a tied head is.
-        let wt = w.t().unwrap().contiguous().unwrap();
-        let head = FrozenMatmul::output_major(Arc::new(wt.flatten_all().unwrap().to_vec1().unwrap()), 7, 5);
-        assert!(close(&x.apply_op1(head).unwrap(), &theirs) < 1e-5);
-
-        let targets = Tensor::new(&[1u32, 6, 0, 3, 2, 5], &dev).unwrap();
-        let weights = [1f32, 0.0, 1.0, 1.0, 0.0, 1.0];
-        let loss = |logits: Tensor| {
-            let op =
-                CrossEntropy { targets: Arc::new(targets.to_vec1().unwrap()), weights: Arc::new(weights.to_vec()) };
-            logits.reshape((6, 7)).unwrap().apply_op1(op).unwrap()
-        };
-        let reference = |logits: Tensor| {
-            let flat = logits.reshape((6, 7)).unwrap();
-            let lsm = candle_nn::ops::log_softmax(&flat, D::Minus1).unwrap();
-            let picked = lsm.gather(&targets.reshape((6, 1)).unwrap(), 1).unwrap().reshape(6).unwrap();
-            let w = Tensor::new(&weights, &dev).unwrap();
-            ((picked * w).unwrap().sum_all().unwrap() * (-1.0 / 4.0)).unwrap()
-        };
-        let (a, b) = (loss(ours.clone()), reference(theirs.clone()));
-        assert!(close(&a, &b) < 1e-5, "loss {a} vs {b}");
-        let (ga, gb) = (a.backward().unwrap(), b.backward().unwrap());
-        let (ga, gb) = (ga.get(x.as_tensor()).unwrap(), gb.get(x.as_tensor()).unwrap());
-        assert!(close(ga, gb) < 1e-5, "input gradients differ");
-        assert_eq!(ga.dtype(), DType::F32);
-
-        // The fused head + loss: the same loss and input gradient as the head
-        // then the loss, rows of weight 0 included.
-        let states = Var::from_tensor(&Tensor::randn(0f32, 1.0, (6, 5), &dev).unwrap()).unwrap();
-        let head = FrozenMatmul::output_major(Arc::new(wt.flatten_all().unwrap().to_vec1().unwrap()), 7, 5);
-        let fused = states
-            .apply_op1(HeadLoss {
-                head: head.clone(),
-                targets: Arc::new(targets.to_vec1().unwrap()),
-                weights: Arc::new(weights.to_vec()),
-            })
-            .unwrap();
-        let split = loss(states.apply_op1(head.clone()).unwrap());
-        assert!(close(&fused, &split) < 1e-5, "fused loss {fused} vs {split}");
-        let (gf, gs) = (fused.backward().unwrap(), split.backward().unwrap());
-        assert!(close(gf.get(states.as_tensor()).unwrap(), gs.get(states.as_tensor()).unwrap()) < 1e-5);
-
-        // The fused LoRA projection, with and without a dropout mask: the
-        // same output and the same gradients of x, A and B as the composed ops.
-        let a = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 5), &dev).unwrap()).unwrap();
-        let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, (7, 2), &dev).unwrap()).unwrap();
-        let probe = Tensor::randn(0f32, 1.0, (2, 3, 7), &dev).unwrap();
-        let frozen = FrozenMatmul::input_major(Arc::new(w.flatten_all().unwrap().to_vec1().unwrap()), 5, 7);
-        for mask in [None, Some((0..30).map(|i| if i % 3 == 0 { 0.0 } else { 1.5 }).collect::<Vec<f32>>())] {
-            let op = LoraProjection { base: frozen.clone(), scale: 2.0, mask: mask.clone().map(Arc::new) };
-            let ours = x.apply_op3(a.as_tensor(), b.as_tensor(), op).unwrap();
-            let xm = match &mask {
-                Some(m) => (x.as_tensor() * Tensor::from_vec(m.clone(), (2, 3, 5), &dev).unwrap()).unwrap(),
-                None => x.as_tensor().clone(),
-            };
-            let delta = xm.broadcast_matmul(&a.t().unwrap()).unwrap().broadcast_matmul(&b.t().unwrap()).unwrap();
-            let theirs = (x.broadcast_matmul(&w).unwrap() + (delta * 2.0).unwrap()).unwrap();
-            assert!(close(&ours, &theirs) < 1e-4, "lora projection forward");
-            let go = (ours * &probe).unwrap().sum_all().unwrap().backward().unwrap();
-            let gt = (theirs * &probe).unwrap().sum_all().unwrap().backward().unwrap();
-            for v in [&x, &a, &b] {
-                let d = close(go.get(v.as_tensor()).unwrap(), gt.get(v.as_tensor()).unwrap());
-                assert!(d < 1e-4, "lora projection gradient differs by {d}");
-            }
-        }
-    }
-}
-
 /// A frozen projection with its LoRA update as one op over (x, A, B):
 /// `y = x · W + s · ((x ⊙ mask) · Aᵀ) · Bᵀ`, where `mask` is the dropout
 /// mask (already scaled by 1/(1−p); None: no dropout). As separate candle
@@ -591,5 +502,94 @@ fn small_product_t(lhs: &[f32], m: usize, p: usize, rhs: &[f32], q: usize, out: 
             false,
             gemm::Parallelism::None,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, Tensor, Var, D};
+
+    use super::*;
+
+    fn close(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    /// Both ops against candle's own differentiable ops: the same values and
+    /// the same input gradients.
+    #[test]
+    fn frozen_matmul_and_cross_entropy_match_candles_ops() {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, 5), &dev).unwrap()).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (5, 7), &dev).unwrap(); // input × output
+        let op = FrozenMatmul::input_major(Arc::new(w.flatten_all().unwrap().to_vec1().unwrap()), 5, 7);
+        let ours = x.apply_op1(op).unwrap();
+        let theirs = x.broadcast_matmul(&w).unwrap();
+        assert!(close(&ours, &theirs) < 1e-5);
+        // The same matrix stored output-major, as a tied head is.
+        let wt = w.t().unwrap().contiguous().unwrap();
+        let head = FrozenMatmul::output_major(Arc::new(wt.flatten_all().unwrap().to_vec1().unwrap()), 7, 5);
+        assert!(close(&x.apply_op1(head).unwrap(), &theirs) < 1e-5);
+
+        let targets = Tensor::new(&[1u32, 6, 0, 3, 2, 5], &dev).unwrap();
+        let weights = [1f32, 0.0, 1.0, 1.0, 0.0, 1.0];
+        let loss = |logits: Tensor| {
+            let op =
+                CrossEntropy { targets: Arc::new(targets.to_vec1().unwrap()), weights: Arc::new(weights.to_vec()) };
+            logits.reshape((6, 7)).unwrap().apply_op1(op).unwrap()
+        };
+        let reference = |logits: Tensor| {
+            let flat = logits.reshape((6, 7)).unwrap();
+            let lsm = candle_nn::ops::log_softmax(&flat, D::Minus1).unwrap();
+            let picked = lsm.gather(&targets.reshape((6, 1)).unwrap(), 1).unwrap().reshape(6).unwrap();
+            let w = Tensor::new(&weights, &dev).unwrap();
+            ((picked * w).unwrap().sum_all().unwrap() * (-1.0 / 4.0)).unwrap()
+        };
+        let (a, b) = (loss(ours.clone()), reference(theirs.clone()));
+        assert!(close(&a, &b) < 1e-5, "loss {a} vs {b}");
+        let (ga, gb) = (a.backward().unwrap(), b.backward().unwrap());
+        let (ga, gb) = (ga.get(x.as_tensor()).unwrap(), gb.get(x.as_tensor()).unwrap());
+        assert!(close(ga, gb) < 1e-5, "input gradients differ");
+        assert_eq!(ga.dtype(), DType::F32);
+
+        // The fused head + loss: the same loss and input gradient as the head
+        // then the loss, rows of weight 0 included.
+        let states = Var::from_tensor(&Tensor::randn(0f32, 1.0, (6, 5), &dev).unwrap()).unwrap();
+        let head = FrozenMatmul::output_major(Arc::new(wt.flatten_all().unwrap().to_vec1().unwrap()), 7, 5);
+        let fused = states
+            .apply_op1(HeadLoss {
+                head: head.clone(),
+                targets: Arc::new(targets.to_vec1().unwrap()),
+                weights: Arc::new(weights.to_vec()),
+            })
+            .unwrap();
+        let split = loss(states.apply_op1(head.clone()).unwrap());
+        assert!(close(&fused, &split) < 1e-5, "fused loss {fused} vs {split}");
+        let (gf, gs) = (fused.backward().unwrap(), split.backward().unwrap());
+        assert!(close(gf.get(states.as_tensor()).unwrap(), gs.get(states.as_tensor()).unwrap()) < 1e-5);
+
+        // The fused LoRA projection, with and without a dropout mask: the
+        // same output and the same gradients of x, A and B as the composed ops.
+        let a = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 5), &dev).unwrap()).unwrap();
+        let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, (7, 2), &dev).unwrap()).unwrap();
+        let probe = Tensor::randn(0f32, 1.0, (2, 3, 7), &dev).unwrap();
+        let frozen = FrozenMatmul::input_major(Arc::new(w.flatten_all().unwrap().to_vec1().unwrap()), 5, 7);
+        for mask in [None, Some((0..30).map(|i| if i % 3 == 0 { 0.0 } else { 1.5 }).collect::<Vec<f32>>())] {
+            let op = LoraProjection { base: frozen.clone(), scale: 2.0, mask: mask.clone().map(Arc::new) };
+            let ours = x.apply_op3(a.as_tensor(), b.as_tensor(), op).unwrap();
+            let xm = match &mask {
+                Some(m) => (x.as_tensor() * Tensor::from_vec(m.clone(), (2, 3, 5), &dev).unwrap()).unwrap(),
+                None => x.as_tensor().clone(),
+            };
+            let delta = xm.broadcast_matmul(&a.t().unwrap()).unwrap().broadcast_matmul(&b.t().unwrap()).unwrap();
+            let theirs = (x.broadcast_matmul(&w).unwrap() + (delta * 2.0).unwrap()).unwrap();
+            assert!(close(&ours, &theirs) < 1e-4, "lora projection forward");
+            let go = (ours * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            let gt = (theirs * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            for v in [&x, &a, &b] {
+                let d = close(go.get(v.as_tensor()).unwrap(), gt.get(v.as_tensor()).unwrap());
+                assert!(d < 1e-4, "lora projection gradient differs by {d}");
+            }
+        }
     }
 }
