@@ -370,7 +370,7 @@ impl TrainModel {
         let q = heads(project(layer, l, Target::Q, h, lora, train)?, nh)?;
         let k = heads(project(layer, l, Target::K, h, lora, train)?, nkv)?;
         let v = heads(project(layer, l, Target::V, h, lora, train)?, nkv)?;
-        let (q, k) = (self.rope(&q, t)?, self.rope(&k, t)?);
+        let (q, k) = (self.rope(&q)?, self.rope(&k)?);
         // Grouped queries: the nh / nkv query heads of each k/v head stacked
         // as one (group · t) × hd block, so keys and values are not copied.
         let group = nh / nkv;
@@ -382,7 +382,7 @@ impl TrainModel {
     }
 
     /// Rotates adjacent pairs (2i, 2i+1) of every head by position.
-    fn rope(&self, x: &Tensor, _t: usize) -> Result<Tensor, ModelError> {
+    fn rope(&self, x: &Tensor) -> Result<Tensor, ModelError> {
         let op = Rope { cos: self.cos.clone(), sin: self.sin.clone(), half: self.cfg.head_dim / 2 };
         Ok(x.contiguous()?.apply_op1(op)?)
     }
