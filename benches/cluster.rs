@@ -148,6 +148,7 @@ async fn main() {
             shards: 3,
             replication: 1,
             settings: None,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -161,9 +162,15 @@ async fn main() {
     println!();
 
     // Shard transfer throughput: n3 copies shard 0 of a fresh collection placed on n1/n2.
-    c.create_collection(pb::CreateCollectionRequest { name: "t".into(), shards: 1, replication: 1, settings: None })
-        .await
-        .unwrap();
+    c.create_collection(pb::CreateCollectionRequest {
+        name: "t".into(),
+        shards: 1,
+        replication: 1,
+        settings: None,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     ingest(&mut c, "t", &docs).await;
     let st = c.cluster_status(pb::ClusterStatusRequest {}).await.unwrap().into_inner();
     let primary = st.collections.iter().find(|x| x.name == "t").unwrap().shards[0].primary.clone();
@@ -186,9 +193,15 @@ async fn main() {
     c.drop_collection(pb::DropCollectionRequest { name: "t".into() }).await.unwrap();
 
     // Failover under load: replication 3, kill the primary of shard 0.
-    c.create_collection(pb::CreateCollectionRequest { name: "f".into(), shards: 2, replication: 3, settings: None })
-        .await
-        .unwrap();
+    c.create_collection(pb::CreateCollectionRequest {
+        name: "f".into(),
+        shards: 2,
+        replication: 3,
+        settings: None,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     ingest(&mut c, "f", &docs[..200]).await;
     let st = c.cluster_status(pb::ClusterStatusRequest {}).await.unwrap().into_inner();
     let victim = st.collections.iter().find(|x| x.name == "f").unwrap().shards[0].primary.clone();

@@ -68,7 +68,13 @@ async fn main() {
         .collect();
     let (server, mut client) = common::start_up().await;
     client
-        .create_collection(pb::CreateCollectionRequest { name: "docs".into(), shards, replication: 1, settings: None })
+        .create_collection(pb::CreateCollectionRequest {
+            name: "docs".into(),
+            shards,
+            replication: 1,
+            settings: None,
+            ..Default::default()
+        })
         .await
         .unwrap();
     let start = Instant::now();

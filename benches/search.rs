@@ -17,7 +17,12 @@
 //! `--firsts 1000,5000` adds the staged scan (sign bits, int8, f32) at each
 //! first-stage list length, beside the default's own choice.
 //!
-//! Run: cargo test --bench search -- [--sizes 10000,100000] [--base 2000] [--queries 500] [--dup 0.2] [--efs 128,256] [--firsts 1000,5000]
+//! `--quantization int8` builds an int8 collection's shard (codes and sign bits
+//! in memory, f32 originals read from sled, no graph): the HNSW rows then run
+//! the staged scan the planner uses instead, and the graph plans are left out.
+//! Every size prints its vector memory per chunk beside the RSS.
+//!
+//! Run: cargo test --bench search -- [--sizes 10000,100000] [--base 2000] [--queries 500] [--dup 0.2] [--efs 128,256] [--firsts 1000,5000] [--quantization int8]
 mod common;
 
 use std::time::{Duration, Instant};
@@ -26,7 +31,7 @@ use common::{arg, models_dir, passage, percentile_ms, sentence, Rng};
 use serde_json::json;
 use tessera_node::embed::BertEmbedder;
 use tessera_node::shard::{ChunkRecord, Condition, DocWrite, Filter, FilterPlan, SearchMode, Shard, ShardQuery};
-use tessera_types::SearchSettings;
+use tessera_types::{Quantization, SearchSettings};
 
 fn normalize(mut v: Vec<f32>) -> Vec<f32> {
     let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
@@ -51,6 +56,10 @@ fn main() {
     let efs: Vec<u32> = efs.split(',').filter_map(|s| s.parse().ok()).collect();
     let firsts: String = arg("--firsts", String::new());
     let firsts: Vec<usize> = firsts.split(',').filter_map(|s| s.parse().ok()).collect();
+    let quantization: Quantization =
+        arg("--quantization", "none".to_string()).parse().expect("--quantization is none or int8");
+    let graph = quantization == Quantization::None;
+    let mut memory_rows: Vec<String> = Vec::new();
     let mut sweep_rows: Vec<String> = Vec::new();
     let mut filter_rows: Vec<String> = Vec::new();
     let model =
@@ -65,14 +74,14 @@ fn main() {
     eprintln!("embedded {base_n} base passages in {:.1}s", t.elapsed().as_secs_f64());
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
 
-    println!("usearch HNSW (M=16, ef_construction=128), cosine, f32, 384 dims; one shard; {threads} CPU threads; {:.0}% duplicated vectors", dup * 100.0);
+    println!("quantization {quantization}; usearch HNSW (M=16, ef_construction=128) where there is a graph, cosine, f32, 384 dims; one shard; {threads} CPU threads; {:.0}% duplicated vectors", dup * 100.0);
     println!();
     println!("| chunks | build s | RSS bytes/chunk | insert chunks/s | vector p50 ms (default) | vector p99 ms | vector QPS ({threads} threads) | exact p50 ms | HNSW ef=max(128,8k) p50 ms | filtered (10%) p50 ms | bm25 p50 ms | bm25 p99 ms | recall@10 HNSW ef 64 | recall@10 HNSW scaled ef | recall@10 default |");
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &size in &sizes {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path()).cache_capacity(256 << 20).open().unwrap();
-        let mut shard = Shard::open(db.open_tree("bench").unwrap(), 384, None).unwrap();
+        let mut shard = Shard::open_as(db.open_tree("bench").unwrap(), 384, quantization, None).unwrap();
         let mut rng = Rng::new(size as u64);
         let rss_before = rss_bytes();
         let start = Instant::now();
@@ -105,6 +114,10 @@ fn main() {
         let insert_rate = size as f64 / build_s;
         let rss_per_chunk = rss_bytes().saturating_sub(rss_before) as f64 / size as f64;
         eprintln!("built {size} chunks in {build_s:.0}s");
+        memory_rows.push(format!(
+            "| {size} | {quantization} | {:.0} | {rss_per_chunk:.0} | {build_s:.0} |",
+            shard.vector_memory_bytes() as f64 / size as f64
+        ));
 
         let queries: Vec<Vec<f32>> = (0..queries_n)
             .map(|i| {
@@ -180,6 +193,9 @@ fn main() {
                 ("exact f32", FilterPlan::Exact),
             ];
             for (plan_name, plan) in plans {
+                if !graph && matches!(plan, FilterPlan::Graph | FilterPlan::PostFilter) {
+                    continue; // no graph: the planner would run the staged scan
+                }
                 let t = time(&|i| {
                     shard.search(&planned(&queries[i], plan)).unwrap();
                 });
@@ -228,8 +244,10 @@ fn main() {
         let (mut old, mut scaled, mut default, mut total) = (0usize, 0usize, 0usize, 0usize);
         let exacts: Vec<Vec<f32>> = queries.iter().map(|q| scores(&forced(q, true))).collect();
         for (q, exact) in queries.iter().zip(&exacts).take(200) {
-            let a: Vec<f32> = shard.ann_search(q, 10).unwrap().into_iter().map(|(_, s)| s).collect();
-            old += found(&a, exact);
+            if graph {
+                let a: Vec<f32> = shard.ann_search(q, 10).unwrap().into_iter().map(|(_, s)| s).collect();
+                old += found(&a, exact);
+            }
             scaled += found(&scores(&forced(q, false)), exact);
             default += found(&scores(&query(q, "", SearchMode::Vector, Filter::default())), exact);
             total += exact.len();
@@ -244,7 +262,7 @@ fn main() {
                 SearchSettings { exact_below: 0, binary_below: u32::MAX, ..SearchSettings::default() },
             ),
         ];
-        lists.extend(efs.iter().map(|&ef| {
+        lists.extend(efs.iter().filter(|_| graph).map(|&ef| {
             (
                 ef.to_string(),
                 SearchSettings { exact_below: 0, binary_below: 0, hnsw_ef: ef, ..SearchSettings::default() },
@@ -308,6 +326,14 @@ fn main() {
         // Keep the shard alive until here.
         shard = Shard::open(db.open_tree("empty").unwrap(), 384, None).unwrap();
         drop(shard);
+    }
+    println!();
+    println!("Vector memory (graph with its f32 copies, int8 codes, sign bits) and process RSS per chunk:");
+    println!();
+    println!("| chunks | quantization | vector bytes/chunk | RSS bytes/chunk | build s |");
+    println!("|---:|---|---:|---:|---:|");
+    for row in memory_rows {
+        println!("{row}");
     }
     println!();
     println!("Filtered vector search, k = 10, {queries_n} queries; recall@10 against the exact f32 scores of the filter's matches:");

@@ -83,16 +83,23 @@ pub async fn collections(cmd: CollectionsCmd) -> anyhow::Result<()> {
             exact_below,
             binary_below,
             fusion_depth,
+            quantization,
             server,
         } => {
             let mut c = connect(&server).await?;
             // An absent flag is an absent field: the server's default.
             let settings = pb::SearchSettings { bm25_k1, bm25_b, hnsw_ef, exact_below, binary_below, fusion_depth };
-            let request = pb::CreateCollectionRequest { name, shards, replication, settings: Some(settings) };
+            let request = pb::CreateCollectionRequest {
+                name,
+                shards,
+                replication,
+                settings: Some(settings),
+                quantization: quantization.to_string(),
+            };
             let info = rpc(c.create_collection(request).await)?;
             println!(
-                "created collection {} ({} shards, replication {}, dimension {})",
-                info.name, info.shards, info.replication, info.dimension
+                "created collection {} ({} shards, replication {}, dimension {}, quantization {})",
+                info.name, info.shards, info.replication, info.dimension, info.quantization
             );
         }
         CollectionsCmd::List { json, server } => {
@@ -103,17 +110,21 @@ pub async fn collections(cmd: CollectionsCmd) -> anyhow::Result<()> {
                     .collections
                     .iter()
                     .map(|c| json!({"name": c.name, "shards": c.shards, "replication": c.replication, "dimension": c.dimension,
-                                    "metric": c.metric, "embedder": c.embedder, "documents": c.documents, "chunks": c.chunks}))
+                                    "metric": c.metric, "embedder": c.embedder, "documents": c.documents, "chunks": c.chunks,
+                                    "quantization": c.quantization}))
                     .collect();
                 println!("{}", json!({ "collections": items }));
             } else if list.collections.is_empty() {
                 println!("no collections");
             } else {
-                println!("{:<24} {:>6} {:>5} {:>10} {:>10}", "NAME", "SHARDS", "REPL", "DOCUMENTS", "CHUNKS");
+                println!(
+                    "{:<24} {:>6} {:>5} {:>10} {:>10} {:>6}",
+                    "NAME", "SHARDS", "REPL", "DOCUMENTS", "CHUNKS", "QUANT"
+                );
                 for c in list.collections {
                     println!(
-                        "{:<24} {:>6} {:>5} {:>10} {:>10}",
-                        c.name, c.shards, c.replication, c.documents, c.chunks
+                        "{:<24} {:>6} {:>5} {:>10} {:>10} {:>6}",
+                        c.name, c.shards, c.replication, c.documents, c.chunks, c.quantization
                     );
                 }
             }

@@ -105,9 +105,12 @@ enum CollectionsCmd {
         /// Shards with at most this many chunks are searched by a full int8 scan, re-scored in f32 (default 100000).
         #[arg(long)]
         exact_below: Option<u32>,
-        /// Larger shards with at most this many chunks are searched by sign bits, then int8, then f32 (default 4000000); larger ones by HNSW.
+        /// Larger shards with at most this many chunks are searched by sign bits, then int8, then f32 (default 2000000); larger ones by HNSW.
         #[arg(long)]
         binary_below: Option<u32>,
+        /// Vector storage, fixed for the collection's life: `none` (f32 in memory, HNSW for the largest shards) or `int8` (int8 codes and sign bits in memory, f32 originals read from disk to re-score; about a fifth of the vector memory, every search a scan).
+        #[arg(long, default_value = "none")]
+        quantization: tessera_types::Quantization,
         /// Hybrid: candidates from each side before fusion (default 50; at least 4 x top_k).
         #[arg(long)]
         fusion_depth: Option<u32>,

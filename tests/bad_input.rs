@@ -121,12 +121,24 @@ async fn bad_requests_get_clear_errors_and_lose_nothing() {
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("nothing to ingest"), "{}", e.message());
     let e = c
-        .create_collection(pb::CreateCollectionRequest { name: "kb".into(), shards: 2, replication: 1, settings: None })
+        .create_collection(pb::CreateCollectionRequest {
+            name: "kb".into(),
+            shards: 2,
+            replication: 1,
+            settings: None,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::AlreadyExists);
     let e = c
-        .create_collection(pb::CreateCollectionRequest { name: "r".into(), shards: 2, replication: 3, settings: None })
+        .create_collection(pb::CreateCollectionRequest {
+            name: "r".into(),
+            shards: 2,
+            replication: 3,
+            settings: None,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);

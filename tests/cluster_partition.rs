@@ -87,7 +87,8 @@ fn a_node_cut_off_from_etcd_is_removed_fences_writes_and_rejoins() {
         ..Default::default()
     };
     let mut n1 = rt.block_on(NodeClient::connect(format!("http://{g1}"))).unwrap();
-    rt.block_on(n1.open_shard(pb::OpenShardRequest { shard: Some(probe.clone()), dimension: 2 })).unwrap();
+    rt.block_on(n1.open_shard(pb::OpenShardRequest { shard: Some(probe.clone()), dimension: 2, ..Default::default() }))
+        .unwrap();
     rt.block_on(n1.shard_write(write(1))).unwrap();
 
     // Cut n1 off from etcd: it leaves the membership after its lease (2 s) and fences writes.

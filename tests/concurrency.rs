@@ -15,9 +15,15 @@ async fn concurrent_ingest_and_search() {
     let server = Server::start(&tmp.path().join("data"), &models);
     let url = server.url();
     let mut c = TesseraClient::connect(url.clone()).await.unwrap();
-    c.create_collection(pb::CreateCollectionRequest { name: "load".into(), shards: 3, replication: 1, settings: None })
-        .await
-        .unwrap();
+    c.create_collection(pb::CreateCollectionRequest {
+        name: "load".into(),
+        shards: 3,
+        replication: 1,
+        settings: None,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
 
     let writers: Vec<_> = (0..4)
         .map(|w| {

@@ -1,6 +1,6 @@
 //! Collections: create (also on first ingest), list with counts, drop.
 use tessera_proto::v1 as pb;
-use tessera_types::{NodeRole, SearchSettings};
+use tessera_types::{NodeRole, Quantization, SearchSettings};
 use tracing::info;
 
 use crate::catalog::{validate_name, CollectionMeta};
@@ -18,6 +18,7 @@ impl Coordinator {
         shards: u32,
         replication: u32,
         settings: SearchSettings,
+        quantization: Quantization,
         if_missing: bool,
     ) -> Result<CollectionMeta> {
         validate_name(name)?;
@@ -56,13 +57,14 @@ impl Coordinator {
             embedder,
             placement: place(name, shards, replication, &shard_nodes),
             settings,
+            quantization,
         };
         self.open_shards(&meta).await?;
         if !self.catalog.create(&meta).await? {
             // Another coordinator created it meanwhile (the catalog create is a compare-and-swap).
             return exists(self.collection(name)?, if_missing);
         }
-        info!(collection = name, shards, "collection created");
+        info!(collection = name, shards, %quantization, "collection created");
         Ok(meta)
     }
 
@@ -95,6 +97,7 @@ impl Coordinator {
                     .open_shard(pb::OpenShardRequest {
                         shard: Some(pb::ShardRef { collection: meta.name.clone(), shard: shard as u32 }),
                         dimension: meta.dimension,
+                        quantization: meta.quantization.to_string(),
                     })
                     .await
                     .map_err(|s| CoordinatorError::node(&node, s))?;

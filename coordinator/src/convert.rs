@@ -16,5 +16,6 @@ pub fn collection_info(meta: &CollectionMeta, chunks: u64, documents: u64) -> pb
         chunks,
         documents,
         settings: Some(meta.settings.into()),
+        quantization: meta.quantization.to_string(),
     }
 }

@@ -179,7 +179,11 @@ impl pb::tessera_server::Tessera for Coordinator {
         let scope = scope(&req);
         let req = req.into_inner();
         let settings = tessera_proto::convert::search_settings(req.settings);
-        let meta = self.create(&scope.collection(&req.name)?, req.shards, req.replication, settings, false).await?;
+        let quantization = tessera_proto::convert::quantization(&req.quantization)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let meta = self
+            .create(&scope.collection(&req.name)?, req.shards, req.replication, settings, quantization, false)
+            .await?;
         let mut info = collection_info(&meta, 0, 0);
         info.name = req.name;
         Ok(Response::new(info))

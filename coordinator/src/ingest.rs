@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use futures::future::try_join_all;
 use futures::{stream, StreamExt};
 use tessera_proto::v1 as pb;
-use tessera_types::{NodeRole, SearchSettings};
+use tessera_types::{NodeRole, Quantization, SearchSettings};
 use tokio::sync::mpsc;
 use tracing::info;
 
@@ -97,7 +97,7 @@ impl Coordinator {
             return Err(CoordinatorError::invalid("nothing to ingest: give files or documents"));
         }
         let (chunk_size, chunk_overlap) = chunking(&req)?;
-        let meta = self.create(&req.collection, 0, 0, SearchSettings::default(), true).await?;
+        let meta = self.create(&req.collection, 0, 0, SearchSettings::default(), Quantization::None, true).await?;
         let load = pb::LoadAndSplitRequest {
             files: req.files,
             documents: req.documents,

@@ -78,6 +78,7 @@ pub fn stats_pb(collection: &str, shard: u32, s: ShardStats) -> pb::ShardStats {
         documents: s.documents,
         sequence: s.sequence,
         dimension: s.dimension,
+        quantization: s.quantization.to_string(),
     }
 }
 

@@ -7,7 +7,8 @@
 //! knows (a node's shard writes, a coordinator's collection records) live in that
 //! side's own `convert` module.
 use tessera_types::{
-    ChatMessage, NodeRole, Scored, SearchMode, SearchSettings, SessionInfo, SessionState, StoredMessage, UnknownRole,
+    ChatMessage, NodeRole, Quantization, Scored, SearchMode, SearchSettings, SessionInfo, SessionState, StoredMessage,
+    UnknownQuantization, UnknownRole,
 };
 use thiserror::Error;
 
@@ -35,6 +36,11 @@ impl From<SearchMode> for pb::SearchMode {
             SearchMode::Hybrid => pb::SearchMode::Hybrid,
         }
     }
+}
+
+/// The vector storage named by a wire `quantization` field ("" is the default).
+pub fn quantization(name: &str) -> Result<Quantization, UnknownQuantization> {
+    name.parse()
 }
 
 /// Settings as sent: each absent field takes its default; values are kept as

@@ -357,8 +357,13 @@ impl pb::node_server::Node for NodeService {
     async fn open_shard(&self, req: Request<pb::OpenShardRequest>) -> Result<Response<pb::ShardStats>, Status> {
         let req = req.into_inner();
         let r = shard_ref(req.shard)?;
-        let stats =
-            self.shards()?.open_shard(&r.collection, r.shard, req.dimension as usize).await.map_err(shard_status)?;
+        let quantization = tessera_proto::convert::quantization(&req.quantization)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let stats = self
+            .shards()?
+            .open_shard(&r.collection, r.shard, req.dimension as usize, quantization)
+            .await
+            .map_err(shard_status)?;
         Ok(Response::new(stats_pb(&r.collection, r.shard, stats)))
     }
 
@@ -424,9 +429,14 @@ impl pb::node_server::Node for NodeService {
     ) -> Result<Response<pb::ShardSnapshotResponse>, Status> {
         let r = shard_ref(req.into_inner().shard)?;
         let shard = self.shards()?.require(&r.collection, r.shard).await.map_err(shard_status)?;
-        let dimension = shard.stats().await.map_err(shard_status)?.dimension;
+        let stats = shard.stats().await.map_err(shard_status)?;
         let (sequence, writes) = shard.snapshot().await.map_err(shard_status)?;
-        Ok(Response::new(pb::ShardSnapshotResponse { sequence, writes: writes_to_pb(&writes), dimension }))
+        Ok(Response::new(pb::ShardSnapshotResponse {
+            sequence,
+            writes: writes_to_pb(&writes),
+            dimension: stats.dimension,
+            quantization: stats.quantization.to_string(),
+        }))
     }
 
     #[instrument(skip_all, name = "Node/ShardTransfer")]
@@ -442,7 +452,12 @@ impl pb::node_server::Node for NodeService {
         let registry = self.shards()?;
         // A stale local copy (this node held the shard before) is replaced, not merged.
         registry.drop_shard(&r.collection, r.shard).await.map_err(shard_status)?;
-        registry.open_shard(&r.collection, r.shard, snap.dimension as usize).await.map_err(shard_status)?;
+        let quantization = tessera_proto::convert::quantization(&snap.quantization)
+            .map_err(|e| Status::invalid_argument(format!("snapshot from {}: {e}", req.source_url)))?;
+        registry
+            .open_shard(&r.collection, r.shard, snap.dimension as usize, quantization)
+            .await
+            .map_err(shard_status)?;
         let shard = registry.require(&r.collection, r.shard).await.map_err(shard_status)?;
         let writes = writes_from_pb(snap.writes)?;
         shard.install(writes, snap.sequence).await.map_err(shard_status)?;

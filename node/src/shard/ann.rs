@@ -39,6 +39,11 @@ impl AnnIndex {
         Ok(Self { index, dimension })
     }
 
+    /// Bytes usearch has allocated (vectors and graph).
+    pub fn memory_bytes(&self) -> usize {
+        self.index.memory_usage()
+    }
+
     /// Vector dimension.
     pub fn dimension(&self) -> usize {
         self.dimension

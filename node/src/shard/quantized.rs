@@ -107,6 +107,12 @@ impl QuantizedVectors {
         }
     }
 
+    /// Bytes allocated for the codes, their scales and sign bits (the slot
+    /// tables are bookkeeping, counted with the rest of the shard's maps).
+    pub fn memory_bytes(&self) -> usize {
+        self.codes.capacity() + self.scales.capacity() * 4 + self.signs.memory_bytes()
+    }
+
     /// Codes held.
     #[cfg(test)]
     fn len(&self) -> usize {
@@ -144,6 +150,20 @@ impl QuantizedVectors {
         self.codes.extend_from_slice(&code.values);
         self.scales.push(code.scale);
         self.signs.push(&self.codes, &self.scales);
+    }
+
+    /// A hash of `key`'s code (values and scale): equal vectors have equal
+    /// codes, so equal fingerprints, and a vector set finds a new vector's
+    /// possible copies by it without holding the f32 vector (an int8
+    /// collection has only the codes in memory). Different vectors may share
+    /// a code; callers compare the originals.
+    pub fn fingerprint(&self, key: u64) -> Option<u64> {
+        use std::hash::{Hash, Hasher};
+        let slot = self.slot(key)?;
+        let mut h = ahash::AHasher::default();
+        self.codes[slot * self.dimension..(slot + 1) * self.dimension].hash(&mut h);
+        self.scales[slot].to_bits().hash(&mut h);
+        Some(h.finish())
     }
 
     /// Marks `key`'s chunk as a copy of another chunk's vector (or not); see `copy`.

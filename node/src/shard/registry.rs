@@ -7,6 +7,8 @@ use std::sync::Arc;
 use tokio::sync::RwLock;
 use tracing::{info, warn};
 
+use tessera_types::Quantization;
+
 use super::{Shard, ShardError, ShardHandle, ShardStats};
 
 const CATALOG: &str = "node.shards";
@@ -28,6 +30,25 @@ fn tree_name(collection: &str, shard: u32) -> String {
 
 /// Stored collection names reach file names: ASCII letters, digits, `-_.` and
 /// the `:` between a tenant and its name (the coordinator checks the full rule).
+/// A catalog entry: the dimension, then the quantization when it is not the
+/// default (entries written before quantization existed are a bare dimension).
+fn entry(dimension: usize, quantization: Quantization) -> String {
+    match quantization {
+        Quantization::None => dimension.to_string(),
+        q => format!("{dimension} {q}"),
+    }
+}
+
+/// Reads [`entry`]'s format; an unreadable part takes the default (dimension
+/// 0 makes the shard take the one sled recorded).
+fn parse_entry(value: &[u8]) -> (usize, Quantization) {
+    let text = String::from_utf8_lossy(value);
+    let mut parts = text.split_whitespace();
+    let dimension = parts.next().and_then(|d| d.parse().ok()).unwrap_or(0);
+    let quantization = parts.next().and_then(|q| q.parse().ok()).unwrap_or_default();
+    (dimension, quantization)
+}
+
 fn valid_collection(name: &str) -> Result<(), ShardError> {
     let allowed = |c: char| c.is_ascii_alphanumeric() || "-_.:".contains(c);
     if name.is_empty() || name.len() > 200 || name.starts_with('.') || !name.chars().all(allowed) {
@@ -53,16 +74,22 @@ impl ShardRegistry {
                 warn!(%name, "skipping unreadable shard catalog entry");
                 continue;
             };
-            let dim = std::str::from_utf8(&v).ok().and_then(|s| s.parse::<usize>().ok()).unwrap_or(0);
-            me.start(&collection, shard, dim).await?;
+            let (dim, quantization) = parse_entry(&v);
+            me.start(&collection, shard, dim, quantization).await?;
         }
         Ok(me)
     }
 
-    async fn start(&self, collection: &str, shard: u32, dimension: usize) -> Result<ShardHandle, ShardError> {
+    async fn start(
+        &self,
+        collection: &str,
+        shard: u32,
+        dimension: usize,
+        quantization: Quantization,
+    ) -> Result<ShardHandle, ShardError> {
         let tree = self.db.open_tree(tree_name(collection, shard))?;
         let ann_path = self.ann_path(collection, shard);
-        let opened = tokio::task::spawn_blocking(move || Shard::open(tree, dimension, Some(ann_path)))
+        let opened = tokio::task::spawn_blocking(move || Shard::open_as(tree, dimension, quantization, Some(ann_path)))
             .await
             .map_err(|e| ShardError::Unavailable(e.to_string()))??;
         let handle = ShardHandle::spawn(format!("{collection}/{shard}"), opened).await?;
@@ -75,7 +102,13 @@ impl ShardRegistry {
     }
 
     /// Opens (creating if needed) a shard replica; idempotent.
-    pub async fn open_shard(&self, collection: &str, shard: u32, dimension: usize) -> Result<ShardStats, ShardError> {
+    pub async fn open_shard(
+        &self,
+        collection: &str,
+        shard: u32,
+        dimension: usize,
+        quantization: Quantization,
+    ) -> Result<ShardStats, ShardError> {
         valid_collection(collection)?;
         if dimension == 0 {
             return Err(ShardError::Invalid("dimension must be positive".into()));
@@ -88,13 +121,19 @@ impl ShardRegistry {
                     stats.dimension
                 )));
             }
+            if stats.quantization != quantization {
+                return Err(ShardError::Invalid(format!(
+                    "shard {collection}/{shard} exists with quantization {}, not {quantization}",
+                    stats.quantization
+                )));
+            }
             return Ok(stats);
         }
         let catalog = self.db.open_tree(CATALOG)?;
-        catalog.insert(tree_name_key(collection, shard), dimension.to_string().as_bytes())?;
+        catalog.insert(tree_name_key(collection, shard), entry(dimension, quantization).as_bytes())?;
         catalog.flush_async().await?;
-        let handle = self.start(collection, shard, dimension).await?;
-        info!(collection, shard, dimension, "shard created");
+        let handle = self.start(collection, shard, dimension, quantization).await?;
+        info!(collection, shard, dimension, %quantization, "shard created");
         handle.stats().await
     }
 

@@ -6,7 +6,7 @@ use roaring::RoaringTreemap;
 use sled::Batch;
 use tracing::{info, warn};
 
-use tessera_types::SearchSettings;
+use tessera_types::{Quantization, SearchSettings};
 
 use super::payload::PayloadIndex;
 use super::vectors::VectorSet;
@@ -173,6 +173,8 @@ pub struct ShardStats {
     pub sequence: u64,
     /// Vector dimension.
     pub dimension: u32,
+    /// How the shard holds its vectors.
+    pub quantization: Quantization,
 }
 
 struct ChunkMeta {
@@ -191,6 +193,7 @@ pub struct Shard {
     sequence: u64,
     next_key: u64,
     dimension: usize,
+    quantization: Quantization,
     ann_path: Option<PathBuf>,
 }
 
@@ -233,16 +236,35 @@ impl Shard {
     /// Opens a shard over `tree`, rebuilding its indexes from the stored chunks,
     /// or reloading the ANN index saved at `ann_path` when it is as new as sled.
     pub fn open(tree: sled::Tree, dimension: usize, ann_path: Option<PathBuf>) -> Result<Self, ShardError> {
+        Self::open_as(tree, dimension, Quantization::None, ann_path)
+    }
+
+    /// [`Shard::open`] for a collection with the given vector storage. An
+    /// int8 shard keeps no graph, so nothing is saved at `ann_path` and its
+    /// codes are rebuilt from sled at every open (seconds per million chunks).
+    pub fn open_as(
+        tree: sled::Tree,
+        dimension: usize,
+        quantization: Quantization,
+        ann_path: Option<PathBuf>,
+    ) -> Result<Self, ShardError> {
         let store = ShardStore::open(tree, dimension)?;
         let dimension = store.dimension()?;
         let sequence = store.sequence()?;
         let next_key = store.next_key()?;
+        let fresh = |store: &ShardStore| match quantization {
+            Quantization::None => VectorSet::new(dimension),
+            Quantization::Int8 => Ok(VectorSet::quantized(dimension, store.clone())),
+        };
 
-        let saved = ann_path.as_ref().and_then(|p| load_saved_ann(p, dimension, sequence));
+        let saved = match quantization {
+            Quantization::None => ann_path.as_ref().and_then(|p| load_saved_ann(p, dimension, sequence)),
+            Quantization::Int8 => None,
+        };
         let reuse = saved.is_some();
         let mut vectors = match saved {
             Some(v) => v,
-            None => VectorSet::new(dimension)?,
+            None => fresh(&store)?,
         };
         let mut bm25 = Bm25Index::default();
         let mut payload = PayloadIndex::default();
@@ -263,15 +285,15 @@ impl Shard {
         }
         if reuse && !vectors.consistent(chunks.len()) {
             warn!(stored = chunks.len(), "saved ANN index disagrees with sled; rebuilding");
-            vectors = VectorSet::new(dimension)?;
+            vectors = fresh(&store)?;
             for item in store.scan() {
                 let (key, _, vector) = item?;
                 vectors.add(key, &vector)?;
             }
         }
         let distinct = vectors.distinct();
-        info!(chunks = chunks.len(), distinct, documents = docs.len(), sequence, reused_ann = reuse, "shard opened");
-        Ok(Self { store, vectors, bm25, payload, chunks, docs, sequence, next_key, dimension, ann_path })
+        info!(chunks = chunks.len(), distinct, documents = docs.len(), sequence, reused_ann = reuse, %quantization, "shard opened");
+        Ok(Self { store, vectors, bm25, payload, chunks, docs, sequence, next_key, dimension, quantization, ann_path })
     }
 
     /// Counters.
@@ -281,12 +303,18 @@ impl Shard {
             documents: self.docs.len() as u64,
             sequence: self.sequence,
             dimension: self.dimension as u32,
+            quantization: self.quantization,
         }
     }
 
     /// Vector dimension.
     pub fn dimension(&self) -> usize {
         self.dimension
+    }
+
+    /// Bytes of memory holding vectors (see [`VectorSet::memory_bytes`]).
+    pub fn vector_memory_bytes(&self) -> usize {
+        self.vectors.memory_bytes()
     }
 
     /// Applies writes atomically in sled and then to the indexes. Not durable
@@ -478,7 +506,7 @@ impl Shard {
                 ("exact", self.vectors.exact_search(&q.vector, q.top_k)?)
             } else if small {
                 ("scan", self.vectors.scan_search(&q.vector, q.top_k))
-            } else if self.chunks.len() <= q.settings.binary_below as usize {
+            } else if self.chunks.len() <= q.settings.binary_below as usize || !self.vectors.has_graph() {
                 let first = q.settings.binary_first_for(q.top_k, self.chunks.len());
                 ("staged", self.vectors.staged_search(&q.vector, q.top_k, first))
             } else {
@@ -496,6 +524,10 @@ impl Shard {
             // matching 40,000 copies of one vector and 100 others is a 101-entry search.
             FilterPlan::Auto if exact || !self.vectors.distinct_exceed(allowed, SCAN_FILTER_LIMIT) => FilterPlan::Scan,
             FilterPlan::Auto if self.chunks.len() <= q.settings.binary_below as usize => FilterPlan::Staged,
+            // Without a graph (int8 collections) the staged scan is the only other way.
+            FilterPlan::Auto | FilterPlan::Graph | FilterPlan::PostFilter if !self.vectors.has_graph() => {
+                FilterPlan::Staged
+            }
             FilterPlan::Auto if allowed.len() as f64 >= POST_FILTER_SHARE * self.chunks.len() as f64 => {
                 FilterPlan::PostFilter
             }
@@ -534,6 +566,7 @@ impl Shard {
     }
 
     /// Approximate top-k keys of the whole shard (for recall measurements).
+    /// Fails in an int8 collection, which has no graph.
     pub fn ann_search(&self, vector: &[f32], k: usize) -> Result<Vec<(u64, f32)>, ShardError> {
         self.vectors.search(vector, k, super::ann::DEFAULT_EF)
     }
@@ -557,8 +590,10 @@ impl Shard {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir).map_err(|e| ShardError::Ann(e.to_string()))?;
             }
-            self.vectors.save(path)?;
-            std::fs::write(seq_path(path), self.sequence.to_string()).map_err(|e| ShardError::Ann(e.to_string()))?;
+            if self.vectors.save(path)? {
+                std::fs::write(seq_path(path), self.sequence.to_string())
+                    .map_err(|e| ShardError::Ann(e.to_string()))?;
+            }
         }
         Ok(())
     }
@@ -643,6 +678,93 @@ mod tests {
         assert_eq!(replica.stats().sequence, 3);
     }
 
+    /// 300 documents of 3 chunks in 32 dimensions; every chunk of document
+    /// `d` with `d % 7 == 0` has the vector of document `d - 1`'s first chunk
+    /// (copies, so the vector sets dedupe), `lang` is `d % 4 == 0`.
+    fn corpus(round: usize) -> Vec<DocWrite> {
+        (0..300)
+            .map(|d| {
+                let doc = format!("d{d}");
+                let chunks = (0..3)
+                    .map(|n| {
+                        let seed = if d % 7 == 0 && d > 0 { (d - 1) * 3 } else { d * 3 + n };
+                        let lang = if d % 4 == 0 { "zh" } else { "en" };
+                        let text = format!("chunk {n} of {doc} round {round}");
+                        (record(&doc, n, &text, lang), crate::shard::ann::tests::unit(seed + round * 10_000, 32))
+                    })
+                    .collect();
+                DocWrite { doc_id: doc, delete: false, chunks }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_int8_shard_answers_as_exact_search_does_with_no_graph_and_nothing_saved() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path().join("db")).unwrap();
+        let ann_path = dir.path().join("ann/q.usearch");
+        let mut int8 =
+            Shard::open_as(db.open_tree("q").unwrap(), 32, Quantization::Int8, Some(ann_path.clone())).unwrap();
+        let mut f32s = Shard::open(db.open_tree("f").unwrap(), 32, None).unwrap();
+        for shard in [&mut int8, &mut f32s] {
+            shard.apply(corpus(0)).unwrap();
+            // Replace a third of the documents (representatives of copies among them) and delete some.
+            let replaced: Vec<DocWrite> = corpus(1).into_iter().filter(|w| w.doc_id.len() % 3 == 0).take(100).collect();
+            shard.apply(replaced).unwrap();
+            let deleted =
+                (0..300).step_by(5).map(|d| DocWrite { doc_id: format!("d{d}"), delete: true, chunks: vec![] });
+            shard.apply(deleted.collect()).unwrap();
+        }
+        assert_eq!(int8.stats().chunks, f32s.stats().chunks);
+        assert_eq!(int8.stats().quantization, Quantization::Int8);
+        assert!(!int8.vectors.has_graph() && f32s.vectors.has_graph());
+        assert_eq!(int8.vectors.distinct(), f32s.vectors.distinct(), "copies found without f32 vectors in memory");
+        assert!(int8.vectors.distinct() < int8.stats().chunks as usize);
+        let ids = |r: &ShardResults| r.vector.iter().map(|h| h.record.chunk_id.clone()).collect::<Vec<_>>();
+        let zh = Filter { must: vec![crate::shard::Condition { key: "lang".into(), values: vec![json!("zh")] }] };
+        // Every size limit at 0: the f32 shard walks its graph, the int8 one has to scan.
+        let large = SearchSettings { exact_below: 0, binary_below: 0, ..SearchSettings::default() };
+        let check = |int8: &Shard, f32s: &Shard| {
+            for qi in 0..20 {
+                let v = crate::shard::ann::tests::unit(50_000 + qi, 32);
+                let exact = ShardQuery { exact: true, ..query(v.clone(), "", SearchMode::Vector, Filter::default()) };
+                let truth = f32s.search(&exact).unwrap();
+                assert_eq!(
+                    ids(&int8.search(&exact).unwrap()),
+                    ids(&truth),
+                    "exact: true reads the originals from sled"
+                );
+                let q = ShardQuery { settings: large, ..query(v.clone(), "", SearchMode::Vector, Filter::default()) };
+                assert_eq!(ids(&int8.search(&q).unwrap()), ids(&truth), "query {qi}: the staged scan");
+                let filtered_truth = f32s
+                    .search(&ShardQuery { exact: true, ..query(v.clone(), "", SearchMode::Vector, zh.clone()) })
+                    .unwrap();
+                for plan in [FilterPlan::Auto, FilterPlan::Graph, FilterPlan::PostFilter, FilterPlan::Staged] {
+                    let q = ShardQuery {
+                        settings: large,
+                        filter_plan: plan,
+                        ..query(v.clone(), "", SearchMode::Vector, zh.clone())
+                    };
+                    assert_eq!(ids(&int8.search(&q).unwrap()), ids(&filtered_truth), "query {qi}, {plan:?}");
+                }
+                // With vectors (for MMR): the stored originals.
+                let with =
+                    ShardQuery { with_vectors: true, ..query(v.clone(), "", SearchMode::Vector, Filter::default()) };
+                let (a, b) = (int8.search(&with).unwrap(), f32s.search(&with).unwrap());
+                assert_eq!(a.vector[0].record.chunk_id, b.vector[0].record.chunk_id);
+                assert!(a.vector[0].vector.len() == 32 && a.vector[0].vector == b.vector[0].vector);
+            }
+        };
+        check(&int8, &f32s);
+        assert!(int8.ann_search(&crate::shard::ann::tests::unit(1, 32), 5).is_err(), "no graph to walk");
+        int8.close().unwrap();
+        assert!(!ann_path.exists() && !ann_path.with_extension("seq").exists(), "an int8 shard saves no graph");
+        drop(int8);
+        let reopened = Shard::open_as(db.open_tree("q").unwrap(), 32, Quantization::Int8, Some(ann_path)).unwrap();
+        assert_eq!(reopened.vectors.distinct(), f32s.vectors.distinct());
+        check(&reopened, &f32s);
+    }
+
     #[test]
     fn write_replace_delete_and_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -677,7 +799,10 @@ mod tests {
         // Clean reopen reuses the saved ANN index; answers are the same.
         {
             let mut shard = Shard::open(db.open_tree("s0").unwrap(), 8, Some(ann_path.clone())).unwrap();
-            assert_eq!(shard.stats(), ShardStats { chunks: 2, documents: 2, sequence: 2, dimension: 8 });
+            assert_eq!(
+                shard.stats(),
+                ShardStats { chunks: 2, documents: 2, sequence: 2, dimension: 8, quantization: Quantization::None }
+            );
             let hits = shard.search(&query(vec_for(3), "alpha", SearchMode::Hybrid, Filter::default())).unwrap();
             assert_eq!(hits.vector[0].record.chunk_id, "a#0");
             assert_eq!(hits.bm25[0].record.text, "alpha again");

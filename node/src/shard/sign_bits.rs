@@ -42,6 +42,11 @@ pub struct SignBits {
 }
 
 impl SignBits {
+    /// Bytes allocated for the bits (what the shard's vector memory counts).
+    pub fn memory_bytes(&self) -> usize {
+        self.bits.capacity() * 8
+    }
+
     /// No vectors yet, `dimension` components each.
     pub fn new(dimension: usize, vnni: bool) -> Self {
         Self {

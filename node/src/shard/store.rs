@@ -33,7 +33,10 @@ pub struct ChunkRecord {
     pub metadata: Metadata,
 }
 
-/// See the module documentation.
+/// See the module documentation. Cloning shares the tree (sled's handles
+/// are reference counted): an int8 collection's vector set keeps one to read
+/// its originals.
+#[derive(Clone)]
 pub struct ShardStore {
     tree: Tree,
 }
@@ -139,6 +142,21 @@ impl ShardStore {
     /// The vector stored under `key`.
     pub fn vector(&self, key: u64) -> Result<Option<Vec<f32>>, ShardError> {
         self.tree.get(vector_key(key))?.map(|v| decode_vector(&v)).transpose()
+    }
+
+    /// Reads the vector stored under `key` into `buf` without allocating: what
+    /// an int8 collection's re-scoring does for each of its best candidates.
+    /// False when `key` has no vector of `buf`'s length (or sled fails: the
+    /// candidate is then skipped rather than the search failed).
+    pub fn vector_into(&self, key: u64, buf: &mut [f32]) -> bool {
+        let Ok(Some(bytes)) = self.tree.get(vector_key(key)) else { return false };
+        if bytes.len() != buf.len() * 4 {
+            return false;
+        }
+        for (x, c) in buf.iter_mut().zip(bytes.chunks_exact(4)) {
+            *x = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        }
+        true
     }
 
     /// The logged writes with sequence `from..=to`, in order (fewer when the log

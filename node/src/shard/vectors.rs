@@ -11,13 +11,12 @@
 /// Chunk keys are small integers: ahash instead of SipHash makes the lookups
 /// that every scanned key does ~2x cheaper (no HashDoS concern: keys are ours).
 type HashMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
-use std::hash::{Hash, Hasher};
 use std::path::Path;
 
 use roaring::RoaringTreemap;
 
 use super::quantized::{quantize, Pass, QuantizedVectors};
-use super::{AnnIndex, ShardError};
+use super::{AnnIndex, ShardError, ShardStore};
 
 /// A scan re-scores at least this many of its best int8 candidates exactly.
 const RESCORE_MIN: usize = 64;
@@ -27,23 +26,21 @@ fn best_first(a: &(u64, f32), b: &(u64, f32)) -> std::cmp::Ordering {
     b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
 }
 
-/// A vector's bit pattern hashed (equal vectors, equal hashes; equality is checked).
-fn fingerprint(v: &[f32]) -> u64 {
-    let mut h = ahash::AHasher::default();
-    for x in v {
-        x.to_bits().hash(&mut h);
-    }
-    h.finish()
-}
-
 /// See the module documentation.
 pub struct VectorSet {
-    ann: AnnIndex,
+    /// Vector length.
+    dimension: usize,
+    /// The HNSW graph over the distinct vectors, holding them in f32; None in
+    /// an int8 collection, whose searches are all scans.
+    ann: Option<AnnIndex>,
+    /// Where the f32 originals are read from when there is no graph: the
+    /// shard's sled tree (the durable copy every chunk already has).
+    originals: Option<ShardStore>,
     /// Representative key -> every chunk key with that vector, ascending (the first is the representative).
     members: HashMap<u64, Vec<u64>>,
     /// Chunk key -> its representative.
     rep_of: HashMap<u64, u64>,
-    /// Fingerprint -> representatives with that fingerprint.
+    /// Fingerprint of the int8 code -> representatives with that fingerprint.
     by_print: HashMap<u64, Vec<u64>>,
     /// Int8 codes of every chunk's vector (by chunk key, copies included), for scans.
     codes: QuantizedVectors,
@@ -55,13 +52,22 @@ pub struct VectorSet {
 impl VectorSet {
     /// An empty set of `dimension`-dimensional vectors.
     pub fn new(dimension: usize) -> Result<Self, ShardError> {
-        Ok(Self::over(AnnIndex::new(dimension)?))
+        Ok(Self::over(dimension, Some(AnnIndex::new(dimension)?), None))
     }
 
-    fn over(ann: AnnIndex) -> Self {
-        let codes = QuantizedVectors::new(ann.dimension());
+    /// An empty set for an int8 collection: only the codes and sign bits in
+    /// memory, the f32 originals read from `store` (which must hold every
+    /// chunk's vector before it is added here), no graph.
+    pub fn quantized(dimension: usize, store: ShardStore) -> Self {
+        Self::over(dimension, None, Some(store))
+    }
+
+    fn over(dimension: usize, ann: Option<AnnIndex>, originals: Option<ShardStore>) -> Self {
+        let codes = QuantizedVectors::new(dimension);
         Self {
+            dimension,
             ann,
+            originals,
             members: HashMap::default(),
             rep_of: HashMap::default(),
             by_print: HashMap::default(),
@@ -74,7 +80,39 @@ impl VectorSet {
     /// attached with [`VectorSet::attach`] in ascending key order, and
     /// [`VectorSet::consistent`] says whether the saved index matched them.
     pub fn load(path: &Path, dimension: usize) -> Result<Self, ShardError> {
-        Ok(Self::over(AnnIndex::load(path, dimension)?))
+        Ok(Self::over(dimension, Some(AnnIndex::load(path, dimension)?), None))
+    }
+
+    /// Bytes held for vectors: the graph with its f32 copies (none in an int8
+    /// collection) plus the int8 codes and sign bits every set keeps. What
+    /// quantization is chosen to cut; BENCHMARKS.md compares it per chunk.
+    pub fn memory_bytes(&self) -> usize {
+        self.ann.as_ref().map_or(0, AnnIndex::memory_bytes) + self.codes.memory_bytes()
+    }
+
+    /// Whether an HNSW graph is held (not in an int8 collection): the planner
+    /// routes searches that would walk it to the staged scan otherwise.
+    pub fn has_graph(&self) -> bool {
+        self.ann.is_some()
+    }
+
+    /// The graph, or the error a search that needs one gets without it.
+    fn graph(&self) -> Result<&AnnIndex, ShardError> {
+        self.ann.as_ref().ok_or_else(|| ShardError::Invalid("an int8 collection has no HNSW graph".into()))
+    }
+
+    /// Reads `key`'s f32 vector into `buf`: from the graph, or from disk in an int8 collection.
+    fn original_into(&self, key: u64, buf: &mut [f32]) -> bool {
+        match (&self.ann, &self.originals) {
+            (Some(ann), _) => ann.get_into(key, buf),
+            (None, Some(store)) => store.vector_into(key, buf),
+            (None, None) => false,
+        }
+    }
+
+    fn original(&self, key: u64) -> Option<Vec<f32>> {
+        let mut buf = vec![0f32; self.dimension];
+        self.original_into(key, &mut buf).then_some(buf)
     }
 
     /// Chunks held.
@@ -92,9 +130,18 @@ impl VectorSet {
         self.members.len()
     }
 
-    fn representative_for(&self, vector: &[f32]) -> Option<u64> {
-        let reps = self.by_print.get(&fingerprint(vector))?;
-        reps.iter().copied().find(|r| self.ann.get(*r).is_some_and(|v| v == vector))
+    /// The representative holding `vector`, found by `print` (its code's fingerprint).
+    fn representative_for(&self, print: u64, vector: &[f32]) -> Option<u64> {
+        let reps = self.by_print.get(&print)?;
+        let mut buf = vec![0f32; self.dimension];
+        reps.iter().copied().find(|r| self.original_into(*r, &mut buf) && buf == vector)
+    }
+
+    /// The fingerprint of the code just stored for `key`.
+    fn print_of(&self, key: u64) -> u64 {
+        // `insert` always stores a code for a key that fits the slot table; a key
+        // that does not (beyond usize) gets a print of its own and no copies.
+        self.codes.fingerprint(key).unwrap_or(key)
     }
 
     fn join(&mut self, rep: u64, key: u64) {
@@ -119,21 +166,23 @@ impl VectorSet {
 
     /// Adds chunk `key` with `vector`: a new index entry only for a vector not held yet.
     pub fn add(&mut self, key: u64, vector: &[f32]) -> Result<(), ShardError> {
-        if vector.len() != self.ann.dimension() {
-            return Err(ShardError::Dimension { expected: self.ann.dimension(), got: vector.len() });
+        if vector.len() != self.dimension {
+            return Err(ShardError::Dimension { expected: self.dimension, got: vector.len() });
         }
         if self.rep_of.contains_key(&key) {
             self.remove(key)?;
         }
         self.codes.insert(key, vector);
-        match self.representative_for(vector) {
+        let print = self.print_of(key);
+        match self.representative_for(print, vector) {
             // Keys normally arrive ascending; a smaller one takes over the entry so
             // that "representative = smallest live key" holds for `attach`.
             Some(rep) if key < rep => {
-                self.ann.remove(rep)?;
-                self.ann.add(key, vector)?;
+                if let Some(ann) = &mut self.ann {
+                    ann.remove(rep)?;
+                    ann.add(key, vector)?;
+                }
                 self.set_copy(rep, true);
-                let print = fingerprint(vector);
                 if let Some(reps) = self.by_print.get_mut(&print) {
                     reps.retain(|r| *r != rep);
                     reps.push(key);
@@ -147,8 +196,10 @@ impl VectorSet {
             }
             Some(rep) => self.join(rep, key),
             None => {
-                self.ann.add(key, vector)?;
-                self.by_print.entry(fingerprint(vector)).or_default().push(key);
+                if let Some(ann) = &mut self.ann {
+                    ann.add(key, vector)?;
+                }
+                self.by_print.entry(print).or_default().push(key);
                 self.join(key, key);
             }
         }
@@ -163,20 +214,22 @@ impl VectorSet {
 
     /// Registers chunk `key` of a loaded index (see [`VectorSet::load`]).
     pub fn attach(&mut self, key: u64, vector: &[f32]) {
-        if let Some(rep) = self.representative_for(vector) {
-            self.codes.insert(key, vector);
+        self.codes.insert(key, vector);
+        let print = self.print_of(key);
+        if let Some(rep) = self.representative_for(print, vector) {
             self.join(rep, key);
-        } else if self.ann.get(key).is_some_and(|v| v == vector) {
-            self.codes.insert(key, vector);
-            self.by_print.entry(fingerprint(vector)).or_default().push(key);
+        } else if self.original(key).is_some_and(|v| v == vector) {
+            self.by_print.entry(print).or_default().push(key);
             self.join(key, key);
+        } else {
+            // The chunk stays unattached and `consistent` is false.
+            self.codes.remove(key);
         }
-        // Otherwise the chunk stays unattached and `consistent` is false.
     }
 
     /// Whether every attached chunk was found and the index holds nothing else.
     pub fn consistent(&self, chunks: usize) -> bool {
-        self.rep_of.len() == chunks && self.ann.len() == self.members.len()
+        self.rep_of.len() == chunks && self.ann.as_ref().is_none_or(|a| a.len() == self.members.len())
     }
 
     /// Removes chunk `key`; its vector leaves the index with the last chunk
@@ -185,6 +238,8 @@ impl VectorSet {
     /// key" (which is what lets [`VectorSet::attach`] rebuild the maps in key order).
     pub fn remove(&mut self, key: u64) -> Result<(), ShardError> {
         let Some(rep) = self.rep_of.remove(&key) else { return Ok(()) };
+        // Read before the code goes: in an int8 collection the original may already be off disk.
+        let print = self.codes.fingerprint(key);
         self.codes.remove(key);
         self.copies.remove(key);
         let Some(list) = self.members.get_mut(&rep) else { return Ok(()) };
@@ -193,9 +248,14 @@ impl VectorSet {
             return Ok(());
         }
         let rest = self.members.remove(&rep).unwrap_or_default();
-        let vector = self.ann.get(rep);
-        self.ann.remove(rep)?;
-        let print = vector.as_deref().map(fingerprint);
+        let vector = match &mut self.ann {
+            Some(ann) => {
+                let v = ann.get(rep);
+                ann.remove(rep)?;
+                v
+            }
+            None => None,
+        };
         if let Some(p) = print {
             if let Some(reps) = self.by_print.get_mut(&p) {
                 reps.retain(|r| *r != rep);
@@ -204,8 +264,10 @@ impl VectorSet {
                 }
             }
         }
-        if let (Some(next), Some(vector), Some(p)) = (rest.first().copied(), vector, print) {
-            self.ann.add(next, &vector)?;
+        if let (Some(next), Some(p)) = (rest.first().copied(), print) {
+            if let (Some(ann), Some(vector)) = (&mut self.ann, vector) {
+                ann.add(next, &vector)?;
+            }
             self.set_copy(next, false);
             self.by_print.entry(p).or_default().push(next);
             for k in &rest {
@@ -218,7 +280,7 @@ impl VectorSet {
 
     /// The vector of chunk `key`.
     pub fn get(&self, key: u64) -> Option<Vec<f32>> {
-        self.ann.get(*self.rep_of.get(&key)?)
+        self.original(*self.rep_of.get(&key)?)
     }
 
     /// Index results (representatives) expanded into their chunks, best first, at most `k`.
@@ -269,14 +331,14 @@ impl VectorSet {
             return Vec::new();
         }
         let mut score_of: HashMap<u64, f32> = HashMap::default();
-        let mut buf = vec![0f32; self.ann.dimension()];
+        let mut buf = vec![0f32; self.dimension];
         let mut scored: Vec<(u64, f32)> = Vec::new();
         for key in keys {
             let Some(&rep) = self.rep_of.get(&key) else { continue };
             let score = match score_of.get(&rep) {
                 Some(s) => *s,
                 None => {
-                    if !self.ann.get_into(rep, &mut buf) {
+                    if !self.original_into(rep, &mut buf) {
                         continue;
                     }
                     let s = super::ann::cosine(query, &buf);
@@ -319,7 +381,7 @@ impl VectorSet {
     /// and what it returns differs from exact search only where the int8 error
     /// (~1e-3 of the cosine) reorders vectors across the whole re-scoring list.
     pub fn scan_search(&self, query: &[f32], k: usize) -> Vec<(u64, f32)> {
-        if k == 0 || query.len() != self.ann.dimension() {
+        if k == 0 || query.len() != self.dimension {
             return Vec::new();
         }
         let approx = self.codes.scan_distinct(&quantize(query), (8 * k).max(RESCORE_MIN));
@@ -334,7 +396,7 @@ impl VectorSet {
     /// int8 scan's memory traffic, at the price of candidates the sign bits
     /// rank below `first` (BENCHMARKS.md measures how often that loses one).
     pub fn staged_search(&self, query: &[f32], k: usize, first: usize) -> Vec<(u64, f32)> {
-        if k == 0 || query.len() != self.ann.dimension() {
+        if k == 0 || query.len() != self.dimension {
             return Vec::new();
         }
         let approx = self.codes.scan_staged(&quantize(query), first, (8 * k).max(RESCORE_MIN), Pass::Distinct);
@@ -347,7 +409,7 @@ impl VectorSet {
     /// chunk are still read (a filter does not make the stage cheaper), but
     /// only allowed chunks enter the lists, so none is crowded out by the rest.
     pub fn staged_among(&self, query: &[f32], k: usize, first: usize, allowed: &RoaringTreemap) -> Vec<(u64, f32)> {
-        if k == 0 || query.len() != self.ann.dimension() {
+        if k == 0 || query.len() != self.dimension {
             return Vec::new();
         }
         let approx = self.codes.scan_staged(&quantize(query), first, (8 * k).max(RESCORE_MIN), Pass::Allowed(allowed));
@@ -355,14 +417,26 @@ impl VectorSet {
     }
 
     /// Exact nearest chunks (brute force over the distinct vectors).
+    /// In an int8 collection every distinct vector is read from disk: this is
+    /// the audit path (`exact: true`), not a fast one.
     pub fn exact_search(&self, query: &[f32], k: usize) -> Result<Vec<(u64, f32)>, ShardError> {
-        let found = self.ann.exact_search(query, k)?;
+        let found = match &self.ann {
+            Some(ann) => ann.exact_search(query, k)?,
+            None => {
+                if query.len() != self.dimension {
+                    return Err(ShardError::Dimension { expected: self.dimension, got: query.len() });
+                }
+                let mut reps: Vec<u64> = self.members.keys().copied().collect();
+                reps.sort_unstable(); // in key order, as sled stores them
+                self.exact_among(query, reps, k)
+            }
+        };
         Ok(self.expand(found, k, &|_| true))
     }
 
     /// Approximate nearest chunks, HNSW candidate list `ef`.
     pub fn search(&self, query: &[f32], k: usize, ef: usize) -> Result<Vec<(u64, f32)>, ShardError> {
-        let found = self.ann.search_ef(query, k, ef)?;
+        let found = self.graph()?.search_ef(query, k, ef)?;
         Ok(self.expand(found, k, &|_| true))
     }
 
@@ -385,7 +459,7 @@ impl VectorSet {
                 reps.insert(*rep);
             }
         }
-        let found = self.ann.filtered_search(query, k, ef, |rep| reps.contains(rep))?;
+        let found = self.graph()?.filtered_search(query, k, ef, |rep| reps.contains(rep))?;
         Ok(self.expand(found, k, &|key| allowed.contains(key)))
     }
 
@@ -404,14 +478,18 @@ impl VectorSet {
     ) -> Result<Option<Vec<(u64, f32)>>, ShardError> {
         let share = allowed.len() as f64 / self.len().max(1) as f64;
         let wide = ((2.0 * k as f64 / share.max(1e-3)).ceil() as usize).max(k);
-        let found = self.ann.search_ef(query, wide, ef.max(wide))?;
+        let found = self.graph()?.search_ef(query, wide, ef.max(wide))?;
         let kept = self.expand(found, k, &|key| allowed.contains(key));
         Ok((kept.len() >= k.min(allowed.len() as usize)).then_some(kept))
     }
 
-    /// Writes the index to `path`.
-    pub fn save(&self, path: &Path) -> Result<(), ShardError> {
-        self.ann.save(path)
+    /// Writes the graph to `path`; false when there is none to write (an int8
+    /// collection rebuilds its codes from sled at open, which is cheap: no graph).
+    pub fn save(&self, path: &Path) -> Result<bool, ShardError> {
+        match &self.ann {
+            Some(ann) => ann.save(path).map(|()| true),
+            None => Ok(false),
+        }
     }
 }
 

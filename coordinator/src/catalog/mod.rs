@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use serde::{Deserialize, Serialize};
 use tessera_proto::shutdown::Shutdown;
-use tessera_types::SearchSettings;
+use tessera_types::{Quantization, SearchSettings};
 use thiserror::Error;
 
 /// A collection's fixed settings.
@@ -39,6 +39,10 @@ pub struct CollectionMeta {
     /// Search settings (records written before they existed get the defaults).
     #[serde(default)]
     pub settings: SearchSettings,
+    /// How its shards hold vectors, fixed at creation (records written before
+    /// quantization existed are f32).
+    #[serde(default)]
+    pub quantization: Quantization,
 }
 
 /// The replicas of one shard.
@@ -327,6 +331,7 @@ mod tests {
             embedder: "m".into(),
             placement: vec![ShardPlacement { replicas: vec!["local".into()], primary: "local".into(), epoch: 1 }; 3],
             settings: SearchSettings { bm25_k1: 1.5, ..SearchSettings::default() },
+            quantization: Quantization::Int8,
         };
         {
             let c = Catalog::open(dir.path()).unwrap();
