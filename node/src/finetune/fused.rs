@@ -78,8 +78,9 @@ impl CustomOp1 for RmsNorm {
     }
 }
 
-/// RoPE on adjacent pairs `(2i, 2i+1)` of heads laid out
-/// `batch × heads × len × head_dim`, position = the row's index in `len`.
+/// RoPE on heads laid out `batch × heads × len × head_dim`, position = the
+/// row's index in `len`: adjacent pairs `(2i, 2i+1)` as llama.cpp rotates a
+/// llama GGUF, or with `neox` the halves `(i, i + head_dim/2)` (Gemma).
 pub struct Rope {
     /// `positions × head_dim/2` cos and sin.
     pub cos: Arc<Vec<f32>>,
@@ -87,6 +88,8 @@ pub struct Rope {
     pub sin: Arc<Vec<f32>>,
     /// Rows of the tables.
     pub half: usize,
+    /// Pairs `(i, i + half)` instead of `(2i, 2i+1)`.
+    pub neox: bool,
 }
 
 impl Rope {
@@ -102,10 +105,11 @@ impl Rope {
                 let (c, s) =
                     (&self.cos[p * self.half..(p + 1) * self.half], &self.sin[p * self.half..(p + 1) * self.half]);
                 for i in 0..self.half {
-                    let (a, b) = (x[p * hd + 2 * i], x[p * hd + 2 * i + 1]);
+                    let (ia, ib) = if self.neox { (i, i + self.half) } else { (2 * i, 2 * i + 1) };
+                    let (a, b) = (x[p * hd + ia], x[p * hd + ib]);
                     let sn = sign * s[i];
-                    o[p * hd + 2 * i] = a * c[i] - b * sn;
-                    o[p * hd + 2 * i + 1] = a * sn + b * c[i];
+                    o[p * hd + ia] = a * c[i] - b * sn;
+                    o[p * hd + ib] = a * sn + b * c[i];
                 }
             }
         });
@@ -134,10 +138,21 @@ impl CustomOp1 for Rope {
 /// positions after the row's own masked out (causal). `rows` may be a
 /// multiple of `len`: the query heads of one key/value group stacked (row
 /// `r` is at position `r mod len`), so grouped-query attention needs no
-/// copies of the keys and values.
+/// copies of the keys and values. With a `window` (sliding-window layers),
+/// a row at position `i` also masks keys at `j` with `i − j ≥ window`, as
+/// llama.cpp's mask does.
 pub struct CausalSoftmax {
     /// Multiplies the scores first.
     pub scale: f32,
+    /// Positions a row sees, itself included (`None`: all before it).
+    pub window: Option<usize>,
+}
+
+impl CausalSoftmax {
+    /// The first key position row position `i` sees.
+    fn start(&self, i: usize) -> usize {
+        self.window.map_or(0, |w| (i + 1).saturating_sub(w.max(1)))
+    }
 }
 
 impl CustomOp1 for CausalSoftmax {
@@ -152,15 +167,16 @@ impl CustomOp1 for CausalSoftmax {
         out.par_chunks_mut(rows * t).zip(x.par_chunks(rows * t)).for_each(|(o, x)| {
             for r in 0..rows {
                 let i = r % t;
-                let row = &x[r * t..r * t + i + 1];
+                let j0 = self.start(i);
+                let row = &x[r * t + j0..r * t + i + 1];
                 let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v * self.scale));
-                let o = &mut o[r * t..(r + 1) * t];
+                let o = &mut o[r * t + j0..r * t + i + 1];
                 let mut sum = 0f32;
                 for (o, v) in o.iter_mut().zip(row) {
                     *o = (v * self.scale - max).exp();
                     sum += *o;
                 }
-                o[..=i].iter_mut().for_each(|v| *v /= sum);
+                o.iter_mut().for_each(|v| *v /= sum);
             }
         });
         Ok((CpuStorage::F32(out), layout.shape().clone()))
@@ -174,9 +190,10 @@ impl CustomOp1 for CausalSoftmax {
         out.par_chunks_mut(rows * t).zip(p.par_chunks(rows * t)).zip(g.par_chunks(rows * t)).for_each(|((o, p), g)| {
             for r in 0..rows {
                 let i = r % t;
-                let (p, g) = (&p[r * t..r * t + i + 1], &g[r * t..r * t + i + 1]);
+                let j0 = self.start(i);
+                let (p, g) = (&p[r * t + j0..r * t + i + 1], &g[r * t + j0..r * t + i + 1]);
                 let dot: f32 = p.iter().zip(g).map(|(a, b)| a * b).sum();
-                for ((o, p), g) in o[r * t..r * t + i + 1].iter_mut().zip(p).zip(g) {
+                for ((o, p), g) in o[r * t + j0..r * t + i + 1].iter_mut().zip(p).zip(g) {
                     *o = self.scale * p * (g - dot);
                 }
             }
@@ -290,20 +307,33 @@ mod tests {
         let r0 = (x0.broadcast_mul(&c).unwrap() - x1.broadcast_mul(&s).unwrap()).unwrap();
         let r1 = (x0.broadcast_mul(&s).unwrap() + x1.broadcast_mul(&c).unwrap()).unwrap();
         let composed = Tensor::stack(&[r0, r1], 4).unwrap().reshape((2, 3, 4, 8)).unwrap();
-        check(x.apply_op1(Rope { cos: Arc::new(cos), sin: Arc::new(sin), half: 4 }).unwrap(), composed, "rope");
+        let (cos, sin) = (Arc::new(cos), Arc::new(sin));
+        let rope = |neox| Rope { cos: cos.clone(), sin: sin.clone(), half: 4, neox };
+        check(x.apply_op1(rope(false)).unwrap(), composed, "rope");
+        // NeoX: the first half of the head against the second.
+        let (x0, x1) = (x.narrow(3, 0, 4).unwrap(), x.narrow(3, 4, 4).unwrap());
+        let r0 = (x0.broadcast_mul(&c).unwrap() - x1.broadcast_mul(&s).unwrap()).unwrap();
+        let r1 = (x0.broadcast_mul(&s).unwrap() + x1.broadcast_mul(&c).unwrap()).unwrap();
+        check(x.apply_op1(rope(true)).unwrap(), Tensor::cat(&[r0, r1], 3).unwrap(), "neox rope");
 
         let scores = x.narrow(3, 0, 4).unwrap().contiguous().unwrap();
-        let mask: Vec<f32> =
-            (0..4).flat_map(|i| (0..4).map(move |j| if j <= i { 0.0 } else { f32::NEG_INFINITY })).collect();
-        let mask = Tensor::from_vec(mask, (4, 4), &dev).unwrap();
-        let composed =
-            candle_nn::ops::softmax(&(scores.clone() * 0.5).unwrap().broadcast_add(&mask).unwrap(), D::Minus1).unwrap();
         let probe4 = probe.narrow(3, 0, 4).unwrap();
-        let ours = scores.apply_op1(CausalSoftmax { scale: 0.5 }).unwrap();
-        assert!(worst(&ours, &composed) < 1e-5, "softmax forward");
-        let go = (ours * &probe4).unwrap().sum_all().unwrap().backward().unwrap();
-        let gt = (composed * &probe4).unwrap().sum_all().unwrap().backward().unwrap();
-        assert!(worst(go.get(x.as_tensor()).unwrap(), gt.get(x.as_tensor()).unwrap()) < 1e-5, "softmax gradient");
+        // Causal, and with a window of 2 (a key two or more positions back masked too).
+        for window in [None, Some(2)] {
+            let visible = move |i: usize, j: usize| j <= i && window.is_none_or(|w| i - j < w);
+            let mask: Vec<f32> =
+                (0..4).flat_map(|i| (0..4).map(move |j| if visible(i, j) { 0.0 } else { f32::NEG_INFINITY })).collect();
+            let mask = Tensor::from_vec(mask, (4, 4), &dev).unwrap();
+            let composed =
+                candle_nn::ops::softmax(&(scores.clone() * 0.5).unwrap().broadcast_add(&mask).unwrap(), D::Minus1)
+                    .unwrap();
+            let ours = scores.apply_op1(CausalSoftmax { scale: 0.5, window }).unwrap();
+            assert!(worst(&ours, &composed) < 1e-5, "softmax forward, window {window:?}");
+            let go = (ours * &probe4).unwrap().sum_all().unwrap().backward().unwrap();
+            let gt = (composed * &probe4).unwrap().sum_all().unwrap().backward().unwrap();
+            let d = worst(go.get(x.as_tensor()).unwrap(), gt.get(x.as_tensor()).unwrap());
+            assert!(d < 1e-5, "softmax gradient, window {window:?}: {d}");
+        }
 
         let up = (x.as_tensor() * 0.7).unwrap().cos().unwrap();
         let composed = ((x.as_tensor() / (x.neg().unwrap().exp().unwrap() + 1.0).unwrap()).unwrap() * &up).unwrap();

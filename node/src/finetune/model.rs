@@ -10,7 +10,14 @@
 //! candle ops they replace.
 //! Rows stay in the GGUF's order, the one the served decoder and
 //! [`LoraAdapter`] use; RoPE rotates adjacent pairs as llama.cpp does on a
-//! llama GGUF.
+//! llama GGUF, or halves on a NeoX one (Gemma 3).
+//!
+//! Both families the served decoder runs are trained: the llama family
+//! (pre-norm, SwiGLU, full causal attention) and Gemma 3 (embeddings scaled
+//! by √hidden, per-head q/k RMS norms before RoPE, post-attention and
+//! post-FFN norms before each residual add, GeGLU through candle's tanh GELU,
+//! queries scaled by 1/√head_dim, a RoPE table per layer base, sliding-window
+//! layers masked as llama.cpp masks them).
 //!
 //! The base weights are plain tensors (no gradient is kept for them); the
 //! adapter's `A` and `B` are [`Var`]s held by [`LoraParams`].
@@ -24,7 +31,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use super::fused::{CausalSoftmax, RmsNorm, Rope, SwiGlu};
 use super::ops::{CrossEntropy, FrozenMatmul, HeadLoss, LoraProjection};
 use crate::model::adapter::{LoraAdapter, LoraMatrix, Target};
-use crate::model::decoder::{DecoderConfig, Family};
+use crate::model::decoder::{Activation, DecoderConfig, Family};
 use crate::model::ModelError;
 
 /// One layer's f32 weights; the projections frozen (`x · W`, no weight
@@ -32,6 +39,12 @@ use crate::model::ModelError;
 #[derive(Clone)]
 struct TrainLayer {
     attn_norm: Arc<Vec<f32>>,
+    /// Gemma 3: per-head RMS norms of queries and keys (`head_dim` long).
+    q_norm: Option<Arc<Vec<f32>>>,
+    k_norm: Option<Arc<Vec<f32>>>,
+    /// Gemma 3: norms of the attention and feed-forward outputs before their residual adds.
+    post_attn_norm: Option<Arc<Vec<f32>>>,
+    post_ffn_norm: Option<Arc<Vec<f32>>>,
     wq: FrozenMatmul,
     wk: FrozenMatmul,
     wv: FrozenMatmul,
@@ -207,14 +220,14 @@ pub struct TrainModel {
     head: FrozenMatmul,
     norm: Arc<Vec<f32>>,
     layers: Vec<TrainLayer>,
-    /// RoPE tables, `positions × head_dim/2` each.
-    cos: Arc<Vec<f32>>,
-    sin: Arc<Vec<f32>>,
+    /// RoPE tables (cos, sin), `positions × head_dim/2` each, one per distinct
+    /// base and scale; `rope_of[l]` is layer `l`'s.
+    ropes: Vec<(Table, Table)>,
+    rope_of: Vec<usize>,
 }
 
 impl TrainModel {
-    /// Dequantizes the GGUF at `path` (llama family only: Gemma 3's extra
-    /// norms and sliding windows are not in this graph yet); products in f32.
+    /// Dequantizes the GGUF at `path` (llama family or Gemma 3); products in f32.
     pub fn load(path: &Path) -> Result<Self, ModelError> {
         Self::load_with(path, Precision::F32)
     }
@@ -224,13 +237,14 @@ impl TrainModel {
         let mut file = std::fs::File::open(path).map_err(|e| ModelError::Io(format!("{}: {e}", path.display())))?;
         let ct = Content::read(&mut file).map_err(|e| ModelError::Format(format!("{}: {e}", path.display())))?;
         let cfg = DecoderConfig::from_gguf(&ct)?;
-        if cfg.family != Family::Llama {
+        if cfg.final_softcap.is_some() {
             return Err(ModelError::Unsupported(format!(
-                "fine-tuning a {} base (only the llama family is trained here so far)",
+                "fine-tuning a {} base with a final logit soft-cap (not in the training graph)",
                 cfg.arch
             )));
         }
         let dev = Device::Cpu;
+        let present: std::collections::HashSet<String> = ct.tensor_infos.keys().cloned().collect();
         let mut get = |name: &str| -> Result<Tensor, ModelError> {
             let q = ct.tensor(&mut file, name, &dev).map_err(|e| ModelError::Format(format!("tensor {name}: {e}")))?;
             Ok(q.dequantize(&dev)?.to_dtype(DType::F32)?)
@@ -246,7 +260,23 @@ impl TrainModel {
             let mut t = |s: &str| get(&format!("blk.{l}.{s}"));
             let tr = frozen;
             let vector = |t: Tensor| -> Result<Arc<Vec<f32>>, ModelError> { Ok(Arc::new(t.to_vec1::<f32>()?)) };
+            let gemma = cfg.family == Family::Gemma3;
+            let mut extra = |s: &str| -> Result<Option<Arc<Vec<f32>>>, ModelError> {
+                let name = format!("blk.{l}.{s}");
+                match (gemma, present.contains(&name)) {
+                    (true, true) => Ok(Some(vector(t(s)?)?)),
+                    (true, false) => Err(ModelError::Format(format!("Gemma 3 GGUF lacks {name}"))),
+                    (false, _) => Ok(None),
+                }
+            };
+            let (q_norm, k_norm) = (extra("attn_q_norm.weight")?, extra("attn_k_norm.weight")?);
+            let (post_attn_norm, post_ffn_norm) =
+                (extra("post_attention_norm.weight")?, extra("post_ffw_norm.weight")?);
             layers.push(TrainLayer {
+                q_norm,
+                k_norm,
+                post_attn_norm,
+                post_ffn_norm,
                 attn_norm: vector(t("attn_norm.weight")?)?,
                 wq: tr(t("attn_q.weight")?)?,
                 wk: tr(t("attn_k.weight")?)?,
@@ -268,8 +298,8 @@ impl TrainModel {
             Err(_) => as_head(&embed)?,
         };
         let norm = Arc::new(get("output_norm.weight")?.to_vec1::<f32>()?);
-        let (cos, sin) = rope_tables(&cfg)?;
-        Ok(Self { cfg, embed, head, norm, layers, cos, sin })
+        let (ropes, rope_of) = rope_tables(&cfg)?;
+        Ok(Self { cfg, embed, head, norm, layers, ropes, rope_of })
     }
 
     /// The model's shape.
@@ -297,8 +327,8 @@ impl TrainModel {
             head: self.head.clone(),
             norm: self.norm.clone(),
             layers,
-            cos: self.cos.clone(),
-            sin: self.sin.clone(),
+            ropes: self.ropes.clone(),
+            rope_of: self.rope_of.clone(),
         })
     }
 
@@ -333,22 +363,33 @@ impl TrainModel {
     /// The final normed hidden states (`batch × len × hidden`).
     fn hidden_states(&self, ids: &Tensor, lora: Option<&LoraParams>, train: bool) -> Result<Tensor, ModelError> {
         let (b, t) = ids.dims2()?;
-        let limit = self.cos.len() / (self.cfg.head_dim / 2).max(1);
+        let limit = self.ropes.first().map_or(0, |(cos, _)| cos.len() / (self.cfg.head_dim / 2).max(1));
         if t > limit {
             return Err(ModelError::Input(format!("{t} tokens exceed the {limit} positions trained here")));
         }
         let hidden = self.cfg.hidden;
         let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, hidden))?;
+        if let Some(scale) = self.cfg.embed_scale {
+            x = (x * scale as f64)?;
+        }
         let eps = self.cfg.eps as f32;
+        let post = |y: Tensor, norm: &Option<Arc<Vec<f32>>>| match norm {
+            Some(w) => rms_norm(&y, w, eps),
+            None => Ok(y),
+        };
         for (l, layer) in self.layers.iter().enumerate() {
             let h = rms_norm(&x, &layer.attn_norm, eps)?;
-            let a = self.attention(l, layer, &h, lora, train)?;
+            let a = post(self.attention(l, layer, &h, lora, train)?, &layer.post_attn_norm)?;
             x = (x + a)?;
             let h = rms_norm(&x, &layer.ffn_norm, eps)?;
             let g = project(layer, l, Target::Gate, &h, lora, train)?;
             let u = project(layer, l, Target::Up, &h, lora, train)?;
-            let m = g.contiguous()?.apply_op2(&u.contiguous()?, SwiGlu)?;
-            let d = project(layer, l, Target::Down, &m, lora, train)?;
+            let m = match self.cfg.activation {
+                Activation::Silu => g.contiguous()?.apply_op2(&u.contiguous()?, SwiGlu)?,
+                // candle's `gelu` is the tanh approximation (Gemma's), with a backward pass.
+                Activation::GeluTanh => (g.gelu()? * u)?,
+            };
+            let d = post(project(layer, l, Target::Down, &m, lora, train)?, &layer.post_ffn_norm)?;
             x = (x + d)?;
         }
         rms_norm(&x, &self.norm, eps)
@@ -367,23 +408,32 @@ impl TrainModel {
         let heads = |x: Tensor, n: usize| -> Result<Tensor, ModelError> {
             Ok(x.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?)
         };
-        let q = heads(project(layer, l, Target::Q, h, lora, train)?, nh)?;
-        let k = heads(project(layer, l, Target::K, h, lora, train)?, nkv)?;
+        let mut q = heads(project(layer, l, Target::Q, h, lora, train)?, nh)?;
+        let mut k = heads(project(layer, l, Target::K, h, lora, train)?, nkv)?;
         let v = heads(project(layer, l, Target::V, h, lora, train)?, nkv)?;
-        let (q, k) = (self.rope(&q)?, self.rope(&k)?);
+        let eps = self.cfg.eps as f32;
+        if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
+            (q, k) = (rms_norm(&q, qn, eps)?, rms_norm(&k, kn, eps)?);
+        }
+        let (mut q, k) = (self.rope(l, &q)?, self.rope(l, &k)?);
+        if let Some(scale) = self.cfg.query_scale {
+            q = (q * scale as f64)?;
+        }
         // Grouped queries: the nh / nkv query heads of each k/v head stacked
         // as one (group · t) × hd block, so keys and values are not copied.
         let group = nh / nkv;
         let q = q.reshape((b, nkv, group * t, hd))?;
         let scores = q.matmul(&k.t()?)?;
-        let p = scores.contiguous()?.apply_op1(CausalSoftmax { scale: self.cfg.score_scale })?;
+        let window = self.cfg.layers.get(l).and_then(|a| a.window);
+        let p = scores.contiguous()?.apply_op1(CausalSoftmax { scale: self.cfg.score_scale, window })?;
         let y = p.matmul(&v)?.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
         project(layer, l, Target::O, &y, lora, train)
     }
 
-    /// Rotates adjacent pairs (2i, 2i+1) of every head by position.
-    fn rope(&self, x: &Tensor) -> Result<Tensor, ModelError> {
-        let op = Rope { cos: self.cos.clone(), sin: self.sin.clone(), half: self.cfg.head_dim / 2 };
+    /// Rotates every head of layer `l` by position (pairs as the GGUF's family pairs them).
+    fn rope(&self, l: usize, x: &Tensor) -> Result<Tensor, ModelError> {
+        let (cos, sin) = &self.ropes[self.rope_of.get(l).copied().unwrap_or(0)];
+        let op = Rope { cos: cos.clone(), sin: sin.clone(), half: self.cfg.head_dim / 2, neox: self.cfg.rope_neox };
         Ok(x.contiguous()?.apply_op1(op)?)
     }
 }
@@ -418,28 +468,47 @@ fn rms_norm(x: &Tensor, w: &Arc<Vec<f32>>, eps: f32) -> Result<Tensor, ModelErro
     Ok(x.contiguous()?.apply_op1(RmsNorm { weight: w.clone(), eps })?)
 }
 
-/// RoPE cos/sin for every position and pair (the first layer's base and
-/// scale: llama-family layers share them).
 /// A RoPE table, `positions × head_dim/2`.
 type Table = Arc<Vec<f32>>;
 
-fn rope_tables(cfg: &DecoderConfig) -> Result<(Table, Table), ModelError> {
+/// A (cos, sin) pair of tables per distinct RoPE base, and each layer's index into them.
+type RopeTables = (Vec<(Table, Table)>, Vec<usize>);
+
+/// RoPE cos/sin for every position and pair, one pair of tables per distinct
+/// (base, scale) among the layers (llama-family layers share one; Gemma 3's
+/// global and sliding-window layers have two), and each layer's table index.
+fn rope_tables(cfg: &DecoderConfig) -> Result<RopeTables, ModelError> {
+    if cfg.layers.is_empty() {
+        return Err(ModelError::Format("no layers".into()));
+    }
     let half = cfg.head_dim / 2;
-    let attn = cfg.layers.first().ok_or_else(|| ModelError::Format("no layers".into()))?;
-    let (mut cos, mut sin) = (Vec::new(), Vec::new());
     let positions = cfg.context_length.min(8192);
-    for p in 0..positions {
+    let mut keys: Vec<(u32, u32)> = Vec::new();
+    let mut tables = Vec::new();
+    let mut rope_of = Vec::with_capacity(cfg.layers.len());
+    for attn in &cfg.layers {
+        let key = (attn.rope_base.to_bits(), attn.rope_scale.to_bits());
+        if let Some(i) = keys.iter().position(|k| *k == key) {
+            rope_of.push(i);
+            continue;
+        }
+        let (mut cos, mut sin) = (Vec::with_capacity(positions * half), Vec::with_capacity(positions * half));
         // As the served decoder's tables (ggml's recurrence, scale on the angle).
         let step = attn.rope_base.powf(-2.0 / cfg.head_dim as f32);
-        let mut theta = p as f32;
-        for _ in 0..half {
-            let angle = attn.rope_scale * theta;
-            cos.push(angle.cos());
-            sin.push(angle.sin());
-            theta *= step;
+        for p in 0..positions {
+            let mut theta = p as f32;
+            for _ in 0..half {
+                let angle = attn.rope_scale * theta;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+                theta *= step;
+            }
         }
+        rope_of.push(keys.len());
+        keys.push(key);
+        tables.push((Arc::new(cos), Arc::new(sin)));
     }
-    Ok((Arc::new(cos), Arc::new(sin)))
+    Ok((tables, rope_of))
 }
 
 /// Mean cross-entropy of `logits` (`batch × len × vocab`) against the next
