@@ -11,12 +11,14 @@ use crate::ServerArg;
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum AdaptersCmd {
-    /// Serve a PEFT adapter folder as model NAME (the folder must be on the model nodes).
+    /// Serve a PEFT adapter folder as model NAME (the folder must be on the model nodes);
+    /// without PATH, the adapter the catalog registered under NAME (every finished
+    /// fine-tune is), copied to every model node serving its base.
     Load {
         /// What requests call it in `model`.
         name: String,
         /// The adapter folder (adapter_config.json, adapter_model.safetensors).
-        path: PathBuf,
+        path: Option<PathBuf>,
         /// The base model it runs on (default: the first).
         #[arg(long, default_value = "")]
         model: String,
@@ -44,9 +46,9 @@ pub(crate) async fn adapters(cmd: AdaptersCmd) -> anyhow::Result<()> {
     match cmd {
         AdaptersCmd::Load { name, path, model, server } => {
             // The nodes read the folder: send it absolute when it is here too.
-            let path = std::fs::canonicalize(&path).unwrap_or(path);
+            let path = path.map(|p| std::fs::canonicalize(&p).unwrap_or(p).display().to_string());
             let mut c = connect(&server).await?;
-            let req = pb::LoadAdapterRequest { name, path: path.display().to_string(), model };
+            let req = pb::LoadAdapterRequest { name, path: path.unwrap_or_default(), model, files: None };
             let a = rpc(c.load_adapter(req).await)?;
             println!(
                 "loaded adapter {} on {} (rank {}, alpha {}, {})",

@@ -108,7 +108,7 @@ async fn adapters_serve_by_name_load_unload_and_train_on_the_server() {
 
     // Bad loads: clear errors, nothing served.
     let bad =
-        |name: &str, path: &str| pb::LoadAdapterRequest { name: name.into(), path: path.into(), model: String::new() };
+        |name: &str, path: &str| pb::LoadAdapterRequest { name: name.into(), path: path.into(), ..Default::default() };
     let err = c.load_adapter(bad("x", "/nonexistent/adapter")).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     let err = c.load_adapter(bad("a b", support.to_str().unwrap())).await.unwrap_err();

@@ -3,19 +3,31 @@
 //! Requests then name an adapter in `model` and route like a model name
 //! (`generate.rs`: a node that does not serve it answers NOT_FOUND and the
 //! next is asked).
+//!
+//! A finished fine-tune is registered in the catalog ([`AdapterRecord`]) and
+//! copied, as bytes read from the node that trained it, to every other model
+//! node serving its base; a later `LoadAdapter` without a path loads the
+//! registered adapter the same way from any node still holding a copy.
 use tessera_proto::v1 as pb;
 use tessera_types::NodeRole;
 use tonic::Code;
+use tracing::{info, warn};
 
+use crate::catalog::AdapterRecord;
 use crate::coordinator::Coordinator;
 use crate::error::{CoordinatorError, Result};
 
 impl Coordinator {
     /// Loads the adapter on every model node serving its base (each reads
-    /// the folder on its own disk); NOT_FOUND when none serves the base.
-    pub async fn load_adapter(&self, req: pb::LoadAdapterRequest) -> Result<pb::AdapterInfo> {
-        if req.name.is_empty() || req.path.is_empty() {
-            return Err(CoordinatorError::invalid("give the adapter's name and its folder (path)"));
+    /// the folder on its own disk, or, without a path, gets the registered
+    /// adapter's files); NOT_FOUND when none serves the base.
+    pub async fn load_adapter(&self, mut req: pb::LoadAdapterRequest) -> Result<pb::AdapterInfo> {
+        if req.name.is_empty() {
+            return Err(CoordinatorError::invalid("give the adapter's name"));
+        }
+        req.files = None;
+        if req.path.is_empty() {
+            return self.load_registered(&req.name, &req.model).await;
         }
         let nodes = self.nodes.with_role(NodeRole::Model);
         if nodes.is_empty() {
@@ -38,6 +50,116 @@ impl Coordinator {
             (None, Some(e)) => Err(e),
             (None, None) => Err(CoordinatorError::unavailable("no model node answered")),
         }
+    }
+
+    /// Loads the registered adapter `name` on every model node serving its
+    /// base, its files read from the first live node holding a copy; the
+    /// nodes that now hold one are recorded.
+    async fn load_registered(&self, name: &str, model: &str) -> Result<pb::AdapterInfo> {
+        let shown: String = name.chars().take(200).collect();
+        let Some(mut record) = self.catalog.adapter(name).await? else {
+            return Err(CoordinatorError::not_found(format!(
+                "no adapter '{shown}' is registered; give its folder (path) to load one from disk"
+            )));
+        };
+        if !model.is_empty() && model != "default" && model != record.model {
+            return Err(CoordinatorError::invalid(format!(
+                "adapter '{shown}' was trained on '{}', not '{model}'",
+                record.model
+            )));
+        }
+        let files = self.adapter_files(&record).await?;
+        let (first, holders) = self.copy_to_model_nodes(&record, files).await?;
+        for h in holders {
+            if !record.holders.contains(&h) {
+                record.holders.push(h);
+            }
+        }
+        self.catalog.put_adapter(&record).await?;
+        first.ok_or_else(|| CoordinatorError::not_found(format!("no model node serves '{}'", record.model)))
+    }
+
+    /// The files of `record`, from the first live node holding them.
+    async fn adapter_files(&self, record: &AdapterRecord) -> Result<pb::AdapterFiles> {
+        let mut last = None;
+        for id in &record.holders {
+            let Some(node) = self.nodes.get(id) else { continue };
+            match node.client.clone().read_adapter(pb::ReadAdapterRequest { name: record.name.clone() }).await {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(s) => last = Some(CoordinatorError::node(&node, s)),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            CoordinatorError::unavailable(format!(
+                "no node holding adapter '{}' is up (held by {})",
+                record.name,
+                record.holders.join(", ")
+            ))
+        }))
+    }
+
+    /// Sends `files` to every model node; a node that does not
+    /// serve the base (NOT_FOUND) is passed over, another failure is logged
+    /// and passed over too (one node down must not keep the rest without it).
+    /// Returns the first node's answer and the nodes that loaded it.
+    async fn copy_to_model_nodes(
+        &self,
+        record: &AdapterRecord,
+        files: pb::AdapterFiles,
+    ) -> Result<(Option<pb::AdapterInfo>, Vec<String>)> {
+        let mut first = None;
+        let mut loaded = Vec::new();
+        let files = pb::AdapterFiles { model: String::new(), ..files };
+        for node in self.nodes.with_role(NodeRole::Model) {
+            let req = pb::LoadAdapterRequest {
+                name: record.name.clone(),
+                path: String::new(),
+                model: record.model.clone(),
+                files: Some(files.clone()),
+            };
+            match node.client.clone().load_adapter(req).await {
+                Ok(r) => {
+                    first.get_or_insert(r.into_inner());
+                    loaded.push(node.id.clone());
+                }
+                Err(s) if s.code() == Code::NotFound => {}
+                Err(s) => {
+                    warn!(node = %node.id, adapter = %record.name, error = %s.message(), "copying an adapter failed")
+                }
+            }
+        }
+        Ok((first, loaded))
+    }
+
+    /// Registers the adapter `name` that node `trainer` just trained and
+    /// loaded, and copies it to every model node serving its base.
+    pub(crate) async fn register_trained(&self, trainer: &str, name: &str, out: &str) -> Result<Vec<String>> {
+        let node = self.nodes.get(trainer).ok_or_else(|| {
+            CoordinatorError::unavailable(format!("node '{trainer}' left before its adapter was copied"))
+        })?;
+        let files = node
+            .client
+            .clone()
+            .read_adapter(pb::ReadAdapterRequest { name: name.to_string() })
+            .await
+            .map_err(|s| CoordinatorError::node(&node, s))?
+            .into_inner();
+        let mut record = AdapterRecord {
+            name: name.to_string(),
+            model: files.model.clone(),
+            holders: Vec::new(),
+            trained_at: out.to_string(),
+        };
+        // The trainer too: it then keeps a copy in its data dir, which outlives
+        // an unload (a loaded adapter's folder is only known while loaded).
+        let (_, copies) = self.copy_to_model_nodes(&record, files).await?;
+        record.holders = copies;
+        if !record.holders.iter().any(|h| h == trainer) {
+            record.holders.insert(0, trainer.to_string());
+        }
+        self.catalog.put_adapter(&record).await?;
+        info!(adapter = name, holders = ?record.holders, "trained adapter registered");
+        Ok(record.holders)
     }
 
     /// Unloads adapter `name` on every model node that has it.
@@ -74,7 +196,11 @@ impl Coordinator {
     /// Starts a fine-tuning job on a model node serving the request's base;
     /// a collection's chunk texts are gathered first (each shard from the
     /// first replica that answers) and sent as the job's data.
-    pub async fn fine_tune(&self, mut req: pb::FineTuneRequest) -> Result<tonic::Streaming<pb::FineTuneProgress>> {
+    /// Also returns the id of the node running the job.
+    pub async fn fine_tune(
+        &self,
+        mut req: pb::FineTuneRequest,
+    ) -> Result<(tonic::Streaming<pb::FineTuneProgress>, String)> {
         if req.out.is_empty() {
             return Err(CoordinatorError::invalid("give the adapter's output folder (out)"));
         }
@@ -90,7 +216,7 @@ impl Coordinator {
         }
         let model = req.model.clone();
         let r = self
-            .on_role_passing(NodeRole::Model, &[Code::Unavailable, Code::NotFound], |mut c| {
+            .on_role_passing_at(NodeRole::Model, &[Code::Unavailable, Code::NotFound], |mut c| {
                 let req = req.clone();
                 async move { c.fine_tune(req).await }
             })

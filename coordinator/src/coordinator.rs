@@ -115,13 +115,27 @@ impl Coordinator {
         F: Fn(NodeClient) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     {
+        self.on_role_passing_at(role, next_on, call).await.map(|(r, _)| r)
+    }
+
+    /// [`Coordinator::on_role_passing`], also saying which node answered.
+    pub(crate) async fn on_role_passing_at<T, F, Fut>(
+        &self,
+        role: NodeRole,
+        next_on: &[Code],
+        call: F,
+    ) -> Result<(T, String)>
+    where
+        F: Fn(NodeClient) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
         let first = self.role_node(role)?;
         let mut order = vec![first.clone()];
         order.extend(self.nodes.with_role(role).into_iter().filter(|n| n.id != first.id));
         let mut last = None;
         for node in order {
             match call(node.client.clone()).await {
-                Ok(r) => return Ok(r.into_inner()),
+                Ok(r) => return Ok((r.into_inner(), node.id.clone())),
                 Err(s) if next_on.contains(&s.code()) => last = Some(CoordinatorError::node(&node, s)),
                 Err(s) => return Err(CoordinatorError::node(&node, s)),
             }

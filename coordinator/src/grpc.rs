@@ -71,12 +71,22 @@ impl pb::tessera_server::Tessera for Coordinator {
         if !req.collection.is_empty() {
             req.collection = scope.collection(&req.collection)?;
         }
-        let mut upstream = Coordinator::fine_tune(self, req).await?;
+        let out = req.out.clone();
+        let (mut upstream, trainer) = Coordinator::fine_tune(self, req).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let coordinator = self.clone();
         tokio::spawn(async move {
             // Dropping the upstream when the client goes away stops the job
             // after its current step (the node keeps a checkpoint).
-            while let Some(item) = upstream.message().await.transpose() {
+            while let Some(mut item) = upstream.message().await.transpose() {
+                // The summary waits until the adapter is registered and on
+                // every model node, so a client that sees it can use it anywhere.
+                let served = item.as_ref().ok().and_then(|m| m.summary.as_ref()).map(|s| s.adapter.clone());
+                if let Some(name) = served.filter(|n| !n.is_empty()) {
+                    if let Err(e) = coordinator.register_trained(&trainer, &name, &out).await {
+                        item = Err(Status::from(e));
+                    }
+                }
                 let failed = item.is_err();
                 if tx.send(item).await.is_err() || failed {
                     break;

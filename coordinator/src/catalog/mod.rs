@@ -5,6 +5,13 @@
 //! created with a compare-and-swap so two coordinators cannot both create a
 //! name). Either way reads come from an in-memory copy that the backend keeps
 //! current (etcd: a watch), so routing never waits on storage.
+//!
+//! The catalog also records trained adapters (`adapters.rs`), read straight
+//! from the backend: they are looked up only when one is loaded.
+mod adapters;
+
+pub use adapters::AdapterRecord;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
@@ -82,6 +89,8 @@ enum Backend {
 #[derive(Clone)]
 pub struct Catalog {
     backend: Backend,
+    /// `tessera up`: the adapter records' tree (etcd keeps them under their own prefix).
+    adapter_tree: Option<sled::Tree>,
     cache: Arc<RwLock<BTreeMap<String, CollectionMeta>>>,
 }
 
@@ -94,19 +103,20 @@ impl Catalog {
     pub fn open(data_dir: &Path) -> Result<Self, CatalogError> {
         let db = sled::open(data_dir.join("coordinator.sled"))?;
         let tree = db.open_tree("collections")?;
+        let adapter_tree = Some(db.open_tree("adapters")?);
         let mut cache = BTreeMap::new();
         for item in tree.iter() {
             let (k, v) = item?;
             let name = String::from_utf8_lossy(&k).to_string();
             cache.insert(name.clone(), decode(&name, &v)?);
         }
-        Ok(Self { backend: Backend::Sled(tree), cache: Arc::new(RwLock::new(cache)) })
+        Ok(Self { backend: Backend::Sled(tree), adapter_tree, cache: Arc::new(RwLock::new(cache)) })
     }
 
     /// The etcd catalog (cluster mode): loads it and follows changes made by
     /// other coordinators until `shutdown`.
     pub async fn open_etcd(client: etcd_client::Client, shutdown: &Shutdown) -> Result<Self, CatalogError> {
-        let me = Self { backend: Backend::Etcd(Box::new(client.clone())), cache: Arc::default() };
+        let me = Self { backend: Backend::Etcd(Box::new(client.clone())), adapter_tree: None, cache: Arc::default() };
         let revision = me.reload(client.clone()).await?;
         let watcher = me.clone();
         shutdown.spawn(async move { watcher.follow(client, revision).await });

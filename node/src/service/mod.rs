@@ -10,6 +10,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
+use crate::model::adapter::files::AdapterFiles;
 use crate::model::served::Lookup;
 use crate::model::{ChatMessage, Event};
 use crate::session::SessionRegistry;
@@ -612,7 +613,8 @@ impl pb::node_server::Node for NodeService {
     async fn load_adapter(&self, req: Request<pb::LoadAdapterRequest>) -> Result<Response<pb::AdapterInfo>, Status> {
         let req = req.into_inner();
         crate::model::ModelSpec::validate_name(&req.name).map_err(Status::invalid_argument)?;
-        if req.path.is_empty() {
+        let files = req.files.filter(|f| !f.config_json.is_empty() || !f.weights.is_empty());
+        if req.path.is_empty() && files.is_none() {
             return Err(Status::invalid_argument("give the adapter's folder (path)"));
         }
         let model = self.model(&req.model)?;
@@ -622,12 +624,24 @@ impl pb::node_server::Node for NodeService {
                 req.name
             )));
         }
-        let (name, dir) = (req.name.clone(), std::path::PathBuf::from(&req.path));
+        let name = req.name.clone();
         let served = model.clone();
-        let info = tokio::task::spawn_blocking(move || served.load_adapter(&name, &dir))
-            .await
-            .map_err(|e| Status::internal(format!("loading the adapter: {e}")))?
-            .map_err(adapter_status)?;
+        let data_dir = self.node.config.data_dir.clone();
+        let path = req.path.clone();
+        let info = tokio::task::spawn_blocking(move || {
+            // A copy sent by the coordinator is written under this node's data dir first.
+            let dir = match files {
+                Some(f) if path.is_empty() => {
+                    let files = AdapterFiles { config_json: f.config_json, weights: f.weights };
+                    crate::model::adapter::files::write_copy(&data_dir, &name, &files)?
+                }
+                _ => std::path::PathBuf::from(&path),
+            };
+            served.load_adapter(&name, &dir)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("loading the adapter: {e}")))?
+        .map_err(adapter_status)?;
         tracing::info!(adapter = %info.name, model = model.name(), rank = info.rank, "adapter loaded");
         Ok(Response::new(adapter_pb(&info, model.name(), &self.node.config.id)))
     }
@@ -659,6 +673,32 @@ impl pb::node_server::Node for NodeService {
             .flat_map(|m| m.adapters().into_iter().map(|a| adapter_pb(&a, m.name(), &self.node.config.id)))
             .collect();
         Ok(Response::new(pb::ListAdaptersResponse { adapters }))
+    }
+
+    #[instrument(skip_all, name = "Node/ReadAdapter", fields(name = %req.get_ref().name))]
+    async fn read_adapter(&self, req: Request<pb::ReadAdapterRequest>) -> Result<Response<pb::AdapterFiles>, Status> {
+        let name = req.into_inner().name;
+        let found = self
+            .node
+            .models
+            .all()
+            .iter()
+            .find_map(|m| m.adapters().into_iter().find(|a| a.name == name).map(|a| (a.dir, m.name().to_string())));
+        // Not loaded (unloaded since): the copy this node keeps in its data dir, if any.
+        let kept = || {
+            crate::model::ModelSpec::validate_name(&name).ok()?;
+            let dir = crate::model::adapter::files::copy_dir(&self.node.config.data_dir, &name);
+            dir.is_dir().then_some((dir, String::new()))
+        };
+        let Some((dir, model)) = found.or_else(kept) else {
+            let name: String = name.chars().take(200).collect();
+            return Err(Status::not_found(format!("this node has no adapter '{name}'")));
+        };
+        let files = tokio::task::spawn_blocking(move || crate::model::adapter::files::read_folder(&dir))
+            .await
+            .map_err(|e| Status::internal(format!("reading the adapter: {e}")))?
+            .map_err(adapter_status)?;
+        Ok(Response::new(pb::AdapterFiles { config_json: files.config_json, weights: files.weights, model }))
     }
 
     #[instrument(skip_all, name = "Node/GetShardStats")]

@@ -10,6 +10,7 @@
 //! - [`registry`]: the adapters a model group knows, a bounded number resident;
 //! - [`rank`]: one tensor-parallel rank's share of an adapter and the per-row
 //!   product the forward step adds (each row of a batch its own adapter).
+pub mod files;
 pub mod peft;
 pub mod rank;
 pub mod registry;
