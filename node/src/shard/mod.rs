@@ -12,6 +12,7 @@ mod actor;
 mod ann;
 mod bm25;
 mod filter;
+mod originals;
 mod payload;
 mod quantized;
 mod registry;

@@ -107,10 +107,11 @@ impl QuantizedVectors {
         }
     }
 
-    /// Bytes allocated for the codes, their scales and sign bits (the slot
-    /// tables are bookkeeping, counted with the rest of the shard's maps).
+    /// Bytes the codes, their scales and sign bits fill (a vector's spare
+    /// capacity is never touched, so never resident; the slot tables are
+    /// bookkeeping, counted with the rest of the shard's maps).
     pub fn memory_bytes(&self) -> usize {
-        self.codes.capacity() + self.scales.capacity() * 4 + self.signs.memory_bytes()
+        self.codes.len() + self.scales.len() * 4 + self.signs.memory_bytes()
     }
 
     /// Codes held.

@@ -161,6 +161,7 @@ impl ShardRegistry {
         let ann = self.ann_path(collection, shard);
         let _ = std::fs::remove_file(&ann);
         let _ = std::fs::remove_file(ann.with_extension("seq"));
+        let _ = std::fs::remove_file(super::replica::originals_path(&ann));
         Ok(existed)
     }
 

@@ -8,6 +8,7 @@ use tracing::{info, warn};
 
 use tessera_types::{Quantization, SearchSettings};
 
+use super::originals::{Originals, OriginalsFile};
 use super::payload::PayloadIndex;
 use super::vectors::VectorSet;
 use super::{Bm25Index, Bm25Params, ChunkRecord, Filter, ShardError, ShardStore};
@@ -252,9 +253,14 @@ impl Shard {
         let dimension = store.dimension()?;
         let sequence = store.sequence()?;
         let next_key = store.next_key()?;
-        let fresh = |store: &ShardStore| match quantization {
-            Quantization::None => VectorSet::new(dimension),
-            Quantization::Int8 => Ok(VectorSet::quantized(dimension, store.clone())),
+        // An int8 shard's originals: a flat file beside the graph's path, else sled.
+        let fresh = |store: &ShardStore| match (quantization, &ann_path) {
+            (Quantization::None, _) => VectorSet::new(dimension),
+            (Quantization::Int8, Some(path)) => Ok(VectorSet::quantized(
+                dimension,
+                Originals::File(OriginalsFile::create(&originals_path(path), dimension)?),
+            )),
+            (Quantization::Int8, None) => Ok(VectorSet::quantized(dimension, Originals::Store(store.clone()))),
         };
 
         let saved = match quantization {
@@ -603,6 +609,11 @@ fn seq_path(ann: &std::path::Path) -> PathBuf {
     ann.with_extension("seq")
 }
 
+/// The flat file of an int8 shard's f32 originals, beside its graph's path.
+pub(super) fn originals_path(ann: &std::path::Path) -> PathBuf {
+    ann.with_extension("f32")
+}
+
 /// The saved index if its sequence matches sled's; the marker is removed either
 /// way, so a later crash can never make a stale index look current.
 fn load_saved_ann(path: &std::path::Path, dimension: usize, sequence: u64) -> Option<VectorSet> {
@@ -706,7 +717,9 @@ mod tests {
         let mut int8 =
             Shard::open_as(db.open_tree("q").unwrap(), 32, Quantization::Int8, Some(ann_path.clone())).unwrap();
         let mut f32s = Shard::open(db.open_tree("f").unwrap(), 32, None).unwrap();
-        for shard in [&mut int8, &mut f32s] {
+        // Without a folder for its file, an int8 shard reads its originals from sled.
+        let mut via_sled = Shard::open_as(db.open_tree("s").unwrap(), 32, Quantization::Int8, None).unwrap();
+        for shard in [&mut int8, &mut f32s, &mut via_sled] {
             shard.apply(corpus(0)).unwrap();
             // Replace a third of the documents (representatives of copies among them) and delete some.
             let replaced: Vec<DocWrite> = corpus(1).into_iter().filter(|w| w.doc_id.len() % 3 == 0).take(100).collect();
@@ -756,9 +769,11 @@ mod tests {
             }
         };
         check(&int8, &f32s);
+        check(&via_sled, &f32s);
         assert!(int8.ann_search(&crate::shard::ann::tests::unit(1, 32), 5).is_err(), "no graph to walk");
         int8.close().unwrap();
         assert!(!ann_path.exists() && !ann_path.with_extension("seq").exists(), "an int8 shard saves no graph");
+        assert!(originals_path(&ann_path).exists(), "its originals are in the flat file");
         drop(int8);
         let reopened = Shard::open_as(db.open_tree("q").unwrap(), 32, Quantization::Int8, Some(ann_path)).unwrap();
         assert_eq!(reopened.vectors.distinct(), f32s.vectors.distinct());

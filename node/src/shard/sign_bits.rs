@@ -42,9 +42,9 @@ pub struct SignBits {
 }
 
 impl SignBits {
-    /// Bytes allocated for the bits (what the shard's vector memory counts).
+    /// Bytes the bits fill (what the shard's vector memory counts).
     pub fn memory_bytes(&self) -> usize {
-        self.bits.capacity() * 8
+        self.bits.len() * 8
     }
 
     /// No vectors yet, `dimension` components each.

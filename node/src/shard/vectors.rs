@@ -16,7 +16,8 @@ use std::path::Path;
 use roaring::RoaringTreemap;
 
 use super::quantized::{quantize, Pass, QuantizedVectors};
-use super::{AnnIndex, ShardError, ShardStore};
+use super::originals::Originals;
+use super::{AnnIndex, ShardError};
 
 /// A scan re-scores at least this many of its best int8 candidates exactly.
 const RESCORE_MIN: usize = 64;
@@ -33,9 +34,8 @@ pub struct VectorSet {
     /// The HNSW graph over the distinct vectors, holding them in f32; None in
     /// an int8 collection, whose searches are all scans.
     ann: Option<AnnIndex>,
-    /// Where the f32 originals are read from when there is no graph: the
-    /// shard's sled tree (the durable copy every chunk already has).
-    originals: Option<ShardStore>,
+    /// Where the f32 originals are read from when there is no graph.
+    originals: Option<Originals>,
     /// Representative key -> every chunk key with that vector, ascending (the first is the representative).
     members: HashMap<u64, Vec<u64>>,
     /// Chunk key -> its representative.
@@ -56,13 +56,14 @@ impl VectorSet {
     }
 
     /// An empty set for an int8 collection: only the codes and sign bits in
-    /// memory, the f32 originals read from `store` (which must hold every
-    /// chunk's vector before it is added here), no graph.
-    pub fn quantized(dimension: usize, store: ShardStore) -> Self {
-        Self::over(dimension, None, Some(store))
+    /// memory, the f32 originals read from `originals` (a sled store must
+    /// hold every chunk's vector before it is added here; a file is written
+    /// by `add`), no graph.
+    pub fn quantized(dimension: usize, originals: Originals) -> Self {
+        Self::over(dimension, None, Some(originals))
     }
 
-    fn over(dimension: usize, ann: Option<AnnIndex>, originals: Option<ShardStore>) -> Self {
+    fn over(dimension: usize, ann: Option<AnnIndex>, originals: Option<Originals>) -> Self {
         let codes = QuantizedVectors::new(dimension);
         Self {
             dimension,
@@ -105,7 +106,7 @@ impl VectorSet {
     fn original_into(&self, key: u64, buf: &mut [f32]) -> bool {
         match (&self.ann, &self.originals) {
             (Some(ann), _) => ann.get_into(key, buf),
-            (None, Some(store)) => store.vector_into(key, buf),
+            (None, Some(originals)) => originals.get_into(key, buf),
             (None, None) => false,
         }
     }
@@ -171,6 +172,9 @@ impl VectorSet {
         }
         if self.rep_of.contains_key(&key) {
             self.remove(key)?;
+        }
+        if let Some(originals) = &mut self.originals {
+            originals.record(key, vector)?;
         }
         self.codes.insert(key, vector);
         let print = self.print_of(key);

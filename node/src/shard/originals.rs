@@ -1,0 +1,119 @@
+//! Where an int8 collection's full-precision vectors are read from when its
+//! best candidates are re-scored.
+//!
+//! The codes in memory rank the candidates; the last step needs each
+//! candidate's f32 vector. sled holds every vector already, but reading 80
+//! of them per query from a tree larger than sled's cache cost 6–7 ms at
+//! 300,000 chunks (each a page rebuilt from the log; BENCHMARKS.md). So a
+//! shard with a folder keeps a flat file beside its sled tree, vector `key`
+//! at byte `key × dimension × 4`, read with one `pread` per candidate from
+//! the OS page cache (not the process's memory, and given back under
+//! pressure), as Qdrant keeps originals on disk beside quantized vectors in
+//! RAM. The file is derived, like the codes: rewritten from sled at every
+//! open, so it needs no flush or recovery of its own.
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use super::{ShardError, ShardStore};
+
+/// See the module documentation.
+pub enum Originals {
+    /// Read from the shard's sled tree (no folder to put a file in: tests, benchmarks).
+    Store(ShardStore),
+    /// The flat file.
+    File(OriginalsFile),
+}
+
+impl Originals {
+    /// Records `key`'s vector (the file only: sled has it already).
+    pub fn record(&mut self, key: u64, vector: &[f32]) -> Result<(), ShardError> {
+        match self {
+            Originals::Store(_) => Ok(()),
+            Originals::File(f) => f.put(key, vector),
+        }
+    }
+
+    /// Reads `key`'s vector into `buf`; false when it has none of that length.
+    pub fn get_into(&self, key: u64, buf: &mut [f32]) -> bool {
+        match self {
+            Originals::Store(store) => store.vector_into(key, buf),
+            Originals::File(f) => f.get_into(key, buf),
+        }
+    }
+}
+
+/// Vectors at fixed offsets of one file (see the module documentation).
+pub struct OriginalsFile {
+    file: File,
+    dimension: usize,
+}
+
+fn io(path: &Path, e: std::io::Error) -> ShardError {
+    ShardError::Ann(format!("{}: {e}", path.display()))
+}
+
+impl OriginalsFile {
+    /// An empty file at `path` (an earlier one is truncated: it is rebuilt from sled).
+    pub fn create(path: &Path, dimension: usize) -> Result<Self, ShardError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .map_err(|e| io(path, e))?;
+        Ok(Self { file, dimension })
+    }
+
+    fn offset(&self, key: u64) -> Option<u64> {
+        key.checked_mul(self.dimension as u64 * 4)
+    }
+
+    /// Writes `key`'s vector at its offset.
+    pub fn put(&self, key: u64, vector: &[f32]) -> Result<(), ShardError> {
+        let at = self.offset(key).ok_or_else(|| ShardError::Invalid(format!("chunk key {key} out of range")))?;
+        let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+        self.file.write_all_at(&bytes, at).map_err(|e| ShardError::Ann(format!("originals file: {e}")))
+    }
+
+    /// Reads `key`'s vector into `buf` (`dimension` long).
+    pub fn get_into(&self, key: u64, buf: &mut [f32]) -> bool {
+        if buf.len() != self.dimension {
+            return false;
+        }
+        let Some(at) = self.offset(key) else { return false };
+        let mut bytes = vec![0u8; buf.len() * 4];
+        if self.file.read_exact_at(&mut bytes, at).is_err() {
+            return false;
+        }
+        for (x, c) in buf.iter_mut().zip(bytes.chunks_exact(4)) {
+            *x = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vectors_come_back_from_their_offsets_and_a_reopen_starts_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s/0.f32");
+        let f = OriginalsFile::create(&path, 3).unwrap();
+        f.put(5, &[1.0, -2.0, 3.5]).unwrap();
+        f.put(0, &[0.25, 0.5, 0.75]).unwrap();
+        let mut buf = [0f32; 3];
+        assert!(f.get_into(5, &mut buf) && buf == [1.0, -2.0, 3.5]);
+        assert!(f.get_into(0, &mut buf) && buf == [0.25, 0.5, 0.75]);
+        assert!(!f.get_into(6, &mut buf), "past the end");
+        assert!(!f.get_into(0, &mut [0f32; 2]), "wrong length");
+        let again = OriginalsFile::create(&path, 3).unwrap();
+        assert!(!again.get_into(5, &mut buf), "rebuilt from sled at open, so truncated");
+    }
+}
