@@ -5,13 +5,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-# CI also fetches the optional Gemma 3 model, so the tests that need it run there.
-if [ "${CI:-}" = "true" ] || [ "${CI:-}" = "1" ]; then
+# CI also fetches the optional Gemma 3 model, and makes the PEFT interop fixture
+# (PyTorch CPU + PEFT in benches/.venv, ~2 min to install, ~1 min to train), so
+# the tests that need them run there.
+ci=0
+if [ "${CI:-}" = "true" ] || [ "${CI:-}" = "1" ]; then ci=1; fi
+if [ "$ci" = 1 ]; then
   bash scripts/fetch-models.sh models --with gemma3
 else
   bash scripts/fetch-models.sh models
 fi
 source scripts/env.sh
+if [ "$ci" = 1 ] && [ ! -f benches/results/peft_fixture/logits.json ]; then
+  bash scripts/make-peft-fixture.sh
+fi
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 status=0

@@ -4,8 +4,8 @@
 //! `tessera finetune` the logits Tessera gives. The served (quantized) path
 //! picks PEFT's next token. The fixture (two small adapters, so model files,
 //! not committed) is made by scripts/make-peft-fixture.sh (PEFT on PyTorch
-//! CPU) into benches/results/peft_fixture/; without it this test is skipped,
-//! also under CI, which has no PyTorch.
+//! CPU) into benches/results/peft_fixture/, which scripts/test.sh runs under
+//! CI; without it this test is skipped outside CI and fails under CI.
 mod common;
 
 use std::path::PathBuf;
@@ -23,6 +23,7 @@ fn fixture_dir() -> Option<PathBuf> {
     if dir.join("logits.json").exists() {
         return Some(dir);
     }
+    assert!(!common::in_ci(), "{} missing under CI: run scripts/make-peft-fixture.sh", dir.display());
     eprintln!("skipping: {} missing (run scripts/make-peft-fixture.sh)", dir.display());
     None
 }
