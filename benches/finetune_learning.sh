@@ -5,10 +5,16 @@
 # counts the held-out questions whose answer names the fact, adapter against
 # base. Prints the eval losses and the counts (figures for the closing note).
 #   bash benches/finetune_learning.sh [epochs]
+# LEARN_BASE=PATH trains and serves another GGUF base (e.g. the Gemma 3 one
+# from scripts/fetch-models.sh models --with gemma3) instead of SmolLM2.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 epochs=${1:-8}
+base_args=(); serve_args=()
+if [ -n "${LEARN_BASE:-}" ]; then
+  base_args=(--base "$LEARN_BASE"); serve_args=(--model "learn=$LEARN_BASE")
+fi
 cargo build --quiet --bin tessera
 bin="${CARGO_TARGET_DIR:-target}/debug/tessera"
 work=$(mktemp -d)
@@ -49,7 +55,7 @@ with open(f"{work}/eval.jsonl", "w") as f, open(f"{work}/heldout.tsv", "w") as h
             h.write(f"{key}\t{q}\n")
 PY
 "$bin" finetune --data "$work/train.jsonl" --eval "$work/eval.jsonl" --out "$work/facts" --rank 8 --alpha 16 \
-  --epochs "$epochs" --lr 1e-3 --batch-size 4 --json > "$work/train.log"
+  --epochs "$epochs" --lr 1e-3 --batch-size 4 "${base_args[@]}" --json > "$work/train.log"
 python3 - "$work/train.log" <<'PY'
 import json, sys
 lines = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
@@ -60,7 +66,7 @@ print(f"steps {s['steps']}, final train loss {s['final_loss']:.3f}, {s['tokens_p
 PY
 port=$((20000 + RANDOM % 20000))
 "$bin" up --data-dir "$work/data" --grpc "127.0.0.1:$port" --http "127.0.0.1:$((port + 1))" \
-  --adapter "facts=$work/facts" > "$work/up.log" 2>&1 & echo $! > "$work/pid"
+  "${serve_args[@]}" --adapter "facts=$work/facts" > "$work/up.log" 2>&1 & echo $! > "$work/pid"
 for _ in $(seq 1 120); do curl -sf "http://127.0.0.1:$((port + 1))/readyz" >/dev/null && break; sleep 1; done
 tuned=0; base=0; total=0
 while IFS=$'\t' read -r key q; do
