@@ -64,7 +64,8 @@ fn an_int8_collection_answers_as_the_f32_one_and_survives_a_restart() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let status = rt.block_on(async {
         let mut c = TesseraClient::connect(server.url()).await.unwrap();
-        let req = pb::CreateCollectionRequest { name: "odd".into(), quantization: "binary".into(), ..Default::default() };
+        let req =
+            pb::CreateCollectionRequest { name: "odd".into(), quantization: "binary".into(), ..Default::default() };
         c.create_collection(req).await.unwrap_err()
     });
     assert_eq!(status.code(), tonic::Code::InvalidArgument);

@@ -17,6 +17,10 @@ use crate::catalog::AdapterRecord;
 use crate::coordinator::Coordinator;
 use crate::error::{CoordinatorError, Result};
 
+/// What copying an adapter to the model nodes gave: the first node's
+/// answer, the nodes that loaded it, the last failure other than NOT_FOUND.
+type CopyOutcome = (Option<pb::AdapterInfo>, Vec<String>, Option<CoordinatorError>);
+
 impl Coordinator {
     /// Loads the adapter on every model node serving its base (each reads
     /// the folder on its own disk, or, without a path, gets the registered
@@ -62,21 +66,26 @@ impl Coordinator {
                 "no adapter '{shown}' is registered; give its folder (path) to load one from disk"
             )));
         };
-        if !model.is_empty() && model != "default" && model != record.model {
+        if !model.is_empty() && !tessera_types::names_default_model(model) && model != record.model {
             return Err(CoordinatorError::invalid(format!(
                 "adapter '{shown}' was trained on '{}', not '{model}'",
                 record.model
             )));
         }
         let files = self.adapter_files(&record).await?;
-        let (first, holders) = self.copy_to_model_nodes(&record, files).await?;
+        let (first, holders, failed) = self.copy_to_model_nodes(&record, files).await?;
         for h in holders {
             if !record.holders.contains(&h) {
                 record.holders.push(h);
             }
         }
         self.catalog.put_adapter(&record).await?;
-        first.ok_or_else(|| CoordinatorError::not_found(format!("no model node serves '{}'", record.model)))
+        match (first, failed) {
+            (Some(info), _) => Ok(info),
+            // Every node that serves the base failed: say why, not "none serves it".
+            (None, Some(e)) => Err(e),
+            (None, None) => Err(CoordinatorError::not_found(format!("no model node serves '{}'", record.model))),
+        }
     }
 
     /// The files of `record`, from the first live node holding them.
@@ -101,14 +110,12 @@ impl Coordinator {
     /// Sends `files` to every model node; a node that does not
     /// serve the base (NOT_FOUND) is passed over, another failure is logged
     /// and passed over too (one node down must not keep the rest without it).
-    /// Returns the first node's answer and the nodes that loaded it.
-    async fn copy_to_model_nodes(
-        &self,
-        record: &AdapterRecord,
-        files: pb::AdapterFiles,
-    ) -> Result<(Option<pb::AdapterInfo>, Vec<String>)> {
+    /// Returns the first node's answer, the nodes that loaded it and the last
+    /// failure other than NOT_FOUND.
+    async fn copy_to_model_nodes(&self, record: &AdapterRecord, files: pb::AdapterFiles) -> Result<CopyOutcome> {
         let mut first = None;
         let mut loaded = Vec::new();
+        let mut failed = None;
         let files = pb::AdapterFiles { model: String::new(), ..files };
         for node in self.nodes.with_role(NodeRole::Model) {
             let req = pb::LoadAdapterRequest {
@@ -124,11 +131,12 @@ impl Coordinator {
                 }
                 Err(s) if s.code() == Code::NotFound => {}
                 Err(s) => {
-                    warn!(node = %node.id, adapter = %record.name, error = %s.message(), "copying an adapter failed")
+                    warn!(node = %node.id, adapter = %record.name, error = %s.message(), "copying an adapter failed");
+                    failed = Some(CoordinatorError::node(&node, s));
                 }
             }
         }
-        Ok((first, loaded))
+        Ok((first, loaded, failed))
     }
 
     /// Registers the adapter `name` that node `trainer` just trained and
@@ -144,6 +152,9 @@ impl Coordinator {
             .await
             .map_err(|s| CoordinatorError::node(&node, s))?
             .into_inner();
+        if files.model.is_empty() {
+            return Err(CoordinatorError::unavailable(format!("node '{trainer}' no longer serves adapter '{name}'")));
+        }
         let mut record = AdapterRecord {
             name: name.to_string(),
             model: files.model.clone(),
@@ -152,7 +163,7 @@ impl Coordinator {
         };
         // The trainer too: it then keeps a copy in its data dir, which outlives
         // an unload (a loaded adapter's folder is only known while loaded).
-        let (_, copies) = self.copy_to_model_nodes(&record, files).await?;
+        let (_, copies, _) = self.copy_to_model_nodes(&record, files).await?;
         record.holders = copies;
         if !record.holders.iter().any(|h| h == trainer) {
             record.holders.insert(0, trainer.to_string());

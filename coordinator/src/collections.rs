@@ -1,7 +1,7 @@
 //! Collections: create (also on first ingest), list with counts, drop.
 use tessera_proto::v1 as pb;
 use tessera_types::{NodeRole, Quantization, SearchSettings};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::catalog::{validate_name, CollectionMeta};
 use crate::coordinator::{with_deadline, Coordinator};
@@ -122,17 +122,28 @@ impl Coordinator {
         Ok(collections)
     }
 
-    /// Drops a collection's shards, then its catalog record.
+    /// Drops every replica of a collection's shards, then its catalog record.
+    /// Followers too: placement is by name, so a re-created collection lands
+    /// on the same nodes, where a follower's old replica would bring the
+    /// dropped documents back (or, with another quantization, refuse the
+    /// new shard). A replica on a node that is gone is left for it to drop.
     pub(crate) async fn drop_collection(&self, name: &str) -> Result<bool> {
         let meta = self.collection(name)?;
         let _guard = self.create_lock.lock().await;
         for shard in 0..meta.shards {
-            let node = self.node_for_shard(&meta, shard)?;
-            node.client
-                .clone()
-                .drop_shard(pb::DropShardRequest { shard: Some(pb::ShardRef { collection: meta.name.clone(), shard }) })
-                .await
-                .map_err(|s| CoordinatorError::node(&node, s))?;
+            let req = pb::DropShardRequest { shard: Some(pb::ShardRef { collection: meta.name.clone(), shard }) };
+            let primary = self.node_for_shard(&meta, shard)?;
+            primary.client.clone().drop_shard(req.clone()).await.map_err(|s| CoordinatorError::node(&primary, s))?;
+            let followers = meta.placement.get(shard as usize).map(|p| p.replicas.clone()).unwrap_or_default();
+            for id in followers.iter().filter(|id| **id != primary.id) {
+                let Some(node) = self.nodes.get(id) else {
+                    warn!(collection = %meta.name, shard, node = %id, "a replica's node is gone; not dropped");
+                    continue;
+                };
+                if let Err(s) = node.client.clone().drop_shard(req.clone()).await {
+                    warn!(collection = %meta.name, shard, node = %id, error = %s.message(), "dropping a follower replica failed");
+                }
+            }
         }
         Ok(self.catalog.remove(&meta.name).await?)
     }

@@ -8,10 +8,10 @@ use std::str::FromStr;
 /// `None` keeps each distinct vector in f32 inside the HNSW graph (plus the
 /// int8 codes and sign bits the scans read): the fastest choice for shards
 /// beyond the scans' reach. `Int8` keeps only the int8 codes and sign bits in
-/// memory and reads the f32 originals from the shard's sled tree when the best
-/// candidates are re-scored, as Qdrant's scalar quantization with on-disk
-/// originals does: about a fifth of the vector memory, no graph to build, and
-/// every search a scan (BENCHMARKS.md has the memory, recall and latency).
+/// memory and reads the f32 originals from a file beside the shard when the
+/// best candidates are re-scored, as Qdrant's scalar quantization with
+/// on-disk originals does: a sixth of the vector memory, no graph to build,
+/// and every search a scan (BENCHMARKS.md has the memory, recall and latency).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Quantization {
@@ -50,8 +50,8 @@ impl FromStr for Quantization {
     /// so an absent wire field means `none`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.trim().to_ascii_lowercase().as_str() {
-            "" | "none" | "f32" => Ok(Quantization::None),
-            "int8" | "scalar" => Ok(Quantization::Int8),
+            "" | "none" => Ok(Quantization::None),
+            "int8" => Ok(Quantization::Int8),
             _ => Err(UnknownQuantization(s.to_string())),
         }
     }

@@ -47,9 +47,15 @@ pub struct CollectionMeta {
     #[serde(default)]
     pub settings: SearchSettings,
     /// How its shards hold vectors, fixed at creation (records written before
-    /// quantization existed are f32).
-    #[serde(default)]
+    /// quantization existed are f32). Left out of the record when it is the
+    /// default, so a record written before the field existed serializes to
+    /// the same bytes again: `compare_and_put` compares bytes.
+    #[serde(default, skip_serializing_if = "is_default_quantization")]
     pub quantization: Quantization,
+}
+
+fn is_default_quantization(q: &Quantization) -> bool {
+    *q == Quantization::None
 }
 
 /// The replicas of one shard.
@@ -327,6 +333,50 @@ mod tests {
         let meta = decode("d", old).unwrap();
         assert_eq!(meta.settings, SearchSettings::default());
         assert!(meta.placement.is_empty());
+    }
+
+    /// A record as the version before quantization wrote it (the same fields,
+    /// no `quantization`) must still compare equal to itself re-serialized:
+    /// failover and rebalance replace records by compare-and-put on bytes.
+    #[tokio::test]
+    async fn a_record_from_before_quantization_can_still_be_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = CollectionMeta {
+            name: "old".into(),
+            dimension: 8,
+            metric: "cosine".into(),
+            shards: 1,
+            replication: 2,
+            embedder: "m".into(),
+            placement: vec![ShardPlacement { replicas: vec!["a".into(), "b".into()], primary: "a".into(), epoch: 1 }],
+            settings: SearchSettings::default(),
+            quantization: Quantization::None,
+        };
+        let bytes = serde_json::to_vec(&meta).unwrap();
+        assert!(!String::from_utf8_lossy(&bytes).contains("quantization"), "the default is left out");
+        {
+            let db = sled::open(dir.path().join("coordinator.sled")).unwrap();
+            db.open_tree("collections").unwrap().insert("old", bytes).unwrap();
+            db.flush().unwrap();
+        }
+        // sled's flusher thread may still hold the file lock for a moment after drop.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let c = loop {
+            match Catalog::open(dir.path()) {
+                Ok(c) => break c,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
+        let stored = c.get("old").unwrap().unwrap();
+        let mut moved = stored.clone();
+        moved.placement[0].primary = "b".into();
+        moved.placement[0].epoch = 2;
+        assert!(c.compare_and_put(&stored, &moved).await.unwrap(), "failover's compare-and-put matched");
+        let int8 = CollectionMeta { name: "q".into(), quantization: Quantization::Int8, ..meta };
+        assert!(String::from_utf8_lossy(&serde_json::to_vec(&int8).unwrap()).contains("\"quantization\":\"int8\""));
     }
 
     #[tokio::test]

@@ -245,6 +245,13 @@ impl TrainModel {
         }
         let dev = Device::Cpu;
         let present: std::collections::HashSet<String> = ct.tensor_infos.keys().cloned().collect();
+        if present.contains("blk.0.attn_q.bias") {
+            // qwen2's q/k/v biases are served but not in this graph: it would train another model.
+            return Err(ModelError::Unsupported(format!(
+                "fine-tuning a {} base with attention biases (not in the training graph)",
+                cfg.arch
+            )));
+        }
         let mut get = |name: &str| -> Result<Tensor, ModelError> {
             let q = ct.tensor(&mut file, name, &dev).map_err(|e| ModelError::Format(format!("tensor {name}: {e}")))?;
             Ok(q.dequantize(&dev)?.to_dtype(DType::F32)?)

@@ -100,6 +100,12 @@ impl ModelServing {
         self.adapters.register(name, dir, self.group.config(), &self.group)
     }
 
+    /// Whether the PEFT folder `dir` holds an adapter this model can run
+    /// (read and checked, not loaded).
+    pub fn check_adapter(&self, dir: &Path) -> Result<(), ModelError> {
+        super::adapter::peft::load(dir, self.group.config())?.check(self.group.config())
+    }
+
     /// Stops serving adapter `name`; false when there is none of that name.
     pub fn unload_adapter(&self, name: &str) -> bool {
         self.adapters.unregister(name, &self.group)

@@ -451,10 +451,11 @@ impl pb::node_server::Node for NodeService {
             .map_err(|s| Status::new(s.code(), format!("snapshot from {}: {}", req.source_url, s.message())))?
             .into_inner();
         let registry = self.shards()?;
-        // A stale local copy (this node held the shard before) is replaced, not merged.
-        registry.drop_shard(&r.collection, r.shard).await.map_err(shard_status)?;
+        // Checked before anything local is touched: a bad snapshot must not cost the replica.
         let quantization = tessera_proto::convert::quantization(&snap.quantization)
             .map_err(|e| Status::invalid_argument(format!("snapshot from {}: {e}", req.source_url)))?;
+        // A stale local copy (this node held the shard before) is replaced, not merged.
+        registry.drop_shard(&r.collection, r.shard).await.map_err(shard_status)?;
         registry
             .open_shard(&r.collection, r.shard, snap.dimension as usize, quantization)
             .await
@@ -633,7 +634,7 @@ impl pb::node_server::Node for NodeService {
             let dir = match files {
                 Some(f) if path.is_empty() => {
                     let files = AdapterFiles { config_json: f.config_json, weights: f.weights };
-                    crate::model::adapter::files::write_copy(&data_dir, &name, &files)?
+                    crate::model::adapter::files::write_copy(&data_dir, &name, &files, |d| served.check_adapter(d))?
                 }
                 _ => std::path::PathBuf::from(&path),
             };
@@ -687,7 +688,7 @@ impl pb::node_server::Node for NodeService {
         // Not loaded (unloaded since): the copy this node keeps in its data dir, if any.
         let kept = || {
             crate::model::ModelSpec::validate_name(&name).ok()?;
-            let dir = crate::model::adapter::files::copy_dir(&self.node.config.data_dir, &name);
+            let dir = crate::model::adapter::files::copy_dir(&self.node.config.data_dir, &name)?;
             dir.is_dir().then_some((dir, String::new()))
         };
         let Some((dir, model)) = found.or_else(kept) else {

@@ -114,13 +114,15 @@ impl QuantizedVectors {
         self.codes.len() + self.scales.len() * 4 + self.signs.memory_bytes()
     }
 
-    /// Codes held.
-    #[cfg(test)]
-    fn len(&self) -> usize {
+    /// Codes held (slots `0..len` are all in use).
+    pub fn len(&self) -> usize {
         self.keys.len()
     }
 
-    fn slot(&self, key: u64) -> Option<usize> {
+    /// The slot holding `key`'s code. Slots stay dense: [`QuantizedVectors::remove`]
+    /// moves the last slot into the hole, which is what an int8 shard's file
+    /// of originals mirrors to stay the size of the live vectors.
+    pub fn slot(&self, key: u64) -> Option<usize> {
         let slot = *self.slot_of.get(usize::try_from(key).ok()?)?;
         (slot != NONE).then_some(slot as usize)
     }

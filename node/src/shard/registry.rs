@@ -28,8 +28,6 @@ fn tree_name(collection: &str, shard: u32) -> String {
     format!("shard/{collection}/{shard}")
 }
 
-/// Stored collection names reach file names: ASCII letters, digits, `-_.` and
-/// the `:` between a tenant and its name (the coordinator checks the full rule).
 /// A catalog entry: the dimension, then the quantization when it is not the
 /// default (entries written before quantization existed are a bare dimension).
 fn entry(dimension: usize, quantization: Quantization) -> String {
@@ -45,10 +43,19 @@ fn parse_entry(value: &[u8]) -> (usize, Quantization) {
     let text = String::from_utf8_lossy(value);
     let mut parts = text.split_whitespace();
     let dimension = parts.next().and_then(|d| d.parse().ok()).unwrap_or(0);
-    let quantization = parts.next().and_then(|q| q.parse().ok()).unwrap_or_default();
+    let quantization = match parts.next().map(str::parse::<Quantization>) {
+        None => Quantization::None,
+        Some(Ok(q)) => q,
+        Some(Err(e)) => {
+            warn!(entry = %text, error = %e, "shard catalog entry names an unknown quantization; opening it as f32");
+            Quantization::None
+        }
+    };
     (dimension, quantization)
 }
 
+/// Stored collection names reach file names: ASCII letters, digits, `-_.` and
+/// the `:` between a tenant and its name (the coordinator checks the full rule).
 fn valid_collection(name: &str) -> Result<(), ShardError> {
     let allowed = |c: char| c.is_ascii_alphanumeric() || "-_.:".contains(c);
     if name.is_empty() || name.len() > 200 || name.starts_with('.') || !name.chars().all(allowed) {

@@ -256,10 +256,17 @@ impl Shard {
         // An int8 shard's originals: a flat file beside the graph's path, else sled.
         let fresh = |store: &ShardStore| match (quantization, &ann_path) {
             (Quantization::None, _) => VectorSet::new(dimension),
-            (Quantization::Int8, Some(path)) => Ok(VectorSet::quantized(
-                dimension,
-                Originals::File(OriginalsFile::create(&originals_path(path), dimension)?),
-            )),
+            (Quantization::Int8, Some(path)) => {
+                let originals = match OriginalsFile::create(&originals_path(path), dimension) {
+                    Ok(file) => Originals::File(file),
+                    // A shard that cannot have its file still serves, from sled (slower).
+                    Err(e) => {
+                        warn!(error = %e, "no originals file; re-scoring reads sled");
+                        Originals::Store(store.clone())
+                    }
+                };
+                Ok(VectorSet::quantized(dimension, originals))
+            }
             (Quantization::Int8, None) => Ok(VectorSet::quantized(dimension, Originals::Store(store.clone()))),
         };
 

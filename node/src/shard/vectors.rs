@@ -15,8 +15,8 @@ use std::path::Path;
 
 use roaring::RoaringTreemap;
 
-use super::quantized::{quantize, Pass, QuantizedVectors};
 use super::originals::Originals;
+use super::quantized::{quantize, Pass, QuantizedVectors};
 use super::{AnnIndex, ShardError};
 
 /// A scan re-scores at least this many of its best int8 candidates exactly.
@@ -106,7 +106,10 @@ impl VectorSet {
     fn original_into(&self, key: u64, buf: &mut [f32]) -> bool {
         match (&self.ann, &self.originals) {
             (Some(ann), _) => ann.get_into(key, buf),
-            (None, Some(originals)) => originals.get_into(key, buf),
+            (None, Some(originals)) => match self.codes.slot(key) {
+                Some(slot) => originals.get_into(key, slot, buf),
+                None => false,
+            },
             (None, None) => false,
         }
     }
@@ -173,10 +176,10 @@ impl VectorSet {
         if self.rep_of.contains_key(&key) {
             self.remove(key)?;
         }
-        if let Some(originals) = &mut self.originals {
-            originals.record(key, vector)?;
-        }
         self.codes.insert(key, vector);
+        if let (Some(originals), Some(slot)) = (&mut self.originals, self.codes.slot(key)) {
+            originals.record(slot, vector)?;
+        }
         let print = self.print_of(key);
         match self.representative_for(print, vector) {
             // Keys normally arrive ascending; a smaller one takes over the entry so
@@ -244,7 +247,11 @@ impl VectorSet {
         let Some(rep) = self.rep_of.remove(&key) else { return Ok(()) };
         // Read before the code goes: in an int8 collection the original may already be off disk.
         let print = self.codes.fingerprint(key);
+        let (slot, last) = (self.codes.slot(key), self.codes.len().saturating_sub(1));
         self.codes.remove(key);
+        if let (Some(originals), Some(slot)) = (&mut self.originals, slot) {
+            originals.removed(slot, last)?;
+        }
         self.copies.remove(key);
         let Some(list) = self.members.get_mut(&rep) else { return Ok(()) };
         list.retain(|k| *k != key);
