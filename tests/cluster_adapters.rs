@@ -6,9 +6,7 @@
 //! on both from the catalog's record.
 mod common;
 
-use std::time::Duration;
-
-use common::cluster::{cli, cli_ok, coordinator, etcd, free_port, node, wait_for};
+use common::cluster::{cli, cli_ok, coordinator, etcd, free_port, node, wait_cluster};
 use serde_json::Value;
 use tessera_proto::v1 as pb;
 use tessera_proto::v1::node_client::NodeClient;
@@ -58,13 +56,7 @@ fn a_trained_adapter_is_registered_and_served_by_every_model_node() {
     let n2 = node(tmp.path(), &etcd_url, "n2", "model", &g2, &models);
     let c1 = grpc();
     let _c = coordinator(tmp.path(), &etcd_url, &c1, "c1");
-    wait_for("both model nodes serving", Duration::from_secs(120), || {
-        n1.log().contains("tessera node: serving") && n2.log().contains("tessera node: serving")
-    });
-    wait_for("both nodes in the coordinator", Duration::from_secs(30), || {
-        let status = String::from_utf8_lossy(&cli(&c1, &["status", "--json"]).stdout).to_string();
-        status.contains("\"n1\"") && status.contains("\"n2\"")
-    });
+    wait_cluster(&c1, &[&n1, &n2], &["n1", "n2"]);
 
     let data = common::workspace().join("tests/fixtures/peft_facts.jsonl");
     let out = tmp.path().join("trained");

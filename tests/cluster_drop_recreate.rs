@@ -5,9 +5,7 @@
 //! the new documents on every replica.
 mod common;
 
-use std::time::Duration;
-
-use common::cluster::{cli, cli_ok, coordinator, etcd, free_port, node, wait_for};
+use common::cluster::{cli_ok, coordinator, etcd, free_port, node, wait_cluster};
 use tessera_proto::v1 as pb;
 use tessera_proto::v1::node_client::NodeClient;
 
@@ -48,13 +46,7 @@ fn a_dropped_replicated_collection_leaves_no_replica_behind() {
     let n1 = node(tmp.path(), &etcd_url, "n1", "loader,embedder,shard", &g1, &models);
     let n2 = node(tmp.path(), &etcd_url, "n2", "shard", &g2, &models);
     let _c = coordinator(tmp.path(), &etcd_url, &c1, "c1");
-    wait_for("both nodes serving", Duration::from_secs(120), || {
-        n1.log().contains("tessera node: serving") && n2.log().contains("tessera node: serving")
-    });
-    wait_for("both nodes in the coordinator", Duration::from_secs(30), || {
-        let status = String::from_utf8_lossy(&cli(&c1, &["status", "--json"]).stdout).to_string();
-        status.contains("\"n1\"") && status.contains("\"n2\"")
-    });
+    wait_cluster(&c1, &[&n1, &n2], &["n1", "n2"]);
     let create = |quantization: &str| {
         cli_ok(
             &c1,

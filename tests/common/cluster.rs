@@ -124,6 +124,18 @@ pub fn alive(status: &Value) -> Vec<(String, bool)> {
         .collect()
 }
 
+/// Waits until every node of `nodes` logs that it serves and the coordinator
+/// at `coordinator` lists each of `ids` in its status.
+pub fn wait_cluster(coordinator: &str, nodes: &[&Proc], ids: &[&str]) {
+    wait_for("the nodes serving", Duration::from_secs(120), || {
+        nodes.iter().all(|n| n.log().contains("tessera node: serving"))
+    });
+    wait_for("the nodes in the coordinator", Duration::from_secs(30), || {
+        let status = String::from_utf8_lossy(&cli(coordinator, &["status", "--json"]).stdout).to_string();
+        ids.iter().all(|id| status.contains(&format!("\"{id}\"")))
+    });
+}
+
 pub fn wait_for(what: &str, timeout: Duration, ok: impl FnMut() -> bool) {
     wait_for_procs(what, timeout, std::iter::empty(), ok)
 }

@@ -307,6 +307,21 @@ pub fn shard_for(doc_id: &str, shards: u32) -> u32 {
 mod tests {
     use super::*;
 
+    /// Opens the sled catalog under `dir` again; sled's flusher thread may
+    /// still hold the file lock for a moment after the last handle dropped.
+    async fn reopen(dir: &Path) -> Catalog {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match Catalog::open(dir) {
+                Ok(c) => return c,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
     #[test]
     fn names_are_checked() {
         assert!(validate_name("docs_v2.en-1").is_ok());
@@ -359,17 +374,7 @@ mod tests {
             db.open_tree("collections").unwrap().insert("old", bytes).unwrap();
             db.flush().unwrap();
         }
-        // sled's flusher thread may still hold the file lock for a moment after drop.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        let c = loop {
-            match Catalog::open(dir.path()) {
-                Ok(c) => break c,
-                Err(_) if std::time::Instant::now() < deadline => {
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                }
-                Err(e) => panic!("{e}"),
-            }
-        };
+        let c = reopen(dir.path()).await;
         let stored = c.get("old").unwrap().unwrap();
         let mut moved = stored.clone();
         moved.placement[0].primary = "b".into();
@@ -398,18 +403,7 @@ mod tests {
             assert!(c.create(&meta).await.unwrap());
             assert!(!c.create(&meta).await.unwrap(), "a second create of the same name changes nothing");
         }
-        // sled's flusher thread may still hold the file lock for a moment after drop.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        let c = loop {
-            match Catalog::open(dir.path()) {
-                Ok(c) => break c,
-                Err(e) if std::time::Instant::now() < deadline => {
-                    let _ = e;
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                }
-                Err(e) => panic!("{e}"),
-            }
-        };
+        let c = reopen(dir.path()).await;
         assert_eq!(c.get("docs").unwrap(), Some(meta));
         assert_eq!(c.list().unwrap().len(), 1);
         assert!(c.remove("docs").await.unwrap());
