@@ -73,7 +73,7 @@ impl Coordinator {
             )));
         }
         let files = self.adapter_files(&record).await?;
-        let (first, holders, failed) = self.copy_to_model_nodes(&record, files).await?;
+        let (first, holders, failed) = self.copy_to_model_nodes(&record, files).await;
         for h in holders {
             if !record.holders.contains(&h) {
                 record.holders.push(h);
@@ -112,11 +112,10 @@ impl Coordinator {
     /// and passed over too (one node down must not keep the rest without it).
     /// Returns the first node's answer, the nodes that loaded it and the last
     /// failure other than NOT_FOUND.
-    async fn copy_to_model_nodes(&self, record: &AdapterRecord, files: pb::AdapterFiles) -> Result<CopyOutcome> {
+    async fn copy_to_model_nodes(&self, record: &AdapterRecord, files: pb::AdapterFiles) -> CopyOutcome {
         let mut first = None;
         let mut loaded = Vec::new();
         let mut failed = None;
-        let files = pb::AdapterFiles { model: String::new(), ..files };
         for node in self.nodes.with_role(NodeRole::Model) {
             let req = pb::LoadAdapterRequest {
                 name: record.name.clone(),
@@ -136,41 +135,30 @@ impl Coordinator {
                 }
             }
         }
-        Ok((first, loaded, failed))
+        (first, loaded, failed)
     }
 
     /// Registers the adapter `name` that node `trainer` just trained and
     /// loaded, and copies it to every model node serving its base.
-    pub(crate) async fn register_trained(&self, trainer: &str, name: &str, out: &str) -> Result<Vec<String>> {
-        let node = self.nodes.get(trainer).ok_or_else(|| {
-            CoordinatorError::unavailable(format!("node '{trainer}' left before its adapter was copied"))
-        })?;
-        let files = node
-            .client
-            .clone()
-            .read_adapter(pb::ReadAdapterRequest { name: name.to_string() })
-            .await
-            .map_err(|s| CoordinatorError::node(&node, s))?
-            .into_inner();
+    pub(crate) async fn register_trained(&self, trainer: &str, name: &str) -> Result<()> {
+        let mut record =
+            AdapterRecord { name: name.to_string(), model: String::new(), holders: vec![trainer.to_string()] };
+        let files = self.adapter_files(&record).await?;
         if files.model.is_empty() {
             return Err(CoordinatorError::unavailable(format!("node '{trainer}' no longer serves adapter '{name}'")));
         }
-        let mut record = AdapterRecord {
-            name: name.to_string(),
-            model: files.model.clone(),
-            holders: Vec::new(),
-            trained_at: out.to_string(),
-        };
+        record.model = files.model.clone();
         // The trainer too: it then keeps a copy in its data dir, which outlives
         // an unload (a loaded adapter's folder is only known while loaded).
-        let (_, copies, _) = self.copy_to_model_nodes(&record, files).await?;
-        record.holders = copies;
-        if !record.holders.iter().any(|h| h == trainer) {
-            record.holders.insert(0, trainer.to_string());
+        let (_, copies, _) = self.copy_to_model_nodes(&record, files).await;
+        for h in copies {
+            if !record.holders.contains(&h) {
+                record.holders.push(h);
+            }
         }
         self.catalog.put_adapter(&record).await?;
         info!(adapter = name, holders = ?record.holders, "trained adapter registered");
-        Ok(record.holders)
+        Ok(())
     }
 
     /// Unloads adapter `name` on every model node that has it.

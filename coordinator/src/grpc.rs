@@ -71,7 +71,6 @@ impl pb::tessera_server::Tessera for Coordinator {
         if !req.collection.is_empty() {
             req.collection = scope.collection(&req.collection)?;
         }
-        let out = req.out.clone();
         let (mut upstream, trainer) = Coordinator::fine_tune(self, req).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let coordinator = self.clone();
@@ -85,7 +84,7 @@ impl pb::tessera_server::Tessera for Coordinator {
                 // and served on the node that trained it.
                 let served = item.as_ref().ok().and_then(|m| m.summary.as_ref()).map(|s| s.adapter.clone());
                 if let Some(name) = served.filter(|n| !n.is_empty()) {
-                    if let Err(e) = coordinator.register_trained(&trainer, &name, &out).await {
+                    if let Err(e) = coordinator.register_trained(&trainer, &name).await {
                         tracing::warn!(adapter = %name, node = %trainer, error = %e, "registering the trained adapter failed");
                     }
                 }

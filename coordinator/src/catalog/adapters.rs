@@ -17,8 +17,6 @@ pub struct AdapterRecord {
     pub model: String,
     /// Nodes with a copy of its files, the node that trained it first.
     pub holders: Vec<String>,
-    /// Where the training node wrote it.
-    pub trained_at: String,
 }
 
 fn decode(name: &str, bytes: &[u8]) -> Result<AdapterRecord, CatalogError> {
@@ -62,12 +60,7 @@ mod tests {
     #[tokio::test]
     async fn records_survive_a_reopen_and_a_put_replaces() {
         let dir = tempfile::tempdir().unwrap();
-        let record = AdapterRecord {
-            name: "support".into(),
-            model: "SmolLM2".into(),
-            holders: vec!["n1".into()],
-            trained_at: "/data/adapters/support".into(),
-        };
+        let record = AdapterRecord { name: "support".into(), model: "SmolLM2".into(), holders: vec!["n1".into()] };
         {
             let c = Catalog::open(dir.path()).unwrap();
             assert_eq!(c.adapter("support").await.unwrap(), None);

@@ -244,8 +244,8 @@ impl TrainModel {
             )));
         }
         let dev = Device::Cpu;
-        let present: std::collections::HashSet<String> = ct.tensor_infos.keys().cloned().collect();
-        if present.contains("blk.0.attn_q.bias") {
+        let present = |name: &str| ct.tensor_infos.contains_key(name);
+        if present("blk.0.attn_q.bias") {
             // qwen2's q/k/v biases are served but not in this graph: it would train another model.
             return Err(ModelError::Unsupported(format!(
                 "fine-tuning a {} base with attention biases (not in the training graph)",
@@ -270,7 +270,7 @@ impl TrainModel {
             let gemma = cfg.family == Family::Gemma3;
             let mut extra = |s: &str| -> Result<Option<Arc<Vec<f32>>>, ModelError> {
                 let name = format!("blk.{l}.{s}");
-                match (gemma, present.contains(&name)) {
+                match (gemma, present(&name)) {
                     (true, true) => Ok(Some(vector(t(s)?)?)),
                     (true, false) => Err(ModelError::Format(format!("Gemma 3 GGUF lacks {name}"))),
                     (false, _) => Ok(None),

@@ -687,7 +687,6 @@ impl pb::node_server::Node for NodeService {
             .find_map(|m| m.adapters().into_iter().find(|a| a.name == name).map(|a| (a.dir, m.name().to_string())));
         // Not loaded (unloaded since): the copy this node keeps in its data dir, if any.
         let kept = || {
-            crate::model::ModelSpec::validate_name(&name).ok()?;
             let dir = crate::model::adapter::files::copy_dir(&self.node.config.data_dir, &name)?;
             dir.is_dir().then_some((dir, String::new()))
         };

@@ -17,6 +17,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use super::store::{decode_into, encode_vector};
 use super::{ShardError, ShardStore};
 
 /// See the module documentation.
@@ -90,8 +91,7 @@ impl OriginalsFile {
 
     /// Writes slot `slot`'s vector.
     pub fn put(&self, slot: usize, vector: &[f32]) -> Result<(), ShardError> {
-        let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
-        self.file.write_all_at(&bytes, self.offset(slot)).map_err(Self::failed)
+        self.file.write_all_at(&encode_vector(vector), self.offset(slot)).map_err(Self::failed)
     }
 
     /// Moves slot `last`'s vector into `slot` and cuts the file at `last`.
@@ -115,10 +115,7 @@ impl OriginalsFile {
             tracing::warn!(slot, error = %e, "reading an original vector failed; the candidate is skipped");
             return false;
         }
-        for (x, c) in buf.iter_mut().zip(bytes.chunks_exact(4)) {
-            *x = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-        }
-        true
+        decode_into(&bytes, buf)
     }
 }
 

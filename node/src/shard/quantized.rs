@@ -114,14 +114,13 @@ impl QuantizedVectors {
         self.codes.len() + self.scales.len() * 4 + self.signs.memory_bytes()
     }
 
-    /// Codes held (slots `0..len` are all in use).
-    pub fn len(&self) -> usize {
+    /// Codes held.
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.keys.len()
     }
 
-    /// The slot holding `key`'s code. Slots stay dense: [`QuantizedVectors::remove`]
-    /// moves the last slot into the hole, which is what an int8 shard's file
-    /// of originals mirrors to stay the size of the live vectors.
+    /// The slot holding `key`'s code. Slots stay dense: see [`QuantizedVectors::remove`].
     pub fn slot(&self, key: u64) -> Option<usize> {
         let slot = *self.slot_of.get(usize::try_from(key).ok()?)?;
         (slot != NONE).then_some(slot as usize)
@@ -177,8 +176,12 @@ impl QuantizedVectors {
     }
 
     /// Drops `key`'s code; the last slot moves into the hole, so the array stays dense.
-    pub fn remove(&mut self, key: u64) {
-        let Some(slot) = self.slot(key) else { return };
+    ///
+    /// Returns `(slot, last)`: the slot that held `key` and the last slot,
+    /// whose code now fills it (equal when the last was removed), so that
+    /// anything kept by slot (an int8 shard's originals file) can follow.
+    pub fn remove(&mut self, key: u64) -> Option<(usize, usize)> {
+        let slot = self.slot(key)?;
         self.slot_of[key as usize] = NONE;
         let at = slot * self.dimension;
         self.signs.swap_remove(slot, (&self.codes[at..at + self.dimension], self.scales[slot]));
@@ -195,6 +198,7 @@ impl QuantizedVectors {
         self.copy.pop();
         self.scales.pop();
         self.codes.truncate(last * self.dimension);
+        Some((slot, last))
     }
 
     /// Approximate cosine between the query's code and `key`'s; None when `key` has no code.

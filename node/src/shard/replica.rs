@@ -194,7 +194,6 @@ pub struct Shard {
     sequence: u64,
     next_key: u64,
     dimension: usize,
-    quantization: Quantization,
     ann_path: Option<PathBuf>,
 }
 
@@ -306,7 +305,7 @@ impl Shard {
         }
         let distinct = vectors.distinct();
         info!(chunks = chunks.len(), distinct, documents = docs.len(), sequence, reused_ann = reuse, %quantization, "shard opened");
-        Ok(Self { store, vectors, bm25, payload, chunks, docs, sequence, next_key, dimension, quantization, ann_path })
+        Ok(Self { store, vectors, bm25, payload, chunks, docs, sequence, next_key, dimension, ann_path })
     }
 
     /// Counters.
@@ -316,7 +315,7 @@ impl Shard {
             documents: self.docs.len() as u64,
             sequence: self.sequence,
             dimension: self.dimension as u32,
-            quantization: self.quantization,
+            quantization: self.vectors.quantization(),
         }
     }
 
@@ -513,13 +512,15 @@ impl Shard {
         }
         let small = self.chunks.len() <= q.settings.exact_below as usize;
         let exact = q.exact || small;
+        // Without a graph (an int8 collection) the staged scan has no upper limit.
+        let staged_up_to = if self.vectors.has_graph() { q.settings.binary_below as usize } else { usize::MAX };
         let ef = q.settings.ef_for(q.top_k);
         let Some(allowed) = allowed else {
             let (plan, found) = if q.exact {
                 ("exact", self.vectors.exact_search(&q.vector, q.top_k)?)
             } else if small {
                 ("scan", self.vectors.scan_search(&q.vector, q.top_k))
-            } else if self.chunks.len() <= q.settings.binary_below as usize || !self.vectors.has_graph() {
+            } else if self.chunks.len() <= staged_up_to {
                 let first = q.settings.binary_first_for(q.top_k, self.chunks.len());
                 ("staged", self.vectors.staged_search(&q.vector, q.top_k, first))
             } else {
@@ -536,11 +537,9 @@ impl Shard {
             // Count distinct vectors, not chunks: HNSW filters graph entries, so a filter
             // matching 40,000 copies of one vector and 100 others is a 101-entry search.
             FilterPlan::Auto if exact || !self.vectors.distinct_exceed(allowed, SCAN_FILTER_LIMIT) => FilterPlan::Scan,
-            FilterPlan::Auto if self.chunks.len() <= q.settings.binary_below as usize => FilterPlan::Staged,
-            // Without a graph (int8 collections) the staged scan is the only other way.
-            FilterPlan::Auto | FilterPlan::Graph | FilterPlan::PostFilter if !self.vectors.has_graph() => {
-                FilterPlan::Staged
-            }
+            FilterPlan::Auto if self.chunks.len() <= staged_up_to => FilterPlan::Staged,
+            // Forced graph plans (measurements) without a graph: the staged scan is the only other way.
+            FilterPlan::Graph | FilterPlan::PostFilter if !self.vectors.has_graph() => FilterPlan::Staged,
             FilterPlan::Auto if allowed.len() as f64 >= POST_FILTER_SHARE * self.chunks.len() as f64 => {
                 FilterPlan::PostFilter
             }

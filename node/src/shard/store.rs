@@ -76,6 +76,17 @@ pub(crate) fn encode_vector(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
+/// Decodes a stored vector into `buf`; false when the lengths differ.
+pub(crate) fn decode_into(bytes: &[u8], buf: &mut [f32]) -> bool {
+    if bytes.len() != buf.len() * 4 {
+        return false;
+    }
+    for (x, c) in buf.iter_mut().zip(bytes.chunks_exact(4)) {
+        *x = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+    }
+    true
+}
+
 fn decode_vector(b: &[u8]) -> Result<Vec<f32>, ShardError> {
     if !b.len().is_multiple_of(4) {
         return Err(ShardError::Corrupt("vector length is not a multiple of 4".into()));
@@ -150,13 +161,7 @@ impl ShardStore {
     /// candidate is then skipped rather than the search failed).
     pub fn vector_into(&self, key: u64, buf: &mut [f32]) -> bool {
         let Ok(Some(bytes)) = self.tree.get(vector_key(key)) else { return false };
-        if bytes.len() != buf.len() * 4 {
-            return false;
-        }
-        for (x, c) in buf.iter_mut().zip(bytes.chunks_exact(4)) {
-            *x = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-        }
-        true
+        decode_into(&bytes, buf)
     }
 
     /// The logged writes with sequence `from..=to`, in order (fewer when the log

@@ -17,6 +17,8 @@ use roaring::RoaringTreemap;
 
 use super::originals::Originals;
 use super::quantized::{quantize, Pass, QuantizedVectors};
+use tessera_types::Quantization;
+
 use super::{AnnIndex, ShardError};
 
 /// A scan re-scores at least this many of its best int8 candidates exactly.
@@ -27,15 +29,20 @@ fn best_first(a: &(u64, f32), b: &(u64, f32)) -> std::cmp::Ordering {
     b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
 }
 
+/// Where a set's f32 vectors are kept.
+enum Full {
+    /// In the HNSW graph over the distinct vectors (an f32 collection).
+    Graph(AnnIndex),
+    /// Out of memory (an int8 collection: no graph, every search a scan).
+    Disk(Originals),
+}
+
 /// See the module documentation.
 pub struct VectorSet {
     /// Vector length.
     dimension: usize,
-    /// The HNSW graph over the distinct vectors, holding them in f32; None in
-    /// an int8 collection, whose searches are all scans.
-    ann: Option<AnnIndex>,
-    /// Where the f32 originals are read from when there is no graph.
-    originals: Option<Originals>,
+    /// The f32 vectors.
+    full: Full,
     /// Representative key -> every chunk key with that vector, ascending (the first is the representative).
     members: HashMap<u64, Vec<u64>>,
     /// Chunk key -> its representative.
@@ -52,7 +59,7 @@ pub struct VectorSet {
 impl VectorSet {
     /// An empty set of `dimension`-dimensional vectors.
     pub fn new(dimension: usize) -> Result<Self, ShardError> {
-        Ok(Self::over(dimension, Some(AnnIndex::new(dimension)?), None))
+        Ok(Self::over(dimension, Full::Graph(AnnIndex::new(dimension)?)))
     }
 
     /// An empty set for an int8 collection: only the codes and sign bits in
@@ -60,15 +67,14 @@ impl VectorSet {
     /// hold every chunk's vector before it is added here; a file is written
     /// by `add`), no graph.
     pub fn quantized(dimension: usize, originals: Originals) -> Self {
-        Self::over(dimension, None, Some(originals))
+        Self::over(dimension, Full::Disk(originals))
     }
 
-    fn over(dimension: usize, ann: Option<AnnIndex>, originals: Option<Originals>) -> Self {
+    fn over(dimension: usize, full: Full) -> Self {
         let codes = QuantizedVectors::new(dimension);
         Self {
             dimension,
-            ann,
-            originals,
+            full,
             members: HashMap::default(),
             rep_of: HashMap::default(),
             by_print: HashMap::default(),
@@ -81,36 +87,54 @@ impl VectorSet {
     /// attached with [`VectorSet::attach`] in ascending key order, and
     /// [`VectorSet::consistent`] says whether the saved index matched them.
     pub fn load(path: &Path, dimension: usize) -> Result<Self, ShardError> {
-        Ok(Self::over(dimension, Some(AnnIndex::load(path, dimension)?), None))
+        Ok(Self::over(dimension, Full::Graph(AnnIndex::load(path, dimension)?)))
+    }
+
+    fn graph_ref(&self) -> Option<&AnnIndex> {
+        match &self.full {
+            Full::Graph(ann) => Some(ann),
+            Full::Disk(_) => None,
+        }
+    }
+
+    fn graph_mut(&mut self) -> Option<&mut AnnIndex> {
+        match &mut self.full {
+            Full::Graph(ann) => Some(ann),
+            Full::Disk(_) => None,
+        }
+    }
+
+    /// How the set holds its vectors.
+    pub fn quantization(&self) -> Quantization {
+        match self.full {
+            Full::Graph(_) => Quantization::None,
+            Full::Disk(_) => Quantization::Int8,
+        }
     }
 
     /// Bytes held for vectors: the graph with its f32 copies (none in an int8
     /// collection) plus the int8 codes and sign bits every set keeps. What
     /// quantization is chosen to cut; BENCHMARKS.md compares it per chunk.
     pub fn memory_bytes(&self) -> usize {
-        self.ann.as_ref().map_or(0, AnnIndex::memory_bytes) + self.codes.memory_bytes()
+        self.graph_ref().map_or(0, AnnIndex::memory_bytes) + self.codes.memory_bytes()
     }
 
     /// Whether an HNSW graph is held (not in an int8 collection): the planner
     /// routes searches that would walk it to the staged scan otherwise.
     pub fn has_graph(&self) -> bool {
-        self.ann.is_some()
+        self.graph_ref().is_some()
     }
 
     /// The graph, or the error a search that needs one gets without it.
     fn graph(&self) -> Result<&AnnIndex, ShardError> {
-        self.ann.as_ref().ok_or_else(|| ShardError::Invalid("an int8 collection has no HNSW graph".into()))
+        self.graph_ref().ok_or_else(|| ShardError::Invalid("an int8 collection has no HNSW graph".into()))
     }
 
     /// Reads `key`'s f32 vector into `buf`: from the graph, or from disk in an int8 collection.
     fn original_into(&self, key: u64, buf: &mut [f32]) -> bool {
-        match (&self.ann, &self.originals) {
-            (Some(ann), _) => ann.get_into(key, buf),
-            (None, Some(originals)) => match self.codes.slot(key) {
-                Some(slot) => originals.get_into(key, slot, buf),
-                None => false,
-            },
-            (None, None) => false,
+        match &self.full {
+            Full::Graph(ann) => ann.get_into(key, buf),
+            Full::Disk(originals) => self.codes.slot(key).is_some_and(|slot| originals.get_into(key, slot, buf)),
         }
     }
 
@@ -177,7 +201,7 @@ impl VectorSet {
             self.remove(key)?;
         }
         self.codes.insert(key, vector);
-        if let (Some(originals), Some(slot)) = (&mut self.originals, self.codes.slot(key)) {
+        if let (Full::Disk(originals), Some(slot)) = (&mut self.full, self.codes.slot(key)) {
             originals.record(slot, vector)?;
         }
         let print = self.print_of(key);
@@ -185,7 +209,7 @@ impl VectorSet {
             // Keys normally arrive ascending; a smaller one takes over the entry so
             // that "representative = smallest live key" holds for `attach`.
             Some(rep) if key < rep => {
-                if let Some(ann) = &mut self.ann {
+                if let Some(ann) = self.graph_mut() {
                     ann.remove(rep)?;
                     ann.add(key, vector)?;
                 }
@@ -203,7 +227,7 @@ impl VectorSet {
             }
             Some(rep) => self.join(rep, key),
             None => {
-                if let Some(ann) = &mut self.ann {
+                if let Some(ann) = self.graph_mut() {
                     ann.add(key, vector)?;
                 }
                 self.by_print.entry(print).or_default().push(key);
@@ -236,7 +260,7 @@ impl VectorSet {
 
     /// Whether every attached chunk was found and the index holds nothing else.
     pub fn consistent(&self, chunks: usize) -> bool {
-        self.rep_of.len() == chunks && self.ann.as_ref().is_none_or(|a| a.len() == self.members.len())
+        self.rep_of.len() == chunks && self.graph_ref().is_none_or(|a| a.len() == self.members.len())
     }
 
     /// Removes chunk `key`; its vector leaves the index with the last chunk
@@ -245,11 +269,11 @@ impl VectorSet {
     /// key" (which is what lets [`VectorSet::attach`] rebuild the maps in key order).
     pub fn remove(&mut self, key: u64) -> Result<(), ShardError> {
         let Some(rep) = self.rep_of.remove(&key) else { return Ok(()) };
-        // Read before the code goes: in an int8 collection the original may already be off disk.
-        let print = self.codes.fingerprint(key);
-        let (slot, last) = (self.codes.slot(key), self.codes.len().saturating_sub(1));
-        self.codes.remove(key);
-        if let (Some(originals), Some(slot)) = (&mut self.originals, slot) {
+        // A representative's print is read before its code goes: in an int8
+        // collection its original may already be off disk.
+        let print = if key == rep { self.codes.fingerprint(key) } else { None };
+        let moved = self.codes.remove(key);
+        if let (Full::Disk(originals), Some((slot, last))) = (&mut self.full, moved) {
             originals.removed(slot, last)?;
         }
         self.copies.remove(key);
@@ -259,7 +283,7 @@ impl VectorSet {
             return Ok(());
         }
         let rest = self.members.remove(&rep).unwrap_or_default();
-        let vector = match &mut self.ann {
+        let vector = match self.graph_mut() {
             Some(ann) => {
                 let v = ann.get(rep);
                 ann.remove(rep)?;
@@ -276,7 +300,7 @@ impl VectorSet {
             }
         }
         if let (Some(next), Some(p)) = (rest.first().copied(), print) {
-            if let (Some(ann), Some(vector)) = (&mut self.ann, vector) {
+            if let (Some(ann), Some(vector)) = (self.graph_mut(), vector) {
                 ann.add(next, &vector)?;
             }
             self.set_copy(next, false);
@@ -431,7 +455,7 @@ impl VectorSet {
     /// In an int8 collection every distinct vector is read from disk: this is
     /// the audit path (`exact: true`), not a fast one.
     pub fn exact_search(&self, query: &[f32], k: usize) -> Result<Vec<(u64, f32)>, ShardError> {
-        let found = match &self.ann {
+        let found = match self.graph_ref() {
             Some(ann) => ann.exact_search(query, k)?,
             None => {
                 if query.len() != self.dimension {
@@ -497,7 +521,7 @@ impl VectorSet {
     /// Writes the graph to `path`; false when there is none to write (an int8
     /// collection rebuilds its codes from sled at open, which is cheap: no graph).
     pub fn save(&self, path: &Path) -> Result<bool, ShardError> {
-        match &self.ann {
+        match self.graph_ref() {
             Some(ann) => ann.save(path).map(|()| true),
             None => Ok(false),
         }
